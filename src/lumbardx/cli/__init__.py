@@ -1,0 +1,50 @@
+"""The ``lumbardx`` command line (Typer + Rich).
+
+Each concern registers its commands from its own module; this file only assembles them.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from lumbardx import __version__
+
+app = typer.Typer(
+    name="lumbardx",
+    help="Sagittal lumbar spine MRI: discs, disc herniation and spondylolisthesis.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"lumbardx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", help="Show the version and exit.", callback=_version_callback, is_eager=True
+    ),
+) -> None:
+    """Sagittal lumbar spine MRI: discs, disc herniation and spondylolisthesis."""
+
+
+def _register() -> None:
+    """Attach every command group. Imported lazily so ``lumbardx --help`` stays fast."""
+    from lumbardx.cli import data as data_cli
+    from lumbardx.cli import synth as synth_cli
+
+    app.add_typer(data_cli.app, name="data", help="Check, convert and split annotated datasets.")
+    app.command("synth", help="Generate synthetic sagittal lumbar MRI with exact ground truth.")(
+        synth_cli.synth
+    )
+
+
+def main() -> None:
+    """Console entry point."""
+    _register()
+    app()

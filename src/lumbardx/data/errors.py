@@ -1,0 +1,37 @@
+"""Errors raised on bad input.
+
+Every reader raises :class:`InputError` (or a subclass) with the offending file and a
+plain-language description of the problem, so that batch commands can report the file and
+continue with the rest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LumbardxError(Exception):
+    """Base class of all errors lumbardx raises on purpose."""
+
+
+class InputError(LumbardxError, ValueError):
+    """A file (image, DICOM, annotation, table) that cannot be used.
+
+    Attributes:
+        path: the file that failed, or ``None`` when the problem has no single file.
+        problem: what is wrong with it, in words a user can act on.
+    """
+
+    def __init__(self, path: str | Path | None, problem: str) -> None:
+        self.path = Path(path) if path is not None else None
+        self.problem = problem
+        where = f"{self.path}: " if self.path is not None else ""
+        super().__init__(f"{where}{problem}")
+
+
+class AnnotationError(InputError):
+    """An annotation file that is malformed or holds invalid boxes or classes."""
+
+
+class ImageReadError(InputError):
+    """An image or DICOM file that cannot be read or is not usable."""

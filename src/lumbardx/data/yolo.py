@@ -1,0 +1,283 @@
+"""YOLO txt annotations (``class cx cy w h``, normalised) and their ``data.yaml`` class list.
+
+Layout (Ultralytics convention): ``images/<sub>/<stem>.<ext>`` with its labels in
+``labels/<sub>/<stem>.txt`` (stems may contain spaces, dots or end in ``_``), class names in a
+``data.yaml`` whose ``names`` is a list or a mapping ``{index: name}``. LabelImg's YOLO mode
+keeps the names in ``classes.txt`` instead (one per line); :func:`read_classes_txt` reads it.
+
+One label line is ``class_index cx cy w h`` with ``cx = (x1 + x2) / 2 / W``,
+``w = (x2 - x1) / W`` (likewise ``cy``, ``h`` with ``H``), all in [0, 1]; boxes convert to
+lumbardx's continuous 0-based pixels with the image size, read from the image header (PIL
+without decoding the pixels; DICOM ``Rows``/``Columns`` via pydicom). An empty or absent label
+file means an image without objects.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import yaml
+from PIL import Image, UnidentifiedImageError
+
+from lumbardx.data.boxes import Box, ImageAnnotation
+from lumbardx.data.errors import AnnotationError, ImageReadError
+from lumbardx.data.validate import DEFAULT_TOLERANCE_PX, check_annotation
+
+DEFAULT_DECIMALS: int = 6  # six decimals, as Ultralytics and the yolospine labels write them
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with path.open("rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def read_image_size(path: Path) -> tuple[int, int, int]:
+    """``(width, height, depth)`` of an image from its header, without decoding pixels.
+
+    PNG/JPEG/... via PIL (``depth`` = number of bands); DICOM via pydicom
+    (``Columns``, ``Rows``, ``SamplesPerPixel``).
+
+    Raises:
+        ImageReadError: the file is missing, unreadable or has no usable size.
+    """
+    path = Path(path)
+    if _is_dicom(path):
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as e:  # pydicom raises many types on bad files
+            raise ImageReadError(path, f"cannot read the DICOM header: {e}") from None
+        if "Rows" not in ds or "Columns" not in ds:
+            raise ImageReadError(path, "DICOM file has no Rows/Columns (not an image?)")
+        return int(ds.Columns), int(ds.Rows), int(ds.get("SamplesPerPixel", 1))
+    try:
+        with Image.open(path) as im:
+            return im.size[0], im.size[1], len(im.getbands())
+    except FileNotFoundError:
+        raise ImageReadError(path, "image file not found") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise ImageReadError(path, f"cannot read the image header: {e}") from None
+
+
+def parse_names(names: object, path: Path) -> list[str]:
+    """Class names from a ``names`` value: a list, or a mapping ``{0: a, 1: b, ...}``."""
+    if isinstance(names, Mapping):
+        try:
+            by_index = {int(k): str(v) for k, v in names.items()}
+        except (TypeError, ValueError):
+            raise AnnotationError(path, "'names' mapping keys must be class indices") from None
+        if sorted(by_index) != list(range(len(by_index))):
+            raise AnnotationError(
+                path, f"'names' indices must be 0..{len(by_index) - 1}, got {sorted(by_index)}"
+            )
+        return [by_index[i] for i in range(len(by_index))]
+    if isinstance(names, list) and all(isinstance(n, (str, int, float)) for n in names):
+        return [str(n) for n in names]
+    raise AnnotationError(path, "'names' must be a list of class names or a mapping index: name")
+
+
+def read_data_yaml(path: Path) -> list[str]:
+    """Class names (index = position) from a YOLO ``data.yaml``.
+
+    Raises:
+        AnnotationError: unreadable YAML, no ``names``, malformed ``names``, or an ``nc`` that
+            disagrees with the number of names.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise AnnotationError(path, f"cannot read the file: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise AnnotationError(path, f"malformed YAML: {e}") from None
+    if not isinstance(data, dict) or "names" not in data:
+        raise AnnotationError(path, "missing required field 'names' (the class names)")
+    names = parse_names(data["names"], path)
+    if "nc" in data and data["nc"] != len(names):
+        raise AnnotationError(path, f"'nc' is {data['nc']} but {len(names)} names are listed")
+    return names
+
+
+def format_data_yaml(class_names: Sequence[str]) -> str:
+    """``data.yaml`` text: ``path: .``, ``names`` as a list, and ``nc``."""
+    body = yaml.safe_dump(
+        {"path": ".", "names": list(class_names), "nc": len(class_names)},
+        sort_keys=False,
+        allow_unicode=True,
+    )
+    return "# YOLO class names for labels/ (class index = position in 'names')\n" + body
+
+
+def write_data_yaml(path: Path, class_names: Sequence[str]) -> None:
+    """Write :func:`format_data_yaml` to ``path`` atomically."""
+    from lumbardx.data.convert import write_text_atomic
+
+    write_text_atomic(Path(path), format_data_yaml(class_names))
+
+
+def read_classes_txt(path: Path) -> list[str]:
+    """Class names from a LabelImg ``classes.txt`` (one per line, blank lines ignored)."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise AnnotationError(path, f"cannot read the class list: {e}") from None
+    return [line.strip() for line in lines if line.strip()]
+
+
+def _class_index(token: str, path: Path, line_no: int) -> int:
+    try:
+        value = float(token)
+    except ValueError:
+        raise AnnotationError(path, f"line {line_no}: class {token!r} is not a number") from None
+    if not math.isfinite(value) or value != int(value) or value < 0:
+        raise AnnotationError(path, f"line {line_no}: class {token!r} is not a class index")
+    return int(value)
+
+
+def parse_yolo(
+    text: str,
+    path: Path,
+    image_size: tuple[int, int],
+    class_names: Sequence[str] | None,
+    filename: str = "",
+    validate: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE_PX,
+) -> ImageAnnotation:
+    """Parse YOLO label text; ``path`` names the file in errors (see :func:`read_yolo`)."""
+    width, height = image_size
+    ann = ImageAnnotation(filename=filename, width=int(width), height=int(height))
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 5:
+            raise AnnotationError(
+                path, f"line {line_no}: expected 5 columns 'class cx cy w h', got {len(parts)}"
+            )
+        index = _class_index(parts[0], path, line_no)
+        try:
+            cx, cy, w, h = (float(p) for p in parts[1:])
+        except ValueError:
+            raise AnnotationError(
+                path, f"line {line_no}: non-numeric box value in {line.strip()!r}"
+            ) from None
+        if class_names is not None and index < len(class_names):
+            label = class_names[index]
+        elif validate:
+            n = len(class_names) if class_names is not None else 0
+            raise AnnotationError(
+                path, f"line {line_no}: unknown class index {index} (the class list has {n})"
+            )
+        else:
+            label = str(index)  # kept so a checker can report it as an unknown class
+        ann.boxes.append(
+            Box(
+                label=label,
+                x1=(cx - w / 2) * width,
+                y1=(cy - h / 2) * height,
+                x2=(cx + w / 2) * width,
+                y2=(cy + h / 2) * height,
+            )
+        )
+    if validate:
+        check_annotation(ann, class_names, path, tolerance)
+    return ann
+
+
+def read_yolo(
+    path: Path,
+    image_path: Path | None = None,
+    class_names: Sequence[str] | None = None,
+    image_size: tuple[int, int] | None = None,
+    validate: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE_PX,
+) -> ImageAnnotation:
+    """Read one YOLO label file.
+
+    Args:
+        path: the ``.txt`` label file.
+        image_path: its image; gives the size (header only), file name, depth and folder.
+        class_names: class names by index (from :func:`read_data_yaml`); ``None`` only with
+            ``validate=False``, and boxes are then labelled with their index as text.
+        image_size: ``(width, height)`` in pixels, instead of reading ``image_path``.
+        validate: raise on the first invalid box or unknown class index; when false, return
+            what was parsed (unknown indices become the label ``"<index>"``).
+        tolerance: pixels a box may reach outside the image.
+
+    Returns:
+        Boxes in continuous 0-based pixels, in line order.
+
+    Raises:
+        AnnotationError: unreadable file, a line without 5 columns, a non-numeric value,
+            always; invalid boxes or unknown class indices when ``validate``.
+        ImageReadError: the image size cannot be read.
+    """
+    path = Path(path)
+    depth, filename, folder, image = 1, path.with_suffix("").name, "", ""
+    if image_size is None:
+        if image_path is None:
+            raise AnnotationError(path, "the image size is needed to read YOLO labels")
+        width, height, depth = read_image_size(Path(image_path))
+        image_size = (width, height)
+    if image_path is not None:
+        image_path = Path(image_path)
+        filename, folder, image = image_path.name, image_path.parent.name, str(image_path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise AnnotationError(path, f"cannot read the file: {e}") from None
+    ann = parse_yolo(text, path, image_size, class_names, filename, validate, tolerance)
+    ann.depth, ann.folder, ann.path = depth, folder, image
+    return ann
+
+
+def format_yolo(
+    ann: ImageAnnotation, class_names: Sequence[str], decimals: int = DEFAULT_DECIMALS
+) -> str:
+    """YOLO label text of ``ann``: one ``class cx cy w h`` line per box (``""`` if none).
+
+    Boxes are cut at the image edges first, so every value lies in [0, 1] as YOLO trainers
+    require (a box reaching past the image, within the validation tolerance, loses the part
+    outside).
+
+    Raises:
+        AnnotationError: a box's class is not in ``class_names``, or the image size is not
+            positive (normalising needs it).
+    """
+    if ann.width <= 0 or ann.height <= 0:
+        raise AnnotationError(ann.filename, f"image size {ann.width}x{ann.height} is not positive")
+    index = {name: i for i, name in enumerate(class_names)}
+    lines = []
+    for i, box in enumerate(ann.boxes, start=1):
+        if box.label not in index:
+            raise AnnotationError(
+                ann.filename, f"object {i}: class {box.label!r} is not in the class list"
+            )
+        w, h = ann.width, ann.height
+        x1, x2 = min(max(box.x1, 0.0), w), min(max(box.x2, 0.0), w)
+        y1, y2 = min(max(box.y1, 0.0), h), min(max(box.y2, 0.0), h)
+        values = ((x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h)
+        lines.append(f"{index[box.label]} " + " ".join(f"{v:.{decimals}f}" for v in values))
+    return "".join(line + "\n" for line in lines)
+
+
+def write_yolo(
+    ann: ImageAnnotation,
+    path: Path,
+    class_names: Sequence[str],
+    decimals: int = DEFAULT_DECIMALS,
+) -> None:
+    """Write :func:`format_yolo` of ``ann`` to ``path`` atomically."""
+    from lumbardx.data.convert import write_text_atomic
+
+    write_text_atomic(Path(path), format_yolo(ann, class_names, decimals))

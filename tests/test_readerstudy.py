@@ -15,13 +15,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lumbardx.cli.readerstudy import reader_study
-from lumbardx.clinical.readerstudy import (
-    load_reads,
-    load_truth,
-    parse_label,
-    run_reader_study,
-    write_reader_study,
-)
+from lumbardx.clinical.readerstudy import load_reads, load_truth, parse_label
+from lumbardx.clinical.readerstudy_analysis import run_reader_study
+from lumbardx.clinical.readerstudy_report import write_reader_study
 from lumbardx.data.errors import InputError
 
 SITES = ["T10-T11", "T11-T12", "T12-L1", "L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]

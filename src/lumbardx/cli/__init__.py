@@ -36,12 +36,17 @@ def _root(
 def _register() -> None:
     """Attach every command group. Imported lazily so ``lumbardx --help`` stays fast."""
     from lumbardx.cli import data as data_cli
+    from lumbardx.cli import readerstudy as readerstudy_cli
     from lumbardx.cli import synth as synth_cli
 
     app.add_typer(data_cli.app, name="data", help="Check, convert and split annotated datasets.")
     app.command("synth", help="Generate synthetic sagittal lumbar MRI with exact ground truth.")(
         synth_cli.synth
     )
+    app.command(
+        "reader-study",
+        help="Reader-study statistics: each reader and the AI against the truth, paired tests.",
+    )(readerstudy_cli.reader_study)
 
 
 def main() -> None:

@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lumbardx.clinical.forest import display_name
-from lumbardx.clinical.readerstudy import ReaderStudyResult, run_reader_study, write_reader_study
+from lumbardx.clinical.readerstudy_analysis import ReaderStudyResult, run_reader_study
+from lumbardx.clinical.readerstudy_report import write_reader_study
 from lumbardx.data.errors import InputError
 
 

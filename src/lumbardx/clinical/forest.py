@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
-    from lumbardx.clinical.readerstudy import ReaderStudyResult
+    from lumbardx.clinical.readerstudy_analysis import ReaderStudyResult
     from lumbardx.clinical.stats import Proportion
 
 AI_COLOUR = "#c0392b"

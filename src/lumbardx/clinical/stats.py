@@ -1,7 +1,7 @@
 """Statistics for reader studies: proportions, paired tests, agreement and the patient bootstrap.
 
 Every function takes plain numpy arrays or counts and returns a small typed dataclass; the
-reader-study orchestration lives in :mod:`lumbardx.clinical.readerstudy`. The tests themselves
+reader-study orchestration lives in :mod:`lumbardx.clinical.readerstudy_analysis`. The tests themselves
 come from statsmodels and scipy; this module only shapes their inputs and outputs and defines
 what happens on degenerate tables (reported as ``nan``, never as an exception).
 

@@ -34,8 +34,9 @@ def _root(
 
 
 def _register() -> None:
-    """Attach every command group. Imported lazily so ``lumbardx --help`` stays fast."""
+    """Attach every command group (each lives in its own module)."""
     from lumbardx.cli import data as data_cli
+    from lumbardx.cli import models as models_cli
     from lumbardx.cli import readerstudy as readerstudy_cli
     from lumbardx.cli import synth as synth_cli
 
@@ -47,6 +48,9 @@ def _register() -> None:
         "reader-study",
         help="Reader-study statistics: each reader and the AI against the truth, paired tests.",
     )(readerstudy_cli.reader_study)
+    app.command("models", help="List the detectors with parameter counts and GFLOPs.")(
+        models_cli.models
+    )
 
 
 def main() -> None:

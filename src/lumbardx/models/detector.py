@@ -90,13 +90,44 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _register_deform_conv_flops() -> None:
+    """Teach ``FlopCounterMode`` the cost of ``torchvision::deform_conv2d`` (DCNv2).
+
+    Counted as the equivalent dense convolution (``2 * N * C_out * H_out * W_out * C_in/g * kh *
+    kw`` FLOPs) plus the bilinear sampling and modulation of the ``C_in * kh * kw`` sampled
+    values per output position (4 weights, one multiply by the mask: 5 multiply-adds).
+    """
+    import torchvision  # noqa: F401  (registers torch.ops.torchvision)
+    from torch.utils.flop_counter import register_flop_formula
+
+    op = torch.ops.torchvision.deform_conv2d
+
+    @register_flop_formula(op)
+    def _deform_conv_flop(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+        n, c_in = input_shape[0], input_shape[1]
+        c_out, c_per_group, kh, kw = weight_shape
+        h_out, w_out = out_shape[-2], out_shape[-1]
+        dense = 2 * n * c_out * h_out * w_out * c_per_group * kh * kw
+        sampling = 2 * 5 * n * c_in * kh * kw * h_out * w_out
+        return dense + sampling
+
+
+_deform_flops_registered = False
+
+
 @torch.no_grad()
 def count_macs(model: nn.Module, image_size: int = 640) -> int:
     """Multiply-accumulate count of one forward pass at ``image_size`` (square), batch 1.
 
-    Uses ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs = 2 x MACs).
+    Uses ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs = 2 x MACs), with deformable
+    convolutions counted by :func:`_register_deform_conv_flops`.
     """
     from torch.utils.flop_counter import FlopCounterMode
+
+    global _deform_flops_registered
+    if not _deform_flops_registered:
+        _register_deform_conv_flops()
+        _deform_flops_registered = True
 
     was_training = model.training
     model.eval()

@@ -1,0 +1,112 @@
+"""The YOLOv5 training loss (ultralytics/yolov5 v7.0 ``utils/loss.py`` ``ComputeLoss``).
+
+* box: ``1 - CIoU`` between the decoded prediction and the target at every positive
+  (``torchvision.ops.complete_box_iou_loss``), mean over positives, per level.
+* objectness: BCE over all cells to the detached CIoU (clamped at 0) at positives, 0 elsewhere;
+  level weights ``balance = [4, 1, 0.4]`` for strides 8 / 16 / 32.
+* class: BCE at positives (skipped when ``nc == 1``), one-hot targets, label smoothing 0.
+* gains (``data/hyps/hyp.scratch-low.yaml``, scaled as in ``train.py``): box ``0.05 * 3 / nl``,
+  cls ``0.5 * nc / 80 * 3 / nl``, obj ``1.0 * (image_size / 640)^2 * 3 / nl``.
+* total = ``(box + obj + cls) * batch_size``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import box_convert, complete_box_iou_loss
+
+from lumbardx.models.assign_yolov5 import build_targets
+from lumbardx.models.yolo_head import DEFAULT_STRIDES, AnchorSet, anchors_tensor
+
+
+class YOLOv5Loss(nn.Module):
+    """YOLOv5 loss on raw head outputs.
+
+    Args:
+        num_classes: number of classes ``nc``.
+        anchors: anchors ``[nl][na] (w, h)`` in input pixels (``None``: the v7.0 defaults).
+        strides: stride of each level.
+        image_size: training image size in pixels (scales the objectness gain).
+        box_gain, cls_gain, obj_gain: unscaled hyper-parameter gains (``hyp.scratch-low.yaml``).
+        anchor_t: anchor / target w-h ratio threshold.
+        balance: objectness weight per level.
+        label_smoothing: class label smoothing epsilon (targets ``1 - eps/2`` and ``eps/2``).
+
+    Call: ``loss(raw, targets, image_size)`` with ``raw`` a list of ``[B, na, H_i, W_i, 5 + nc]``
+    and ``targets`` ``[M, 6]`` rows ``(batch_index, class, x1, y1, x2, y2)`` in input pixels.
+    Returns ``{"loss", "box", "obj", "cls"}``; only ``"loss"`` carries gradients.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        anchors: AnchorSet | Tensor | None = None,
+        strides: Sequence[int] = DEFAULT_STRIDES,
+        image_size: int = 640,
+        box_gain: float = 0.05,
+        cls_gain: float = 0.5,
+        obj_gain: float = 1.0,
+        anchor_t: float = 4.0,
+        balance: Sequence[float] = (4.0, 1.0, 0.4),
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        anchor_px = anchors_tensor(anchors)
+        nl = anchor_px.shape[0]
+        if len(strides) != nl or len(balance) != nl:
+            raise ValueError(f"need {nl} strides and balance weights, one per anchor level")
+        self.num_classes = num_classes
+        self.strides = tuple(int(s) for s in strides)
+        self.register_buffer("anchors", anchor_px)  # [nl, na, 2] input pixels
+        self.box_gain = box_gain * 3 / nl
+        self.cls_gain = cls_gain * num_classes / 80 * 3 / nl
+        self.obj_gain = obj_gain * (image_size / 640) ** 2 * 3 / nl
+        self.anchor_t = anchor_t
+        self.balance = tuple(float(b) for b in balance)
+        self.cls_pos = 1.0 - 0.5 * label_smoothing
+        self.cls_neg = 0.5 * label_smoothing
+
+    def forward(
+        self, raw: list[Tensor], targets: Tensor, image_size: tuple[int, int]
+    ) -> dict[str, Tensor]:
+        """Loss dict for one batch (see class docstring)."""
+        device = raw[0].device
+        if targets.numel():
+            cls = targets[:, 1]
+            if bool((cls < 0).any()) or bool((cls >= self.num_classes).any()):
+                raise ValueError(f"target classes must lie in 0..{self.num_classes - 1}")
+        grid_sizes = [(int(p.shape[2]), int(p.shape[3])) for p in raw]
+        levels = build_targets(
+            targets.to(device), grid_sizes, self.anchors, self.strides, self.anchor_t
+        )
+        lbox = torch.zeros((), device=device)
+        lobj = torch.zeros((), device=device)
+        lcls = torch.zeros((), device=device)
+        for i, (pi, lt) in enumerate(zip(raw, levels)):
+            tobj = torch.zeros(pi.shape[:4], device=device, dtype=pi.dtype)  # [B, na, H, W]
+            if len(lt):
+                ps = pi[lt.batch, lt.anchor, lt.gj, lt.gi]  # [n, 5 + nc]
+                pxy = ps[:, :2].sigmoid() * 2 - 0.5  # cell-relative centre, grid units
+                pwh = (ps[:, 2:4].sigmoid() * 2) ** 2 * lt.anchor_wh  # grid units
+                pbox = box_convert(torch.cat((pxy, pwh), 1), "cxcywh", "xyxy")
+                tbox = box_convert(lt.box, "cxcywh", "xyxy")
+                # [n] 1 - CIoU
+                ciou_loss = complete_box_iou_loss(pbox.float(), tbox.float(), reduction="none")
+                lbox = lbox + ciou_loss.mean()
+                iou = (1.0 - ciou_loss).detach().clamp(0).to(tobj.dtype)
+                tobj[lt.batch, lt.anchor, lt.gj, lt.gi] = iou
+                if self.num_classes > 1:
+                    tcls = torch.full_like(ps[:, 5:], self.cls_neg)
+                    tcls[torch.arange(len(lt), device=device), lt.cls] = self.cls_pos
+                    lcls = lcls + nn.functional.binary_cross_entropy_with_logits(ps[:, 5:], tcls)
+            obj_i = nn.functional.binary_cross_entropy_with_logits(pi[..., 4], tobj)
+            lobj = lobj + obj_i * self.balance[i]
+        lbox = lbox * self.box_gain
+        lobj = lobj * self.obj_gain
+        lcls = lcls * self.cls_gain
+        batch_size = raw[0].shape[0]
+        total = (lbox + lobj + lcls) * batch_size
+        return {"loss": total, "box": lbox.detach(), "obj": lobj.detach(), "cls": lcls.detach()}

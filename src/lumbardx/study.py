@@ -1,0 +1,155 @@
+"""The result of diagnosing one study: the analysed slice, findings per disc, model and timings.
+
+``Study.to_dict()`` is the ``findings.json`` schema (documented in the README):
+
+.. code-block:: text
+
+    {
+      "schema": "lumbardx.findings/1",
+      "source": str,                 # input file or folder
+      "study_key": str,              # de-identified key: sha256 of the analysed pixels (16 hex)
+      "image": {"width": int, "height": int, "kind": "png"|"jpeg"|"dicom",
+                "pixel_spacing_mm": [row, col] | null, "slice": int | null, "slices": int},
+      "model": {"name": str, "version": str, "weights_sha256": str | null,
+                "classes": [str], "image_size": int, "backend": "torch"|"onnxruntime"},
+      "sacrum_recognised": bool, "sacrum_reason": str,
+      "findings": [                  # one per disc, top to bottom along the spine
+        {"level": "L4-L5", "level_uncertain": bool, "label": "herniation", "score": float | null,
+         "box": [x1, y1, x2, y2],    # pixels of the analysed image, 0-based continuous
+         "findings": [{"label": str, "score": float | null, "box": [x1, y1, x2, y2]}],
+         "severity": {"slip_percent": float | null, "meyerding_grade": str | null,
+                      "herniation_extent_mm": float | null, "estimate_note": str}}
+      ],
+      "timings_ms": {"read": float, "detect": float, "findings": float, "overlay": float, ...},
+      "warnings": [str],
+      "disclaimer": str
+    }
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lumbardx.clinical.findings import SpineFindings
+from lumbardx.data.boxes import Box
+from lumbardx.data.images import MedicalImage
+
+SCHEMA = "lumbardx.findings/1"
+DISCLAIMER = (
+    "Decision support for research and teaching; not a diagnosis. Findings must be confirmed "
+    "by a qualified reader on the full examination."
+)
+
+
+@dataclass
+class ModelInfo:
+    """Which detector produced the findings.
+
+    Attributes:
+        name: registry name (``"yolov5s"``).
+        version: lumbardx version that trained/exported it and the weights' tag.
+        weights_sha256: hash of the weights file (``None`` for an in-memory model).
+        class_names: the detector's classes, index order.
+        image_size: square network input size in pixels.
+        backend: ``"torch"`` or ``"onnxruntime"``.
+    """
+
+    name: str
+    version: str
+    weights_sha256: str | None
+    class_names: list[str]
+    image_size: int
+    backend: str = "torch"
+
+
+def pixel_key(pixels: np.ndarray) -> str:
+    """De-identified study key: the first 16 hex digits of the sha256 of the pixel array."""
+    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()[:16]
+
+
+def _box(b: Box) -> list[float]:
+    return [round(float(v), 2) for v in b.xyxy()]
+
+
+@dataclass
+class Study:
+    """One diagnosed study.
+
+    Attributes:
+        source: the input path (file or study folder).
+        image: the analysed slice (``display`` is the 8-bit image the overlay is drawn on;
+            ``header`` holds the DICOM header for results sent back to PACS).
+        findings: discs top to bottom with level, status, confidence, box and severity.
+        model: the detector used.
+        study_key: de-identified key (:func:`pixel_key` of the analysed pixels).
+        slice_index, n_slices: which slice of the series was analysed (``None``/1 for images).
+        timings_ms: wall time of each step in milliseconds.
+        warnings: anything the reader should know (e.g. level naming uncertain).
+        outputs: files written for this study (name -> path).
+    """
+
+    source: Path
+    image: MedicalImage
+    findings: SpineFindings
+    model: ModelInfo
+    study_key: str
+    slice_index: int | None = None
+    n_slices: int = 1
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    outputs: dict[str, Path] = field(default_factory=dict)
+    severity_note: str = ""
+
+    @property
+    def positive(self) -> bool:
+        """Whether any disc has a finding other than normal."""
+        return any(d.status != "normal" for d in self.findings.discs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``findings.json`` object (schema in the module docstring)."""
+        img = self.image
+        spacing = list(img.pixel_spacing) if img.pixel_spacing is not None else None
+        discs = []
+        for d in self.findings.discs:
+            discs.append({
+                "level": d.level,
+                "level_uncertain": d.level_uncertain,
+                "label": d.status,
+                "score": None if d.confidence is None else round(float(d.confidence), 4),
+                "box": _box(d.box),
+                "findings": [
+                    {"label": f.label,
+                     "score": None if f.score is None else round(float(f.score), 4),
+                     "box": _box(f.box)}
+                    for f in d.findings
+                ],
+                "severity": {
+                    "slip_percent": d.slip_percent,
+                    "meyerding_grade": d.meyerding_grade,
+                    "herniation_extent_mm": d.herniation_extent_mm,
+                    "estimate_note": self.severity_note,
+                },
+            })
+        return {
+            "schema": SCHEMA,
+            "source": str(self.source),
+            "study_key": self.study_key,
+            "image": {"width": img.width, "height": img.height, "kind": img.kind,
+                      "pixel_spacing_mm": spacing, "slice": self.slice_index,
+                      "slices": self.n_slices},
+            "model": {"name": self.model.name, "version": self.model.version,
+                      "weights_sha256": self.model.weights_sha256,
+                      "classes": list(self.model.class_names),
+                      "image_size": self.model.image_size, "backend": self.model.backend},
+            "sacrum_recognised": self.findings.sacrum_recognised,
+            "sacrum_reason": self.findings.sacrum_reason,
+            "findings": discs,
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            "warnings": list(self.warnings),
+            "disclaimer": DISCLAIMER,
+        }

@@ -15,6 +15,7 @@ from lumbardx.data.errors import InputError
 from lumbardx.data.voc import read_voc, write_voc
 from lumbardx.synth import (TISSUES, SynthConfig, generate_case, generate_dataset, meyerding_grade,
                             write_dicom_series)
+from lumbardx.synth.writer import truth_path
 
 SMALL = SynthConfig(image_sizes=(256,))
 SICK = SynthConfig(image_sizes=(256,), p_listhesis=1.0, p_herniation=0.45)
@@ -47,16 +48,16 @@ def test_dataset_files_are_byte_identical_for_a_seed(tmp_path: Path) -> None:
     two = generate_dataset(tmp_path / "b", 2, seed=7, config=SMALL)
     other = generate_dataset(tmp_path / "c", 2, seed=8, config=SMALL)
     assert [p.name for p in one] == ["case_00000.png", "case_00001.png"]
-    for name in ["case_00000.png", "case_00001.png", "case_00000.json", "case_00001.json",
-                 "ground_truth.csv"]:
+    for name in ["images/case_00000.png", "images/case_00001.png", "truth/case_00000.json",
+                 "truth/case_00001.json", "annotations/case_00000.xml", "ground_truth.csv"]:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
-    first = (tmp_path / "a/case_00000.png").read_bytes()
-    assert first != (tmp_path / "c/case_00000.png").read_bytes()
+    first = (tmp_path / "a/images/case_00000.png").read_bytes()
+    assert first != (tmp_path / "c/images/case_00000.png").read_bytes()
     manifest = json.loads((tmp_path / "a/manifest.json").read_text())
     assert manifest["seed"] == 7
     assert [c["case"] for c in manifest["cases"]] == ["case_00000", "case_00001"]
     png = np.asarray(Image.open(one[0]))
-    truth = json.loads((tmp_path / "a/case_00000.json").read_text())
+    truth = json.loads(truth_path(one[0]).read_text())
     assert png.dtype == np.uint8
     assert png.shape == (truth["image"]["height"], truth["image"]["width"])
     rows = (tmp_path / "a/ground_truth.csv").read_text().splitlines()
@@ -202,7 +203,21 @@ def test_cli_writes_the_set(tmp_path: Path) -> None:
     app.command()(synth)
     result = CliRunner().invoke(app, [str(tmp_path / "set"), "--n", "2", "--seed", "1"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "set/manifest.json").exists() and (tmp_path / "set/case_00001.xml").exists()
+    assert (tmp_path / "set/manifest.json").exists()
+    assert (tmp_path / "set/annotations/case_00001.xml").exists()
+
+
+def test_set_reads_back_as_a_dataset_with_dicom_studies_beside_it(tmp_path: Path) -> None:
+    from lumbardx.data.check import check_dataset
+    from lumbardx.data.dataset import LumbarDataset
+
+    generate_dataset(tmp_path / "set", 2, seed=3, dicom=True, config=SMALL)
+    report = check_dataset(tmp_path / "set")
+    assert report.images == 2 and report.ok and not report.problems
+    ds = LumbarDataset(tmp_path / "set", classes="study")
+    assert ds.class_names == ["normal", "herniation", "spondylolisthesis"]
+    assert len(ds) == 2 and sum(len(r.boxes) for r in ds.records) > 0
+    assert len(list((tmp_path / "set/dicom/case_00000").glob("*.dcm"))) >= 5
 
 
 def _ratios(boxes: list[tuple[str, float, float, float, float]]) -> dict[str, list[float]]:

@@ -1,10 +1,13 @@
 """Write a synthetic data set: per case PNG + Pascal VOC XML + ground-truth JSON (+ DICOM series),
 and one ``ground_truth.csv`` (a row per disc in view) and ``manifest.json`` for the set.
 
-Layout of ``OUT``::
+Layout of ``OUT`` (LabelImg with "Open Dir" ``images/`` and "Change Save Dir" ``annotations/``,
+which ``lumbardx data check`` / ``lumbardx train`` read as a VOC dataset)::
 
-    case_00000.png  case_00000.xml  case_00000.json  [case_00000/dicom/IM_0001.dcm ...]
-    ground_truth.csv  manifest.json
+    images/case_00000.png        annotations/case_00000.xml     truth/case_00000.json
+    [dicom/case_00000/IM_0001.dcm ...]   classes.txt   patients.csv   ground_truth.csv   manifest.json
+
+The DICOM series sit outside ``images/``, so they are studies to diagnose, not training images.
 
 Case ``i`` draws from ``np.random.SeedSequence(seed).spawn(n)[i]``, so a case depends only on
 ``seed`` and ``i`` (not on ``n``), and the same seed gives byte-identical PNG, XML, JSON and CSV.
@@ -59,16 +62,25 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def truth_path(image_path: Path) -> Path:
+    """The ground-truth JSON of a synthetic image ``OUT/images/<case>.png``."""
+    return image_path.parent.parent / "truth" / f"{image_path.stem}.json"
+
+
 def write_case(case: SynthCase, out: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    """Write ``<name>.png``, ``.xml`` and ``.json`` into ``out``; returns the manifest entry."""
+    """Write ``images/<name>.png``, ``annotations/<name>.xml`` and ``truth/<name>.json`` into
+    ``out``; returns the manifest entry (paths relative to ``out``)."""
     name = case.name
-    case.annotation.folder = out.name  # LabelImg writes the image folder's name
-    _write_bytes(out / f"{name}.png", png_bytes(case.image))
-    write_voc(case.annotation, out / f"{name}.xml")
+    for sub in ("images", "annotations", "truth"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    case.annotation.folder = "images"  # LabelImg writes the image folder's name
+    case.annotation.path = f"images/{name}.png"
+    _write_bytes(out / "images" / f"{name}.png", png_bytes(case.image))
+    write_voc(case.annotation, out / "annotations" / f"{name}.xml")
     truth = {"generator": "lumbardx.synth", "version": __version__, **meta, **case.truth}
-    _write_bytes(out / f"{name}.json", (json.dumps(truth, indent=2) + "\n").encode())
-    return {"case": name, "patient": name, "image": f"{name}.png", "voc": f"{name}.xml",
-            "truth": f"{name}.json", "dicom": None, "width": case.view.width,
+    _write_bytes(out / "truth" / f"{name}.json", (json.dumps(truth, indent=2) + "\n").encode())
+    return {"case": name, "patient": name, "image": f"images/{name}.png",
+            "voc": f"annotations/{name}.xml", "truth": f"truth/{name}.json", "dicom": None, "width": case.view.width,
             "height": case.view.height, "pixel_spacing_mm": case.pixel_spacing[0],
             "levels": case.truth["levels_in_view"], "sacrum_visible": case.truth["sacrum_visible"],
             "boxes": dict(Counter(b.label for b in case.annotation.boxes))}
@@ -82,7 +94,7 @@ def csv_rows(case: SynthCase) -> list[dict[str, Any]]:
         her = d["herniation"] or {}
         li = slips.get(d["level"], {})
         x1, y1, x2, y2 = d["box"]
-        rows.append({"case": case.name, "image": f"{case.name}.png", "level": d["level"],
+        rows.append({"case": case.name, "image": f"images/{case.name}.png", "level": d["level"],
                      "status": d["status"], "box_labels": ";".join(d["boxes"]),
                      "x1": x1, "y1": y1, "x2": x2, "y2": y2, "centre_x": d["centre_px"][0],
                      "centre_y": d["centre_px"][1], "pixel_spacing_mm": case.pixel_spacing[0],
@@ -103,7 +115,7 @@ def generate_dataset(out: Path, n: int, seed: int, dicom: bool = False,
         out: output folder.
         n: number of cases (>= 1).
         seed: master seed; case ``i`` uses ``SeedSequence(seed).spawn(n)[i]``.
-        dicom: also write each case as a sagittal MR series under ``out/<case>/dicom/``.
+        dicom: also write each case as a sagittal MR series under ``out/dicom/<case>/``.
         config: sampling settings (defaults: :class:`SynthConfig`).
         on_case: called after each case is written (progress display).
         on_error: called with the case name and the error when a case cannot be written; the
@@ -133,8 +145,8 @@ def generate_dataset(out: Path, n: int, seed: int, dicom: bool = False,
             if dicom:
                 from lumbardx.synth.dicom_series import write_dicom_series
 
-                write_dicom_series(case, out / name / "dicom", cfg)
-                entry["dicom"] = f"{name}/dicom"
+                write_dicom_series(case, out / "dicom" / name, cfg)
+                entry["dicom"] = f"dicom/{name}"
         except (InputError, OSError) as e:
             if on_error is None:
                 raise
@@ -142,7 +154,7 @@ def generate_dataset(out: Path, n: int, seed: int, dicom: bool = False,
             continue
         entries.append(entry)
         rows += csv_rows(case)
-        written.append(out / f"{name}.png")
+        written.append(out / "images" / f"{name}.png")
         if on_case is not None:
             on_case(i, case)
     buf = io.StringIO()
@@ -150,6 +162,10 @@ def generate_dataset(out: Path, n: int, seed: int, dicom: bool = False,
     writer.writeheader()
     writer.writerows(rows)
     _write_bytes(out / "ground_truth.csv", buf.getvalue().encode())
+    _write_bytes(out / "classes.txt", ("\n".join(STUDY_CLASSES) + "\n").encode())
+    patients = "image,patient,sequence\n" + "".join(
+        f"{e['case']}.png,{e['patient']},T2\n" for e in entries)
+    _write_bytes(out / "patients.csv", patients.encode())
     manifest = {"generator": "lumbardx.synth", "version": __version__, "seed": seed, "n": n,
                 "dicom": dicom, "classes": list(STUDY_CLASSES), "config": asdict(cfg),
                 "cases": entries}

@@ -1,0 +1,5 @@
+"""``python -m lumbardx`` runs the command line."""
+
+from lumbardx.cli import main
+
+main()

@@ -37,6 +37,7 @@ def _register() -> None:
     """Attach every command group (each lives in its own module)."""
     from lumbardx.cli import data as data_cli
     from lumbardx.cli import models as models_cli
+    from lumbardx.cli import reads as reads_cli
     from lumbardx.cli import readerstudy as readerstudy_cli
     from lumbardx.cli import synth as synth_cli
 
@@ -48,6 +49,10 @@ def _register() -> None:
         "reader-study",
         help="Reader-study statistics: each reader and the AI against the truth, paired tests.",
     )(readerstudy_cli.reader_study)
+    app.command(
+        "reads-from-predictions",
+        help="Turn a model's predictions on a labelled set into READS/TRUTH rows per disc.",
+    )(reads_cli.reads_from_predictions)
     app.command("models", help="List the detectors with parameter counts and GFLOPs.")(
         models_cli.models
     )

@@ -1,0 +1,181 @@
+"""Per-class decision thresholds, chosen on validation data at disc level.
+
+A detector scores boxes; a clinical call needs a yes/no per disc and class. The threshold of a
+class is chosen on a validation set (never on the test set) by :func:`choose_thresholds`:
+
+1. Ground-truth discs of each validation image are built with
+   :func:`lumbardx.clinical.findings.build_findings` (levels, one disc per level).
+2. Predictions are grouped into discs with every box counted (no threshold) and matched to the
+   ground-truth discs (:func:`lumbardx.clinical.findings.match_discs`). A disc's score for a
+   class is the best score of that class among its matched boxes, 0 when none.
+3. Per class, a disc is positive when its ground truth has that class. Every distinct score
+   is a candidate cut (``score >= cut`` is a call); the cut maximising the criterion is kept:
+   Youden's J (sensitivity + specificity - 1, the default) or F1. Ties go to the highest cut
+   (fewest false calls). The threshold returned is the midpoint between that cut and the next
+   lower distinct score (or the cut itself when none is lower), so that it is not tied to one
+   validation score.
+
+Until thresholds are chosen, :data:`DEFAULT_THRESHOLDS` apply: 0.25 for every class, the
+confidence threshold of YOLOv5's ``detect.py`` (``conf_thres=0.25``, ultralytics/yolov5).
+Thresholds are stored as JSON ``{"class": threshold, ...}`` plus the choice's evidence.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lumbardx.clinical.findings import build_findings, match_discs
+from lumbardx.data.boxes import Box
+from lumbardx.data.errors import InputError
+
+DEFAULT_THRESHOLDS: dict[str, float] = {"normal": 0.25, "herniation": 0.25,
+                                        "spondylolisthesis": 0.25}  # yolov5 detect.py
+CRITERIA = ("youden", "f1")
+
+
+@dataclass
+class DiscScore:
+    """One ground-truth disc of the validation set: its true classes and best predicted
+    score per class (classes without a matched box are absent = score 0)."""
+
+    truth: frozenset[str]
+    scores: dict[str, float]
+
+
+@dataclass
+class ThresholdChoice:
+    """The threshold chosen for one class and the evidence.
+
+    Attributes:
+        label: class name.
+        threshold: the chosen score threshold.
+        criterion: ``"youden"`` or ``"f1"``; ``value`` its value at the threshold.
+        sensitivity, specificity, precision: at the threshold, on the validation discs.
+        n_positive, n_negative: validation discs with / without the class.
+    """
+
+    label: str
+    threshold: float
+    criterion: str
+    value: float
+    sensitivity: float
+    specificity: float
+    precision: float
+    n_positive: int
+    n_negative: int
+
+
+def choose_threshold(scores: Sequence[float], positive: Sequence[bool], label: str = "",
+                     criterion: str = "youden") -> ThresholdChoice:
+    """Best threshold for one class from disc scores and truth (rule 3 of the module).
+
+    Args:
+        scores: ``[N]`` disc scores in [0, 1] (0 for discs without a box of the class).
+        positive: ``[N]`` whether each disc truly has the class.
+        label: class name (for the record).
+        criterion: ``"youden"`` or ``"f1"``.
+
+    Raises:
+        ValueError: unknown criterion, lengths differ, or no positive or no negative disc
+            (then no threshold can be chosen from the data).
+    """
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; use one of {CRITERIA}")
+    s = np.asarray(scores, dtype=float)
+    y = np.asarray(positive, dtype=bool)
+    if s.shape != y.shape:
+        raise ValueError("scores and positive differ in length")
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"class {label!r}: the validation discs need both positives and "
+                         f"negatives (have {n_pos} and {n_neg})")
+    cuts = np.unique(s[s > 0])[::-1]  # high to low; a cut at 0 would call every disc
+    if len(cuts) == 0:
+        cuts = np.array([1.0])
+    best = None
+    for cut in cuts:
+        call = s >= cut
+        tp, fp = int((call & y).sum()), int((call & ~y).sum())
+        sens, spec = tp / n_pos, 1 - fp / n_neg
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        value = sens + spec - 1 if criterion == "youden" else \
+            (2 * prec * sens / (prec + sens) if prec + sens else 0.0)
+        if best is None or value > best[0] + 1e-12:
+            best = (value, float(cut), sens, spec, prec)
+    assert best is not None
+    value, cut, sens, spec, prec = best
+    lower = s[s < cut]
+    thr = (cut + float(lower.max())) / 2 if len(lower) else cut
+    return ThresholdChoice(label, thr, criterion, float(value), sens, spec, prec, n_pos, n_neg)
+
+
+def disc_scores(pairs: Iterable[tuple[Sequence[Box], Sequence[Box], tuple[int, int]]]
+                ) -> list[DiscScore]:
+    """Disc-level validation records from ``(truth boxes, predicted boxes, (W, H))`` per image
+    (steps 1-2 of the module docstring). Box labels must already be class names."""
+    out: list[DiscScore] = []
+    for truth_boxes, pred_boxes, size in pairs:
+        gt = build_findings(truth_boxes, size)
+        pred = build_findings(pred_boxes, size, thresholds=None)
+        match = match_discs(gt, pred)
+        for disc, j in zip(gt.discs, match):
+            truth = frozenset(f.label for f in disc.findings)
+            out.append(DiscScore(truth, dict(pred.discs[j].scores) if j is not None else {}))
+    return out
+
+
+def choose_thresholds(records: Sequence[DiscScore], classes: Sequence[str],
+                      criterion: str = "youden") -> dict[str, ThresholdChoice]:
+    """A threshold per class in ``classes`` from disc-level validation records.
+
+    Classes whose validation discs lack positives or negatives are left out (the caller keeps
+    the default for them and should say so).
+    """
+    out: dict[str, ThresholdChoice] = {}
+    for label in classes:
+        scores = [r.scores.get(label, 0.0) for r in records]
+        pos = [label in r.truth for r in records]
+        if all(pos) or not any(pos):
+            continue
+        out[label] = choose_threshold(scores, pos, label, criterion)
+    return out
+
+
+def thresholds_dict(choices: Mapping[str, ThresholdChoice],
+                    defaults: Mapping[str, float] = DEFAULT_THRESHOLDS) -> dict[str, float]:
+    """Class -> threshold: the chosen ones, the defaults for the rest."""
+    return {**dict(defaults), **{k: v.threshold for k, v in choices.items()}}
+
+
+def save_thresholds(path: str | Path, choices: Mapping[str, ThresholdChoice]) -> None:
+    """Write ``{"thresholds": {class: value}, "evidence": {class: ThresholdChoice}}`` JSON."""
+    data = {"thresholds": thresholds_dict(choices),
+            "evidence": {k: asdict(v) for k, v in choices.items()}}
+    Path(path).write_text(json.dumps(data, indent=1), encoding="utf-8")
+
+
+def load_thresholds(path: str | Path) -> dict[str, float]:
+    """Read thresholds written by :func:`save_thresholds` (or a plain ``{class: value}``).
+
+    Raises:
+        InputError: unreadable file, not JSON, or a value outside [0, 1].
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(path, f"cannot read thresholds JSON: {err}") from err
+    table = data.get("thresholds", data) if isinstance(data, dict) else None
+    if not isinstance(table, dict):
+        raise InputError(path, "thresholds JSON must be an object {class: threshold}")
+    out: dict[str, float] = {}
+    for k, v in table.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise InputError(path, f"threshold of {k!r} must be a number in [0, 1], got {v!r}")
+        out[str(k)] = float(v)
+    return out

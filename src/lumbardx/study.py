@@ -6,12 +6,14 @@
 
     {
       "schema": "lumbardx.findings/1",
-      "source": str,                 # input file or folder
+      "source": str,                 # input file or folder name (no directories: paths often
+                                     # carry patient names)
       "study_key": str,              # de-identified key: sha256 of the analysed pixels (16 hex)
       "image": {"width": int, "height": int, "kind": "png"|"jpeg"|"dicom",
                 "pixel_spacing_mm": [row, col] | null, "slice": int | null, "slices": int},
       "model": {"name": str, "version": str, "weights_sha256": str | null,
-                "classes": [str], "image_size": int, "backend": "torch"|"onnxruntime"},
+                "classes": [str], "image_size": int, "backend": "torch"|"onnxruntime",
+                "training_data": str | null},
       "sacrum_recognised": bool, "sacrum_reason": str,
       "findings": [                  # one per disc, top to bottom along the spine
         {"level": "L4-L5", "level_uncertain": bool, "label": "herniation", "score": float | null,
@@ -57,6 +59,7 @@ class ModelInfo:
         class_names: the detector's classes, index order.
         image_size: square network input size in pixels.
         backend: ``"torch"`` or ``"onnxruntime"``.
+        training_data: what the weights were trained on (from the checkpoint or model card).
     """
 
     name: str
@@ -65,6 +68,7 @@ class ModelInfo:
     class_names: list[str]
     image_size: int
     backend: str = "torch"
+    training_data: str | None = None
 
 
 def pixel_key(pixels: np.ndarray) -> str:
@@ -137,7 +141,7 @@ class Study:
             })
         return {
             "schema": SCHEMA,
-            "source": str(self.source),
+            "source": Path(self.source).name,
             "study_key": self.study_key,
             "image": {"width": img.width, "height": img.height, "kind": img.kind,
                       "pixel_spacing_mm": spacing, "slice": self.slice_index,
@@ -145,7 +149,8 @@ class Study:
             "model": {"name": self.model.name, "version": self.model.version,
                       "weights_sha256": self.model.weights_sha256,
                       "classes": list(self.model.class_names),
-                      "image_size": self.model.image_size, "backend": self.model.backend},
+                      "image_size": self.model.image_size, "backend": self.model.backend,
+                      "training_data": self.model.training_data},
             "sacrum_recognised": self.findings.sacrum_recognised,
             "sacrum_reason": self.findings.sacrum_reason,
             "findings": discs,

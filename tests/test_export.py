@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torchvision.ops import box_convert, box_iou
 
 import lumbardx
 from lumbardx.data.errors import InputError
 from lumbardx.models.dcn import DeformableConvV2
+from lumbardx.models.decode import non_max_suppression
 from lumbardx.models.detector import Detector
 from lumbardx.models.export import (
     DecodedDetector,
@@ -24,6 +26,7 @@ from lumbardx.models.export import (
     postprocess_settings,
     unsupported_reason,
 )
+from lumbardx.models.postprocess_yolov3 import YOLOv3PostProcess
 from lumbardx.models.registry import build_model
 from lumbardx.models.runtime import OnnxBackend, TorchBackend, choose_backend, select_detections
 
@@ -87,6 +90,89 @@ def assert_same_detections(a: dict, b: dict, box_atol: float = 2e-2, score_atol:
         )
         assert ok.any(), f"no match for box {box.tolist()} label {int(label)} score {float(score)}"
         free[int(ok.nonzero()[0])] = False
+
+
+# One image's decoded candidates (xyxy px) and [N, 3] class scores, for YOLOv3PostProcess.select
+SELECT_BOXES = torch.tensor(
+    [
+        [40.0, 40.0, 60.0, 60.0],  # A: class 0 (0.9) and class 2 (0.5): two candidates
+        [41.0, 40.0, 61.0, 60.0],  # B: near-duplicate of A in class 0 (0.8)
+        [40.0, 40.0, 60.0, 60.0],  # C: same place as A, class 1 (0.7)
+        [0.0, 0.0, 10.0, 10.0],  # D: far away, class 0 (0.6)
+        [70.0, 70.0, 90.0, 90.0],  # E: every score at or below conf_thresh: no candidate
+    ]
+)
+SELECT_SCORES = torch.tensor(
+    [
+        [0.9, 0.0, 0.5],
+        [0.8, 0.0, 0.0],
+        [0.0, 0.7, 0.0],
+        [0.6, 0.0, 0.0],
+        [0.01, 0.005, 0.0],
+    ]
+)
+
+
+def test_yolov3_select_hard_nms() -> None:
+    post = YOLOv3PostProcess(3, None, conf_thresh=0.01, nms="hard", nms_iou=0.45)
+    out = post.select(SELECT_BOXES, SELECT_SCORES)
+    assert out["boxes"].dtype == torch.float32 and out["labels"].dtype == torch.int64
+    # B suppressed by A (same class, IoU 0.9); C and A's class-2 twin survive (other classes)
+    torch.testing.assert_close(out["scores"], torch.tensor([0.9, 0.7, 0.6, 0.5]))
+    assert out["labels"].tolist() == [0, 1, 0, 2]
+    torch.testing.assert_close(out["boxes"], SELECT_BOXES[[0, 2, 3, 0]])
+    capped = YOLOv3PostProcess(3, None, nms="hard", max_det=2).select(SELECT_BOXES, SELECT_SCORES)
+    assert capped["scores"].tolist() == pytest.approx([0.9, 0.7])
+    loose = YOLOv3PostProcess(3, None, nms="hard", nms_iou=0.95)
+    assert len(loose.select(SELECT_BOXES, SELECT_SCORES)["boxes"]) == 5  # B kept too
+    none = post.select(SELECT_BOXES[:0], SELECT_SCORES[:0])
+    assert none["boxes"].shape == (0, 4) and none["labels"].shape == (0,)
+    with pytest.raises(ValueError, match=r"scores \[N, 3\]"):
+        post.select(SELECT_BOXES, SELECT_SCORES[:, :2])
+
+
+def test_yolov3_select_matrix_nms_decays_duplicates() -> None:
+    post = YOLOv3PostProcess(3, None, conf_thresh=0.01, nms="matrix", matrix_kernel="linear")
+    out = post.select(SELECT_BOXES, SELECT_SCORES)
+    iou_ab = float(box_iou(SELECT_BOXES[:1], SELECT_BOXES[1:2]))
+    # linear kernel: B's score decays by (1 - IoU(A, B)); nothing else overlaps within a class
+    expected = sorted([0.9, 0.7, 0.6, 0.5, 0.8 * (1 - iou_ab)], reverse=True)
+    torch.testing.assert_close(out["scores"], torch.tensor(expected))
+    assert out["labels"].tolist() == [0, 1, 0, 2, 0]
+
+
+def test_yolov3_select_from_settings_matches_model_postprocess() -> None:
+    """The ONNX path rebuilds the selection from the stored settings: same output as the
+    model's own post-process, and such a settings-only post-process refuses to decode."""
+    torch.manual_seed(0)
+    model = build_model("ppyolov2-r18", 3, max_det=7)
+    settings = json.loads(json.dumps(postprocess_settings(model.postprocess)))  # as stored
+    rebuilt = YOLOv3PostProcess.from_settings(settings)
+    assert rebuilt.nms == "matrix" and rebuilt.max_det == 7
+    a = model.postprocess.select(SELECT_BOXES, SELECT_SCORES)
+    b = rebuilt.select(SELECT_BOXES, SELECT_SCORES)
+    assert len(a["boxes"]) == 5
+    for key in ("boxes", "scores", "labels"):
+        assert torch.equal(a[key], b[key])
+    with pytest.raises(ValueError, match="no anchors"):
+        rebuilt.decode([torch.zeros(1, 3, 2, 2, 8)] * 3, (64, 64))
+    with pytest.raises(ValueError, match="kind"):
+        YOLOv3PostProcess.from_settings(postprocess_settings(build_model("yolov5n", 3).postprocess))
+
+
+def test_non_max_suppression_accepts_corner_boxes() -> None:
+    torch.manual_seed(0)
+    cxcywh = torch.cat((torch.rand(2, 200, 2) * 64, torch.rand(2, 200, 2) * 24 + 2,
+                        torch.rand(2, 200, 4)), dim=-1)  # [B, N, 5 + 3]
+    xyxy = torch.cat((box_convert(cxcywh[..., :4], "cxcywh", "xyxy"), cxcywh[..., 4:]), dim=-1)
+    kwargs = {"conf_thresh": 0.05, "iou_thresh": 0.5, "multi_label": True, "image_size": (64, 64)}
+    for a, b in zip(non_max_suppression(cxcywh, **kwargs),
+                    non_max_suppression(xyxy, box_format="xyxy", **kwargs)):
+        assert len(a["boxes"]) > 10
+        torch.testing.assert_close(a["boxes"], b["boxes"])
+        assert torch.equal(a["scores"], b["scores"]) and torch.equal(a["labels"], b["labels"])
+    with pytest.raises(ValueError, match="box_format"):
+        non_max_suppression(xyxy, box_format="xywh")  # type: ignore[arg-type]
 
 
 def test_onnx_decoded_output_matches_torch(exported) -> None:

@@ -10,6 +10,7 @@ multi-label; class-aware by default) on ``torchvision.ops.batched_nms``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -71,11 +72,14 @@ def non_max_suppression(
     agnostic: bool = False,
     max_nms: int = 30000,
     image_size: tuple[int, int] | None = None,
+    box_format: Literal["cxcywh", "xyxy"] = "cxcywh",
 ) -> list[dict[str, Tensor]]:
     """Per-image NMS on decoded predictions.
 
     Args:
-        pred: ``[B, N, 5 + nc]`` from :func:`decode_yolov5` (cxcywh pixels, obj, class probs).
+        pred: ``[B, N, 5 + nc]``: boxes in input pixels (``box_format``), objectness, class
+            probabilities; :func:`decode_yolov5` gives ``cxcywh`` boxes, an ONNX export
+            (:mod:`lumbardx.models.export`) ``xyxy`` boxes.
         conf_thresh: minimum objectness, and minimum ``obj x class`` score kept.
         iou_thresh: NMS IoU threshold.
         max_det: maximum detections kept per image.
@@ -84,18 +88,22 @@ def non_max_suppression(
         agnostic: suppress across classes.
         max_nms: maximum boxes entering NMS (highest scores first).
         image_size: ``(H, W)``; when given, final boxes are clipped to the image.
+        box_format: ``"cxcywh"`` (centre, width, height) or ``"xyxy"`` (corners) for
+            ``pred[..., :4]``.
 
     Returns:
         One dict per image: ``boxes`` ``float32 [K, 4]`` xyxy input pixels, ``scores`` ``[K]``,
         ``labels`` ``int64 [K]``, sorted by descending score.
     """
+    if box_format not in ("cxcywh", "xyxy"):
+        raise ValueError(f"unknown box_format {box_format!r}: use 'cxcywh' or 'xyxy'")
     nc = pred.shape[-1] - 5
     multi_label = multi_label and nc > 1
     results: list[dict[str, Tensor]] = []
     for x in pred:
         x = x[x[:, 4] > conf_thresh]  # candidates by objectness
         scores_all = x[:, 5:] * x[:, 4:5]  # [n, nc] obj x cls
-        boxes = box_convert(x[:, :4], "cxcywh", "xyxy")
+        boxes = x[:, :4] if box_format == "xyxy" else box_convert(x[:, :4], "cxcywh", "xyxy")
         if multi_label:
             i, j = (scores_all > conf_thresh).nonzero(as_tuple=True)
             boxes, scores, labels = boxes[i], scores_all[i, j], j

@@ -24,8 +24,8 @@ reference). NMS: ``"hard"`` = ``torchvision.ops.batched_nms`` per class (YOLOv3'
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -84,7 +84,9 @@ class YOLOv3PostProcess(nn.Module):
 
     Args:
         num_classes: ``nc``.
-        anchors: ``[9, 2]`` anchor (width, height) in pixels, small to large.
+        anchors: ``[9, 2]`` anchor (width, height) in pixels, small to large; ``None`` builds
+            a selection-only post-process (:meth:`select` works, :meth:`decode` refuses), as
+            :meth:`from_settings` does for decoded ONNX Runtime outputs.
         anchor_masks: anchor indices per level, levels ordered stride 8, 16, 32.
         strides: level strides (only checked against the maps; decoding uses map sizes).
         scale_x_y: grid-sensitive factor (1.05 for PP-YOLOv2, ``ppyolov2_r50vd_dcn.yml``).
@@ -103,7 +105,7 @@ class YOLOv3PostProcess(nn.Module):
     def __init__(
         self,
         num_classes: int,
-        anchors: Tensor | Sequence[Sequence[float]],
+        anchors: Tensor | Sequence[Sequence[float]] | None,
         anchor_masks: Sequence[Sequence[int]] = ((0, 1, 2), (3, 4, 5), (6, 7, 8)),
         strides: Sequence[int] = (8, 16, 32),
         scale_x_y: float = 1.0,
@@ -123,7 +125,11 @@ class YOLOv3PostProcess(nn.Module):
         if len(anchor_masks) != len(strides):
             raise ValueError("anchor_masks and strides must have the same length")
         self.num_classes = num_classes
-        anchor_wh = torch.as_tensor(anchors, dtype=torch.float32).reshape(-1, 2)  # [9, 2] px
+        anchor_wh = (
+            None if anchors is None
+            else torch.as_tensor(anchors, dtype=torch.float32).reshape(-1, 2)  # [9, 2] px
+        )
+        self.anchors: Tensor | None
         self.register_buffer("anchors", anchor_wh, persistent=False)
         self.anchor_masks = [list(m) for m in anchor_masks]
         self.strides = list(strides)
@@ -138,8 +144,28 @@ class YOLOv3PostProcess(nn.Module):
         self.matrix_kernel: Kernel = matrix_kernel
         self.matrix_sigma = matrix_sigma
 
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> YOLOv3PostProcess:
+        """A selection-only post-process (no anchors) from its NMS settings.
+
+        ``settings`` is :func:`lumbardx.models.export.postprocess_settings` of a
+        ``YOLOv3PostProcess`` (as stored in an ONNX export): ``num_classes``, ``conf_thresh``,
+        ``nms``, ``nms_iou``, ``max_det``, ``nms_top_k``, ``matrix_kernel``, ``matrix_sigma``
+        (``kind``, when present, must be ``"yolov3"``).
+        """
+        if settings.get("kind", "yolov3") != "yolov3":
+            raise ValueError(f"not YOLOv3 post-process settings: kind {settings['kind']!r}")
+        keys = ("conf_thresh", "nms", "nms_iou", "max_det", "nms_top_k", "matrix_kernel",
+                "matrix_sigma")
+        missing = [k for k in ("num_classes", *keys) if k not in settings]
+        if missing:
+            raise ValueError(f"YOLOv3 post-process settings lack {', '.join(missing)}")
+        return cls(int(settings["num_classes"]), None, **{k: settings[k] for k in keys})
+
     def decode(self, raw: list[Tensor], image_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """All levels -> ``boxes [B, N, 4]`` (xyxy pixels, clipped) and ``scores [B, N, nc]``."""
+        if self.anchors is None:
+            raise ValueError("this post-process has no anchors (selection only): it cannot decode")
         expected_k = 5 + self.num_classes + (1 if self.iou_aware else 0)
         if len(raw) != len(self.anchor_masks):
             raise ValueError(f"expected {len(self.anchor_masks)} levels, got {len(raw)}")
@@ -165,39 +191,60 @@ class YOLOv3PostProcess(nn.Module):
         return boxes, torch.cat(all_scores, dim=1)
 
     @torch.no_grad()
+    def select(self, boxes: Tensor, scores: Tensor) -> dict[str, Tensor]:
+        """Final detections of one image from its decoded candidates.
+
+        Every (box, class) pair with score ``> conf_thresh`` is a candidate (multi-label); then
+        hard NMS per class (``nms_top_k`` per class, IoU ``nms_iou``, at most ``max_det``) or
+        Matrix NMS (``matrix_kernel`` / ``matrix_sigma``, ``post_threshold = conf_thresh``).
+
+        Args:
+            boxes: ``[N, 4]`` ``x1, y1, x2, y2`` input pixels (as :meth:`decode` gives them).
+            scores: ``[N, nc]`` class scores ``confidence x class probability`` in [0, 1].
+
+        Returns:
+            ``boxes`` ``float32 [D, 4]`` (xyxy pixels), ``scores`` ``float32 [D]`` (descending),
+            ``labels`` ``int64 [D]``.
+        """
+        n_boxes = boxes.shape[0] if boxes.ndim == 2 else -1
+        if boxes.ndim != 2 or boxes.shape[1] != 4 or tuple(scores.shape) != (
+            n_boxes, self.num_classes
+        ):
+            raise ValueError(
+                f"select expects boxes [N, 4] and scores [N, {self.num_classes}], got "
+                f"{list(boxes.shape)} and {list(scores.shape)}"
+            )
+        n, c = (scores > self.conf_thresh).nonzero(as_tuple=True)  # multi-label pairs
+        cand_boxes, cand_scores, cand_labels = boxes[n], scores[n, c], c
+        if self.nms == "matrix":
+            out_boxes, out_scores, out_labels = matrix_nms(
+                cand_boxes,
+                cand_scores,
+                cand_labels,
+                kernel=self.matrix_kernel,
+                sigma=self.matrix_sigma,
+                post_threshold=self.conf_thresh,
+                top_k=self.nms_top_k,
+                keep_top_k=self.max_det,
+            )
+        else:
+            top = top_k_per_class(cand_scores, cand_labels, self.nms_top_k)
+            keep = top[batched_nms(cand_boxes[top], cand_scores[top], cand_labels[top],
+                                   self.nms_iou)]
+            if self.max_det > 0:
+                keep = keep[: self.max_det]
+            out_boxes, out_scores, out_labels = (
+                cand_boxes[keep], cand_scores[keep], cand_labels[keep]
+            )
+        return {
+            "boxes": out_boxes.float(),
+            "scores": out_scores.float(),
+            "labels": out_labels.long(),
+        }
+
+    @torch.no_grad()
     def forward(self, raw: list[Tensor], image_size: tuple[int, int]) -> list[dict[str, Tensor]]:
         """Raw ``[B, A, H, W, K]`` per level -> per image ``boxes`` ``[D, 4]``, ``scores``,
-        ``labels`` ``[D]``."""
+        ``labels`` ``[D]`` (:meth:`decode`, then :meth:`select` per image)."""
         boxes, scores = self.decode(raw, image_size)
-        results = []
-        for img_boxes, img_scores in zip(boxes, scores):
-            n, c = (img_scores > self.conf_thresh).nonzero(as_tuple=True)  # multi-label pairs
-            cand_boxes, cand_scores, cand_labels = img_boxes[n], img_scores[n, c], c
-            if self.nms == "matrix":
-                out_boxes, out_scores, out_labels = matrix_nms(
-                    cand_boxes,
-                    cand_scores,
-                    cand_labels,
-                    kernel=self.matrix_kernel,
-                    sigma=self.matrix_sigma,
-                    post_threshold=self.conf_thresh,
-                    top_k=self.nms_top_k,
-                    keep_top_k=self.max_det,
-                )
-            else:
-                top = top_k_per_class(cand_scores, cand_labels, self.nms_top_k)
-                keep = top[batched_nms(cand_boxes[top], cand_scores[top], cand_labels[top],
-                                       self.nms_iou)]
-                if self.max_det > 0:
-                    keep = keep[: self.max_det]
-                out_boxes, out_scores, out_labels = (
-                    cand_boxes[keep], cand_scores[keep], cand_labels[keep]
-                )
-            results.append(
-                {
-                    "boxes": out_boxes.float(),
-                    "scores": out_scores.float(),
-                    "labels": out_labels.long(),
-                }
-            )
-        return results
+        return [self.select(b, s) for b, s in zip(boxes, scores)]

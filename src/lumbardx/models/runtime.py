@@ -10,8 +10,10 @@ Both are called the same way and give the same result as ``Detector`` evaluation
 
 :class:`OnnxBackend` runs a file written by :func:`lumbardx.models.export.export_onnx` (network
 and box decoding) in ONNX Runtime and applies NMS outside the graph with
-:func:`select_detections` -- the same torchvision / Matrix NMS code the PyTorch post-process
-uses, with the settings stored in the file. ONNX files have a fixed input size.
+:func:`select_detections` -- the very functions the PyTorch post-processes call
+(:func:`lumbardx.models.decode.non_max_suppression`,
+:meth:`lumbardx.models.postprocess_yolov3.YOLOv3PostProcess.select`), with the settings stored in
+the file. ONNX files have a fixed input size.
 
 :func:`choose_backend` picks a backend for a model; in ``"auto"`` mode ONNX Runtime is used when it
 is installed, the model exports, and the device is the CPU. Choosing by measured speed is the job
@@ -30,7 +32,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms, box_convert
 
 from lumbardx.data.errors import InputError
 from lumbardx.models.decode import non_max_suppression
@@ -43,7 +44,7 @@ from lumbardx.models.export import (
     require,
     unsupported_reason,
 )
-from lumbardx.models.matrix_nms import matrix_nms, top_k_per_class
+from lumbardx.models.postprocess_yolov3 import YOLOv3PostProcess
 
 log = logging.getLogger(__name__)
 
@@ -135,42 +136,16 @@ def select_detections(
         ``labels`` ``int64 [K]``.
     """
     if settings["kind"] == "yolov5":
-        # decode.non_max_suppression takes [B, N, 5 + nc] with cxcywh boxes
-        cxcywh = box_convert(detections[..., :4], "xyxy", "cxcywh")
-        pred = torch.cat((cxcywh, detections[..., 4:]), dim=-1)
         return non_max_suppression(
-            pred, settings["conf_thresh"], settings["iou_thresh"], settings["max_det"],
+            detections, settings["conf_thresh"], settings["iou_thresh"], settings["max_det"],
             settings["multi_label"], settings["agnostic"], image_size=image_size,
+            box_format="xyxy",
         )
     if settings["kind"] == "yolov3":
+        post = YOLOv3PostProcess.from_settings(settings)
         scores = detections[..., 4:5] * detections[..., 5:]  # [B, N, nc] confidence x class
-        return [_select_yolov3(b, s, settings) for b, s in zip(detections[..., :4], scores)]
+        return [post.select(b, s) for b, s in zip(detections[..., :4], scores)]
     raise ValueError(f"unknown post-process kind {settings['kind']!r}")
-
-
-def _select_yolov3(boxes: Tensor, scores: Tensor, cfg: dict[str, Any]) -> dict[str, Tensor]:
-    """One image: ``boxes [N, 4]``, ``scores [N, nc]`` -> final detections.
-
-    Mirrors the per-image loop of ``YOLOv3PostProcess.forward`` (multi-label candidates, then
-    hard NMS per class or Matrix NMS); the test suite checks both give the same boxes.
-    """
-    conf = cfg["conf_thresh"]
-    n, c = (scores > conf).nonzero(as_tuple=True)  # multi-label (box, class) pairs
-    cand_boxes, cand_scores, cand_labels = boxes[n], scores[n, c], c
-    if cfg["nms"] == "matrix":
-        out_boxes, out_scores, out_labels = matrix_nms(
-            cand_boxes, cand_scores, cand_labels, kernel=cfg["matrix_kernel"],
-            sigma=cfg["matrix_sigma"], post_threshold=conf, top_k=cfg["nms_top_k"],
-            keep_top_k=cfg["max_det"],
-        )
-    else:
-        top = top_k_per_class(cand_scores, cand_labels, cfg["nms_top_k"])
-        keep = top[batched_nms(cand_boxes[top], cand_scores[top], cand_labels[top],
-                               cfg["nms_iou"])]
-        if cfg["max_det"] > 0:
-            keep = keep[: cfg["max_det"]]
-        out_boxes, out_scores, out_labels = cand_boxes[keep], cand_scores[keep], cand_labels[keep]
-    return {"boxes": out_boxes.float(), "scores": out_scores.float(), "labels": out_labels.long()}
 
 
 class OnnxBackend:

@@ -37,11 +37,13 @@ def _register() -> None:
     """Attach every command group (each lives in its own module)."""
     from lumbardx.cli import data as data_cli
     from lumbardx.cli import models as models_cli
+    from lumbardx.cli import pacs as pacs_cli
     from lumbardx.cli import reads as reads_cli
     from lumbardx.cli import readerstudy as readerstudy_cli
     from lumbardx.cli import synth as synth_cli
 
     app.add_typer(data_cli.app, name="data", help="Check, convert and split annotated datasets.")
+    app.add_typer(pacs_cli.app, name="pacs", help="Find, pull and push studies on a DICOMweb PACS.")
     app.command("synth", help="Generate synthetic sagittal lumbar MRI with exact ground truth.")(
         synth_cli.synth
     )

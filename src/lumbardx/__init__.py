@@ -7,4 +7,19 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lumbardx.diagnosis import Diagnoser, diagnose
+
+__all__ = ["Diagnoser", "__version__", "diagnose"]
+
+
+def __getattr__(name: str) -> Any:
+    """``lumbardx.diagnose`` and ``lumbardx.Diagnoser``, imported on first use so that
+    ``import lumbardx`` stays light."""
+    if name in ("diagnose", "Diagnoser"):
+        from lumbardx import diagnosis
+
+        return getattr(diagnosis, name)
+    raise AttributeError(f"module 'lumbardx' has no attribute {name!r}")

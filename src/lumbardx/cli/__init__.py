@@ -36,12 +36,30 @@ def _root(
 def _register() -> None:
     """Attach every command group (each lives in its own module)."""
     from lumbardx.cli import data as data_cli
+    from lumbardx.cli import diagnose as diagnose_cli
+    from lumbardx.cli import export as export_cli
     from lumbardx.cli import models as models_cli
     from lumbardx.cli import pacs as pacs_cli
     from lumbardx.cli import reads as reads_cli
     from lumbardx.cli import readerstudy as readerstudy_cli
     from lumbardx.cli import synth as synth_cli
+    from lumbardx.cli import train as train_cli
 
+    app.command(
+        "diagnose",
+        help="Diagnose sagittal lumbar MRI studies: findings per level, overlay, reports, DICOM SR.",
+    )(diagnose_cli.diagnose)
+    app.command("train", help="Train a detector (optionally on k-1 folds).")(train_cli.train)
+    app.command("evaluate", help="AP per class, mAP@0.5, COCO mAP, PR curves, timing.")(
+        train_cli.evaluate
+    )
+    app.command("predict", help="Predict boxes for a folder of images (COCO-style JSON).")(
+        train_cli.predict
+    )
+    app.command("crossval", help="Patient-grouped k-fold cross-validation: the study's Table 1.")(
+        train_cli.crossval
+    )
+    app.command("export", help="Export a trained checkpoint to ONNX.")(export_cli.export)
     app.add_typer(data_cli.app, name="data", help="Check, convert and split annotated datasets.")
     app.add_typer(pacs_cli.app, name="pacs", help="Find, pull and push studies on a DICOMweb PACS.")
     app.command("synth", help="Generate synthetic sagittal lumbar MRI with exact ground truth.")(

@@ -1,0 +1,235 @@
+"""End-to-end diagnosis time per image on this machine's CPU, against the study and a peer.
+
+What is timed per image (``time.perf_counter``, milliseconds): ``read`` (file -> image),
+``preprocess`` (letterbox, tensor), ``detect`` (network + NMS, boxes mapped back), ``findings``
+(levels, statuses), ``severity`` and ``overlay`` (the annotated RGB image rendered in memory);
+writing reports and DICOM is left out. Warm-up images are run first and not counted. Reported:
+median and 90th percentile of the per-image total, and the ratio of Ke et al.'s 14.5 s per case
+(PP-YOLOv2, "speed" in their Table) to our median.
+
+Backends: PyTorch and, when ``onnxruntime`` is installed and the model exports, ONNX Runtime.
+Peer: when ``ultralytics`` is importable, an Ultralytics YOLO11n (``yolo11n.yaml``, random
+initialisation, 3 classes, same image size) runs ``predict`` on the same images (its own
+letterbox, network and NMS), each right after ours -- compared with our ``preprocess +
+detect``. Note the sizes differ (parameters are recorded): YOLO11n is a nano model.
+
+Model: ``--weights``, else the shipped default weights, else a randomly initialised
+``--arch`` (default ``yolov5s``); the output says which. Random weights find few or no boxes,
+so ``findings``, ``severity`` and ``overlay`` are then lower bounds.
+
+Usage::
+
+    python bench/diagnose_speed.py --n 30 [--weights runs/x/best.pt] [--image-size 640]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lumbardx.data.images import MedicalImage
+from lumbardx.data.series import load_study
+from lumbardx.diagnosis import Diagnoser
+from lumbardx.models.pretrained import (NoShippedWeightsError, from_detector, load_detector,
+                                        shipped_weights)
+from lumbardx.models.detector import count_parameters
+from lumbardx.models.registry import build_model
+from lumbardx.models.runtime import onnxruntime_available
+from lumbardx.report.overlay import render_overlay
+
+STUDY_SECONDS_PER_CASE = 14.5  # Ke et al. 2025, PP-YOLOv2 (CLINICAL.md)
+DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "yolospine-dev" / "images"
+OUT = Path(__file__).resolve().parent / "results" / "diagnose_speed.json"
+
+
+def synthetic_images(n: int, folder: Path, seed: int = 0) -> list[Path]:
+    """``n`` generated sagittal lumbar slices written as PNG into ``folder``."""
+    from lumbardx.synth import SynthConfig, generate_case
+    from lumbardx.synth.writer import png_bytes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        case = generate_case(rng, SynthConfig())
+        path = folder / f"synth_{i:03d}.png"
+        path.write_bytes(png_bytes(case.image))
+        paths.append(path)
+    return paths
+
+
+def cpu_name() -> str:
+    """The CPU model from ``/proc/cpuinfo`` (Linux), else ``platform.machine()``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    """Median, 90th percentile, mean, min and max (ms)."""
+    arr = np.asarray(values, dtype=float)
+    return {"median": float(np.median(arr)), "p90": float(np.percentile(arr, 90)),
+            "mean": float(arr.mean()), "min": float(arr.min()), "max": float(arr.max())}
+
+
+def time_lumbardx(dx: Diagnoser, paths: list[Path], warmup: int,
+                  peer: Callable[[np.ndarray], None] | None = None) -> dict[str, Any]:
+    """Per-step and total times over ``paths`` (the first ``warmup`` runs not counted).
+
+    ``peer(display)`` is timed on each image right after ours, so that both see the same
+    machine load (other processes on a shared machine make separate runs incomparable).
+    """
+    steps: dict[str, list[float]] = {}
+    totals: list[float] = []
+    discs: list[int] = []
+    peer_ms: list[float] = []
+    for k, path in enumerate([*paths[:warmup], *paths]):
+        t0 = time.perf_counter()
+        image: MedicalImage = load_study(path)[0]
+        read_ms = 1000.0 * (time.perf_counter() - t0)
+        study = dx.diagnose_image(image, path, timings={"read": read_ms})
+        t1 = time.perf_counter()
+        render_overlay(image.display, study.findings, model=study.model.name)
+        study.timings_ms["overlay"] = 1000.0 * (time.perf_counter() - t1)
+        if peer is not None:
+            t2 = time.perf_counter()
+            peer(image.display)
+            if k >= warmup:
+                peer_ms.append(1000.0 * (time.perf_counter() - t2))
+        if k < warmup:
+            continue
+        for name, ms in study.timings_ms.items():
+            steps.setdefault(name, []).append(ms)
+        totals.append(sum(study.timings_ms.values()))
+        discs.append(len(study.findings.discs))
+    model_ms = stats([a + b for a, b in zip(steps["preprocess"], steps["detect"])])
+    out = {"backend": dx.info.backend, "total_ms": stats(totals),
+           "steps_ms": {k: statistics.median(v) for k, v in steps.items()},
+           "model_ms": model_ms, "mean_discs_found": float(np.mean(discs)),
+           "ratio_study_over_ours": STUDY_SECONDS_PER_CASE * 1000.0 / float(np.median(totals))}
+    if peer_ms:
+        out["peer_predict_ms"] = stats(peer_ms)
+        out["ratio_peer_over_ours_model"] = stats(peer_ms)["median"] / model_ms["median"]
+    return out
+
+
+def ultralytics_peer(image_size: int) -> tuple[Callable[[np.ndarray], None], dict[str, Any]]:
+    """Ultralytics YOLO11n (random init, 3 classes): ``predict`` on a gray ``uint8 [H, W]``
+    image (repeated to 3 channels) and a description.
+
+    Raises:
+        ImportError: ultralytics is not installed.
+    """
+    import ultralytics
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import DetectionModel
+
+    yolo = YOLO("yolo11n.yaml", task="detect")
+    yolo.model = DetectionModel("yolo11n.yaml", nc=3, verbose=False)
+
+    def run(display: np.ndarray) -> None:
+        yolo.predict(np.repeat(display[..., None], 3, axis=2), imgsz=image_size, device="cpu",
+                     verbose=False)
+
+    return run, {"model": "YOLO11n (yolo11n.yaml, random init, nc=3)", "image_size": image_size,
+                 "parameters": sum(p.numel() for p in yolo.model.parameters()),
+                 "ultralytics_version": ultralytics.__version__}
+
+
+def load(args: argparse.Namespace, backend: str) -> tuple[Diagnoser, str]:
+    """The diagnoser for ``backend`` and a description of the weights used."""
+    if args.weights is not None:
+        loaded = load_detector(args.weights, backend=backend)
+        return Diagnoser(loaded=loaded), f"weights {args.weights} (sha256 " \
+                                         f"{loaded.info.weights_sha256[:12]})"
+    try:
+        path = shipped_weights("default")
+        loaded = load_detector(path, backend=backend)
+        return Diagnoser(loaded=loaded), f"shipped default weights {path.name}"
+    except NoShippedWeightsError:
+        torch.manual_seed(0)
+        net = build_model(args.arch, 3)
+        loaded = from_detector(net, ["normal", "herniation", "spondylolisthesis"],
+                               args.image_size, backend=backend)
+        return Diagnoser(loaded=loaded), f"randomly initialised {args.arch} (no shipped " \
+                                         "weights installed; findings are not meaningful)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEV, help="folder of PNG/JPEG slices")
+    parser.add_argument("--n", type=int, default=30, help="images timed")
+    parser.add_argument("--warmup", type=int, default=3, help="images run first, not timed")
+    parser.add_argument("--weights", type=Path, default=None)
+    parser.add_argument("--arch", default="yolov5s", help="random model when no weights")
+    parser.add_argument("--image-size", type=int, default=640, help="input size of a random "
+                        "model (a checkpoint brings its own)")
+    parser.add_argument("--backends", default="torch,onnx")
+    parser.add_argument("--no-peer", action="store_true", help="skip Ultralytics YOLO11n")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+
+    if args.data.is_dir():
+        paths = sorted(p for p in args.data.iterdir() if p.suffix.lower() in
+                       (".png", ".jpg", ".jpeg"))[: args.n]
+        data = os.path.relpath(args.data, Path(__file__).resolve().parents[1])
+    else:
+        tmp = Path(os.environ.get("TMPDIR", "/tmp")) / "lumbardx-bench-synth"
+        paths, data = synthetic_images(args.n, tmp), "synthetic (lumbardx.synth)"
+    if not paths:
+        raise SystemExit(f"no images in {args.data}")
+
+    result: dict[str, Any] = {
+        "what": "end-to-end per image: read, preprocess, detect, findings, severity, overlay "
+                "(reports excluded); warm-up excluded",
+        "data": data, "n_images": len(paths), "warmup": args.warmup,
+        "machine": {"cpu": cpu_name(),
+                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "python": platform.python_version()},
+        "study_seconds_per_case": STUDY_SECONDS_PER_CASE, "backends": {},
+    }
+    peer = None
+    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        if backend == "onnx" and not onnxruntime_available():
+            result["backends"]["onnx"] = {"skipped": "onnxruntime not installed"}
+            continue
+        dx, described = load(args, backend)
+        result["model"] = {"described": described, "name": dx.info.name,
+                           "image_size": dx.info.image_size}
+        if dx.loaded.model is not None:
+            result["model"]["parameters"] = count_parameters(dx.loaded.model)
+        if peer is None and not args.no_peer:
+            try:
+                peer, result["peer"] = ultralytics_peer(dx.info.image_size)
+            except ImportError:
+                result["peer"] = {"skipped": "ultralytics not importable"}
+        r = time_lumbardx(dx, paths, args.warmup, peer)
+        result["backends"][backend] = r
+        print(f"[{backend}] {described}: median {r['total_ms']['median']:.1f} ms, p90 "
+              f"{r['total_ms']['p90']:.1f} ms per image; study/ours = "
+              f"{r['ratio_study_over_ours']:.1f}x")
+        if "peer_predict_ms" in r:
+            print(f"[{backend}] YOLO11n predict median {r['peer_predict_ms']['median']:.1f} ms "
+                  f"vs our preprocess+detect {r['model_ms']['median']:.1f} ms on the same "
+                  f"images: YOLO11n/ours = {r['ratio_peer_over_ours_model']:.2f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

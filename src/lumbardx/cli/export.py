@@ -1,0 +1,60 @@
+"""``lumbardx export``: a trained checkpoint -> an ONNX file for ONNX Runtime inference.
+
+The checkpoint (written by ``lumbardx train``, :mod:`lumbardx.engine.checkpoint`) names the
+model, its class names and its training size; the detector is rebuilt with
+:func:`lumbardx.models.registry.build_model` and given the EMA weights when the checkpoint holds
+them (else the trained weights), as :func:`lumbardx.engine.crossval.load_detector` does for
+``evaluate`` and ``predict``. The ONNX file (:func:`lumbardx.models.export.export_onnx`: network and
+box decoding, NMS settings and class names in its metadata) runs with
+:class:`lumbardx.models.runtime.OnnxBackend`.
+
+Exit codes: 0 written; 2 nothing written (unreadable checkpoint, bad size or opset, model that
+does not export, ``onnx`` not installed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.text import Text
+from typer import Argument, Option
+
+from lumbardx.data.errors import InputError
+
+
+def _fail(message: str) -> typer.Exit:
+    """Print ``message`` as an error on stderr; the exit (code 2) to raise."""
+    Console(stderr=True, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), message))
+    return typer.Exit(code=2)
+
+
+def export(
+    weights: Path = Argument(..., help="checkpoint .pt"),
+    out: Path = Option(None, "--out", help="ONNX file to write (default: WEIGHTS with .onnx)."),
+    image_size: int | None = Option(
+        None, "--imgsz", help="Input size in px, multiple of 32 (default: the training size)."
+    ),
+    opset: int | None = Option(
+        None, "--opset", help="ONNX opset (default 17; 19 for models with deformable conv)."
+    ),
+) -> None:
+    """Export a trained checkpoint (EMA weights when saved) to ONNX: network and box decoding,
+    with class names, input size and NMS settings stored in the file."""
+    from lumbardx.engine.crossval import load_detector  # lazy: heavy engine imports
+    from lumbardx.models.export import ExportError, OptionalDependencyError, export_onnx
+
+    target = Path(out) if out is not None else Path(weights).with_suffix(".onnx")
+    if target.resolve() == Path(weights).resolve():
+        raise _fail(f"{target}: the ONNX file would overwrite the checkpoint; choose another --out")
+    try:
+        det = load_detector(weights, "cpu")
+        size = det.image_size if image_size is None else int(image_size)
+        path = export_onnx(det.model, target, size, det.class_names, opset)
+    except (InputError, ExportError, OptionalDependencyError, ValueError) as err:
+        raise _fail(str(err)) from None
+    Console(soft_wrap=True).print(Text.assemble(
+        f"{det.model_name} ({', '.join(det.class_names)}) at {size}x{size} px -> ",
+        (str(path), "bold"),
+    ))

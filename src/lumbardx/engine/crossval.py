@@ -1,0 +1,541 @@
+"""Training runs and k-fold cross-validation of detectors (the study's Table 1).
+
+A *run* (:func:`train_and_evaluate`) builds a registered detector, re-fits the YOLOv5 anchors
+to the training boxes (AutoAnchor, as ultralytics/yolov5 v7.0 ``train.py`` does by default),
+trains it with :func:`lumbardx.engine.trainer.train` and evaluates the best checkpoint on the
+validation images with figures in ``<run>/eval``. Re-fitted anchors are buffers of the model,
+so ``last.pt`` / ``best.pt`` hold them with the weights; ``run.json`` records the settings,
+the anchors and the lumbardx version.
+
+:func:`run_fold` is one cross-validation fold: train on the other folds, evaluate on ``fold``
+and write ``result.json`` (the fold dict of :mod:`lumbardx.engine.table1`). :func:`crossval`
+runs every (model, fold) -- in this process or in ``jobs`` worker processes -- and writes
+Table 1. Layout of ``DIR``::
+
+    folds.csv  crossval.json  table1.md  table1.csv  table1.json  pr_<model>.png
+    <model>/fold<k>/{last.pt, best.pt, results.csv, run.json, result.json, eval/}
+
+``folds.csv`` is written first (patient-grouped, class-stratified, :func:`make_folds`) and
+reused on resume; a fold with ``result.json`` is finished and skipped on resume, a fold with
+``last.pt`` continues from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lumbardx import __version__
+from lumbardx.data.dataset import LumbarDataset
+from lumbardx.data.errors import InputError
+from lumbardx.data.folds import make_folds, read_folds_csv, split, write_folds_csv
+from lumbardx.engine.checkpoint import load_checkpoint, load_weights, weights_from_checkpoint
+from lumbardx.engine.evaluate import EvalResult, evaluate
+from lumbardx.engine.recipes import Recipe, recipe_for
+from lumbardx.engine.table1 import ModelFolds, merge_peer, write_table1
+from lumbardx.engine.trainer import TrainResult, train
+from lumbardx.models.detector import Detector
+from lumbardx.models.registry import available_models, build_model
+
+RESULT_FILE = "result.json"
+RUN_FILE = "run.json"
+SETTINGS_FILE = "crossval.json"
+FOLDS_FILE = "folds.csv"
+# Settings that must match when a cross-validation is resumed (the rest may change).
+RESUME_KEYS = ("classes", "k", "seed", "recipe_overrides", "autoanchor", "eval_batch")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as ``torch.device``."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def check_model_name(name: str) -> None:
+    """Raise :class:`InputError` naming the choices when ``name`` is not a registered model."""
+    names = available_models()
+    if name not in names:
+        raise InputError(None, f"unknown model {name!r}; choose from {', '.join(names)}")
+
+
+def make_recipe(model_name: str, overrides: Mapping[str, Any] | None = None) -> Recipe:
+    """The model's recipe (:func:`recipe_for`, small-data defaults) with ``overrides``.
+
+    ``image_size``, ``batch_size`` and ``epochs`` go through :func:`recipe_for` (which rescales
+    LR milestones to the epochs); every other key is a :class:`Recipe` field (``augment``: a
+    dict of :class:`AugmentConfig` fields, merged). Unknown keys raise :class:`InputError`.
+    """
+    check_model_name(model_name)
+    o = dict(overrides or {})
+    base = recipe_for(model_name, image_size=int(o.pop("image_size", 640)),
+                      batch_size=o.pop("batch_size", None), epochs=o.pop("epochs", None))
+    data = base.to_dict()
+    if isinstance(o.get("augment"), Mapping):
+        data["augment"] = {**data["augment"], **o.pop("augment")}
+    try:
+        return Recipe.from_dict({**data, **o})
+    except (TypeError, ValueError) as err:
+        raise InputError(None, f"recipe settings for {model_name}: {err}") from None
+
+
+def load_dataset(data: str | Path, classes: str | Mapping[str, str] = "study",
+                 patients: Path | None = None) -> LumbarDataset:
+    """:class:`LumbarDataset` of ``data``, with an :class:`InputError` for a missing folder."""
+    root = Path(data)
+    if not root.is_dir():
+        raise InputError(root, "dataset folder not found")
+    ds = LumbarDataset(root, classes=classes, patients=patients)
+    if len(ds) == 0:
+        raise InputError(root, "no usable annotated image (run 'lumbardx data check')")
+    return ds
+
+
+def build_detector(model_name: str, num_classes: int, image_size: int) -> Detector:
+    """A randomly initialised registered detector (YOLOv5 gets the training size, which scales
+    its objectness loss gain)."""
+    check_model_name(model_name)
+    kwargs: dict[str, Any] = {"image_size": image_size} if model_name.startswith("yolov5") else {}
+    return build_model(model_name, num_classes, **kwargs)
+
+
+@dataclass
+class LoadedDetector:
+    """A detector rebuilt from a checkpoint, with what inference needs.
+
+    Attributes:
+        model: the detector in eval mode on the requested device (EMA weights when saved).
+        model_name: registry name; class_names: index -> name; image_size: square input size
+            in pixels (the training size); pad_value: letterbox gray level of the recipe;
+        recipe: the training recipe dict; path: the checkpoint; lumbardx_version: the writer's
+            version when the checkpoint records it.
+    """
+
+    model: Detector
+    model_name: str
+    class_names: list[str]
+    image_size: int
+    pad_value: int
+    recipe: dict[str, Any]
+    path: Path
+    lumbardx_version: str | None = None
+
+
+def load_detector(weights: str | Path, device: str | torch.device = "cpu") -> LoadedDetector:
+    """Rebuild the detector of a ``lumbardx train`` checkpoint (no training data needed).
+
+    Raises:
+        InputError: naming the file when it is unreadable, lacks the model name or class names,
+            or its weights do not fit the named model.
+    """
+    path = Path(weights)
+    ckpt = load_checkpoint(path)
+    name, names = ckpt.get("model_name"), ckpt.get("class_names")
+    if not name or not names:
+        raise InputError(path, "checkpoint lacks model_name / class_names (not written by "
+                               "'lumbardx train')")
+    if name not in available_models():
+        raise InputError(path, f"checkpoint model {name!r} is not a model of this lumbardx")
+    recipe = dict(ckpt.get("recipe") or {})
+    image_size = int(recipe.get("image_size", 640))
+    model = build_detector(name, len(names), image_size)
+    try:
+        model.load_state_dict(weights_from_checkpoint(ckpt))
+    except (RuntimeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(path, f"weights do not fit {name} with {len(names)} classes: "
+                               f"{first}") from None
+    model.to(resolve_device(device)).eval()
+    pad = int((recipe.get("augment") or {}).get("pad_value", 0))
+    return LoadedDetector(model, name, list(names), image_size, pad, recipe, path,
+                          ckpt.get("lumbardx_version"))
+
+
+def fit_anchors(model: Detector, train_set: Sequence[Any], image_size: int,
+                seed: int = 0) -> dict[str, Any] | None:
+    """YOLOv5 AutoAnchor on the training boxes (v7.0 ``utils/autoanchor.py``); the anchors are
+    replaced when the re-fit has a higher best possible recall. ``None`` for other models (the
+    Paddle recipes keep their anchors) or without boxes. Returns the check as a dict."""
+    anchors = getattr(model.postprocess, "anchors", None)
+    if not model.name.startswith("yolov5") or not isinstance(anchors, torch.Tensor):
+        return None
+    from lumbardx.models.autoanchor import check_anchors, label_wh
+    from lumbardx.models.yolov5 import set_anchors
+
+    records = getattr(train_set, "records", None)
+    if records is None:
+        return None
+    wh = label_wh([r.boxes for r in records], [(r.width, r.height) for r in records], image_size)
+    if len(wh) == 0:
+        return None
+    check = check_anchors(wh, anchors, image_size=image_size, seed=seed)
+    if check.refitted:
+        set_anchors(model, check.anchors)
+    return {"refitted": check.refitted, "bpr_before": check.bpr_before,
+            "bpr_after": check.bpr_after, "anchors": check.anchors}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def train_and_evaluate(
+    model_name: str,
+    train_set: Any,
+    val_set: Any | None,
+    recipe: Recipe,
+    out_dir: str | Path,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    resume: bool = False,
+    weights: Path | None = None,
+    autoanchor: bool = True,
+    eval_batch: int = 1,
+    progress: bool = True,
+    run_info: Mapping[str, Any] | None = None,
+) -> tuple[TrainResult, EvalResult | None]:
+    """Train ``model_name`` on ``train_set`` into ``out_dir`` and evaluate ``best.pt`` on
+    ``val_set`` (figures, metrics and COCO predictions in ``out_dir / "eval"``).
+
+    ``weights`` (a local checkpoint) are loaded where names and shapes match, before
+    AutoAnchor (``TrainResult.weights_report`` says what was loaded). ``eval_batch`` is the
+    batch of the final evaluation, so ``ms_per_image`` is the time per
+    image at that batch (1: one image at a time, as a reading workstation runs it; the same
+    for every model). ``resume`` continues from ``out_dir / "last.pt"``; without it a folder
+    that already holds a run is refused. ``run_info`` is added to ``run.json``.
+
+    Raises:
+        InputError: unknown model, a folder holding another run, unusable data or weights.
+    """
+    out = Path(out_dir)
+    if not resume and (out / "last.pt").exists():
+        raise InputError(out, "already holds a training run (last.pt); resume it or choose "
+                              "another output folder")
+    if resume and not (out / "last.pt").is_file():
+        raise InputError(out / "last.pt", "nothing to resume: checkpoint file not found")
+    names = list(train_set.class_names)
+    model = build_detector(model_name, len(names), recipe.image_size)
+    report = None
+    if weights is not None and not resume:  # before AutoAnchor, as YOLOv5 train.py
+        report = load_weights(model, weights)
+    anchors = None if resume or not autoanchor else fit_anchors(model, train_set,
+                                                                recipe.image_size, seed)
+    dev = resolve_device(device)
+    out.mkdir(parents=True, exist_ok=True)
+    info = {"model": model_name, "class_names": names, "image_size": recipe.image_size,
+            "recipe": recipe.to_dict(), "seed": seed, "device": str(dev),
+            "train_images": len(train_set), "val_images": len(val_set) if val_set else 0,
+            "weights": str(weights) if weights else None, "lumbardx_version": __version__,
+            **dict(run_info or {})}
+    if not resume or not (out / RUN_FILE).is_file():
+        info["autoanchor"] = anchors
+        _write_json(out / RUN_FILE, info)
+    res = train(model, train_set, val_set, recipe, out, dev, resume=resume, seed=seed,
+                progress=progress, final_eval=False)
+    res.weights_report = report
+    if val_set is None:
+        return res, None
+    model.load_state_dict(weights_from_checkpoint(load_checkpoint(res.best or res.last)))
+    ev = evaluate(model, val_set, dev, recipe.image_size, eval_batch, names,
+                  out_dir=out / "eval", pad_value=recipe.augment.pad_value)
+    return res, ev
+
+
+def _training_seconds(run_dir: Path) -> float:
+    from lumbardx.engine.reporting import ResultsCsv
+
+    total = 0.0
+    for row in ResultsCsv(run_dir / "results.csv").rows():
+        try:
+            total += float(row.get("time_s") or 0.0)
+        except ValueError:
+            pass
+    return total
+
+
+def run_fold(
+    data: str | Path,
+    model_name: str,
+    fold: int,
+    folds_csv: str | Path,
+    recipe_overrides: Mapping[str, Any] | None,
+    out_dir: str | Path,
+    device: str = "auto",
+    seed: int = 0,
+    *,
+    classes: str | Mapping[str, str] = "study",
+    patients: Path | None = None,
+    resume: bool = True,
+    autoanchor: bool = True,
+    eval_batch: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``model_name`` on every fold but ``fold`` of ``folds_csv`` and evaluate on ``fold``.
+
+    Args:
+        out_dir: this fold's run folder (``crossval`` uses ``DIR/<model>/fold<k>``).
+        recipe_overrides: see :func:`make_recipe` (e.g. ``{"epochs": 300, "image_size": 384}``).
+        resume: return the stored result when ``out_dir`` holds ``result.json`` and continue
+            from ``last.pt`` when it holds one; without it such a folder is refused.
+
+    Returns:
+        The fold dict written to ``out_dir / "result.json"``: ``model, fold, ap50 {class: AP},
+        ap50_95, map50, map50_95, ms_per_image, eval_batch, precision [101][K], recall [101],
+        num_gt, train_images, val_images, epochs, best_map50, train_seconds, device, weights``.
+    """
+    out = Path(out_dir)
+    if resume and (out / RESULT_FILE).is_file():
+        return read_result(out / RESULT_FILE)
+    ds = load_dataset(data, classes, patients)
+    train_idx, val_idx = split(ds, fold, Path(folds_csv))
+    if not train_idx or not val_idx:
+        raise InputError(Path(folds_csv), f"fold {fold} leaves no training or no validation "
+                                          "image")
+    recipe = make_recipe(model_name, recipe_overrides)
+    res, ev = train_and_evaluate(
+        model_name, ds.subset(train_idx), ds.subset(val_idx), recipe, out, device, seed,
+        resume=resume and (out / "last.pt").is_file(), autoanchor=autoanchor,
+        eval_batch=eval_batch, progress=progress,
+        run_info={"data": str(Path(data).resolve()), "fold": fold,
+                  "folds_csv": str(Path(folds_csv).resolve())})
+    assert ev is not None
+    d = ev.to_dict()
+    result = {
+        "model": model_name, "fold": int(fold), "class_names": d["class_names"],
+        "ap50": d["ap50"], "ap50_95": d["ap50_95"], "map50": d["map50"],
+        "map50_95": d["map50_95"], "interpolation": d["interpolation"],
+        "ms_per_image": d["ms_per_image"], "eval_batch": eval_batch,
+        "num_images": d["num_images"], "num_gt": d["num_gt"], "confusion": d["confusion"],
+        "precision": ev.precision.tolist(), "recall": ev.recall.tolist(),
+        "train_images": len(train_idx), "val_images": len(val_idx), "epochs": recipe.epochs,
+        "best_map50": res.best_map50 if math.isfinite(res.best_map50) else None,
+        "train_seconds": _training_seconds(out), "device": str(resolve_device(device)),
+        "weights": str(res.best or res.last), "skipped": d["skipped"],
+    }
+    _write_json(out / RESULT_FILE, result)
+    return result
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """A fold's ``result.json`` (:class:`InputError` naming the file when unusable)."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"cannot read the fold result: {err}") from None
+    if not isinstance(obj, dict) or "fold" not in obj or "map50" not in obj:
+        raise InputError(path, "not a fold result (needs 'fold' and 'map50')")
+    return obj
+
+
+def _fold_job(kwargs: dict[str, Any], threads: int) -> dict[str, Any]:
+    """Worker-process entry: run one fold; errors come back as text (InputError does not
+    survive pickling)."""
+    torch.set_num_threads(threads)
+    try:
+        return run_fold(**kwargs)
+    except Exception as err:  # noqa: BLE001 - reported, the other folds go on
+        return {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+
+
+@dataclass
+class CrossvalResult:
+    """What :func:`crossval` did.
+
+    Attributes:
+        out_dir: the cross-validation folder; folds_csv: its ``folds.csv``.
+        class_names: the classes scored.
+        rows: Table 1 rows (models in the order given, then peers).
+        files: Table 1 files by name (:func:`~lumbardx.engine.table1.write_table1`).
+        ran: (model, fold) trained and evaluated by this call.
+        reused: (model, fold) finished by an earlier call (skipped on resume).
+        failures: (model, fold) -> error of the folds that failed (the others went on).
+    """
+
+    out_dir: Path
+    folds_csv: Path
+    class_names: list[str]
+    rows: list[ModelFolds]
+    files: dict[str, Path]
+    ran: list[tuple[str, int]] = field(default_factory=list)
+    reused: list[tuple[str, int]] = field(default_factory=list)
+    failures: dict[tuple[str, int], str] = field(default_factory=dict)
+
+
+def _prepare_folder(out: Path, ds: LumbarDataset, settings: dict[str, Any], resume: bool,
+                    say: Callable[[str], None]) -> Path:
+    """Check ``out`` against ``resume``; write (or check and reuse) folds and settings."""
+    folds_csv, settings_file = out / FOLDS_FILE, out / SETTINGS_FILE
+    if not resume and (folds_csv.exists() or settings_file.exists()):
+        raise InputError(out, "already holds a cross-validation; resume it (--resume) or "
+                              "choose another output folder")
+    if resume and settings_file.is_file():
+        try:
+            old = json.loads(settings_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise InputError(settings_file, f"cannot read the settings: {err}") from None
+        diff = [f"{k}: {old.get(k)!r} before, {settings[k]!r} now" for k in RESUME_KEYS
+                if old.get(k) != settings[k]]
+        if diff:
+            raise InputError(settings_file, "resume needs the settings of the first call; "
+                                            + "; ".join(diff))
+        settings["models"] = list(dict.fromkeys([*old.get("models", []), *settings["models"]]))
+    out.mkdir(parents=True, exist_ok=True)
+    if resume and folds_csv.is_file():
+        assign = read_folds_csv(folds_csv)
+        if assign.k != settings["k"]:
+            raise InputError(folds_csv, f"holds {assign.k} folds, not {settings['k']}")
+        split(ds, 0, assign)  # every image of the dataset must have a fold
+        say(f"reusing the folds of {folds_csv}")
+    else:
+        assign = make_folds(ds, settings["k"], settings["seed"])
+        write_folds_csv(assign, folds_csv)
+        for message in assign.warnings:
+            say(f"warning: {message}")
+        say(f"folds written to {folds_csv}")
+    _write_json(settings_file, settings)
+    return folds_csv
+
+
+def crossval(
+    data: str | Path,
+    models: Sequence[str],
+    k: int = 5,
+    classes: str = "study",
+    recipe_overrides: Mapping[str, Any] | None = None,
+    out_dir: str | Path = "runs/crossval",
+    device: str = "auto",
+    seed: int = 0,
+    jobs: int = 1,
+    resume: bool = False,
+    compare_with: Sequence[str | Path] = (),
+    patients: Path | None = None,
+    autoanchor: bool = True,
+    eval_batch: int = 1,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> CrossvalResult:
+    """k-fold cross-validation of ``models`` on ``data`` and the study's Table 1.
+
+    For each model and fold: train on the other ``k - 1`` folds, evaluate on the held-out fold
+    (:func:`run_fold`). ``jobs > 1`` runs that many folds at a time in worker processes (spawned;
+    each gets ``cpu_count // jobs`` threads; useful on a large GPU; a script that calls this with
+    ``jobs > 1`` needs the usual ``if __name__ == "__main__":`` guard). A failing fold is reported
+    and the others go on; Table 1 lists it as not finished. ``compare_with`` adds peers' results
+    (:func:`merge_peer`) as further rows. ``log`` receives progress messages.
+
+    Raises:
+        InputError: unknown model, bad recipe override, unusable dataset or peer file, ``out_dir``
+            holding another cross-validation (without ``resume``) or other settings (with it).
+    """
+    say = log or (lambda message: None)
+    if not models:
+        raise InputError(None, "no model given")
+    if jobs < 1:
+        raise InputError(None, f"jobs must be at least 1, not {jobs}")
+    overrides = dict(recipe_overrides or {})
+    recipes = {m: make_recipe(m, overrides) for m in models}  # checks names and overrides
+    out = Path(out_dir)
+    ds = load_dataset(data, classes, patients)
+    names = list(ds.class_names)
+    peers = [merge_peer(p, names) for p in compare_with]
+    settings = {"data": str(Path(data).resolve()), "models": list(models), "classes": classes,
+                "k": k, "seed": seed, "recipe_overrides": overrides, "autoanchor": autoanchor,
+                "eval_batch": eval_batch, "lumbardx_version": __version__}
+    folds_csv = _prepare_folder(out, ds, settings, resume, say)
+
+    results: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in models}
+    outcome = CrossvalResult(out, folds_csv, names, [], {})
+    pending: list[dict[str, Any]] = []
+    for m in models:
+        for f in range(k):
+            run_dir = out / m / f"fold{f}"
+            if (run_dir / RESULT_FILE).is_file():
+                results[m][f] = read_result(run_dir / RESULT_FILE)
+                outcome.reused.append((m, f))
+                say(f"{m} fold {f}: finished before, skipped")
+                continue
+            pending.append(dict(data=str(Path(data)), model_name=m, fold=f,
+                                folds_csv=str(folds_csv), recipe_overrides=overrides,
+                                out_dir=str(run_dir), device=device, seed=seed, classes=classes,
+                                patients=patients, resume=True, autoanchor=autoanchor,
+                                eval_batch=eval_batch, progress=progress))
+
+    def finish(kw: dict[str, Any], res: dict[str, Any]) -> None:
+        key = (kw["model_name"], kw["fold"])
+        if "error" in res:
+            outcome.failures[key] = res["error"]
+            Path(kw["out_dir"]).mkdir(parents=True, exist_ok=True)
+            (Path(kw["out_dir"]) / "error.txt").write_text(res.get("traceback", res["error"]))
+            say(f"{key[0]} fold {key[1]} failed: {res['error']}")
+            return
+        results[key[0]][key[1]] = res
+        outcome.ran.append(key)
+        say(f"{key[0]} fold {key[1]}: mAP@0.5 {_fmt(res.get('map50'))}, "
+            f"mAP@0.5:0.95 {_fmt(res.get('map50_95'))}")
+
+    if jobs == 1 or len(pending) <= 1:
+        for kw in pending:
+            say(f"{kw['model_name']} fold {kw['fold']}: training on the other {k - 1} folds")
+            try:
+                res = run_fold(**kw)
+            except Exception as err:  # noqa: BLE001 - reported, the other folds go on
+                res = {"error": f"{type(err).__name__}: {err}",
+                       "traceback": traceback.format_exc()}
+            finish(kw, res)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_fold_job, {**kw, "progress": False}, threads): kw
+                       for kw in pending}
+            say(f"{len(pending)} fold trainings, {jobs} at a time")
+            for fut in as_completed(futures):
+                finish(futures[fut], fut.result())
+
+    for m in models:
+        failed = {f: e for (mm, f), e in outcome.failures.items() if mm == m}
+        outcome.rows.append(ModelFolds(m, [results[m][f] for f in sorted(results[m])],
+                                       failed=failed))
+    outcome.rows += peers
+    outcome.files = write_table1(outcome.rows, names, out, _notes(ds, settings, recipes,
+                                                                  outcome.rows),
+                                 extra={"settings": settings})
+    return outcome
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{v:.3f}"
+
+
+def _notes(ds: LumbarDataset, settings: dict[str, Any], recipes: Mapping[str, Recipe],
+           rows: Sequence[ModelFolds]) -> list[str]:
+    """Method lines under Table 1: data, folds, recipes, timing conditions, peers."""
+    notes = [f"Data: {settings['data']} ({len(ds)} images, {len(ds.patients())} patients, "
+             f"classes '{settings['classes']}'); {settings['k']} patient-grouped, "
+             f"class-stratified folds (seed {settings['seed']}, folds.csv)."]
+    for m, r in recipes.items():
+        notes.append(f"{m}: recipe {r.name}, {r.epochs} epoch(s), {r.image_size} px, batch "
+                     f"{r.batch_size}, seed {settings['seed']}, AutoAnchor "
+                     f"{'on' if settings['autoanchor'] and m.startswith('yolov5') else 'off'}.")
+    for row in rows:
+        devices = sorted({str(f.get("device")) for f in row.folds if f.get("device")})
+        if row.source == "lumbardx" and devices:
+            notes.append(f"{row.name}: time per image at batch {settings['eval_batch']} on "
+                         f"{', '.join(devices)} (forward + post-processing, warm-up excluded)"
+                         + ("; WARNING: folds timed on different devices" if len(devices) > 1
+                            else "") + ".")
+        elif row.source != "lumbardx":
+            notes.append(f"{row.name}: {row.source}; scores and times from the peer's own "
+                         "script (same folds only if it was given this folds.csv).")
+    return notes

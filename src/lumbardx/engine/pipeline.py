@@ -1,0 +1,115 @@
+"""The training augmentation pipeline: one call turns a dataset index into a training image.
+
+Order (each step with the probability of :class:`lumbardx.engine.recipes.AugmentConfig`):
+
+1. mosaic of this and 3 random images, cropped to ``size`` by the random affine; or, without
+   mosaic, random expand -> random crop -> letterbox to ``size`` -> random affine;
+2. mixup with a second sample built the same way;
+3. gamma / contrast / brightness; 4. horizontal flip (off by default);
+5. boxes clipped to the image, boxes under ``min_box_size`` dropped.
+
+All randomness comes from the ``numpy.random.Generator`` passed in, so a sample is a pure
+function of ``(index, generator seed)`` -- the basis of exact resume and worker-independent
+results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from lumbardx.data.boxes import Sample
+from lumbardx.data.errors import InputError
+from lumbardx.engine import augment as A
+from lumbardx.engine.letterbox import Letterbox, letterbox
+from lumbardx.engine.mosaic import mixup, mosaic4
+from lumbardx.engine.recipes import AugmentConfig
+
+
+def sample_arrays(sample: Sample) -> A.Triple:
+    """Validated ``(image uint8 [H, W], boxes float32 [N, 4], labels int64 [N])`` of a sample.
+
+    Raises:
+        InputError: naming ``sample.image_id`` when the image is not 2-D ``uint8`` or the boxes
+            and labels do not match.
+    """
+    img = np.asarray(sample.image)
+    if img.ndim != 2 or img.dtype != np.uint8:
+        raise InputError(
+            sample.image_id, f"expected a uint8 grayscale image [H, W], got {img.dtype} {img.shape}"
+        )
+    boxes = np.asarray(sample.boxes, np.float32).reshape(-1, 4)
+    labels = np.asarray(sample.labels, np.int64).reshape(-1)
+    if len(boxes) != len(labels):
+        raise InputError(sample.image_id, f"{len(boxes)} boxes but {len(labels)} labels")
+    if len(boxes) and not np.all((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])):
+        raise InputError(sample.image_id, "a box has x2 <= x1 or y2 <= y1")
+    return img, boxes, labels
+
+
+class TrainTransform:
+    """Builds augmented ``[size, size]`` training samples from a dataset.
+
+    Args:
+        dataset: a sequence of :class:`~lumbardx.data.boxes.Sample`.
+        size: output side in pixels.
+        aug: augmentation settings.
+    """
+
+    def __init__(self, dataset: Sequence[Sample], size: int, aug: AugmentConfig) -> None:
+        self.dataset = dataset
+        self.size = size
+        self.aug = aug
+
+    def load(self, index: int) -> A.Triple:
+        """The validated arrays of sample ``index``."""
+        return sample_arrays(self.dataset[index])
+
+    def _single(self, index: int, rng: np.random.Generator) -> A.Triple:
+        a, s = self.aug, self.size
+        if rng.random() < a.mosaic:
+            others = rng.integers(0, len(self.dataset), 3).tolist()
+            parts = [self.load(i) for i in [index, *others]]
+            img, boxes, labels = mosaic4(parts, s, rng, a.pad_value)
+            use = rng.random() < a.affine
+            return A.random_affine(
+                img, boxes, labels, rng if use else None, s, a.degrees, a.translate, a.scale,
+                a.shear, a.pad_value, a.min_box_size, a.min_area_ratio,
+            )
+        img, boxes, labels = self.load(index)
+        if rng.random() < a.expand:
+            img, boxes, labels = A.random_expand(
+                img, boxes, labels, rng, a.expand_ratio, a.pad_value
+            )
+        if rng.random() < a.crop:
+            img, boxes, labels = A.random_crop(img, boxes, labels, rng)
+        img, geo = letterbox(img, s, a.pad_value)
+        boxes = geo.map_boxes(boxes)
+        if rng.random() < a.affine:
+            img, boxes, labels = A.random_affine(
+                img, boxes, labels, rng, s, a.degrees, a.translate, a.scale, a.shear,
+                a.pad_value, a.min_box_size, a.min_area_ratio,
+            )
+        return img, boxes, labels
+
+    def __call__(self, index: int, rng: np.random.Generator) -> A.Triple:
+        """Augmented ``(image uint8 [size, size], boxes float32 [N, 4], labels int64 [N])``."""
+        a = self.aug
+        img, boxes, labels = self._single(index, rng)
+        if rng.random() < a.mixup:
+            other = self._single(int(rng.integers(0, len(self.dataset))), rng)
+            img, boxes, labels = mixup((img, boxes, labels), other, rng, a.mixup_beta)
+        img = A.adjust_intensity(img, rng, a.brightness, a.contrast, a.gamma, a.intensity_prob)
+        if rng.random() < a.hflip:
+            img, boxes, labels = A.hflip(img, boxes, labels)
+        boxes = A.clip_boxes(boxes, self.size, self.size)
+        wh = boxes[:, 2:] - boxes[:, :2]
+        keep = (wh >= a.min_box_size).all(1)
+        return img, boxes[keep], labels[keep]
+
+
+def eval_arrays(sample: Sample, size: int, pad_value: int = 0) -> tuple[np.ndarray, Letterbox]:
+    """Letterboxed evaluation image ``uint8 [size, size]`` and its geometry."""
+    img, _, _ = sample_arrays(sample)
+    return letterbox(img, size, pad_value)

@@ -1,0 +1,361 @@
+"""Loading a trained detector -- a checkpoint file or the shipped weights -- ready to run.
+
+Where weights come from (never downloaded):
+
+* ``weights=None``: a **shipped** file, ``lumbardx/weights/<choice>.pt`` installed with the
+  package (read through :mod:`importlib.resources`), ``choice`` ``"default"`` or ``"best"``.
+  The environment variable ``LUMBARDX_WEIGHTS_DIR`` points to another folder holding those
+  files (a site that installs weights apart from the package). See ``lumbardx/weights/README.md``.
+* ``weights=<file>.pt``: a checkpoint written by the engine (``last.pt`` / ``best.pt``, keys in
+  :mod:`lumbardx.engine.checkpoint`; the EMA weights are used when present) or a file of the
+  same layout holding only ``model`` / ``ema`` and the metadata keys below.
+* ``weights=<file>.onnx``: a file written by :func:`lumbardx.models.export.export_onnx`
+  (ONNX Runtime backend; thresholds cannot travel in it, the defaults apply).
+
+Every ``.pt`` file is read with ``torch.load(weights_only=True)`` (no pickled code runs). The
+checkpoint must name its architecture (``model_name``) and classes (``class_names`` or
+``num_classes``); the input size comes from ``image_size`` or ``recipe["image_size"]``.
+Optional keys: ``thresholds`` (class name -> decision threshold in [0, 1], chosen on
+validation data by :mod:`lumbardx.clinical.thresholds`; classes without one use
+:data:`~lumbardx.clinical.thresholds.DEFAULT_THRESHOLDS`), ``lumbardx_version`` and ``tag``
+(shown in reports as the model version) and ``training_data``. A model card
+``<weights>.json`` next to the file may also give ``training_data``.
+
+The model's post-process keeps candidates down to the lowest decision threshold (boxes below
+every threshold could never count as findings), so diagnosis does not carry the thousands of
+low-score boxes that evaluation (conf 0.001) needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lumbardx import __version__
+from lumbardx.clinical.thresholds import DEFAULT_THRESHOLDS
+from lumbardx.data.errors import InputError, LumbardxError
+from lumbardx.engine.checkpoint import load_checkpoint, weights_from_checkpoint
+from lumbardx.models.detector import Detector
+from lumbardx.models.registry import available_models, build_model
+from lumbardx.models.runtime import OnnxBackend, TorchBackend, choose_backend
+from lumbardx.study import ModelInfo
+
+log = logging.getLogger(__name__)
+
+#: Shipped weight choices (``--model``) and their file names in ``lumbardx/weights/``.
+SHIPPED: dict[str, str] = {"default": "default.pt", "best": "best.pt"}
+#: Environment variable naming a folder that replaces ``lumbardx/weights/``.
+WEIGHTS_DIR_ENV = "LUMBARDX_WEIGHTS_DIR"
+#: Decision threshold of a class outside ``DEFAULT_THRESHOLDS`` when the checkpoint chose none:
+#: the confidence threshold of YOLOv5 ``detect.py`` (``conf_thres=0.25``), as those defaults.
+DEFAULT_THRESHOLD = 0.25
+
+Backend = TorchBackend | OnnxBackend
+
+
+class NoShippedWeightsError(LumbardxError, FileNotFoundError):
+    """The shipped weights asked for are not installed."""
+
+
+@dataclass
+class LoadedModel:
+    """A detector ready for diagnosis.
+
+    Attributes:
+        backend: runs ``float32 [B, 3, S, S]`` images in [0, 1] -> per image ``boxes [K, 4]``
+            (xyxy input pixels), ``scores [K]``, ``labels [K]`` (:mod:`lumbardx.models.runtime`).
+        info: name, version, weights hash, classes, input size and backend (for findings.json).
+        thresholds: decision threshold of every class; a box counts as a finding when its
+            score reaches its class threshold.
+        chosen: the classes whose threshold was chosen (stored in the file or given by the
+            user); the others have the defaults.
+        model: the PyTorch detector (``None`` for an ONNX file).
+        source: the weights file (``None`` for an in-memory model).
+        checkpoint_meta: metadata read from the file (epoch, recipe name, fitness...).
+    """
+
+    backend: Backend
+    info: ModelInfo
+    thresholds: dict[str, float]
+    chosen: set[str] = field(default_factory=set)
+    model: Detector | None = None
+    source: Path | None = None
+    checkpoint_meta: dict[str, Any] = field(default_factory=dict)
+
+    def set_thresholds(self, chosen: Mapping[str, float]) -> None:
+        """Replace the thresholds of some classes (validated as :func:`parse_thresholds`)."""
+        new = parse_thresholds(chosen, self.class_names, None)
+        self.thresholds.update(new)
+        self.chosen |= set(new)
+        if self.model is not None:
+            set_candidate_floor(self.model, min(self.thresholds.values()))
+
+    @property
+    def image_size(self) -> int:
+        """Square network input size in pixels."""
+        return self.info.image_size
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names, index order."""
+        return list(self.info.class_names)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_folder() -> Path:
+    """The folder holding shipped weights: ``$LUMBARDX_WEIGHTS_DIR`` or ``lumbardx/weights``."""
+    override = os.environ.get(WEIGHTS_DIR_ENV)
+    if override:
+        return Path(override)
+    return Path(str(resources.files("lumbardx") / "weights"))
+
+
+def shipped_choices() -> list[str]:
+    """The shipped choices (``"default"``, ``"best"``) whose file is installed."""
+    folder = weights_folder()
+    return [name for name, file in SHIPPED.items() if (folder / file).is_file()]
+
+
+def shipped_weights(choice: str = "default") -> Path:
+    """Path of the shipped weights ``choice`` (``"default"`` or ``"best"``).
+
+    Raises:
+        ValueError: unknown choice.
+        NoShippedWeightsError: the file is not installed (the message says how to pass
+            ``--weights`` instead).
+    """
+    if choice not in SHIPPED:
+        raise ValueError(f"unknown model {choice!r}: use {' or '.join(SHIPPED)}, or pass a "
+                         "checkpoint file with --weights")
+    folder = weights_folder()
+    path = folder / SHIPPED[choice]
+    if not path.is_file():
+        have = shipped_choices()
+        also = f" (installed: {', '.join(have)})" if have else ""
+        raise NoShippedWeightsError(
+            f"no shipped weights are installed for model {choice!r}: {path} does not exist"
+            f"{also}. Pass a trained checkpoint with --weights PATH (Python: "
+            f"weights=PATH), e.g. the best.pt written by training, or set {WEIGHTS_DIR_ENV} "
+            "to a folder holding default.pt")
+    return path
+
+
+def parse_thresholds(raw: Any, class_names: list[str], where: Path | None) -> dict[str, float]:
+    """Validate a ``class name -> threshold`` mapping from a file.
+
+    Raises:
+        InputError: not a mapping, unknown class name, or a value outside [0, 1].
+    """
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise InputError(where, f"'thresholds' must map class names to numbers, got "
+                                f"{type(raw).__name__}")
+    out: dict[str, float] = {}
+    for name, value in raw.items():
+        if name not in class_names:
+            raise InputError(where, f"threshold for unknown class {name!r} (classes: "
+                                    f"{', '.join(class_names)})")
+        try:
+            v = float(value.item() if isinstance(value, torch.Tensor) else value)
+        except (TypeError, ValueError):
+            raise InputError(where, f"threshold of {name!r} is not a number: {value!r}") from None
+        if not (0.0 <= v <= 1.0) or math.isnan(v):
+            raise InputError(where, f"threshold of {name!r} must lie in [0, 1], got {v}")
+        out[str(name)] = v
+    return out
+
+
+def _checkpoint_spec(ckpt: dict[str, Any], path: Path) -> tuple[str, list[str], int]:
+    """``(model_name, class_names, image_size)`` from a checkpoint's metadata."""
+    name = ckpt.get("model_name")
+    if not name:
+        raise InputError(path, "the checkpoint does not name its architecture ('model_name' "
+                               "missing); use a checkpoint written by lumbardx training")
+    if name not in available_models():
+        raise InputError(path, f"unknown architecture {name!r} (available: "
+                               f"{', '.join(available_models())})")
+    names = ckpt.get("class_names")
+    if names is None and isinstance(ckpt.get("num_classes"), int):
+        names = [f"class_{i}" for i in range(ckpt["num_classes"])]
+    if not names or not all(isinstance(n, str) for n in names):
+        raise InputError(path, "the checkpoint holds no class names ('class_names' missing)")
+    size = ckpt.get("image_size") or (ckpt.get("recipe") or {}).get("image_size")
+    if not isinstance(size, int) or size < 32 or size % 32:
+        raise InputError(path, f"the checkpoint holds no usable input size (got {size!r}); "
+                               "expected 'image_size' or recipe.image_size, a multiple of 32")
+    return str(name), list(names), size
+
+
+def _build_from_checkpoint(ckpt: dict[str, Any], path: Path) -> tuple[Detector, list[str], int]:
+    name, names, size = _checkpoint_spec(ckpt, path)
+    try:
+        state = weights_from_checkpoint(ckpt)
+    except ValueError as exc:
+        raise InputError(path, str(exc)) from exc
+    model = build_model(name, len(names))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0:3]
+        raise InputError(path, f"weights do not fit a {name} with {len(names)} classes: "
+                               f"{' '.join(s.strip() for s in first)}") from exc
+    return model.eval(), names, size
+
+
+def default_thresholds(class_names: list[str]) -> dict[str, float]:
+    """:data:`~lumbardx.clinical.thresholds.DEFAULT_THRESHOLDS` for ``class_names``
+    (:data:`DEFAULT_THRESHOLD` for classes outside the study's three)."""
+    return {n: DEFAULT_THRESHOLDS.get(n, DEFAULT_THRESHOLD) for n in class_names}
+
+
+def set_candidate_floor(model: Detector, floor: float) -> None:
+    """Let the post-process keep boxes down to ``floor`` (the lowest decision threshold)."""
+    post = model.postprocess
+    if hasattr(post, "conf_thresh"):
+        post.conf_thresh = float(floor)  # type: ignore[assignment]
+
+
+def from_detector(
+    model: Detector,
+    class_names: list[str],
+    image_size: int,
+    thresholds: Mapping[str, float] | None = None,
+    backend: str = "torch",
+    device: str = "cpu",
+    threads: int | None = None,
+    source: Path | None = None,
+    weights_sha256: str | None = None,
+    version: str | None = None,
+    training_data: str | None = None,
+    meta: dict[str, Any] | None = None,
+) -> LoadedModel:
+    """Wrap an in-memory detector (e.g. one just trained) as a :class:`LoadedModel`.
+
+    ``thresholds`` are the chosen ones (others: :func:`default_thresholds`); ``backend`` is
+    ``"torch"``, ``"onnx"`` or ``"auto"`` (:func:`lumbardx.models.runtime.choose_backend`).
+    """
+    chosen = parse_thresholds(dict(thresholds or {}), class_names, source)
+    thr = {**default_thresholds(class_names), **chosen}
+    set_candidate_floor(model, min(thr.values()))
+    run = choose_backend(model.eval(), backend,  # type: ignore[arg-type]
+                         image_size, class_names, device, threads)
+    info = ModelInfo(
+        name=model.name or type(model).__name__, version=version or f"lumbardx {__version__}",
+        weights_sha256=weights_sha256, class_names=list(class_names), image_size=int(image_size),
+        backend="onnxruntime" if isinstance(run, OnnxBackend) else "torch",
+        training_data=training_data)
+    return LoadedModel(run, info, thr, set(chosen), model, source, dict(meta or {}))
+
+
+def model_card(path: Path) -> dict[str, Any]:
+    """The model card ``<weights>.json`` next to a weights file (``{}`` when absent).
+
+    Raises:
+        InputError: the card exists but is not a JSON object.
+    """
+    card = path.with_suffix(".json")
+    if not card.is_file():
+        return {}
+    try:
+        data = json.loads(card.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(card, f"model card is not readable JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise InputError(card, "model card must be a JSON object")
+    return data
+
+
+def _version(ckpt: dict[str, Any], path: Path) -> str:
+    trained = ckpt.get("lumbardx_version")
+    tag = ckpt.get("tag") or path.name
+    epoch = ckpt.get("epoch")
+    parts = [f"lumbardx {trained}" if trained else "lumbardx (version not recorded)", str(tag)]
+    if isinstance(epoch, int):
+        parts.append(f"epoch {epoch + 1}")
+    return ", ".join(parts)
+
+
+def load_detector(
+    weights: Path | str | None = None,
+    device: str = "cpu",
+    *,
+    model: str = "default",
+    backend: str = "torch",
+    threads: int | None = None,
+) -> LoadedModel:
+    """Load a detector for diagnosis.
+
+    Args:
+        weights: a checkpoint ``.pt`` or an exported ``.onnx`` file; ``None`` uses the shipped
+            weights ``model``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... (ONNX files run on the CPU).
+        model: shipped choice when ``weights`` is ``None``: ``"default"`` or ``"best"``.
+        backend: ``"torch"``, ``"onnx"`` (export to ONNX Runtime) or ``"auto"``.
+        threads: intra-op threads of ONNX Runtime (PyTorch's are set by the caller).
+
+    Returns:
+        The ready detector with its :class:`~lumbardx.study.ModelInfo` (sha256 of the file)
+        and decision thresholds.
+
+    Raises:
+        NoShippedWeightsError: ``weights`` is ``None`` and the shipped file is not installed.
+        InputError: naming the file when it is missing, unreadable or not a lumbardx model.
+    """
+    path = shipped_weights(model) if weights is None else Path(weights)
+    if not path.is_file():
+        raise InputError(path, "weights file not found" if not path.exists()
+                         else "is not a file (expected a .pt checkpoint or .onnx export)")
+    digest = sha256_file(path)
+    card = model_card(path)
+    if path.suffix.lower() == ".onnx":
+        return _load_onnx(path, digest, card, threads)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    net, names, size = _build_from_checkpoint(ckpt, path)
+    thresholds = parse_thresholds(ckpt.get("thresholds", card.get("thresholds")), names, path)
+    meta = {k: ckpt[k] for k in ("epoch", "best_fitness", "seed") if k in ckpt}
+    meta["recipe"] = (ckpt.get("recipe") or {}).get("name")
+    meta["ema"] = isinstance(ckpt.get("ema"), dict)
+    try:
+        return from_detector(net, names, size, thresholds, backend, device, threads, path,
+                             digest, _version(ckpt, path),
+                             ckpt.get("training_data") or card.get("training_data"), meta)
+    except (ValueError, RuntimeError) as exc:
+        raise InputError(path, f"cannot run this model with backend {backend!r} on "
+                               f"{device}: {exc}") from exc
+
+
+def _load_onnx(path: Path, digest: str, card: dict[str, Any], threads: int | None
+               ) -> LoadedModel:
+    """An exported ``.onnx`` file in ONNX Runtime; thresholds from the model card if any."""
+    run = OnnxBackend(path, threads=threads)
+    if run.image_size[0] != run.image_size[1]:
+        raise InputError(path, f"exported at {run.image_size[0]}x{run.image_size[1]}; "
+                               "diagnosis needs a square input size")
+    chosen = parse_thresholds(card.get("thresholds"), run.class_names, path)
+    thr = {**default_thresholds(run.class_names), **chosen}
+    # NMS runs outside the graph: keep candidates down to the lowest decision threshold only
+    run.postprocess["conf_thresh"] = max(float(run.postprocess.get("conf_thresh", 0.0)),
+                                         min(thr.values()))
+    info = ModelInfo(run.name, f"lumbardx {run.lumbardx_version or '(not recorded)'}, "
+                     f"{path.name}", digest, run.class_names, run.image_size[0], "onnxruntime",
+                     card.get("training_data"))
+    return LoadedModel(run, info, thr, set(chosen), None, path)

@@ -1,0 +1,284 @@
+"""Cross-validation orchestration and the study's Table 1 (aggregation math, writers, resume)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from lumbardx.data.errors import InputError
+from lumbardx.engine import crossval as cv
+from lumbardx.engine.table1 import (
+    ModelFolds,
+    fold_stat,
+    mean_pr,
+    merge_peer,
+    metric_keys,
+    summarize,
+    write_table1,
+)
+
+NAMES = ["normal", "herniation", "spondylolisthesis"]
+OVERRIDES = {"image_size": 64, "epochs": 1, "batch_size": 4, "num_workers": 0}
+T_975_4 = 2.7764451051977987  # Student t quantile 0.975, 4 degrees of freedom (tables)
+
+
+def _fold(fold: int, ap: tuple[float | None, ...], map50: float, map50_95: float, ms: float,
+          precision: np.ndarray | None = None) -> dict:
+    f = {"fold": fold, "ap50": dict(zip(NAMES, ap)), "map50": map50, "map50_95": map50_95,
+         "ms_per_image": ms}
+    if precision is not None:
+        f["precision"] = precision.tolist()
+        f["recall"] = np.linspace(0, 1, 101).tolist()
+    return f
+
+
+def _peer_file(path: Path, classes: list[str] = NAMES) -> Path:
+    folds = [{"fold": i, "ap50": {c: 0.5 + 0.1 * i for c in classes}, "map50": 0.5 + 0.1 * i,
+              "map50_95": 0.3, "ms_per_image": 5.0, "train_seconds": 1.0} for i in range(2)]
+    path.write_text(json.dumps({"model": "ultralytics yolo11n (from scratch)", "folds": folds}))
+    return path
+
+
+# ------------------------------------------------------------------ aggregation math
+def test_fold_stat_mean_sd_and_t_interval() -> None:
+    values = [0.80, 0.90, 0.85, 0.95, 0.70]
+    s = fold_stat(values)
+    mean, sd = statistics.mean(values), statistics.stdev(values)  # stdev: n - 1
+    assert s.n == 5
+    assert s.mean == pytest.approx(mean)
+    assert s.sd == pytest.approx(sd)
+    half = T_975_4 * sd / math.sqrt(5)
+    assert (s.ci_low, s.ci_high) == pytest.approx((mean - half, mean + half))
+    # None / nan (class without ground truth in a fold) are left out, not counted as 0
+    s2 = fold_stat([0.5, None, float("nan"), 0.7])
+    assert s2.n == 2 and s2.mean == pytest.approx(0.6)
+    assert s2.sd == pytest.approx(math.sqrt(0.02))
+    one = fold_stat([0.4])
+    assert one.mean == 0.4 and math.isnan(one.sd) and math.isnan(one.ci_low) and one.n == 1
+    none = fold_stat([None])
+    assert none.n == 0 and math.isnan(none.mean)
+    assert one.to_dict() == {"mean": 0.4, "sd": None, "ci95": [None, None], "n": 1}
+
+
+def test_mean_pr_skips_folds_without_the_class() -> None:
+    p0 = np.full((101, 3), 0.8)
+    p1 = np.full((101, 3), 0.6)
+    p1[:, 2] = -1  # fold 1 has no spondylolisthesis
+    rec, mean, sd, n = mean_pr([_fold(0, (1, 1, 1), 1, 1, 1, p0),
+                                _fold(1, (1, 1, None), 1, 1, 1, p1)], 3)
+    assert rec.shape == (101,) and mean.shape == (101, 3)
+    np.testing.assert_allclose(mean[:, 0], 0.7)
+    np.testing.assert_allclose(mean[:, 2], 0.8)
+    np.testing.assert_allclose(sd[:, 0], statistics.stdev([0.8, 0.6]))
+    assert n.tolist() == [2, 2, 1]
+    assert mean_pr([_fold(0, (1, 1, 1), 1, 1, 1)], 3) is None  # no curves (peer)
+
+
+def test_table1_writers_on_hand_made_folds(tmp_path: Path) -> None:
+    curve = np.tile(np.linspace(1, 0.5, 101)[:, None], (1, 3))
+    ours = ModelFolds("ppyolov2", [
+        _fold(0, (0.90, 0.80, 0.70), 0.80, 0.50, 12.0, curve),
+        _fold(1, (0.94, 0.84, None), 0.89, 0.54, 14.0, curve),
+        _fold(2, (0.92, 0.82, 0.60), 0.78, 0.52, 13.0, curve),
+    ], failed={3: "RuntimeError: out of memory"})
+    peer = merge_peer(_peer_file(tmp_path / "peer.json"), NAMES)
+    files = write_table1([ours, peer], NAMES, tmp_path / "t1", notes=["note line"])
+
+    md = files["md"].read_text()
+    table = md.split("## Per fold")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "Model" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["ppyolov2", peer.name]
+    s = fold_stat([0.80, 0.89, 0.78])
+    assert (f"{100 * s.mean:.2f} ± {100 * s.sd:.2f} ({100 * s.ci_low:.2f}–"
+            f"{100 * s.ci_high:.2f})") in rows[0]
+    assert "| ppyolov2 | 0 | 90.00 | 80.00 | 70.00 | 80.00 | 50.00 | 12.0 |" in md
+    assert "| ppyolov2 | 1 | 94.00 | 84.00 | - | 89.00 | 54.00 | 14.0 |" in md
+    assert "t(0.975, n-1)" in md and "101-point" in md and "note line" in md
+    assert "fold 3 did not finish: RuntimeError: out of memory" in md
+
+    with files["csv"].open() as f:
+        reader = csv.DictReader(f)
+        csv_rows = list(reader)
+    assert [r["model"] for r in csv_rows] == ["ppyolov2", peer.name]
+    for key in metric_keys(NAMES):
+        for stat in ("mean", "sd", "ci_low", "ci_high", "n"):
+            assert f"{key}_{stat}" in reader.fieldnames
+    assert float(csv_rows[0]["map50_mean"]) == pytest.approx(s.mean)
+    assert float(csv_rows[0]["map50_ci_high"]) == pytest.approx(s.ci_high)
+    assert csv_rows[0]["ap50/spondylolisthesis_n"] == "2"
+    assert float(csv_rows[1]["map50_mean"]) == pytest.approx(0.55)
+
+    data = json.loads(files["json"].read_text())
+    m0 = data["models"][0]
+    assert m0["summary"]["map50"]["mean"] == pytest.approx(s.mean)
+    assert m0["summary"]["ap50/spondylolisthesis"]["n"] == 2
+    assert m0["folds"][1]["ap50"]["spondylolisthesis"] is None
+    assert "precision" not in m0["folds"][0]  # curves stay in the fold results
+    assert data["models"][1]["source"].startswith("peer")
+    assert files["pr_ppyolov2"].is_file() and files["pr_ppyolov2"].stat().st_size > 1000
+    assert not any(k.startswith("pr_ultralytics") for k in files)  # peer: no curves
+
+
+def test_merge_peer_rejects_bad_files(tmp_path: Path) -> None:
+    good = merge_peer(_peer_file(tmp_path / "peer.json"), NAMES)
+    assert [f["fold"] for f in good.folds] == [0, 1]
+    assert summarize(good, NAMES)["map50"].mean == pytest.approx(0.55)
+    other = _peer_file(tmp_path / "other.json", ["a", "b"])
+    with pytest.raises(InputError, match="another class mapping") as err:
+        merge_peer(other, NAMES)
+    assert err.value.path == other
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(InputError, match="cannot read") as err:
+        merge_peer(tmp_path / "broken.json", NAMES)
+    assert err.value.path == tmp_path / "broken.json"
+    (tmp_path / "short.json").write_text(json.dumps({"folds": [{"fold": 0, "ap50": {}}]}))
+    with pytest.raises(InputError, match="lacks map50"):
+        merge_peer(tmp_path / "short.json", NAMES)
+
+
+# ------------------------------------------------------------------ orchestration
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 synthetic 128-px images, two per patient (4 patients)."""
+    from lumbardx.synth import SynthConfig, generate_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, 8, seed=3, config=SynthConfig(image_sizes=(128,)))
+    (root / "patients.csv").write_text(
+        "image,patient\n" + "".join(f"case_{i:05d}.png,p{i // 2}\n" for i in range(8)))
+    return root
+
+
+def test_bad_inputs_are_refused_before_training(tmp_path: Path, synth_data: Path) -> None:
+    with pytest.raises(InputError, match="unknown model 'yolov9'"):
+        cv.crossval(synth_data, ["yolov9"], 2, out_dir=tmp_path / "a")
+    with pytest.raises(InputError, match="dataset folder not found") as err:
+        cv.crossval(tmp_path / "missing", ["yolov5n"], 2, out_dir=tmp_path / "b")
+    assert err.value.path == tmp_path / "missing"
+    with pytest.raises(InputError, match="unknown recipe fields: lr_typo"):
+        cv.make_recipe("yolov5n", {"lr_typo": 1.0})
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_failing_fold_is_reported_and_the_rest_continue(
+    tmp_path: Path, synth_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def fake_run_fold(**kw: object) -> dict:
+        calls.append(kw["fold"])
+        if kw["fold"] == 0:
+            raise InputError(Path("x.png"), "image cannot be read")
+        return _fold(int(kw["fold"]), (0.9, 0.8, 0.7), 0.8, 0.5, 10.0)
+
+    monkeypatch.setattr(cv, "run_fold", fake_run_fold)
+    res = cv.crossval(synth_data, ["yolov5n"], 2, recipe_overrides=OVERRIDES,
+                      out_dir=tmp_path / "cv")
+    assert calls == [0, 1]
+    assert res.failures == {("yolov5n", 0): "InputError: x.png: image cannot be read"}
+    assert res.ran == [("yolov5n", 1)]
+    assert "x.png: image cannot be read" in (tmp_path / "cv/yolov5n/fold0/error.txt").read_text()
+    md = res.files["md"].read_text()
+    assert "| yolov5n | 1 |" in md and "fold 0 did not finish" in md
+
+
+def test_crossval_end_to_end_then_resume(tmp_path: Path, synth_data: Path) -> None:
+    out = tmp_path / "cv"
+    peer = _peer_file(tmp_path / "peer.json")
+    res = cv.crossval(synth_data, ["yolov5n"], k=2, recipe_overrides=OVERRIDES, out_dir=out,
+                      device="cpu", seed=0, compare_with=[peer], progress=False)
+    assert res.ran == [("yolov5n", 0), ("yolov5n", 1)] and not res.failures
+
+    # patient-grouped folds, written first
+    with (out / "folds.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and {r["fold"] for r in rows} == {"0", "1"}
+    by_patient: dict[str, set[str]] = {}
+    for r in rows:
+        by_patient.setdefault(r["patient"], set()).add(r["fold"])
+    assert all(len(v) == 1 for v in by_patient.values())
+
+    # each fold: weights, per-epoch log, evaluation, result; checkpoint self-describing
+    for f in (0, 1):
+        run = out / "yolov5n" / f"fold{f}"
+        for name in ("last.pt", "best.pt", "results.csv", "run.json", "result.json",
+                     "eval/metrics.json", "eval/pr_curves.png", "eval/confusion_matrix.png"):
+            assert (run / name).is_file(), name
+        result = json.loads((run / "result.json").read_text())
+        assert result["fold"] == f and result["val_images"] + result["train_images"] == 8
+        assert np.asarray(result["precision"]).shape == (101, 3)
+        ckpt = torch.load(run / "best.pt", weights_only=True)
+        assert ckpt["model_name"] == "yolov5n" and ckpt["class_names"] == NAMES
+        assert ckpt["recipe"]["image_size"] == 64 and ckpt["recipe"]["epochs"] == 1
+        assert "postprocess.anchors" in ckpt["ema"]["model"]
+
+    # Table 1: one row per model (ours + peer), fold statistics
+    with res.files["csv"].open() as f:
+        table = list(csv.DictReader(f))
+    assert [r["model"] for r in table] == ["yolov5n", "ultralytics yolo11n (from scratch)"]
+    assert table[0]["folds"] == "2" and table[0]["map50_n"] == "2"
+    maps = [json.loads((out / f"yolov5n/fold{f}/result.json").read_text())["map50"]
+            for f in (0, 1)]
+    assert float(table[0]["map50_mean"]) == pytest.approx(np.mean(maps))
+    assert float(table[0]["map50_sd"]) == pytest.approx(np.std(maps, ddof=1))
+    data = json.loads(res.files["json"].read_text())
+    assert [len(m["folds"]) for m in data["models"]] == [2, 2]
+    assert "| yolov5n | 2 |" in res.files["md"].read_text()
+    assert (out / "pr_yolov5n.png").is_file()
+
+    # resume: everything finished is skipped, nothing retrained
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("yolov5n/fold*/*.pt")}
+    again = cv.crossval(synth_data, ["yolov5n"], k=2, recipe_overrides=OVERRIDES, out_dir=out,
+                        device="cpu", resume=True, progress=False)
+    assert again.ran == [] and again.reused == [("yolov5n", 0), ("yolov5n", 1)]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # an unfinished fold (trained, result missing) continues from last.pt: no new epoch
+    (out / "yolov5n/fold1/result.json").unlink()
+    third = cv.crossval(synth_data, ["yolov5n"], k=2, recipe_overrides=OVERRIDES, out_dir=out,
+                        device="cpu", resume=True, progress=False)
+    assert third.reused == [("yolov5n", 0)] and third.ran == [("yolov5n", 1)]
+    assert (out / "yolov5n/fold1/result.json").is_file()
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert len((out / "yolov5n/fold1/results.csv").read_text().strip().splitlines()) == 2
+
+    # a second run into the same folder, or a resume with other settings, is refused
+    with pytest.raises(InputError, match="already holds a cross-validation"):
+        cv.crossval(synth_data, ["yolov5n"], k=2, recipe_overrides=OVERRIDES, out_dir=out)
+    with pytest.raises(InputError, match="epochs") as err:
+        cv.crossval(synth_data, ["yolov5n"], k=2, recipe_overrides={**OVERRIDES, "epochs": 2},
+                    out_dir=out, resume=True)
+    assert err.value.path == out / "crossval.json"
+
+    # the CLI command on the finished folder: all folds reused, Table 1 printed
+    from lumbardx.cli.train import crossval as crossval_cmd
+
+    app = typer.Typer()
+    app.command()(crossval_cmd)
+    cli = CliRunner().invoke(app, [str(synth_data), "--models", "yolov5n", "--folds", "2",
+                                   "--epochs", "1", "--imgsz", "64", "--batch", "4",
+                                   "--workers", "0", "--device", "cpu", "--out", str(out),
+                                   "--resume"], terminal_width=200)
+    assert cli.exit_code == 0, cli.output
+    assert "finished before, skipped" in cli.output and "Table 1" in cli.output
+
+
+def test_parallel_jobs_run_folds_in_worker_processes(tmp_path: Path, synth_data: Path) -> None:
+    res = cv.crossval(synth_data, ["yolov5n"], k=2, recipe_overrides=OVERRIDES,
+                      out_dir=tmp_path / "cv", device="cpu", jobs=2, progress=False)
+    assert sorted(res.ran) == [("yolov5n", 0), ("yolov5n", 1)] and not res.failures
+    assert [f["fold"] for f in res.rows[0].folds] == [0, 1]
+    for f in (0, 1):
+        result = json.loads((tmp_path / f"cv/yolov5n/fold{f}/result.json").read_text())
+        assert result["fold"] == f and result["val_images"] > 0
+        assert (tmp_path / f"cv/yolov5n/fold{f}/best.pt").is_file()
+    assert "| yolov5n | 2 |" in res.files["md"].read_text()

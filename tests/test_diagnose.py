@@ -1,0 +1,304 @@
+"""Diagnosis pipeline: weights loading, the Python API, study discovery and the CLI end to end.
+
+The model is a randomly initialised YOLOv5n saved in the engine's checkpoint format (class names
+normal / herniation / spondylolisthesis, image size 256). Its objectness and class biases are
+raised so that the random network proposes boxes (YOLOv5's initial objectness prior is about
+-8 in logits, which yields no box at all); which boxes it proposes is arbitrary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from lumbardx.clinical.findings import DiscFindings, SpineFindings
+from lumbardx.cli.diagnose import diagnose as diagnose_command
+from lumbardx.cli.diagnose import discover
+from lumbardx.data.boxes import Box
+from lumbardx.data.errors import InputError
+from lumbardx.engine.checkpoint import save_checkpoint
+from lumbardx.engine.ema import ModelEMA
+from lumbardx.engine.recipes import Recipe
+from lumbardx.models.pretrained import (WEIGHTS_DIR_ENV, NoShippedWeightsError, load_detector,
+                                        shipped_weights)
+from lumbardx.models.registry import build_model
+from lumbardx.study import SCHEMA, Study
+
+from dicom_factory import AXIAL, write_mr, write_series
+
+CLASSES = ["normal", "herniation", "spondylolisthesis"]
+THRESHOLDS = {"normal": 0.3, "herniation": 0.35, "spondylolisthesis": 0.5}
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    app.command()(diagnose_command)
+    return app
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    net = build_model("yolov5n", len(CLASSES))
+    ema = ModelEMA(net)
+    with torch.no_grad():
+        bias = ema.ema.head.m[1].bias.view(3, 5 + len(CLASSES))  # stride 16: [anchors, 5 + nc]
+        bias[:, 4] = 3.0   # objectness
+        bias[:, 5:] = 4.0 * torch.eye(3) - 2.0  # anchor k favours class k
+    state = {"model": net.state_dict(), "ema": ema.state_dict(),
+             "recipe": Recipe(image_size=256).to_dict(), "model_name": "yolov5n",
+             "num_classes": 3, "class_names": CLASSES, "epoch": 4, "seed": 0,
+             "thresholds": THRESHOLDS, "tag": "test-run", "training_data": "synthetic test"}
+    return save_checkpoint(state, tmp_path_factory.mktemp("weights") / "best.pt")
+
+
+@pytest.fixture(scope="module")
+def case_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from lumbardx.synth import SynthConfig, generate_case, write_dicom_series
+
+    root = tmp_path_factory.mktemp("cases")
+    cfg = SynthConfig(image_sizes=(256,))
+    case = generate_case(np.random.default_rng(3), cfg)
+    write_dicom_series(case, root / "patient_a", cfg)
+    Image.fromarray(case.image[:, 16:]).save(root / "slice.png")  # 256 x 240, not square
+    return {"dicom": root / "patient_a", "png": root / "slice.png"}
+
+
+@pytest.fixture(scope="module")
+def dx(checkpoint: Path):
+    from lumbardx.diagnosis import Diagnoser
+
+    return Diagnoser(checkpoint, backend="torch")
+
+
+def _check_schema(doc: dict) -> None:
+    """findings.json against the schema documented in ``lumbardx.study``."""
+    assert doc["schema"] == SCHEMA
+    assert isinstance(doc["source"], str) and len(doc["study_key"]) == 16
+    img = doc["image"]
+    assert isinstance(img["width"], int) and isinstance(img["height"], int)
+    assert img["kind"] in ("png", "jpeg", "dicom")
+    assert img["pixel_spacing_mm"] is None or len(img["pixel_spacing_mm"]) == 2
+    assert set(doc["model"]) == {"name", "version", "weights_sha256", "classes", "image_size",
+                                 "backend", "training_data"}
+    assert doc["model"]["backend"] in ("torch", "onnxruntime")
+    assert isinstance(doc["sacrum_recognised"], bool) and isinstance(doc["sacrum_reason"], str)
+    for disc in doc["findings"]:
+        assert set(disc) == {"level", "level_uncertain", "label", "score", "box", "findings",
+                             "severity"}
+        x1, y1, x2, y2 = disc["box"]
+        assert 0 <= x1 < x2 <= img["width"] and 0 <= y1 < y2 <= img["height"]
+        assert disc["label"] in doc["model"]["classes"]
+        assert all(set(f) == {"label", "score", "box"} for f in disc["findings"])
+        assert set(disc["severity"]) == {"slip_percent", "meyerding_grade",
+                                         "herniation_extent_mm", "estimate_note"}
+    assert {"read", "detect", "findings", "overlay"} <= set(doc["timings_ms"])
+    assert isinstance(doc["warnings"], list) and doc["disclaimer"]
+
+
+def test_load_checkpoint_uses_ema_thresholds_and_hash(checkpoint: Path) -> None:
+    loaded = load_detector(checkpoint, backend="torch")
+    info = loaded.info
+    assert (info.name, info.class_names, info.image_size, info.backend) == \
+        ("yolov5n", CLASSES, 256, "torch")
+    assert info.weights_sha256 == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert "test-run" in info.version and "epoch 5" in info.version
+    assert loaded.thresholds == THRESHOLDS and loaded.chosen == set(CLASSES)
+    assert info.training_data == "synthetic test"
+    ckpt = torch.load(checkpoint, weights_only=True)
+    key = "head.m.1.bias"
+    assert torch.equal(loaded.model.state_dict()[key], ckpt["ema"]["model"][key])
+    assert not torch.equal(loaded.model.state_dict()[key], ckpt["model"][key])
+    assert loaded.model.postprocess.conf_thresh == pytest.approx(min(THRESHOLDS.values()))
+    loaded.set_thresholds({"normal": 0.6})
+    assert loaded.model.postprocess.conf_thresh == pytest.approx(0.35)
+    with pytest.raises(InputError, match="unknown class 'bulge'"):
+        loaded.set_thresholds({"bulge": 0.5})
+
+
+def test_bad_weights_files_are_named(tmp_path: Path, checkpoint: Path) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="junk.pt"):
+        load_detector(junk)
+    bare = save_checkpoint({"model": torch.load(checkpoint, weights_only=True)["model"]},
+                           tmp_path / "bare.pt")
+    with pytest.raises(InputError, match="model_name"):
+        load_detector(bare)
+    with pytest.raises(InputError, match="not found"):
+        load_detector(tmp_path / "missing.pt")
+
+
+def test_missing_shipped_weights_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             checkpoint: Path, case_files: dict[str, Path]
+                                             ) -> None:
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
+    with pytest.raises(NoShippedWeightsError, match="no shipped weights.*--weights"):
+        load_detector(None)
+    result = CliRunner().invoke(_app(), [str(case_files["png"]), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert "no shipped weights" in result.output and "--weights" in result.output
+    (tmp_path / "default.pt").write_bytes(checkpoint.read_bytes())
+    assert shipped_weights("default") == tmp_path / "default.pt"
+    assert load_detector(None, backend="torch").info.name == "yolov5n"
+    with pytest.raises(NoShippedWeightsError, match="'best'.*installed: default"):
+        load_detector(None, model="best")
+
+
+def test_python_api_typed_study_and_one_model(dx, checkpoint: Path,
+                                              case_files: dict[str, Path]) -> None:
+    import lumbardx.diagnosis as api
+
+    import lumbardx
+
+    study = dx(case_files["png"])
+    again = lumbardx.diagnose(case_files["dicom"], model=dx)  # lazy top-level API
+    for s in (study, again):
+        assert isinstance(s, Study) and isinstance(s.findings, SpineFindings)
+        assert s.model is dx.info
+        assert {"read", "preprocess", "detect", "findings", "severity"} <= set(s.timings_ms)
+        for d in s.findings.discs:
+            assert isinstance(d, DiscFindings) and isinstance(d.box, Box)
+            assert d.status in CLASSES and d.confidence >= THRESHOLDS[d.status]
+            assert 0 <= d.box.x1 < d.box.x2 <= s.image.width
+    assert study.findings.discs, "the test model proposes boxes"
+    n = len(list(case_files["dicom"].glob("*.dcm")))
+    assert (study.image.kind, study.slice_index, again.image.kind, again.n_slices) == \
+        ("png", None, "dicom", n)
+    assert again.slice_index == (n - 1) // 2 and again.image.pixel_spacing is not None
+    # the module function keeps one loaded model across calls with the same arguments
+    api.diagnose(case_files["png"], model=checkpoint, backend="torch")
+    first = api._cached[1]
+    api.diagnose(case_files["png"], model=checkpoint, backend="torch")
+    assert api._cached[1] is first
+    for i, d in enumerate(again.findings.discs):  # severity ran on the DICOM slice (mm known)
+        if d.has("herniation"):
+            assert d.herniation_extent_mm is not None or any(
+                w.startswith(f"{d.level}: herniation extent") for w in again.warnings)
+    assert any(d.has("herniation") for d in again.findings.discs)
+    with pytest.raises(InputError, match="does not exist"):
+        dx(case_files["png"].with_name("absent.png"))
+
+
+def test_boxes_mapped_back_like_the_engine(dx, case_files: dict[str, Path]) -> None:
+    from lumbardx.engine.evaluate import predict
+
+    display = np.asarray(Image.open(case_files["png"]))  # 256 rows x 240 columns
+    ours = dx.detect(display)
+    ref = predict(dx.loaded.model, [display], image_size=256)[0]
+    keep = ref.boxes[:, 2] > ref.boxes[:, 0]
+    assert len(ours) == int(keep.sum()) > 0
+    np.testing.assert_allclose(np.array([b.xyxy() for b in ours]), ref.boxes[keep], atol=1e-3)
+    assert [b.label for b in ours] == [CLASSES[i] for i in ref.labels[keep]]
+
+
+def test_discovery_rules(tmp_path: Path, case_files: dict[str, Path]) -> None:
+    one = tmp_path / "study"  # PACS export STUDY/SERIES/IM*, one Study Instance UID
+    write_series(one / "SE1", 3, study_uid="1.2.3.4")
+    write_series(one / "SE2", 3, orientation=AXIAL, study_uid="1.2.3.4")
+    many = tmp_path / "many"
+    write_series(many / "p1", 3)
+    write_series(many / "p2", 3)
+    (many / "loose.png").write_bytes(case_files["png"].read_bytes())
+    (many / "notes.txt").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    found = discover([one, many, case_files["dicom"], tmp_path / "empty"])
+    assert found.studies == [one, many / "loose.png", many / "p1", many / "p2",
+                             case_files["dicom"]]
+    assert found.problems == [(tmp_path / "empty", "folder is empty (no files)")]
+
+
+def test_cli_dicom_study_end_to_end(tmp_path: Path, checkpoint: Path,
+                                    case_files: dict[str, Path]) -> None:
+    import highdicom as hd
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(_app(), [str(case_files["dicom"]), "--out", str(out),
+                                         "--weights", str(checkpoint), "--backend", "torch"])
+    assert result.exit_code == 0, result.output
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    assert folder.name.startswith("patient_a-")
+    names = {"overlay.png", "findings.json", "report.html", "report.pdf", "sr.dcm",
+             "overlay_sc.dcm"}
+    assert names <= {p.name for p in folder.iterdir()}
+    doc = json.loads((folder / "findings.json").read_text())
+    _check_schema(doc)
+    assert folder.name == f"patient_a-{doc['study_key'][:8]}"
+    assert doc["model"]["weights_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert doc["model"]["training_data"] == "synthetic test"
+    assert not any("thresholds not chosen" in w for w in doc["warnings"])
+    assert doc["image"]["kind"] == "dicom"
+    assert doc["image"]["slices"] == len(list(case_files["dicom"].glob("*.dcm")))
+    assert (folder / "report.pdf").read_bytes().startswith(b"%PDF")
+    source = pydicom.dcmread(sorted(case_files["dicom"].iterdir())[0], stop_before_pixels=True)
+    sr = hd.sr.srread(folder / "sr.dcm")
+    assert sr.Modality == "SR" and sr.StudyInstanceUID == source.StudyInstanceUID
+    assert folder.name in result.output and "1 diagnosed, 0 failed" in result.output
+
+
+def test_cli_batch_reports_failures_and_continues(tmp_path: Path, checkpoint: Path,
+                                                  case_files: dict[str, Path]) -> None:
+    axial = tmp_path / "axial"
+    write_series(axial, 3, orientation=AXIAL)
+    ct = write_mr(tmp_path / "ct.dcm", np.zeros((16, 16), np.uint16), modality="CT")
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(case_files["png"].read_bytes()[:200])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "out"
+    args = [str(p) for p in (axial, ct, corrupt, empty, case_files["png"])]
+    result = CliRunner().invoke(_app(), [*args, "--out", str(out), "--weights",
+                                         str(checkpoint), "--backend", "torch"])
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "no sagittal series" in text and "axial" in text
+    assert "CT" in text and "corrupt.png" in text and "empty" in text
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    assert folder.name.startswith("slice-")
+    assert {"overlay.png", "findings.json", "report.html"} <= {p.name for p in folder.iterdir()}
+    assert not (folder / "sr.dcm").exists()  # PNG input: no DICOM outputs
+    rows = (out / "summary.csv").read_text().splitlines()
+    assert len(rows) == 6 and sum(",failed," in r for r in rows) == 4
+
+
+def test_cli_nothing_to_do(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(_app(), [str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "nothing to do" in result.output
+
+
+def test_onnx_backend_matches_torch(dx, checkpoint: Path, case_files: dict[str, Path]) -> None:
+    from lumbardx.diagnosis import Diagnoser
+    from lumbardx.models.runtime import onnxruntime_available
+
+    if not onnxruntime_available():
+        pytest.skip("onnx / onnxruntime not installed")
+    onnx = Diagnoser(checkpoint, backend="onnx")
+    assert onnx.info.backend == "onnxruntime"
+    a, b = dx(case_files["png"]), onnx(case_files["png"])
+    assert [(d.level, d.status) for d in a.findings.discs] == \
+        [(d.level, d.status) for d in b.findings.discs]
+    np.testing.assert_allclose([d.box.xyxy() for d in a.findings.discs],
+                               [d.box.xyxy() for d in b.findings.discs], atol=0.05)
+
+
+def test_shipped_default_finds_discs_on_real_images(yolospine_dev: Path) -> None:
+    from lumbardx.diagnosis import Diagnoser
+
+    try:
+        shipped_weights("default")
+    except NoShippedWeightsError as exc:
+        pytest.skip(f"lumbardx/weights/default.pt is not installed: {exc}")
+    dx = Diagnoser(backend="torch")
+    images = sorted((yolospine_dev / "images").glob("*.png"))[:4]
+    counts = [len(dx(p).findings.discs) for p in images]
+    assert min(counts) >= 5, counts

@@ -1,0 +1,177 @@
+"""``lumbardx train | evaluate | predict`` on tiny synthetic data (CPU, one epoch)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from dicom_factory import write_mr
+from lumbardx.cli.train import evaluate, predict, train
+from lumbardx.data.errors import InputError
+from lumbardx.data.images import read_image
+from lumbardx.engine import crossval as cv
+from lumbardx.engine.evaluate import predict as engine_predict
+
+NAMES = ["normal", "herniation", "spondylolisthesis"]
+app = typer.Typer()
+for command in (train, evaluate, predict):
+    app.command(command.__name__)(command)
+
+
+def invoke(*args: object) -> object:
+    return CliRunner().invoke(app, [str(a) for a in args], terminal_width=200)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 synthetic 128-px images, two per patient."""
+    from lumbardx.synth import SynthConfig, generate_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, 8, seed=5, config=SynthConfig(image_sizes=(128,)))
+    (root / "patients.csv").write_text(
+        "image,patient\n" + "".join(f"case_{i:05d}.png,p{i // 2}\n" for i in range(8)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One epoch of yolov5n at 64 px, validated on fold 0 of 2."""
+    out = tmp_path_factory.mktemp("runs") / "v5n"
+    res = invoke("train", data, "--model", "yolov5n", "--epochs", 1, "--imgsz", 64, "--batch", 4,
+                 "--workers", 0, "--device", "cpu", "--fold", 0, "-k", 2, "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "AP@0.5" in res.output and "mAP" in res.output
+    return out
+
+
+def test_train_writes_self_describing_checkpoints(run: Path) -> None:
+    for name in ("last.pt", "best.pt", "results.csv", "run.json", "folds.csv",
+                 "eval/metrics.json", "eval/pr_curves.png", "eval/confusion_matrix.png",
+                 "eval/predictions.json"):
+        assert (run / name).is_file(), name
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    assert ckpt["model_name"] == "yolov5n" and ckpt["class_names"] == NAMES
+    assert ckpt["recipe"]["image_size"] == 64
+    info = json.loads((run / "run.json").read_text())
+    assert info["fold"] == 0 and info["lumbardx_version"] and info["image_size"] == 64
+    assert info["train_images"] + info["val_images"] == 8
+    # the checkpoint alone rebuilds the detector, anchors included
+    det = cv.load_detector(run / "best.pt")
+    assert (det.model_name, det.class_names, det.image_size) == ("yolov5n", NAMES, 64)
+    np.testing.assert_allclose(det.model.postprocess.anchors.numpy(),
+                               np.asarray(info["autoanchor"]["anchors"]), rtol=1e-6)
+    assert not det.model.training
+    metrics = json.loads((run / "eval/metrics.json").read_text())
+    assert metrics["num_images"] == info["val_images"]
+    assert metrics["interpolation"] == "COCO 101-point"
+
+
+def test_train_refuses_bad_input(run: Path, data: Path, tmp_path: Path) -> None:
+    res = invoke("train", data, "--model", "yolov5n", "--epochs", 1, "--out", run)
+    assert res.exit_code == 2 and "already holds a training run" in res.output
+    res = invoke("train", data, "--model", "yolov9x", "--out", tmp_path / "x")
+    assert res.exit_code == 2 and "unknown model 'yolov9x'" in res.output
+    assert "yolov5n" in res.output  # the choices are listed
+    res = invoke("train", tmp_path / "nowhere", "--model", "yolov5n", "--out", tmp_path / "y")
+    assert res.exit_code == 2 and "dataset folder not found" in res.output
+    assert "nowhere" in res.output
+    res = invoke("train", data, "--model", "yolov5n", "--fold", 0, "--val", data)
+    assert res.exit_code == 2 and "not both" in res.output
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_evaluate_on_the_held_out_fold(run: Path, data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ev"
+    res = invoke("evaluate", run / "best.pt", data, "--fold", 0, "--folds-csv",
+                 run / "folds.csv", "--out", out, "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert "mAP" in res.output and "ms per image" in res.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    trained = json.loads((run / "eval/metrics.json").read_text())
+    assert metrics["num_images"] == trained["num_images"]
+    assert metrics["map50"] == pytest.approx(trained["map50"], abs=1e-9)
+    assert metrics["ap50"] == pytest.approx(trained["ap50"], abs=1e-9)
+    for name in ("pr_curves.png", "confusion_matrix.png", "confusion_matrix.npy"):
+        assert (out / name).is_file()
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    res = invoke("evaluate", bad, data)
+    assert res.exit_code == 2 and "bad.pt" in res.output and "checkpoint" in res.output
+    with pytest.raises(InputError, match="lacks model_name"):
+        torch.save({"model": {}}, tmp_path / "bare.pt")
+        cv.load_detector(tmp_path / "bare.pt")
+
+
+def test_predict_coco_schema_and_unreadable_files(run: Path, data: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "inbox"
+    (folder / "series").mkdir(parents=True)
+    for i in (0, 1):
+        shutil.copy(next(data.rglob(f"case_0000{i}.png")), folder / f"case_0000{i}.png")
+    write_mr(folder / "series" / "IM_0001.dcm",
+             (np.arange(96 * 80, dtype=np.uint16).reshape(96, 80) % 900))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    (folder / "notes.txt").write_text("labels and notes are not images")
+    out = tmp_path / "preds.json"
+    res = invoke("predict", run / "best.pt", folder, "--out", out, "--device", "cpu",
+                 "--batch", 2)
+    assert res.exit_code == 1, res.output  # one unreadable file
+    assert "broken.png" in res.output and "notes.txt" not in res.output
+
+    coco = json.loads(out.read_text())
+    assert {"images", "categories", "annotations"} <= set(coco)
+    assert coco["categories"] == [{"id": i + 1, "name": n, "supercategory": "spine"}
+                                  for i, n in enumerate(NAMES)]
+    images = {im["id"]: im for im in coco["images"]}
+    assert sorted(im["file_name"] for im in images.values()) == [
+        "case_00000.png", "case_00001.png", "series/IM_0001.dcm"]
+    assert len(images) == 3
+    dcm = next(im for im in images.values() if im["file_name"].endswith(".dcm"))
+    assert (dcm["width"], dcm["height"]) == (80, 96)
+    anns = coco["annotations"]
+    assert anns, "the one-epoch model should give low-score detections"
+    assert len({a["id"] for a in anns}) == len(anns)
+    for a in anns:
+        assert a["image_id"] in images and 1 <= a["category_id"] <= 3
+        assert len(a["bbox"]) == 4 and a["bbox"][2] >= 0 and a["bbox"][3] >= 0
+        assert 0.0 <= a["score"] <= 1.0
+
+    # bbox is [x, y, w, h] of the model's xyxy boxes in original pixels, per image in order
+    # (same images, order and batch as the command, so ties in score keep their order)
+    det = cv.load_detector(run / "best.pt")
+    order = sorted(images.values(), key=lambda im: im["id"])
+    arrays = [read_image(folder / im["file_name"]).display for im in order]
+    for im, img in zip(order, arrays):
+        assert (im["width"], im["height"]) == (img.shape[1], img.shape[0])
+    preds = engine_predict(det.model, arrays, det.image_size, "cpu", 2, det.pad_value)
+    for im, p in zip(order, preds):
+        got = np.asarray([a["bbox"] for a in anns if a["image_id"] == im["id"]],
+                         np.float64).reshape(-1, 4)
+        want = np.column_stack([p.boxes[:, :2], p.boxes[:, 2:] - p.boxes[:, :2]])
+        np.testing.assert_allclose(got, want, atol=1e-3)
+        scores = [a["score"] for a in anns if a["image_id"] == im["id"]]
+        np.testing.assert_allclose(scores, p.scores, atol=1e-6)
+        labels = [a["category_id"] - 1 for a in anns if a["image_id"] == im["id"]]
+        assert labels == p.labels.tolist()
+
+    res = invoke("predict", run / "best.pt", tmp_path / "missing", "--out", tmp_path / "p.json")
+    assert res.exit_code == 2 and "image folder not found" in res.output
+
+
+def test_train_from_weights_without_validation(run: Path, data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ft"
+    res = invoke("train", data, "--model", "yolov5n", "--epochs", 1, "--imgsz", 64, "--batch", 4,
+                 "--workers", 0, "--device", "cpu", "--weights", run / "best.pt", "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "training without validation" in res.output
+    assert "skipped 0 with another shape, 0 missing" in res.output  # every tensor loaded
+    assert (out / "last.pt").is_file() and not (out / "best.pt").exists()
+    info = json.loads((out / "run.json").read_text())
+    assert info["weights"] == str(run / "best.pt") and info["val_images"] == 0

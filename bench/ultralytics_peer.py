@@ -1,0 +1,130 @@
+"""Peer baseline: Ultralytics YOLO11n trained from scratch on lumbardx's folds.
+
+The peer sees exactly what lumbardx's detectors see: the same dataset and class mapping
+(``study`` by default), the same patient-grouped folds (``lumbardx.data.folds``), the same image
+size and epoch budget, no pretrained weights (``yolo11n.yaml``, ``pretrained=False``). Its
+predictions on each validation fold are scored with lumbardx's own evaluator
+(``lumbardx.engine.metrics.coco_evaluate``: pycocotools, 101-point AP), so the two are compared
+like for like.
+
+Ultralytics is an optional benchmark dependency (``pip install -e ".[bench]"``), never needed by
+the package. Plots are switched off (they would fetch a font) and AMP's self-check is off (it
+would fetch weights), so the run works offline.
+
+Usage::
+
+    python bench/ultralytics_peer.py DATA --folds 0,1,2,3,4 --epochs 30 --imgsz 384 \
+        --out bench/results/peer_yolo11n
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lumbardx.data.dataset import LumbarDataset
+from lumbardx.data.folds import make_folds, read_folds_csv, split
+from lumbardx.engine.metrics import GroundTruth, Prediction, coco_evaluate
+
+
+def write_fold_view(ds: LumbarDataset, train_idx: list[int], val_idx: list[int], root: Path) -> Path:
+    """Ultralytics layout for one fold: symlinked images, labels in the mapped classes.
+
+    Returns the path of the ``data.yaml`` that names the train/val image lists.
+    """
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "labels").mkdir(parents=True, exist_ok=True)
+    lists: dict[str, list[str]] = {"train": [], "val": []}
+    for split_name, indices in (("train", train_idx), ("val", val_idx)):
+        for i in indices:
+            rec = ds.records[i]
+            stem = f"{i:05d}"
+            link = root / "images" / f"{stem}{rec.image_path.suffix.lower()}"
+            if not link.exists():
+                os.symlink(rec.image_path.resolve(), link)
+            lines = []
+            for (x1, y1, x2, y2), c in zip(rec.boxes.tolist(), rec.labels.tolist()):
+                cx, cy = (x1 + x2) / 2 / rec.width, (y1 + y2) / 2 / rec.height
+                w, h = (x2 - x1) / rec.width, (y2 - y1) / rec.height
+                lines.append(f"{c} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
+            (root / "labels" / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+            lists[split_name].append(str(link))
+    for split_name, paths in lists.items():
+        (root / f"{split_name}.txt").write_text("\n".join(paths) + "\n")
+    names = "\n".join(f"  {i}: {n}" for i, n in enumerate(ds.class_names))
+    yaml_path = root / "data.yaml"
+    yaml_path.write_text(f"path: {root}\ntrain: train.txt\nval: val.txt\nnames:\n{names}\n")
+    return yaml_path
+
+
+def run_fold(ds: LumbarDataset, fold: int, assign, args: argparse.Namespace) -> dict:
+    """Train YOLO11n on the other folds and score it on ``fold``."""
+    from ultralytics import YOLO
+
+    train_idx, val_idx = split(ds, fold, assign)
+    work = Path(args.out) / f"fold{fold}"
+    data_yaml = write_fold_view(ds, train_idx, val_idx, work / "data")
+    model = YOLO("yolo11n.yaml")
+    t0 = time.perf_counter()
+    model.train(
+        data=str(data_yaml), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
+        pretrained=False, amp=False, plots=False, device=args.device, workers=args.workers,
+        seed=args.seed, deterministic=False, project=str(work), name="train", exist_ok=True,
+        verbose=False, fliplr=0.0,
+    )
+    train_s = time.perf_counter() - t0
+    gts, preds, times = [], [], []
+    for i in val_idx:
+        rec = ds.records[i]
+        t = time.perf_counter()
+        r = model.predict(str(rec.image_path), imgsz=args.imgsz, conf=0.001, iou=0.6,
+                          max_det=100, device=args.device, verbose=False)[0]
+        times.append(time.perf_counter() - t)
+        b = r.boxes
+        preds.append(Prediction(boxes=b.xyxy.cpu().numpy().astype(np.float32),
+                                scores=b.conf.cpu().numpy().astype(np.float32),
+                                labels=b.cls.cpu().numpy().astype(np.int64)))
+        gts.append(GroundTruth(rec.image_id, rec.width, rec.height, rec.boxes, rec.labels))
+    m = coco_evaluate(gts, preds, ds.class_names)
+    return {
+        "fold": fold, "train_images": len(train_idx), "val_images": len(val_idx),
+        "ap50": {n: float(v) for n, v in zip(ds.class_names, m.ap50)},
+        "map50": float(m.map50), "map50_95": float(m.map50_95),
+        "ms_per_image": 1000 * float(np.median(times[5:] or times)), "train_seconds": train_s,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("data", type=Path)
+    p.add_argument("--folds", default="0,1,2,3,4", help="validation folds to run")
+    p.add_argument("--folds-csv", type=Path, default=None, help="folds from `lumbardx data folds`")
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", default="study")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--imgsz", type=int, default=384)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, default=Path("bench/results/peer_yolo11n"))
+    args = p.parse_args()
+    ds = LumbarDataset(args.data, classes=args.classes)
+    assign = read_folds_csv(args.folds_csv) if args.folds_csv else make_folds(ds, args.k, args.seed)
+    results = []
+    for fold in [int(f) for f in args.folds.split(",")]:
+        results.append(run_fold(ds, fold, assign, args))
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(
+            {"model": "ultralytics yolo11n (from scratch)", "epochs": args.epochs,
+             "imgsz": args.imgsz, "device": args.device, "folds": results}, indent=2))
+        print(json.dumps(results[-1]))
+
+
+if __name__ == "__main__":
+    main()

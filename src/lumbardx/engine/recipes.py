@@ -332,7 +332,8 @@ def apply_small_data(recipe: Recipe, epochs: int = 300) -> Recipe:
     ``tau`` shortened to 500 updates (2000 updates is ~30 epochs at nominal batch 64), a small
     rotation (3 degrees) and contrast / gamma jitter for scanner variation, and for the Paddle
     family an additional mild affine scale jitter. Repeat-factor sampling is switched on
-    (threshold 0.3) because spondylolisthesis is about 4x rarer than normal discs.
+    (threshold 0.3) because spondylolisthesis is about 30x rarer than normal discs (yolospine-dev:
+    98 against 3,301 boxes, in about 50 of 832 images).
     """
     aug = replace(recipe.augment, degrees=3.0, contrast=max(recipe.augment.contrast, 0.3),
                   gamma=0.2)

@@ -2,9 +2,9 @@
 # Install what the integration tests need:
 #   - Debian orthanc + orthanc-dicomweb: tests/test_pacs_orthanc.py starts a real Orthanc with the
 #     DICOMweb plugin on loopback;
-#   - Debian chromium + the pip package playwright: tests/test_app_e2e.py drives the web app in
-#     headless Chromium (Playwright is pointed at /usr/bin/chromium; `playwright install`, which
-#     downloads its own browsers, is never run).
+#   - Debian chromium: tests/test_app_e2e.py drives the web app in headless Chromium through
+#     Playwright (the `test` extra of pyproject.toml), pointed at /usr/bin/chromium;
+#     `playwright install`, which downloads its own browsers, is never run.
 # Idempotent and non-interactive: packages already installed are skipped; the package lists are
 # refreshed only when something is missing.
 #
@@ -12,7 +12,6 @@
 set -euo pipefail
 
 PACKAGES=(orthanc orthanc-dicomweb chromium)
-PIP_PACKAGES=(playwright)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -23,30 +22,9 @@ for pkg in "${PACKAGES[@]}"; do
     fi
 done
 
-install_pip_packages() {
-    local py
-    py="$(command -v python3 || true)"
-    if [ -z "$py" ]; then
-        echo "error: python3 not found; cannot install: ${PIP_PACKAGES[*]}" >&2
-        exit 1
-    fi
-    local pip_missing=()
-    for pkg in "${PIP_PACKAGES[@]}"; do
-        if "$py" -m pip show -q "$pkg" >/dev/null 2>&1; then
-            echo "already installed (pip): $pkg"
-        else
-            pip_missing+=("$pkg")
-        fi
-    done
-    if [ "${#pip_missing[@]}" -gt 0 ]; then
-        echo "installing (pip): ${pip_missing[*]}"
-        "$py" -m pip install -q "${pip_missing[@]}"
-    fi
-}
 
 if [ "${#missing[@]}" -eq 0 ]; then
     echo "all Debian test packages are installed"
-    install_pip_packages
     echo "done"
     exit 0
 fi
@@ -72,5 +50,4 @@ $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet orthanc 2>/dev/null; then
     $SUDO systemctl stop orthanc || true
 fi
-install_pip_packages
 echo "done"

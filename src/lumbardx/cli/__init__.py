@@ -42,6 +42,7 @@ def _register() -> None:
     from lumbardx.cli import pacs as pacs_cli
     from lumbardx.cli import reads as reads_cli
     from lumbardx.cli import readerstudy as readerstudy_cli
+    from lumbardx.cli import serve as serve_cli
     from lumbardx.cli import synth as synth_cli
     from lumbardx.cli import train as train_cli
 
@@ -60,6 +61,10 @@ def _register() -> None:
         train_cli.crossval
     )
     app.command("export", help="Export a trained checkpoint to ONNX.")(export_cli.export)
+    app.command("serve", help="Run the clinic web app (viewer, corrections, PACS, teaching).")(
+        serve_cli.serve
+    )
+    app.add_typer(serve_cli.users_app, name="users", help="Accounts of the web app.")
     app.add_typer(data_cli.app, name="data", help="Check, convert and split annotated datasets.")
     app.add_typer(pacs_cli.app, name="pacs", help="Find, pull and push studies on a DICOMweb PACS.")
     app.command("synth", help="Generate synthetic sagittal lumbar MRI with exact ground truth.")(

@@ -46,6 +46,7 @@ from lumbardx.models.detector import count_parameters
 from lumbardx.models.registry import build_model
 from lumbardx.models.runtime import onnxruntime_available
 from lumbardx.report.overlay import render_overlay
+from machine_info import cpu_name  # bench/machine_info.py, beside this script
 
 STUDY_SECONDS_PER_CASE = 14.5  # Ke et al. 2025, PP-YOLOv2 (CLINICAL.md)
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "yolospine-dev" / "images"
@@ -66,17 +67,6 @@ def synthetic_images(n: int, folder: Path, seed: int = 0) -> list[Path]:
         path.write_bytes(png_bytes(case.image))
         paths.append(path)
     return paths
-
-
-def cpu_name() -> str:
-    """The CPU model from ``/proc/cpuinfo`` (Linux), else ``platform.machine()``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def stats(values: list[float]) -> dict[str, float]:

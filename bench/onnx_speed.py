@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -40,19 +39,9 @@ import lumbardx
 from lumbardx.models.export import DecodedDetector, export_onnx
 from lumbardx.models.registry import build_model
 from lumbardx.models.runtime import OnnxBackend, TorchBackend
+from machine_info import cpu_name  # bench/machine_info.py, beside this script
 
 DEFAULT_MODELS = ("yolov5n", "yolov5s", "ppyolov2-r18")
-
-
-def cpu_name() -> str:
-    """The CPU model as the OS names it (``/proc/cpuinfo`` on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_image(data: Path | None, size: int) -> torch.Tensor:
@@ -90,12 +79,12 @@ def bench_model(name: str, args: argparse.Namespace, image: torch.Tensor, tmp: P
     if args.checkpoint is None:
         model = build_model(name, args.num_classes).eval()
     else:
-        from lumbardx.engine.checkpoint import load_checkpoint, weights_from_checkpoint
+        from lumbardx.engine.checkpoint import load_checkpoint, rebuild_detector
 
-        ckpt = load_checkpoint(args.checkpoint)
-        model = build_model(name, int(ckpt.get("num_classes", args.num_classes)))
-        model.load_state_dict(weights_from_checkpoint(ckpt))
-        model.eval()
+        det = rebuild_detector(load_checkpoint(args.checkpoint), args.checkpoint)
+        if det.model_name != name:
+            raise SystemExit(f"{args.checkpoint} holds a {det.model_name}, not a {name}")
+        model = det.model
     path = export_onnx(model, tmp / f"{name}.onnx", args.size)
     onnx_backend = OnnxBackend(path, threads=args.threads)
     torch_backend = TorchBackend(model, image_size=args.size)

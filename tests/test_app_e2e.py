@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -54,24 +53,11 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lumbardx.engine.checkpoint import save_checkpoint
-    from lumbardx.engine.ema import ModelEMA
-    from lumbardx.engine.recipes import Recipe
-    from lumbardx.models.registry import build_model
+    from checkpoints import tiny_checkpoint
 
-    torch.manual_seed(0)
-    net = build_model("yolov5n", len(CLASSES))
-    ema = ModelEMA(net)
-    with torch.no_grad():
-        bias = ema.ema.head.m[1].bias.view(3, 5 + len(CLASSES))  # stride 16: [anchors, 5 + nc]
-        bias[:, 4] = 3.0   # objectness
-        bias[:, 5:] = 4.0 * torch.eye(3) - 2.0  # anchor k favours class k
-    state = {"model": net.state_dict(), "ema": ema.state_dict(),
-             "recipe": Recipe(image_size=256).to_dict(), "model_name": "yolov5n",
-             "num_classes": 3, "class_names": CLASSES, "epoch": 1, "seed": 0,
-             "thresholds": {"normal": 0.3, "herniation": 0.35, "spondylolisthesis": 0.5},
-             "tag": "e2e-test", "training_data": "none (random test weights)"}
-    return save_checkpoint(state, tmp_path_factory.mktemp("weights") / "best.pt")
+    return tiny_checkpoint(tmp_path_factory.mktemp("weights") / "best.pt",
+                           thresholds={"normal": 0.3, "herniation": 0.35, "spondylolisthesis": 0.5},
+                           tag="e2e-test", training_data="none (random test weights)")
 
 
 @pytest.fixture(scope="module")

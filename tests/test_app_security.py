@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -25,11 +24,8 @@ from lumbardx.app import AppSettings, create_app, verify_audit
 from lumbardx.app.phi import PhiFilter, PhiRedactor, identifiers
 from lumbardx.app.sessions import LoginLimiter
 from lumbardx.cli.serve import users_app
-from lumbardx.engine.checkpoint import save_checkpoint
-from lumbardx.engine.ema import ModelEMA
-from lumbardx.engine.recipes import Recipe
-from lumbardx.models.registry import build_model
 
+from checkpoints import tiny_checkpoint as make_checkpoint
 from dicom_factory import write_mr
 
 CLASSES = ["normal", "herniation", "spondylolisthesis"]
@@ -49,19 +45,9 @@ PARAMS = {"key": "0123456789abcdef", "box_id": "m0", "sid": "abc123", "index": "
 
 def tiny_checkpoint(folder: Path) -> Path:
     """A random YOLOv5n (image size 256) whose biases make it propose boxes."""
-    torch.manual_seed(0)
-    net = build_model("yolov5n", len(CLASSES))
-    ema = ModelEMA(net)
-    with torch.no_grad():
-        bias = ema.ema.head.m[1].bias.view(3, 5 + len(CLASSES))
-        bias[:, 4] = 3.0
-        bias[:, 5:] = 4.0 * torch.eye(3) - 2.0
-    state = {"model": net.state_dict(), "ema": ema.state_dict(),
-             "recipe": Recipe(image_size=256).to_dict(), "model_name": "yolov5n",
-             "num_classes": 3, "class_names": CLASSES, "epoch": 1, "seed": 0,
-             "thresholds": {"normal": 0.3, "herniation": 0.35, "spondylolisthesis": 0.5},
-             "tag": "app-test", "training_data": "synthetic test"}
-    return save_checkpoint(state, folder / "best.pt")
+    return make_checkpoint(folder / "best.pt",
+                           thresholds={"normal": 0.3, "herniation": 0.35, "spondylolisthesis": 0.5},
+                           tag="app-test", training_data="synthetic test")
 
 
 def assert_security_headers(response) -> None:  # noqa: ANN001 - httpx.Response

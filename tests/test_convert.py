@@ -101,6 +101,12 @@ def test_detect_voc_layouts_and_errors(tmp_path: Path) -> None:
     (rec,) = scan_dataset(beside).records
     assert rec.label_path == beside / "x.xml" and rec.annotation is not None
     assert rec.annotation.boxes[0].xyxy() == (1.0, 2.0, 30.0, 40.0)
+    # class names without classes.txt: order of first appearance, each name once
+    _png(beside / "w.png")
+    write_voc(ImageAnnotation("w.png", 120, 100, boxes=[
+        Box("normal", 1, 2, 30, 40), Box("normal", 50, 2, 80, 40), Box("slip", 1, 50, 30, 90)]),
+        beside / "w.xml")
+    assert scan_dataset(beside).class_names == ["normal", "slip"]
 
     pascal = tmp_path / "pascal"
     _png(pascal / "JPEGImages" / "y.jpg")

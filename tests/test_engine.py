@@ -305,6 +305,33 @@ def test_partial_weights_with_another_class_count(tmp_path: Path) -> None:
     assert torch.equal(full.backbone.down1.weight, src.backbone.down1.weight + 1)
 
 
+def test_rebuild_detector_from_checkpoint_metadata(tmp_path: Path) -> None:
+    from lumbardx.models.registry import build_model
+
+    torch.manual_seed(0)
+    src = build_model("yolov5n", 2)
+    ema_sd = {k: v + 1 if v.is_floating_point() else v for k, v in src.state_dict().items()}
+    ckpt = {"model": src.state_dict(), "ema": {"model": ema_sd}, "model_name": "yolov5n",
+            "num_classes": 2, "recipe": {"image_size": 96, "augment": {"pad_value": 114}},
+            "lumbardx_version": "9.9"}
+    det = ck.rebuild_detector(ckpt, tmp_path / "w.pt")
+    assert (det.model_name, det.class_names, det.image_size, det.pad_value) == \
+        ("yolov5n", ["class_0", "class_1"], 96, 114)
+    assert det.path == tmp_path / "w.pt" and det.lumbardx_version == "9.9"
+    assert not det.model.training
+    key = "head.m.0.bias"
+    assert torch.equal(det.model.state_dict()[key], ema_sd[key])  # EMA weights deployed
+    for change, match in ((dict(model_name=None), "lacks model_name"),
+                          (dict(model_name="yolov9x"), "unknown architecture 'yolov9x'"),
+                          (dict(num_classes=None), "no class names"),
+                          (dict(recipe={"image_size": 100}), "multiple of 32"),
+                          (dict(num_classes=3), "do not fit a yolov5n with 3 classes"),
+                          (dict(model=None, ema=None), "neither")):
+        with pytest.raises(InputError, match=match) as err:
+            ck.rebuild_detector({**ckpt, **change}, tmp_path / "w.pt")
+        assert err.value.path == tmp_path / "w.pt"
+
+
 # --------------------------------------------------------------------------- samplers
 def test_repeat_factor_math_and_sampler() -> None:
     labels = [np.array([0, 0]), np.array([0]), np.array([0]), np.array([1, 0]), np.array([])]

@@ -11,6 +11,7 @@ from PIL import Image
 from lumbardx.data.errors import ImageReadError
 from lumbardx.data.images import (
     MedicalImage,
+    image_dimensions,
     image_size,
     percentile_display,
     read_image,
@@ -156,6 +157,13 @@ def test_image_size_from_header(tmp_path: Path) -> None:
     jpg = tmp_path / "wide.jpg"
     Image.fromarray(_ramp(30, 70)).save(jpg)
     assert image_size(jpg) == (70, 30)
+    assert image_dimensions(path) == image_dimensions(jpg) == (70, 30, 1)
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray(np.zeros((5, 9, 4), np.uint8), mode="RGBA").save(rgba)
+    assert image_dimensions(rgba) == (9, 5, 4)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ImageReadError, match="bad.png"):
+        image_dimensions(tmp_path / "bad.png")
 
 
 def test_display_helpers() -> None:

@@ -4,10 +4,10 @@ mode 0600 (temporary file in the same folder, ``fsync``, :func:`os.replace`)."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from lumbardx.io import atomic_write_bytes
 
 
 def private_dir(path: str | Path) -> Path:
@@ -21,18 +21,7 @@ def write_private(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically with mode 0600 (readers never see half a file)."""
     path = Path(path)
     private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, data, mode=0o600)
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

@@ -18,7 +18,8 @@ def _print_summary(summary: ConvertSummary, console: Console) -> None:
     console.print(
         f"Converted [bold]{summary.source_format}[/] -> [bold]{summary.target_format}[/] "
         f"into {summary.dst}: {summary.images} images, {summary.labelled} with labels, "
-        f"{sum(summary.boxes_per_class.values())} boxes."
+        f"{sum(summary.boxes_per_class.values())} boxes.",
+        soft_wrap=True,
     )
     table = Table("class", "boxes", title="Boxes per class")
     for name in summary.class_names:

@@ -1,10 +1,10 @@
 """``lumbardx export``: a trained checkpoint -> an ONNX file for ONNX Runtime inference.
 
 The checkpoint (written by ``lumbardx train``, :mod:`lumbardx.engine.checkpoint`) names the
-model, its class names and its training size; the detector is rebuilt with
-:func:`lumbardx.models.registry.build_model` and given the EMA weights when the checkpoint holds
-them (else the trained weights), as :func:`lumbardx.engine.crossval.load_detector` does for
-``evaluate`` and ``predict``. The ONNX file (:func:`lumbardx.models.export.export_onnx`: network and
+model, its class names and its training size; the detector is rebuilt by
+:func:`lumbardx.engine.checkpoint.rebuild_detector` and given the EMA weights when the
+checkpoint holds them (else the trained weights), as for ``evaluate``, ``predict`` and
+``diagnose``. The ONNX file (:func:`lumbardx.models.export.export_onnx`: network and
 box decoding, NMS settings and class names in its metadata) runs with
 :class:`lumbardx.models.runtime.OnnxBackend`.
 
@@ -42,14 +42,14 @@ def export(
 ) -> None:
     """Export a trained checkpoint (EMA weights when saved) to ONNX: network and box decoding,
     with class names, input size and NMS settings stored in the file."""
-    from lumbardx.engine.crossval import load_detector  # lazy: heavy engine imports
+    from lumbardx.engine.checkpoint import load_checkpoint, rebuild_detector  # lazy: torch
     from lumbardx.models.export import ExportError, OptionalDependencyError, export_onnx
 
     target = Path(out) if out is not None else Path(weights).with_suffix(".onnx")
     if target.resolve() == Path(weights).resolve():
         raise _fail(f"{target}: the ONNX file would overwrite the checkpoint; choose another --out")
     try:
-        det = load_detector(weights, "cpu")
+        det = rebuild_detector(load_checkpoint(weights), weights, "cpu")
         size = det.image_size if image_size is None else int(image_size)
         path = export_onnx(det.model, target, size, det.class_names, opset)
     except (InputError, ExportError, OptionalDependencyError, ValueError) as err:

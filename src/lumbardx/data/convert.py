@@ -24,17 +24,16 @@ Layouts written (:func:`write_dataset`); each reads back with :func:`scan_datase
 ``<rel>`` is the image path below the source's image folder, so sub-folders (e.g. ``train/``)
 are kept. Images whose label file is missing are copied without a label (a COCO file does not
 list them), so "not annotated" stays distinct from "annotated, no findings". Images whose
-annotation could not be used are not copied; they are reported. Every file is written to a
-temporary file in the target folder, then moved into place with :func:`os.replace`.
+annotation could not be used are not copied; they are reported. Every file is written
+atomically (:mod:`lumbardx.io`: a temporary file in the target folder, moved into place with
+:func:`os.replace`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -43,6 +42,7 @@ from lumbardx.data import coco, voc, yolo
 from lumbardx.data.boxes import ImageAnnotation
 from lumbardx.data.errors import AnnotationError, InputError
 from lumbardx.data.validate import annotation_problems
+from lumbardx.io import atomic_copy, atomic_write_text
 
 Format = Literal["voc", "yolo", "coco"]
 FORMATS: tuple[str, ...] = ("voc", "yolo", "coco")
@@ -113,44 +113,10 @@ class ConvertSummary:
 # -- atomic file writes ----------------------------------------------------------------------
 
 
-def _temp_beside(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
-
-
-def _move_into_place(tmp: Path, path: Path) -> None:
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write UTF-8 ``text`` (``\\n`` line ends) to ``path`` via a temp file and ``os.replace``."""
-    tmp = _temp_beside(path)
-    try:
-        with tmp.open("w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        tmp.chmod(0o644)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _move_into_place(tmp, path)
-
-
-def copy_file_atomic(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` (data and times) via a temp file and ``os.replace``."""
-    tmp = _temp_beside(dst)
-    try:
-        shutil.copyfile(src, tmp)
-        shutil.copystat(src, tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _move_into_place(tmp, dst)
+    """Write a dataset text file (UTF-8, line ends as given, mode ``0o644``) atomically:
+    :func:`lumbardx.io.atomic_write_text`."""
+    atomic_write_text(path, text, mode=0o644)
 
 
 # -- finding files ---------------------------------------------------------------------------
@@ -234,6 +200,35 @@ def _unmatched(labels: dict[str, Path], used: set[str], image_dir: Path) -> list
     ]
 
 
+def _pair_labels(
+    image_dir: Path, label_dir: Path, labels: dict[str, Path],
+    read: Callable[[Path, Path], ImageAnnotation],
+) -> tuple[list[Record], list[InputError]]:
+    """One :class:`Record` per image below ``image_dir`` (images inside a separate
+    ``label_dir`` below it are skipped), paired with the label file of the same :func:`_key`
+    in ``labels`` and parsed by ``read(label, image)``.
+
+    Returns:
+        ``(records, problems)``: problems are the labels ``read`` refused, then the label
+        files that have no image.
+    """
+    records, used, problems = [], set(), []
+    for image in _files(image_dir, IMAGE_SUFFIXES):
+        if label_dir != image_dir and label_dir in image.parents:
+            continue
+        key = _key(image, image_dir)
+        label = labels.get(key)
+        ann = None
+        if label is not None:
+            used.add(key)
+            try:
+                ann = read(label, image)
+            except InputError as e:
+                problems.append(e)
+        records.append(Record(image, label, ann))
+    return records, problems + _unmatched(labels, used, image_dir)
+
+
 def _scan_yolo(root: Path) -> ScanResult:
     image_dir, label_dir = _image_dir(root), root / "labels"
     problems: list[InputError] = []
@@ -251,48 +246,28 @@ def _scan_yolo(root: Path) -> ScanResult:
     labels = {
         _key(p, label_dir): p for p in _files(label_dir, {".txt"}) if p.name != "classes.txt"
     }
-    records, used = [], set()
-    for image in _files(image_dir, IMAGE_SUFFIXES):
-        if image_dir == root and label_dir in image.parents:
-            continue
-        key = _key(image, image_dir)
-        label = labels.get(key)
-        ann = None
-        if label is not None:
-            used.add(key)
-            try:
-                ann = yolo.read_yolo(label, image, names, validate=False)
-            except InputError as e:
-                problems.append(e)
-        records.append(Record(image, label, ann))
-    problems += _unmatched(labels, used, image_dir)
-    return ScanResult("yolo", list(names or []), records, problems, root)
+    records, found = _pair_labels(
+        image_dir, label_dir, labels,
+        lambda label, image: yolo.read_yolo(label, image, names, validate=False))
+    return ScanResult("yolo", list(names or []), records, problems + found, root)
 
 
 def _scan_voc(root: Path) -> ScanResult:
     image_dir = _image_dir(root)
     ann_dir = _first_dir(root, _VOC_ANN_DIRS) or image_dir
-    problems: list[InputError] = []
     names: list[str] = []
     if (root / "classes.txt").is_file():
         names = yolo.read_classes_txt(root / "classes.txt")
     labels = {_key(p, ann_dir): p for p in _files(ann_dir, {".xml"})}
-    records, used = [], set()
-    for image in _files(image_dir, IMAGE_SUFFIXES):
-        if ann_dir != image_dir and ann_dir in image.parents:
-            continue
-        key = _key(image, image_dir)
-        label = labels.get(key)
-        ann = None
-        if label is not None:
-            used.add(key)
-            try:
-                ann = voc.read_voc(label, validate=False)
-                names += [b.label for b in ann.boxes if b.label not in names]
-            except InputError as e:
-                problems.append(e)
-        records.append(Record(image, label, ann))
-    problems += _unmatched(labels, used, image_dir)
+
+    def read(label: Path, image: Path) -> ImageAnnotation:
+        ann = voc.read_voc(label, validate=False)
+        for box in ann.boxes:  # class names in order of first appearance, each once
+            if box.label not in names:
+                names.append(box.label)
+        return ann
+
+    records, problems = _pair_labels(image_dir, ann_dir, labels, read)
     return ScanResult("voc", names, records, problems, root)
 
 
@@ -444,7 +419,7 @@ def write_dataset(
         seen.add(key)
         target = image_out / rel
         if copy_images:
-            copy_file_atomic(rec.image_path, target)
+            atomic_copy(rec.image_path, target)
         summary.images += 1
         if rec.annotation is None:
             continue

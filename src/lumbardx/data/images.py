@@ -272,8 +272,11 @@ def read_image(
     return _read_pil(path, kind, max_pixels)
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """``(width, height)`` in pixels read from the header only (no pixel decoding).
+def image_dimensions(path: str | Path) -> tuple[int, int, int]:
+    """``(width, height, depth)`` in pixels read from the header only (no pixel decoding).
+
+    ``depth`` is the number of samples per pixel: PNG / JPEG the number of bands (1 gray,
+    2 gray + alpha, 3 RGB, 4 RGBA), DICOM ``Samples per Pixel`` (1 when absent).
 
     Raises:
         ImageReadError: as :func:`read_image` for unknown or damaged files.
@@ -281,11 +284,22 @@ def image_size(path: str | Path) -> tuple[int, int]:
     path = Path(path)
     kind = sniff_kind(path)
     if kind == "dicom" or (kind is None and path.suffix.lower() in DICOM_EXTENSIONS):
-        from lumbardx.data.dicom import dicom_size
+        from lumbardx.data.dicom import dicom_size, read_header
 
-        return dicom_size(path)
+        width, height = dicom_size(path)  # checks Rows / Columns
+        return width, height, int(read_header(path).get("SamplesPerPixel") or 1)
     if kind is None:
         raise _unknown_format(path)
     img = _open_pil(path, kind, max_pixels=2**62)
     with img:
-        return img.size
+        return img.size[0], img.size[1], len(img.getbands())
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` in pixels read from the header only (:func:`image_dimensions`).
+
+    Raises:
+        ImageReadError: as :func:`read_image` for unknown or damaged files.
+    """
+    width, height, _ = image_dimensions(path)
+    return width, height

@@ -7,8 +7,8 @@ keeps the names in ``classes.txt`` instead (one per line); :func:`read_classes_t
 
 One label line is ``class_index cx cy w h`` with ``cx = (x1 + x2) / 2 / W``,
 ``w = (x2 - x1) / W`` (likewise ``cy``, ``h`` with ``H``), all in [0, 1]; boxes convert to
-lumbardx's continuous 0-based pixels with the image size, read from the image header (PIL
-without decoding the pixels; DICOM ``Rows``/``Columns`` via pydicom). An empty or absent label
+lumbardx's continuous 0-based pixels with the image size, read from the image header without
+decoding the pixels (:func:`lumbardx.data.images.image_dimensions`). An empty or absent label
 file means an image without objects.
 """
 
@@ -19,53 +19,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
-from PIL import Image, UnidentifiedImageError
 
 from lumbardx.data.boxes import Box, ImageAnnotation
-from lumbardx.data.errors import AnnotationError, ImageReadError
+from lumbardx.data.errors import AnnotationError
+from lumbardx.data.images import image_dimensions
 from lumbardx.data.validate import DEFAULT_TOLERANCE_PX, check_annotation
 
 DEFAULT_DECIMALS: int = 6  # six decimals, as Ultralytics and the yolospine labels write them
 
 
-def _is_dicom(path: Path) -> bool:
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with path.open("rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def read_image_size(path: Path) -> tuple[int, int, int]:
-    """``(width, height, depth)`` of an image from its header, without decoding pixels.
-
-    PNG/JPEG/... via PIL (``depth`` = number of bands); DICOM via pydicom
-    (``Columns``, ``Rows``, ``SamplesPerPixel``).
-
-    Raises:
-        ImageReadError: the file is missing, unreadable or has no usable size.
-    """
-    path = Path(path)
-    if _is_dicom(path):
-        import pydicom
-
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as e:  # pydicom raises many types on bad files
-            raise ImageReadError(path, f"cannot read the DICOM header: {e}") from None
-        if "Rows" not in ds or "Columns" not in ds:
-            raise ImageReadError(path, "DICOM file has no Rows/Columns (not an image?)")
-        return int(ds.Columns), int(ds.Rows), int(ds.get("SamplesPerPixel", 1))
-    try:
-        with Image.open(path) as im:
-            return im.size[0], im.size[1], len(im.getbands())
-    except FileNotFoundError:
-        raise ImageReadError(path, "image file not found") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise ImageReadError(path, f"cannot read the image header: {e}") from None
+#: ``(width, height, depth)`` of an image from its header, without decoding pixels
+#: (:func:`lumbardx.data.images.image_dimensions`; the name the YOLO reader has always used).
+read_image_size = image_dimensions
 
 
 def parse_names(names: object, path: Path) -> list[str]:
@@ -227,7 +192,7 @@ def read_yolo(
     if image_size is None:
         if image_path is None:
             raise AnnotationError(path, "the image size is needed to read YOLO labels")
-        width, height, depth = read_image_size(Path(image_path))
+        width, height, depth = image_dimensions(image_path)
         image_size = (width, height)
     if image_path is not None:
         image_path = Path(image_path)

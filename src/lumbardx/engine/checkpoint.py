@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes, exact-resume state, and (partial) weight loading.
+"""Checkpoints: atomic writes, exact-resume state, (partial) weight loading, and rebuilding the
+detector a checkpoint describes (:func:`rebuild_detector`, the one place that does so).
 
 A checkpoint is a plain ``dict`` saved with ``torch.save`` and read with
 ``torch.load(weights_only=True)`` (no pickled code, safe for files from elsewhere). Keys written
@@ -7,14 +8,16 @@ by the trainer:
 ``model`` (state dict of the trained weights), ``ema`` (EMA state or ``None``), ``optimizer``,
 ``scheduler``, ``scaler``, ``epoch`` (last finished, 0-based), ``step`` (iterations done),
 ``best_fitness``, ``rng`` (:func:`rng_state`), ``sampler`` (seed and next epoch), ``recipe``
-(dict), ``model_name``, ``num_classes``, ``class_names``, ``seed``.
+(dict), ``model_name``, ``num_classes``, ``class_names``, ``seed``, ``lumbardx_version``.
+
+To rebuild the detector without training data, a checkpoint must name its architecture
+(``model_name``) and classes (``class_names``, or ``num_classes`` giving ``class_0`` ...); the
+input size comes from ``image_size`` or ``recipe["image_size"]``.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,28 +27,16 @@ import torch
 from torch import nn
 
 from lumbardx.data.errors import InputError
+from lumbardx.io import atomic_save
+from lumbardx.models.detector import Detector
+from lumbardx.models.registry import available_models, build_model
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically.
-
-    The data goes to a temporary file in the same directory, is flushed to disk, and replaces
-    ``path`` with ``os.replace``; a crash at any point leaves the previous file intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``state`` to ``path`` atomically (:func:`lumbardx.io.atomic_save`: temporary file
+    in the same folder, fsync, ``os.replace``); a crash at any point leaves the previous file
+    intact."""
+    return atomic_save(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -164,3 +155,104 @@ def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
     report.missing = [n for n in own if n not in src]
     model.load_state_dict(take, strict=False)
     return report
+
+
+def check_model_name(name: str) -> None:
+    """Raise :class:`InputError` naming the choices when ``name`` is not a registered model."""
+    names = available_models()
+    if name not in names:
+        raise InputError(None, f"unknown model {name!r}; choose from {', '.join(names)}")
+
+
+def build_detector(model_name: str, num_classes: int, image_size: int) -> Detector:
+    """A randomly initialised registered detector (YOLOv5 gets the training size, which scales
+    its objectness loss gain).
+
+    Raises:
+        InputError: ``model_name`` is not registered (:func:`check_model_name`).
+    """
+    check_model_name(model_name)
+    kwargs: dict[str, Any] = {"image_size": image_size} if model_name.startswith("yolov5") else {}
+    return build_model(model_name, num_classes, **kwargs)
+
+
+@dataclass
+class LoadedDetector:
+    """A detector rebuilt from a checkpoint, with what inference needs.
+
+    Attributes:
+        model: the detector in eval mode on the requested device (EMA weights when saved).
+        model_name: registry name; class_names: index -> name; image_size: square input size
+            in pixels (the training size); pad_value: letterbox gray level of the recipe;
+        recipe: the training recipe dict; path: the checkpoint; lumbardx_version: the writer's
+            version when the checkpoint records it.
+    """
+
+    model: Detector
+    model_name: str
+    class_names: list[str]
+    image_size: int
+    pad_value: int
+    recipe: dict[str, Any]
+    path: Path
+    lumbardx_version: str | None = None
+
+
+def checkpoint_spec(ckpt: dict[str, Any], path: Path) -> tuple[str, list[str], int]:
+    """``(model_name, class_names, image_size)`` from a checkpoint's metadata.
+
+    Raises:
+        InputError: naming ``path`` when the architecture is missing or unknown, there are no
+            class names (nor ``num_classes``), or no input size that is a multiple of 32.
+    """
+    name = ckpt.get("model_name")
+    if not name:
+        raise InputError(path, "the checkpoint lacks model_name (its architecture): use a "
+                               "checkpoint written by 'lumbardx train'")
+    if name not in available_models():
+        raise InputError(path, f"unknown architecture {name!r} (available: "
+                               f"{', '.join(available_models())})")
+    names = ckpt.get("class_names")
+    if names is None and isinstance(ckpt.get("num_classes"), int):
+        names = [f"class_{i}" for i in range(ckpt["num_classes"])]
+    if not names or not all(isinstance(n, str) for n in names):
+        raise InputError(path, "the checkpoint holds no class names ('class_names' missing)")
+    size = ckpt.get("image_size") or (ckpt.get("recipe") or {}).get("image_size")
+    if not isinstance(size, int) or size < 32 or size % 32:
+        raise InputError(path, f"the checkpoint holds no usable input size (got {size!r}); "
+                               "expected 'image_size' or recipe.image_size, a multiple of 32")
+    return str(name), list(names), size
+
+
+def rebuild_detector(ckpt: dict[str, Any], path: str | Path,
+                     device: str | torch.device = "cpu") -> LoadedDetector:
+    """Rebuild the detector a checkpoint describes (:func:`checkpoint_spec`) with its deployed
+    weights (:func:`weights_from_checkpoint`: EMA when saved), in eval mode on ``device``.
+
+    Args:
+        ckpt: the dict read by :func:`load_checkpoint`.
+        path: the file it came from (named in errors, kept in the result).
+        device: where the model goes (``"cpu"``, ``"cuda:0"``...).
+
+    Raises:
+        InputError: naming ``path`` when the metadata is unusable (:func:`checkpoint_spec`),
+            there are no weights, or the weights do not fit the named model.
+    """
+    path = Path(path)
+    name, names, size = checkpoint_spec(ckpt, path)
+    try:
+        state = weights_from_checkpoint(ckpt)
+    except ValueError as exc:
+        raise InputError(path, str(exc)) from exc
+    model = build_detector(name, len(names), size)
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0:3] or [type(exc).__name__]
+        raise InputError(path, f"weights do not fit a {name} with {len(names)} classes: "
+                               f"{' '.join(s.strip() for s in first)}") from exc
+    model.to(device).eval()
+    recipe = dict(ckpt.get("recipe") or {})
+    pad = int((recipe.get("augment") or {}).get("pad_value", 0))
+    return LoadedDetector(model, name, names, size, pad, recipe, path,
+                          ckpt.get("lumbardx_version"))

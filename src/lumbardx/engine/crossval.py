@@ -39,13 +39,21 @@ from lumbardx import __version__
 from lumbardx.data.dataset import LumbarDataset
 from lumbardx.data.errors import InputError
 from lumbardx.data.folds import make_folds, read_folds_csv, split, write_folds_csv
-from lumbardx.engine.checkpoint import load_checkpoint, load_weights, weights_from_checkpoint
+from lumbardx.engine.checkpoint import (
+    LoadedDetector,
+    build_detector,
+    check_model_name,
+    load_checkpoint,
+    load_weights,
+    rebuild_detector,
+    weights_from_checkpoint,
+)
 from lumbardx.engine.evaluate import EvalResult, evaluate
 from lumbardx.engine.recipes import Recipe, recipe_for
 from lumbardx.engine.table1 import ModelFolds, merge_peer, write_table1
 from lumbardx.engine.trainer import TrainResult, train
+from lumbardx.io import atomic_write_text
 from lumbardx.models.detector import Detector
-from lumbardx.models.registry import available_models, build_model
 
 RESULT_FILE = "result.json"
 RUN_FILE = "run.json"
@@ -60,13 +68,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def check_model_name(name: str) -> None:
-    """Raise :class:`InputError` naming the choices when ``name`` is not a registered model."""
-    names = available_models()
-    if name not in names:
-        raise InputError(None, f"unknown model {name!r}; choose from {', '.join(names)}")
 
 
 def make_recipe(model_name: str, overrides: Mapping[str, Any] | None = None) -> Recipe:
@@ -101,64 +102,16 @@ def load_dataset(data: str | Path, classes: str | Mapping[str, str] = "study",
     return ds
 
 
-def build_detector(model_name: str, num_classes: int, image_size: int) -> Detector:
-    """A randomly initialised registered detector (YOLOv5 gets the training size, which scales
-    its objectness loss gain)."""
-    check_model_name(model_name)
-    kwargs: dict[str, Any] = {"image_size": image_size} if model_name.startswith("yolov5") else {}
-    return build_model(model_name, num_classes, **kwargs)
-
-
-@dataclass
-class LoadedDetector:
-    """A detector rebuilt from a checkpoint, with what inference needs.
-
-    Attributes:
-        model: the detector in eval mode on the requested device (EMA weights when saved).
-        model_name: registry name; class_names: index -> name; image_size: square input size
-            in pixels (the training size); pad_value: letterbox gray level of the recipe;
-        recipe: the training recipe dict; path: the checkpoint; lumbardx_version: the writer's
-            version when the checkpoint records it.
-    """
-
-    model: Detector
-    model_name: str
-    class_names: list[str]
-    image_size: int
-    pad_value: int
-    recipe: dict[str, Any]
-    path: Path
-    lumbardx_version: str | None = None
-
-
 def load_detector(weights: str | Path, device: str | torch.device = "cpu") -> LoadedDetector:
-    """Rebuild the detector of a ``lumbardx train`` checkpoint (no training data needed).
+    """Rebuild the detector of a ``lumbardx train`` checkpoint (no training data needed):
+    :func:`~lumbardx.engine.checkpoint.rebuild_detector` on ``resolve_device(device)``.
 
     Raises:
         InputError: naming the file when it is unreadable, lacks the model name or class names,
             or its weights do not fit the named model.
     """
     path = Path(weights)
-    ckpt = load_checkpoint(path)
-    name, names = ckpt.get("model_name"), ckpt.get("class_names")
-    if not name or not names:
-        raise InputError(path, "checkpoint lacks model_name / class_names (not written by "
-                               "'lumbardx train')")
-    if name not in available_models():
-        raise InputError(path, f"checkpoint model {name!r} is not a model of this lumbardx")
-    recipe = dict(ckpt.get("recipe") or {})
-    image_size = int(recipe.get("image_size", 640))
-    model = build_detector(name, len(names), image_size)
-    try:
-        model.load_state_dict(weights_from_checkpoint(ckpt))
-    except (RuntimeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(path, f"weights do not fit {name} with {len(names)} classes: "
-                               f"{first}") from None
-    model.to(resolve_device(device)).eval()
-    pad = int((recipe.get("augment") or {}).get("pad_value", 0))
-    return LoadedDetector(model, name, list(names), image_size, pad, recipe, path,
-                          ckpt.get("lumbardx_version"))
+    return rebuild_detector(load_checkpoint(path), path, resolve_device(device))
 
 
 def fit_anchors(model: Detector, train_set: Sequence[Any], image_size: int,
@@ -186,9 +139,7 @@ def fit_anchors(model: Detector, train_set: Sequence[Any], image_size: int,
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 def train_and_evaluate(

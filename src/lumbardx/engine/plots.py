@@ -11,10 +11,28 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower() or "class"
+
+
+def pr_axes(ax: Axes, title: str) -> None:
+    """Precision-recall axes: recall [0, 1] on x, precision [0, 1.02] on y, light grid."""
+    ax.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Lay out ``fig``, save it to ``path`` (format from the suffix; folder created), close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def plot_pr_curves(
@@ -43,23 +61,12 @@ def plot_pr_curves(
         ax_all.plot(recall, p, label=label)
         fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
         ax.plot(recall, p)
-        ax.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1.02), title=label)
-        ax.grid(alpha=0.3)
-        path = out / f"pr_{_slug(name)}.png"
-        fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
-        paths.append(path)
-    ax_all.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1.02),
-               title="Precision-recall at IoU 0.5 (COCO 101-point)")
-    ax_all.grid(alpha=0.3)
+        pr_axes(ax, label)
+        paths.append(save_figure(fig, out / f"pr_{_slug(name)}.png"))
+    pr_axes(ax_all, "Precision-recall at IoU 0.5 (COCO 101-point)")
     if paths:
         ax_all.legend(loc="lower left", fontsize=8)
-    path = out / "pr_curves.png"
-    fig_all.tight_layout()
-    fig_all.savefig(path)
-    plt.close(fig_all)
-    return [path, *paths]
+    return [save_figure(fig_all, out / "pr_curves.png"), *paths]
 
 
 def plot_confusion_matrix(
@@ -78,9 +85,4 @@ def plot_confusion_matrix(
         for j in range(n):
             ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center",
                     color="white" if top and matrix[i, j] > top / 2 else "black")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

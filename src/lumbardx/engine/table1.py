@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from lumbardx.data.errors import InputError  # noqa: E402
+from lumbardx.engine.plots import pr_axes, save_figure  # noqa: E402
 
 CI_METHOD = ("95% CI of the mean over folds: mean +- t(0.975, n-1) * SD / sqrt(n) "
              "(Student t, n = folds with a value); SD is the sample SD (ddof = 1)")
@@ -260,17 +261,10 @@ def plot_mean_pr(model: ModelFolds, class_names: Sequence[str], path: str | Path
                         label=f"{name} AP@0.5={ap[f'ap50/{name}'].mean:.3f} ({n[k]} folds)")
         ax.fill_between(recall, np.clip(mean[:, k] - sd[:, k], 0, 1),
                         np.clip(mean[:, k] + sd[:, k], 0, 1), color=line.get_color(), alpha=0.15)
-    ax.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1.02),
-           title=f"{model.name}: mean PR over folds (IoU 0.5, ± 1 SD)")
-    ax.grid(alpha=0.3)
+    pr_axes(ax, f"{model.name}: mean PR over folds (IoU 0.5, ± 1 SD)")
     if n.any():
         ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_table1(

@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +46,7 @@ from torchvision.ops import box_convert
 
 import lumbardx
 from lumbardx.data.errors import LumbardxError
+from lumbardx.io import atomic_write_bytes
 from lumbardx.models.dcn import DeformableConvV2
 from lumbardx.models.decode import YOLOv5PostProcess, decode_yolov5
 from lumbardx.models.detector import Detector
@@ -215,8 +214,9 @@ def export_onnx(
         model: a lumbardx detector; traced in eval mode on its own device (its training
             mode is restored afterwards).
         path: the ``.onnx`` file to write; the folder is created. The file is written to a
-            temporary name in the same folder and moved into place with ``os.replace``, so a
-            failed export never leaves a partial file at ``path``.
+            temporary name in the same folder and moved into place with ``os.replace``
+            (:func:`lumbardx.io.atomic_write_bytes`), so a failed export never leaves a
+            partial file at ``path``; the file gets mode ``0o644``.
         image_size: input ``H = W`` or ``(H, W)`` in pixels, multiples of 32; fixed in the graph.
         class_names: one name per class (default ``class_0`` ... ``class_{nc-1}``); pass the
             checkpoint's ``class_names`` for trained weights.
@@ -280,22 +280,5 @@ def export_onnx(
     onnx.helper.set_model_props(proto, meta)
     proto.producer_name = "lumbardx"
     proto.producer_version = lumbardx.__version__
-    return _write_atomic(proto.SerializeToString(), Path(path))
-
-
-def _write_atomic(data: bytes, path: Path) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, fsync, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model file is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    # 0o644 whatever the umask: a model file is meant to be shared
+    return atomic_write_bytes(path, proto.SerializeToString(), mode=0o644)

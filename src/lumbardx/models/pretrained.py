@@ -12,9 +12,10 @@ Where weights come from (never downloaded):
 * ``weights=<file>.onnx``: a file written by :func:`lumbardx.models.export.export_onnx`
   (ONNX Runtime backend; thresholds cannot travel in it, the defaults apply).
 
-Every ``.pt`` file is read with ``torch.load(weights_only=True)`` (no pickled code runs). The
-checkpoint must name its architecture (``model_name``) and classes (``class_names`` or
-``num_classes``); the input size comes from ``image_size`` or ``recipe["image_size"]``.
+Every ``.pt`` file is read with ``torch.load(weights_only=True)`` (no pickled code runs) and
+the network rebuilt by :func:`lumbardx.engine.checkpoint.rebuild_detector`: the checkpoint must
+name its architecture (``model_name``) and classes (``class_names`` or ``num_classes``); the
+input size comes from ``image_size`` or ``recipe["image_size"]``.
 Optional keys: ``thresholds`` (class name -> decision threshold in [0, 1], chosen on
 validation data by :mod:`lumbardx.clinical.thresholds`; classes without one use
 :data:`~lumbardx.clinical.thresholds.DEFAULT_THRESHOLDS`), ``lumbardx_version`` and ``tag``
@@ -44,9 +45,8 @@ import torch
 from lumbardx import __version__
 from lumbardx.clinical.thresholds import DEFAULT_THRESHOLDS
 from lumbardx.data.errors import InputError, LumbardxError
-from lumbardx.engine.checkpoint import load_checkpoint, weights_from_checkpoint
+from lumbardx.engine.checkpoint import load_checkpoint, rebuild_detector
 from lumbardx.models.detector import Detector
-from lumbardx.models.registry import available_models, build_model
 from lumbardx.models.runtime import OnnxBackend, TorchBackend, choose_backend
 from lumbardx.study import ModelInfo
 
@@ -184,43 +184,6 @@ def parse_thresholds(raw: Any, class_names: list[str], where: Path | None) -> di
     return out
 
 
-def _checkpoint_spec(ckpt: dict[str, Any], path: Path) -> tuple[str, list[str], int]:
-    """``(model_name, class_names, image_size)`` from a checkpoint's metadata."""
-    name = ckpt.get("model_name")
-    if not name:
-        raise InputError(path, "the checkpoint does not name its architecture ('model_name' "
-                               "missing); use a checkpoint written by lumbardx training")
-    if name not in available_models():
-        raise InputError(path, f"unknown architecture {name!r} (available: "
-                               f"{', '.join(available_models())})")
-    names = ckpt.get("class_names")
-    if names is None and isinstance(ckpt.get("num_classes"), int):
-        names = [f"class_{i}" for i in range(ckpt["num_classes"])]
-    if not names or not all(isinstance(n, str) for n in names):
-        raise InputError(path, "the checkpoint holds no class names ('class_names' missing)")
-    size = ckpt.get("image_size") or (ckpt.get("recipe") or {}).get("image_size")
-    if not isinstance(size, int) or size < 32 or size % 32:
-        raise InputError(path, f"the checkpoint holds no usable input size (got {size!r}); "
-                               "expected 'image_size' or recipe.image_size, a multiple of 32")
-    return str(name), list(names), size
-
-
-def _build_from_checkpoint(ckpt: dict[str, Any], path: Path) -> tuple[Detector, list[str], int]:
-    name, names, size = _checkpoint_spec(ckpt, path)
-    try:
-        state = weights_from_checkpoint(ckpt)
-    except ValueError as exc:
-        raise InputError(path, str(exc)) from exc
-    model = build_model(name, len(names))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0:3]
-        raise InputError(path, f"weights do not fit a {name} with {len(names)} classes: "
-                               f"{' '.join(s.strip() for s in first)}") from exc
-    return model.eval(), names, size
-
-
 def default_thresholds(class_names: list[str]) -> dict[str, float]:
     """:data:`~lumbardx.clinical.thresholds.DEFAULT_THRESHOLDS` for ``class_names``
     (:data:`DEFAULT_THRESHOLD` for classes outside the study's three)."""
@@ -329,7 +292,8 @@ def load_detector(
     if path.suffix.lower() == ".onnx":
         return _load_onnx(path, digest, card, threads)
     ckpt = load_checkpoint(path, map_location="cpu")
-    net, names, size = _build_from_checkpoint(ckpt, path)
+    det = rebuild_detector(ckpt, path)
+    net, names, size = det.model, det.class_names, det.image_size
     thresholds = parse_thresholds(ckpt.get("thresholds", card.get("thresholds")), names, path)
     meta = {k: ckpt[k] for k in ("epoch", "best_fitness", "seed") if k in ckpt}
     meta["recipe"] = (ckpt.get("recipe") or {}).get("name")

@@ -5,19 +5,19 @@ so a PACS files them with the examination they describe. Only studies read from 
 sent back; an image input (PNG / JPEG) is refused with an :class:`InputError`.
 
 :func:`write_dicom_outputs` writes ``sr.dcm`` and ``overlay_sc.dcm`` into a folder, each through
-a temporary file renamed into place (``os.replace``), so a reader never sees half a file.
+a temporary file renamed into place (``os.replace``, :mod:`lumbardx.io`), so a reader never
+sees half a file.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
 
 from lumbardx.data.errors import InputError
+from lumbardx.io import atomic_save
 from lumbardx.pacs.sc import build_secondary_capture
 from lumbardx.pacs.sr import DEFAULT_MANUFACTURER, build_sr
 from lumbardx.study import Study
@@ -30,17 +30,10 @@ __all__ = ["build_sr", "build_secondary_capture", "write_dicom_outputs", "save_a
 
 
 def save_atomic(ds: Dataset, path: Path) -> Path:
-    """Save ``ds`` as a DICOM Part 10 file at ``path`` via a temporary file in the same folder
-    and :func:`os.replace`; the temporary file is removed when saving fails."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Save ``ds`` as a DICOM Part 10 file at ``path`` atomically
+    (:func:`lumbardx.io.atomic_save`): a reader never sees half a file, and a failed save
+    leaves no temporary file and any previous file untouched."""
+    return atomic_save(path, lambda fh: ds.save_as(fh, enforce_file_format=True))
 
 
 def write_dicom_outputs(study: Study, overlay_rgb: np.ndarray, out_dir: str | Path, *,

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from lumbardx import __version__
 from lumbardx.clinical.findings import HERNIATION, NORMAL, SLIP, DiscFindings, SpineFindings
 from lumbardx.data.boxes import Box
 from lumbardx.data.classes import STUDY_ALIASES
+from lumbardx.io import atomic_write_bytes
 from lumbardx.report.fonts import Font, line_height, load_font, text_size
 
 if TYPE_CHECKING:
@@ -365,24 +364,9 @@ def render_overlay(image: np.ndarray, findings: SpineFindings, *, scale: int | N
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and
-    ``os.replace``: readers never see a half-written file, and a failure leaves the previous
-    file intact. Creates the folder. Returns ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write a report file atomically with mode ``0o644`` (reports are meant to be shared):
+    :func:`lumbardx.io.atomic_write_bytes`. Creates the folder. Returns ``path``."""
+    return atomic_write_bytes(path, data, mode=0o644)
 
 
 def png_bytes(rgb: np.ndarray, description: str = "") -> bytes:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
@@ -32,6 +31,7 @@ from lumbardx import __version__
 from lumbardx.data.classes import STUDY_CLASSES
 from lumbardx.data.errors import InputError
 from lumbardx.data.voc import write_voc
+from lumbardx.io import atomic_write_bytes
 from lumbardx.synth.anatomy import SynthConfig
 from lumbardx.synth.case import SynthCase, generate_case
 
@@ -46,11 +46,10 @@ def case_name(index: int) -> str:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    """Atomic write (temp file + rename) so an interrupted run leaves no half file."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Atomic write (:func:`lumbardx.io.atomic_write_bytes`) so an interrupted run leaves no
+    half file; a failure is an :class:`InputError` naming the file."""
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, data)
     except OSError as e:
         raise InputError(path, f"cannot write the file: {e.strerror or e}") from None
 

@@ -1,0 +1,36 @@
+"""A tiny detector checkpoint for tests that need a model but no trained weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lumbardx.engine.checkpoint import save_checkpoint
+from lumbardx.engine.ema import ModelEMA
+from lumbardx.engine.recipes import Recipe
+from lumbardx.models.registry import build_model
+
+CLASSES = ["normal", "herniation", "spondylolisthesis"]
+
+
+def tiny_checkpoint(path: Path, *, thresholds: dict[str, float], tag: str, training_data: str,
+                    epoch: int = 1, image_size: int = 256) -> Path:
+    """Save a random YOLOv5n (3 study classes) in ``lumbardx train``'s checkpoint format.
+
+    The EMA head's stride-16 biases are raised so that the random model proposes boxes
+    (objectness high; anchor k favours class k); otherwise a fresh YOLOv5 outputs nothing and
+    the findings, severity, overlay and SR paths would go untested.
+    """
+    torch.manual_seed(0)
+    net = build_model("yolov5n", len(CLASSES))
+    ema = ModelEMA(net)
+    with torch.no_grad():
+        bias = ema.ema.head.m[1].bias.view(3, 5 + len(CLASSES))  # stride 16: [anchors, 5 + nc]
+        bias[:, 4] = 3.0
+        bias[:, 5:] = 4.0 * torch.eye(3) - 2.0
+    state = {"model": net.state_dict(), "ema": ema.state_dict(),
+             "recipe": Recipe(image_size=image_size).to_dict(), "model_name": "yolov5n",
+             "num_classes": len(CLASSES), "class_names": CLASSES, "epoch": epoch, "seed": 0,
+             "thresholds": thresholds, "tag": tag, "training_data": training_data}
+    return save_checkpoint(state, path)

@@ -1,0 +1,44 @@
+"""Check a ``findings.json`` document against the schema documented in :mod:`lumbardx.study`.
+
+Shared by the report and diagnose tests: ``from findings_schema import check_findings_schema``.
+Only what holds for every study is checked here; tests add what their study should contain.
+"""
+
+from __future__ import annotations
+
+import re
+
+from lumbardx.study import SCHEMA
+
+MODEL_KEYS = {"name", "version", "weights_sha256", "classes", "image_size", "backend",
+              "training_data"}
+DISC_KEYS = {"level", "level_uncertain", "label", "score", "box", "findings", "severity"}
+SEVERITY_KEYS = {"slip_percent", "meyerding_grade", "herniation_extent_mm", "estimate_note"}
+
+
+def check_findings_schema(doc: dict) -> None:
+    """Types, keys and value ranges of a ``findings.json`` document."""
+    assert doc["schema"] == SCHEMA
+    for key, typ in {"source": str, "study_key": str, "image": dict, "model": dict,
+                     "sacrum_recognised": bool, "sacrum_reason": str, "findings": list,
+                     "timings_ms": dict, "warnings": list, "disclaimer": str}.items():
+        assert isinstance(doc[key], typ), key
+    assert re.fullmatch(r"[0-9a-f]{16}", doc["study_key"])
+    img = doc["image"]
+    assert isinstance(img["width"], int) and isinstance(img["height"], int)
+    assert img["kind"] in ("png", "jpeg", "dicom")
+    assert img["pixel_spacing_mm"] is None or len(img["pixel_spacing_mm"]) == 2
+    assert set(doc["model"]) == MODEL_KEYS
+    assert doc["model"]["backend"] in ("torch", "onnxruntime")
+    for disc in doc["findings"]:
+        assert set(disc) == DISC_KEYS
+        assert isinstance(disc["level_uncertain"], bool)
+        assert isinstance(disc["label"], str) and disc["label"] in doc["model"]["classes"]
+        assert disc["score"] is None or 0.0 <= disc["score"] <= 1.0
+        assert len(disc["box"]) == 4 and all(isinstance(v, float) for v in disc["box"])
+        x1, y1, x2, y2 = disc["box"]
+        assert 0 <= x1 < x2 <= img["width"] and 0 <= y1 < y2 <= img["height"]
+        assert all(set(f) == {"label", "score", "box"} and len(f["box"]) == 4
+                   for f in disc["findings"])
+        assert set(disc["severity"]) == SEVERITY_KEYS
+    assert all(isinstance(v, float) for v in doc["timings_ms"].values())

@@ -1,7 +1,7 @@
 """Diagnose a study: read, detect, findings per disc, severity -- the pipeline behind
 ``lumbardx diagnose`` and :func:`lumbardx.diagnose`.
 
->>> from lumbardx.diagnose import Diagnoser
+>>> from lumbardx import Diagnoser
 >>> dx = Diagnoser(weights="runs/yolov5s/best.pt")            # doctest: +SKIP
 >>> study = dx("case_001.png")                                # doctest: +SKIP
 >>> [(d.level, d.status, d.confidence) for d in study.findings.discs]  # doctest: +SKIP

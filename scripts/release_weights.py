@@ -12,12 +12,14 @@ Steps:
    the AP values do not depend on thresholds.
 4. Write ``OUT`` (default ``src/lumbardx/weights/default.pt``): float16 weights, model name,
    classes, recipe, thresholds with their evidence, what it was trained on, lumbardx version,
-   validation metrics; written atomically. Also ``--metrics`` JSON for the model card.
+   validation metrics; written atomically. Also ``--metrics`` JSON (provenance beside the
+   weights, read by :func:`lumbardx.models.pretrained.model_card`, and used by MODEL_CARD.md).
 
 Usage::
 
     python scripts/release_weights.py runs/yolov5n-fold0/best.pt ../shared/data/yolospine-dev \
-        --fold 0 --folds-csv runs/yolospine-folds.csv --metrics bench/results/shipped_model.json
+        --fold 0 --folds-csv bench/folds/yolospine-dev-k5-seed0.csv \
+        --metrics src/lumbardx/weights/default.json
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -85,10 +86,8 @@ def main() -> None:
         raise SystemExit(f"dataset classes {ds.class_names} differ from the model's {names}")
     train_idx, val_idx = split(ds, args.fold, args.folds_csv)
     samples = [ds[i] for i in val_idx]
-    t0 = time.perf_counter()
     preds = predict(loaded.model, [s.image for s in samples], loaded.image_size,
                     pad_value=loaded.pad_value)
-    ms = 1000 * (time.perf_counter() - t0) / max(len(samples), 1)
     gts = [GroundTruth(s.image_id, s.image.shape[1], s.image.shape[0], s.boxes, s.labels)
            for s in samples]
     m = coco_evaluate(gts, preds, names)
@@ -106,7 +105,6 @@ def main() -> None:
         "ap_interpolation": "COCO 101-point (pycocotools)",
         "discs": len(records), "disc_level": point,
         "disc_level_note": "thresholds chosen and measured on the same validation fold",
-        "ms_per_image_batch8_cpu": ms,
     }
     sd = {k: (v.half() if v.is_floating_point() else v)
           for k, v in loaded.model.state_dict().items()}
@@ -126,7 +124,9 @@ def main() -> None:
                       "thresholds": thresholds, **validation}, indent=1))
     if args.metrics:
         atomic_write_text(args.metrics, json.dumps(
-            {"weights": str(args.out), "tag": shipped["tag"], "epoch": shipped["epoch"],
+            {"weights": args.out.name, "tag": shipped["tag"], "epoch": shipped["epoch"],
+             "model_name": loaded.model_name, "training_data": args.training_data,
+             "lumbardx_version": __version__,
              "thresholds": thresholds, "threshold_evidence": shipped["threshold_evidence"],
              **validation}, indent=1) + "\n")
 

@@ -6,7 +6,7 @@ Steps:
 2. Predict on the validation fold (``--fold`` of ``--folds-csv``) of ``DATA``; those patients
    were not trained on. Score per-class AP@0.5 / mAP@0.5 with pycocotools (COCO 101-point).
 3. Choose a decision threshold per class at disc level on the same validation discs
-   (:func:`lumbardx.clinical.thresholds.choose_thresholds`, Youden's J), and report disc-level
+   (:func:`lumbardx.clinical.thresholds.choose_thresholds`, Youden's J or F1), and report disc-level
    sensitivity and specificity (a disc is positive when it is not normal) at those thresholds.
    The thresholds are chosen and measured on the same fold, so those two numbers are optimistic;
    the AP values do not depend on thresholds.
@@ -73,6 +73,8 @@ def main() -> None:
     p.add_argument("--folds-csv", type=Path, required=True)
     p.add_argument("--out", type=Path, default=Path("src/lumbardx/weights/default.pt"))
     p.add_argument("--metrics", type=Path, default=None)
+    p.add_argument("--criterion", choices=("youden", "f1"), default="youden",
+                   help="threshold criterion per class (lumbardx.clinical.thresholds)")
     p.add_argument("--training-data", default="yolospine-dev (Lumbar Spine MRI Dataset, "
                    "Sudirman et al., CC BY 4.0; YOLOspine boxes, MIT): folds other than the "
                    "validation fold, patient-grouped")
@@ -94,7 +96,7 @@ def main() -> None:
     pairs = [(_boxes(s.boxes, s.labels, names), _boxes(pr.boxes, pr.labels, names, pr.scores),
               (s.image.shape[1], s.image.shape[0])) for s, pr in zip(samples, preds)]
     records = disc_scores(pairs)
-    choices = choose_thresholds(records, names)
+    choices = choose_thresholds(records, names, args.criterion)
     thresholds = thresholds_dict(choices)
     point = disc_operating_point(records, thresholds)
     validation = {

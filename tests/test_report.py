@@ -176,6 +176,13 @@ def test_write_study_outputs(study, tmp_path):
     assert study.outputs["report_pdf"] == paths["report_pdf"]
 
 
+def test_write_study_outputs_without_pdf(study, tmp_path):
+    paths = write_study_outputs(study, tmp_path / "nopdf", pdf=False)
+    assert set(paths) == {"overlay", "findings", "report_html"}
+    assert sorted(p.name for p in (tmp_path / "nopdf").iterdir()) == [
+        "findings.json", "overlay.png", "report.html"]
+
+
 def test_html_report_content(study, tmp_path):
     text = render_html_report(study, b"\x89PNG\r\n\x1a\nfake")
     for d in study.findings.discs:

@@ -328,17 +328,7 @@ def write_outputs(study: Study, out_dir: str | Path, *, dicom: bool = True,
 
     t0 = time.perf_counter()
     out = Path(out_dir)
-    if pdf:
-        paths = report.write_study_outputs(study, out)
-    else:  # write_study_outputs without the PDF
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {k: out / report.OUTPUT_NAMES[k] for k in ("overlay", "findings", "report_html")}
-        t1 = time.perf_counter()
-        report.write_overlay(study, paths["overlay"])
-        study.timings_ms.setdefault("overlay", 1000.0 * (time.perf_counter() - t1))
-        report.write_findings_json(study, paths["findings"])
-        report.write_html_report(study, paths["report_html"], paths["overlay"])
-        study.outputs.update(paths)
+    paths = report.write_study_outputs(study, out, pdf=pdf)
     if dicom and study.image.kind == "dicom" and study.image.header is not None:
         from lumbardx.pacs import write_dicom_outputs
 

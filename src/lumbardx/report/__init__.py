@@ -34,9 +34,9 @@ def write_findings_json(study: Study, path: str | Path) -> Path:
 
 
 def write_study_outputs(study: Study, out_dir: str | Path, *, analysed_at: datetime | None = None,
-                        training_data: str | None = None) -> dict[str, Path]:
-    """Write ``overlay.png``, ``findings.json``, ``report.html`` and ``report.pdf`` into
-    ``out_dir`` (created when missing), each atomically.
+                        training_data: str | None = None, pdf: bool = True) -> dict[str, Path]:
+    """Write ``overlay.png``, ``findings.json``, ``report.html`` and (with ``pdf``)
+    ``report.pdf`` into ``out_dir`` (created when missing), each atomically.
 
     The overlay's drawing time is recorded as ``study.timings_ms["overlay"]`` (unless the caller
     set it) before ``findings.json`` and the reports are written, and ``study.outputs`` gets the
@@ -47,7 +47,7 @@ def write_study_outputs(study: Study, out_dir: str | Path, *, analysed_at: datet
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {k: out / name for k, name in OUTPUT_NAMES.items()}
+    paths = {k: out / name for k, name in OUTPUT_NAMES.items() if pdf or k != "report_pdf"}
     t0 = time.perf_counter()
     write_overlay(study, paths["overlay"])
     study.timings_ms.setdefault("overlay", (time.perf_counter() - t0) * 1000.0)
@@ -55,8 +55,9 @@ def write_study_outputs(study: Study, out_dir: str | Path, *, analysed_at: datet
     when = analysed_at or datetime.now()
     write_html_report(study, paths["report_html"], paths["overlay"], analysed_at=when,
                       training_data=training_data)
-    write_pdf_report(study, paths["report_pdf"], paths["overlay"], analysed_at=when,
-                     training_data=training_data)
+    if pdf:
+        write_pdf_report(study, paths["report_pdf"], paths["overlay"], analysed_at=when,
+                         training_data=training_data)
     study.outputs.update(paths)
     return paths
 

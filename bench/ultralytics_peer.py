@@ -2,7 +2,9 @@
 
 The peer sees exactly what lumbardx's detectors see: the same dataset and class mapping
 (``study`` by default), the same patient-grouped folds (``lumbardx.data.folds``), the same image
-size and epoch budget, no pretrained weights (``yolo11n.yaml``, ``pretrained=False``). Its
+size and training budget (epochs, or wall-clock time on the same machine with ``--time-hours``,
+which is the fair budget on a CPU where the two frameworks run at different speeds), no
+pretrained weights (``yolo11n.yaml``, ``pretrained=False``). Its
 predictions on each validation fold are scored with lumbardx's own evaluator
 (``lumbardx.engine.metrics.coco_evaluate``: pycocotools, 101-point AP), so the two are compared
 like for like.
@@ -20,6 +22,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import time
@@ -62,22 +65,11 @@ def write_fold_view(ds: LumbarDataset, train_idx: list[int], val_idx: list[int],
     return yaml_path
 
 
-def run_fold(ds: LumbarDataset, fold: int, assign, args: argparse.Namespace) -> dict:
-    """Train YOLO11n on the other folds and score it on ``fold``."""
+def score(weights: Path, ds: LumbarDataset, val_idx: list[int], args: argparse.Namespace) -> dict:
+    """Score Ultralytics ``weights`` on the images ``val_idx`` with lumbardx's evaluator."""
     from ultralytics import YOLO
 
-    train_idx, val_idx = split(ds, fold, assign)
-    work = Path(args.out) / f"fold{fold}"
-    data_yaml = write_fold_view(ds, train_idx, val_idx, work / "data")
-    model = YOLO("yolo11n.yaml")
-    t0 = time.perf_counter()
-    model.train(
-        data=str(data_yaml), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
-        pretrained=False, amp=False, plots=False, device=args.device, workers=args.workers,
-        seed=args.seed, deterministic=False, project=str(work), name="train", exist_ok=True,
-        verbose=False, fliplr=0.0,
-    )
-    train_s = time.perf_counter() - t0
+    model = YOLO(str(weights))
     gts, preds, times = [], [], []
     for i in val_idx:
         rec = ds.records[i]
@@ -91,12 +83,63 @@ def run_fold(ds: LumbarDataset, fold: int, assign, args: argparse.Namespace) -> 
                                 labels=b.cls.cpu().numpy().astype(np.int64)))
         gts.append(GroundTruth(rec.image_id, rec.width, rec.height, rec.boxes, rec.labels))
     m = coco_evaluate(gts, preds, ds.class_names)
-    return {
-        "fold": fold, "train_images": len(train_idx), "val_images": len(val_idx),
-        "ap50": {n: float(v) for n, v in zip(ds.class_names, m.ap50)},
-        "map50": float(m.map50), "map50_95": float(m.map50_95),
-        "ms_per_image": 1000 * float(np.median(times[5:] or times)), "train_seconds": train_s,
-    }
+    return {"ap50": {n: float(v) for n, v in zip(ds.class_names, m.ap50)},
+            "map50": float(m.map50), "map50_95": float(m.map50_95),
+            "ms_per_image": 1000 * float(np.median(times[5:] or times))}
+
+
+def run_fold(ds: LumbarDataset, fold: int, assign, args: argparse.Namespace) -> dict:
+    """Train YOLO11n on the other folds and score it on ``fold``.
+
+    As in ``lumbardx crossval``, the held-out fold chooses nothing: the final weights
+    (``last.pt``) are scored; Ultralytics' ``best.pt`` (the epoch with the best fitness on this
+    same fold) is scored apart under ``selected_on_fold``, as the optimistic figure.
+    ``--score-only`` re-scores a finished training without training again.
+    """
+    from ultralytics import YOLO
+
+    train_idx, val_idx = split(ds, fold, assign)
+    work = Path(args.out) / f"fold{fold}"
+    weights = work / "train" / "weights"
+    if not (args.score_only and (weights / "last.pt").is_file()):
+        data_yaml = write_fold_view(ds, train_idx, val_idx, work / "data")
+        model = YOLO("yolo11n.yaml")
+        model.train(
+            data=str(data_yaml), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
+            pretrained=False, amp=False, plots=False, device=args.device,
+            workers=args.workers, seed=args.seed, deterministic=False, project=str(work),
+            name="train", exist_ok=True, verbose=False, fliplr=0.0, time=args.time_hours,
+        )
+    result = {"fold": fold, "train_images": len(train_idx), "val_images": len(val_idx),
+              **score(weights / "last.pt", ds, val_idx, args),
+              "train_seconds": _train_seconds(work / "train"),
+              "epochs_trained": _epochs_trained(work / "train"), "select": "last"}
+    if (weights / "best.pt").is_file():
+        best = score(weights / "best.pt", ds, val_idx, args)
+        result["selected_on_fold"] = {
+            "ap50": best["ap50"], "map50": best["map50"], "map50_95": best["map50_95"],
+            "note": "Ultralytics best.pt, chosen by fitness on this fold: optimistic"}
+    return result
+
+
+def _train_seconds(run_dir: Path) -> float | None:
+    """Training wall time from Ultralytics' ``results.csv`` (its cumulative ``time`` column)."""
+    csv_path = run_dir / "results.csv"
+    if not csv_path.exists():
+        return None
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "time" not in rows[-1]:
+        return None
+    return float(rows[-1]["time"])
+
+
+def _epochs_trained(run_dir: Path) -> int | None:
+    """Number of epochs Ultralytics completed (rows of its ``results.csv``), None if absent."""
+    csv_path = run_dir / "results.csv"
+    if not csv_path.exists():
+        return None
+    return max(0, len(csv_path.read_text().strip().splitlines()) - 1)
 
 
 def main() -> None:
@@ -108,22 +151,40 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classes", default="study")
     p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--time-hours", type=float, default=None,
+                   help="wall-clock training budget in hours; overrides --epochs (Ultralytics "
+                        "fits its schedule to the time)")
     p.add_argument("--imgsz", type=int, default=384)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=Path("bench/results/peer_yolo11n"))
+    p.add_argument("--score-only", action="store_true",
+                   help="re-score folds already trained in --out instead of training them")
     args = p.parse_args()
     ds = LumbarDataset(args.data, classes=args.classes)
     assign = read_folds_csv(args.folds_csv) if args.folds_csv else make_folds(ds, args.k, args.seed)
-    results = []
+    results_path = args.out / "results.json"
+    done = {}
+    if results_path.is_file():  # folds scored by earlier calls are kept
+        done = {f["fold"]: f for f in json.loads(results_path.read_text()).get("folds", [])}
     for fold in [int(f) for f in args.folds.split(",")]:
-        results.append(run_fold(ds, fold, assign, args))
+        done[fold] = run_fold(ds, fold, assign, args)
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(
+        tmp = results_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(
             {"model": "ultralytics yolo11n (from scratch)", "epochs": args.epochs,
-             "imgsz": args.imgsz, "device": args.device, "folds": results}, indent=2))
-        print(json.dumps(results[-1]))
+             "time_hours": args.time_hours, "imgsz": args.imgsz, "device": args.device,
+             "ultralytics_version": _ultralytics_version(),
+             "folds": [done[k] for k in sorted(done)]}, indent=2))
+        tmp.replace(results_path)
+        print(json.dumps(done[fold]))
+
+
+def _ultralytics_version() -> str:
+    import ultralytics
+
+    return str(ultralytics.__version__)
 
 
 if __name__ == "__main__":

@@ -216,6 +216,13 @@ def test_crossval_end_to_end_then_resume(tmp_path: Path, synth_data: Path) -> No
         result = json.loads((run / "result.json").read_text())
         assert result["fold"] == f and result["val_images"] + result["train_images"] == 8
         assert np.asarray(result["precision"]).shape == (101, 3)
+        # a test fold chooses nothing: the final weights are scored; the fold's best epoch
+        # is scored apart and labelled optimistic
+        assert result["select"] == "last" and result["weights"] == str(run / "last.pt")
+        on_fold = result["selected_on_fold"]
+        assert on_fold["epoch"] == 1 and set(on_fold["ap50"]) == set(NAMES)
+        assert "optimistic" in on_fold["note"]
+        assert on_fold["map50"] == pytest.approx(result["map50"], nan_ok=True)  # 1 epoch
         ckpt = torch.load(run / "best.pt", weights_only=True)
         assert ckpt["model_name"] == "yolov5n" and ckpt["class_names"] == NAMES
         assert ckpt["recipe"]["image_size"] == 64 and ckpt["recipe"]["epochs"] == 1
@@ -233,6 +240,7 @@ def test_crossval_end_to_end_then_resume(tmp_path: Path, synth_data: Path) -> No
     data = json.loads(res.files["json"].read_text())
     assert [len(m["folds"]) for m in data["models"]] == [2, 2]
     assert "| yolov5n | 2 |" in res.files["md"].read_text()
+    assert "final epoch of each fold's training" in res.files["md"].read_text()
     assert (out / "pr_yolov5n.png").is_file()
 
     # resume: everything finished is skipped, nothing retrained
@@ -254,6 +262,11 @@ def test_crossval_end_to_end_then_resume(tmp_path: Path, synth_data: Path) -> No
     # a second run into the same folder, or a resume with other settings, is refused
     with pytest.raises(InputError, match="already holds a cross-validation"):
         cv.crossval(synth_data, ["yolov5n"], k=2, recipe_overrides=OVERRIDES, out_dir=out)
+    with pytest.raises(InputError, match="select"):
+        cv.crossval(synth_data, ["yolov5n"], k=2, recipe_overrides=OVERRIDES, out_dir=out,
+                    resume=True, select="best")
+    with pytest.raises(InputError, match="select must be one of"):
+        cv.crossval(synth_data, ["yolov5n"], k=2, out_dir=tmp_path / "other", select="first")
     with pytest.raises(InputError, match="epochs") as err:
         cv.crossval(synth_data, ["yolov5n"], k=2, recipe_overrides={**OVERRIDES, "epochs": 2},
                     out_dir=out, resume=True)

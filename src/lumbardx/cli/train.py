@@ -324,6 +324,10 @@ def crossval(
                                     help="Re-fit YOLOv5 anchors to each training split."),
     eval_batch: int = typer.Option(1, "--eval-batch", min=1,
                                    help="Batch of the fold evaluations (sets the timing)."),
+    select: str = typer.Option("last", "--select",
+                               help="Weights scored on each held-out fold: last (final epoch; "
+                                    "nothing chosen on the test fold) or best (the fold's best "
+                                    "epoch: optimistic)."),
 ) -> None:
     """K-fold cross-validation of each model and the study's Table 1 (table1.md / .csv /
     .json, mean +- SD and 95% t-interval over folds, mean PR curves per model)."""
@@ -336,7 +340,7 @@ def crossval(
         res = cv.crossval(data, names, folds, classes,
                           _recipe_overrides(epochs, imgsz, batch, workers), out, device, seed,
                           jobs, resume, compare_with, autoanchor=autoanchor,
-                          eval_batch=eval_batch, log=lambda m: console.print(m, markup=False,
+                          eval_batch=eval_batch, select=select, log=lambda m: console.print(m, markup=False,
                                                                              highlight=False))
     table = Table("model", "folds", *(f"AP@0.5 {c}" for c in res.class_names), "mAP@0.5",
                   "mAP@0.5:0.95", "ms/image", title="Table 1 (%, mean ± SD over folds)")

@@ -2,8 +2,9 @@
 
 A *run* (:func:`train_and_evaluate`) builds a registered detector, re-fits the YOLOv5 anchors
 to the training boxes (AutoAnchor, as ultralytics/yolov5 v7.0 ``train.py`` does by default),
-trains it with :func:`lumbardx.engine.trainer.train` and evaluates the best checkpoint on the
-validation images with figures in ``<run>/eval``. Re-fitted anchors are buffers of the model,
+trains it with :func:`lumbardx.engine.trainer.train` and evaluates a checkpoint on the
+validation images with figures in ``<run>/eval``: the best epoch for a training run, the final
+epoch for a cross-validation fold, whose held-out images must not choose the model. Re-fitted anchors are buffers of the model,
 so ``last.pt`` / ``best.pt`` hold them with the weights; ``run.json`` records the settings,
 the anchors and the lumbardx version.
 
@@ -60,7 +61,9 @@ RUN_FILE = "run.json"
 SETTINGS_FILE = "crossval.json"
 FOLDS_FILE = "folds.csv"
 # Settings that must match when a cross-validation is resumed (the rest may change).
-RESUME_KEYS = ("classes", "k", "seed", "recipe_overrides", "autoanchor", "eval_batch")
+RESUME_KEYS = ("classes", "k", "seed", "recipe_overrides", "autoanchor", "eval_batch", "select")
+# Which weights of a run are evaluated: the final ones, or the best epoch on the evaluation set.
+SELECT_CHOICES = ("last", "best")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -156,9 +159,14 @@ def train_and_evaluate(
     eval_batch: int = 1,
     progress: bool = True,
     run_info: Mapping[str, Any] | None = None,
+    select: str = "best",
 ) -> tuple[TrainResult, EvalResult | None]:
-    """Train ``model_name`` on ``train_set`` into ``out_dir`` and evaluate ``best.pt`` on
-    ``val_set`` (figures, metrics and COCO predictions in ``out_dir / "eval"``).
+    """Train ``model_name`` on ``train_set`` into ``out_dir`` and evaluate it on ``val_set``
+    (figures, metrics and COCO predictions in ``out_dir / "eval"``).
+
+    ``select`` names the weights evaluated: ``"best"`` (``best.pt``, the epoch with the best
+    ``val_set`` mAP@0.5: right when ``val_set`` is a validation set) or ``"last"`` (the final
+    weights: right when ``val_set`` is a test fold, which must not choose the epoch).
 
     ``weights`` (a local checkpoint) are loaded where names and shapes match, before
     AutoAnchor (``TrainResult.weights_report`` says what was loaded). ``eval_batch`` is the
@@ -170,6 +178,9 @@ def train_and_evaluate(
     Raises:
         InputError: unknown model, a folder holding another run, unusable data or weights.
     """
+    if select not in SELECT_CHOICES:
+        raise InputError(None, f"select must be one of {', '.join(SELECT_CHOICES)}, not "
+                               f"{select!r}")
     out = Path(out_dir)
     if not resume and (out / "last.pt").exists():
         raise InputError(out, "already holds a training run (last.pt); resume it or choose "
@@ -198,7 +209,8 @@ def train_and_evaluate(
     res.weights_report = report
     if val_set is None:
         return res, None
-    model.load_state_dict(weights_from_checkpoint(load_checkpoint(res.best or res.last)))
+    chosen = res.last if select == "last" else (res.best or res.last)
+    model.load_state_dict(weights_from_checkpoint(load_checkpoint(chosen)))
     ev = evaluate(model, val_set, dev, recipe.image_size, eval_batch, names,
                   out_dir=out / "eval", pad_value=recipe.augment.pad_value)
     return res, ev
@@ -232,8 +244,14 @@ def run_fold(
     autoanchor: bool = True,
     eval_batch: int = 1,
     progress: bool = True,
+    select: str = "last",
 ) -> dict[str, Any]:
     """Train ``model_name`` on every fold but ``fold`` of ``folds_csv`` and evaluate on ``fold``.
+
+    The held-out fold is a test fold: by default (``select="last"``) the final weights are
+    scored, so nothing about the model is chosen on the data that scores it. The epoch that
+    scored best on the fold (``best.pt``) is scored too and kept apart, under
+    ``selected_on_fold``, as the optimistic figure a "best epoch" protocol would report.
 
     Args:
         out_dir: this fold's run folder (``crossval`` uses ``DIR/<model>/fold<k>``).
@@ -258,11 +276,21 @@ def run_fold(
     res, ev = train_and_evaluate(
         model_name, ds.subset(train_idx), ds.subset(val_idx), recipe, out, device, seed,
         resume=resume and (out / "last.pt").is_file(), autoanchor=autoanchor,
-        eval_batch=eval_batch, progress=progress,
+        eval_batch=eval_batch, progress=progress, select=select,
         run_info={"data": str(Path(data).resolve()), "fold": fold,
                   "folds_csv": str(Path(folds_csv).resolve())})
     assert ev is not None
     d = ev.to_dict()
+    on_fold = None
+    if select == "last" and res.best is not None:
+        best_ckpt = load_checkpoint(res.best)
+        model = build_detector(model_name, len(ds.class_names), recipe.image_size)
+        model.load_state_dict(weights_from_checkpoint(best_ckpt))
+        bev = evaluate(model, ds.subset(val_idx), resolve_device(device), recipe.image_size,
+                       eval_batch, list(ds.class_names), pad_value=recipe.augment.pad_value)
+        on_fold = {"epoch": int(best_ckpt["epoch"]) + 1, "ap50": bev.ap50,
+                   "map50": bev.map50, "map50_95": bev.map50_95,
+                   "note": "epoch chosen by this fold's mAP@0.5: optimistic"}
     result = {
         "model": model_name, "fold": int(fold), "class_names": d["class_names"],
         "ap50": d["ap50"], "ap50_95": d["ap50_95"], "map50": d["map50"],
@@ -273,7 +301,8 @@ def run_fold(
         "train_images": len(train_idx), "val_images": len(val_idx), "epochs": recipe.epochs,
         "best_map50": res.best_map50 if math.isfinite(res.best_map50) else None,
         "train_seconds": _training_seconds(out), "device": str(resolve_device(device)),
-        "weights": str(res.best or res.last), "skipped": d["skipped"],
+        "weights": str(res.last if select == "last" else (res.best or res.last)),
+        "select": select, "selected_on_fold": on_fold, "skipped": d["skipped"],
     }
     _write_json(out / RESULT_FILE, result)
     return result
@@ -376,6 +405,7 @@ def crossval(
     eval_batch: int = 1,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    select: str = "last",
 ) -> CrossvalResult:
     """k-fold cross-validation of ``models`` on ``data`` and the study's Table 1.
 
@@ -383,7 +413,9 @@ def crossval(
     (:func:`run_fold`). ``jobs > 1`` runs that many folds at a time in worker processes (spawned;
     each gets ``cpu_count // jobs`` threads; useful on a large GPU; a script that calls this with
     ``jobs > 1`` needs the usual ``if __name__ == "__main__":`` guard). A failing fold is reported
-    and the others go on; Table 1 lists it as not finished. ``compare_with`` adds peers' results
+    and the others go on; Table 1 lists it as not finished. ``select`` chooses the weights scored
+    on each held-out fold (:func:`run_fold`; ``"last"``, the default, chooses nothing on the
+    fold that scores it). ``compare_with`` adds peers' results
     (:func:`merge_peer`) as further rows. ``log`` receives progress messages.
 
     Raises:
@@ -395,6 +427,9 @@ def crossval(
         raise InputError(None, "no model given")
     if jobs < 1:
         raise InputError(None, f"jobs must be at least 1, not {jobs}")
+    if select not in SELECT_CHOICES:
+        raise InputError(None, f"select must be one of {', '.join(SELECT_CHOICES)}, not "
+                               f"{select!r}")
     overrides = dict(recipe_overrides or {})
     recipes = {m: make_recipe(m, overrides) for m in models}  # checks names and overrides
     out = Path(out_dir)
@@ -403,7 +438,7 @@ def crossval(
     peers = [merge_peer(p, names) for p in compare_with]
     settings = {"data": str(Path(data).resolve()), "models": list(models), "classes": classes,
                 "k": k, "seed": seed, "recipe_overrides": overrides, "autoanchor": autoanchor,
-                "eval_batch": eval_batch, "lumbardx_version": __version__}
+                "eval_batch": eval_batch, "select": select, "lumbardx_version": __version__}
     folds_csv = _prepare_folder(out, ds, settings, resume, say)
 
     results: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in models}
@@ -421,7 +456,7 @@ def crossval(
                                 folds_csv=str(folds_csv), recipe_overrides=overrides,
                                 out_dir=str(run_dir), device=device, seed=seed, classes=classes,
                                 patients=patients, resume=True, autoanchor=autoanchor,
-                                eval_batch=eval_batch, progress=progress))
+                                eval_batch=eval_batch, progress=progress, select=select))
 
     def finish(kw: dict[str, Any], res: dict[str, Any]) -> None:
         key = (kw["model_name"], kw["fold"])
@@ -479,6 +514,12 @@ def _notes(ds: LumbarDataset, settings: dict[str, Any], recipes: Mapping[str, Re
         notes.append(f"{m}: recipe {r.name}, {r.epochs} epoch(s), {r.image_size} px, batch "
                      f"{r.batch_size}, seed {settings['seed']}, AutoAnchor "
                      f"{'on' if settings['autoanchor'] and m.startswith('yolov5') else 'off'}.")
+    if settings.get("select") == "best":
+        notes.append("Weights scored: the epoch with the best mAP@0.5 on the held-out fold "
+                     "itself (optimistic: the fold that scores the model also chose it).")
+    else:
+        notes.append("Weights scored: the final epoch of each fold's training (nothing is "
+                     "chosen on the held-out fold).")
     for row in rows:
         devices = sorted({str(f.get("device")) for f in row.folds if f.get("device")})
         if row.source == "lumbardx" and devices:

@@ -99,7 +99,7 @@ def run_fold(ds: LumbarDataset, fold: int, assign, args: argparse.Namespace) -> 
     from ultralytics import YOLO
 
     train_idx, val_idx = split(ds, fold, assign)
-    work = Path(args.out) / f"fold{fold}"
+    work = Path(args.out).resolve() / f"fold{fold}"  # absolute: Ultralytics would nest it
     weights = work / "train" / "weights"
     if not (args.score_only and (weights / "last.pt").is_file()):
         data_yaml = write_fold_view(ds, train_idx, val_idx, work / "data")

@@ -1,25 +1,36 @@
 """Turn a training checkpoint into the weights lumbardx ships, with thresholds and evidence.
 
-Steps:
+Two ways to give the evidence:
 
-1. Rebuild the detector of ``CHECKPOINT`` (EMA weights when saved).
-2. Predict on the validation fold (``--fold`` of ``--folds-csv``) of ``DATA``; those patients
-   were not trained on. Score per-class AP@0.5 / mAP@0.5 with pycocotools (COCO 101-point).
-3. Choose a decision threshold per class at disc level on the same validation discs
-   (:func:`lumbardx.clinical.thresholds.choose_thresholds`, Youden's J or F1), and report disc-level
-   sensitivity and specificity (a disc is positive when it is not normal) at those thresholds.
-   The thresholds are chosen and measured on the same fold, so those two numbers are optimistic;
-   the AP values do not depend on thresholds.
-4. Write ``OUT`` (default ``src/lumbardx/weights/default.pt``): float16 weights, model name,
-   classes, recipe, thresholds with their evidence, what it was trained on, lumbardx version,
-   validation metrics; written atomically. Also ``--metrics`` JSON (provenance beside the
-   weights, read by :func:`lumbardx.models.pretrained.model_card`, and used by MODEL_CARD.md).
+**Cross-validation** (``--crossval DIR``, the release protocol). ``DIR`` is a finished
+``lumbardx crossval`` folder of the same model and recipe (``folds.csv``,
+``<model>/fold<k>/result.json`` with the weights each fold scored). ``CHECKPOINT`` is the same
+recipe trained on all the data.
+
+1. Each fold's weights predict its held-out fold: out-of-fold predictions for every image,
+   each from a model that never saw that patient.
+2. Per-class AP@0.5, mAP@0.5 and mAP@0.5:0.95 per fold (pycocotools, COCO 101-point), mean,
+   SD and 95% t-interval over folds (:func:`lumbardx.engine.table1.fold_stat`).
+3. Disc-level sensitivity / specificity (a disc is positive when it is not normal) at
+   thresholds chosen without the fold that measures them: for each fold, thresholds are chosen
+   on the other folds' out-of-fold discs and applied to this fold; counts are pooled over folds,
+   with a 95% percentile interval from a patient-level bootstrap (discs of one patient are
+   resampled together).
+4. The shipped thresholds are chosen on all out-of-fold discs
+   (:func:`lumbardx.clinical.thresholds.choose_thresholds`, Youden's J or F1).
+
+**One validation fold** (``--fold K --folds-csv CSV``): ``CHECKPOINT`` was trained on the other
+folds; it predicts fold ``K``, whose discs both choose and measure the thresholds (optimistic).
+
+Then ``OUT`` (default ``src/lumbardx/weights/default.pt``) is written atomically: float16
+weights, model name, classes, recipe, thresholds with their evidence, what it was trained on,
+lumbardx version and the evidence; and ``--metrics`` JSON (provenance beside the weights, read
+by :func:`lumbardx.models.pretrained.model_card` and used by MODEL_CARD.md).
 
 Usage::
 
-    python scripts/release_weights.py runs/yolov5n-fold0/best.pt ../shared/data/yolospine-dev \
-        --fold 0 --folds-csv bench/folds/yolospine-dev-k5-seed0.csv \
-        --metrics src/lumbardx/weights/default.json
+    python scripts/release_weights.py runs/yolov5n-all/last.pt ../shared/data/yolospine-dev \
+        --crossval runs/cv-yolov5n --criterion f1 --metrics src/lumbardx/weights/default.json
 """
 
 from __future__ import annotations
@@ -36,11 +47,15 @@ from lumbardx import __version__
 from lumbardx.clinical.thresholds import (choose_thresholds, disc_scores, thresholds_dict)
 from lumbardx.data.boxes import Box
 from lumbardx.data.dataset import LumbarDataset
-from lumbardx.data.folds import split
+from lumbardx.clinical.stats import case_weights, percentile_ci, proportion
+from lumbardx.data.folds import read_folds_csv, split
 from lumbardx.engine.checkpoint import load_checkpoint, rebuild_detector
 from lumbardx.engine.evaluate import predict
 from lumbardx.engine.metrics import GroundTruth, coco_evaluate
+from lumbardx.engine.table1 import fold_stat
 from lumbardx.io import atomic_write_bytes, atomic_write_text
+
+BOOTSTRAP_RESAMPLES = 2000
 
 
 def _boxes(xyxy: np.ndarray, labels: np.ndarray, names: list[str],
@@ -65,20 +80,159 @@ def disc_operating_point(records, thresholds: dict[str, float]) -> dict[str, flo
             "sensitivity": tp / max(tp + fn, 1), "specificity": tn / max(tn + fp, 1)}
 
 
+def held_out(checkpoint: Path, ds: LumbarDataset, idx: list[int]
+             ) -> tuple[dict, list[list]]:
+    """Predict images ``idx`` of ``ds`` with ``checkpoint``.
+
+    Returns the COCO metrics (:func:`coco_evaluate`) and, per image, its disc records
+    (:func:`disc_scores`, every predicted box counted).
+    """
+    loaded = rebuild_detector(load_checkpoint(checkpoint), checkpoint)
+    names = loaded.class_names
+    if ds.class_names != names:
+        raise SystemExit(f"{checkpoint}: classes {names} differ from the dataset's "
+                         f"{ds.class_names}")
+    samples = [ds[i] for i in idx]
+    preds = predict(loaded.model, [s.image for s in samples], loaded.image_size,
+                    pad_value=loaded.pad_value)
+    gts = [GroundTruth(s.image_id, s.image.shape[1], s.image.shape[0], s.boxes, s.labels)
+           for s in samples]
+    m = coco_evaluate(gts, preds, names)
+    per_image = [disc_scores([(_boxes(s.boxes, s.labels, names),
+                               _boxes(pr.boxes, pr.labels, names, pr.scores),
+                               (s.image.shape[1], s.image.shape[0]))])
+                 for s, pr in zip(samples, preds)]
+    return m, per_image
+
+
+def _metrics_dict(m, names: list[str]) -> dict:
+    return {"ap50": {n: float(v) for n, v in zip(names, m.ap50)}, "map50": float(m.map50),
+            "map50_95": float(m.map50_95)}
+
+
+def _calls(records, thresholds: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Per disc: truly abnormal (not normal), and called abnormal at ``thresholds``."""
+    truth = np.array([bool(r.truth - {"normal"}) for r in records], bool)
+    call = np.array([any(s >= thresholds.get(k, 1.0) for k, s in r.scores.items()
+                         if k != "normal") for r in records], bool)
+    return truth, call
+
+
+def crossval_evidence(ds: LumbarDataset, cv_dir: Path, model_name: str, criterion: str,
+                      seed: int = 0) -> tuple[dict, dict]:
+    """Evidence from a finished cross-validation (steps 1-4 of the module docstring).
+
+    Returns ``(evidence, choices)``: the JSON-ready evidence and the shipped threshold choices.
+    """
+    assign = read_folds_csv(cv_dir / "folds.csv")
+    names = list(ds.class_names)
+    folds, fold_images = [], []
+    for k in range(assign.k):
+        result_file = cv_dir / model_name / f"fold{k}" / "result.json"
+        if not result_file.is_file():
+            raise SystemExit(f"{result_file}: fold {k} has not finished")
+        result = json.loads(result_file.read_text())
+        _, val_idx = split(ds, k, assign)
+        m, per_image = held_out(Path(result["weights"]), ds, val_idx)
+        folds.append({"fold": k, "weights": Path(result["weights"]).name,
+                      "val_images": len(val_idx),
+                      "val_patients": len({ds.records[i].patient for i in val_idx}),
+                      "epochs": result.get("epochs"), **_metrics_dict(m, names),
+                      "selected_on_fold": result.get("selected_on_fold")})
+        fold_images.append([(ds.records[i].patient, recs)
+                            for i, recs in zip(val_idx, per_image)])
+        print(f"fold {k}: mAP@0.5 {m.map50:.3f}", flush=True)
+
+    def stat(key) -> dict:
+        s = fold_stat([key(f) for f in folds])
+        return {"mean": s.mean, "sd": s.sd, "ci95": [s.ci_low, s.ci_high], "n": s.n}
+
+    # disc level: each fold measured at thresholds chosen on the other folds
+    per_patient: dict[str, np.ndarray] = {}  # patient -> [tp, positives, tn, negatives]
+    fold_points = []
+    for k, images in enumerate(fold_images):
+        others = [r for j, imgs in enumerate(fold_images) if j != k for _, recs in imgs
+                  for r in recs]
+        thr = thresholds_dict(choose_thresholds(others, names, criterion))
+        counts = np.zeros(4, np.int64)
+        for patient, recs in images:
+            truth, call = _calls(recs, thr)
+            c = np.array([(truth & call).sum(), truth.sum(), (~truth & ~call).sum(),
+                          (~truth).sum()], np.int64)
+            per_patient[patient] = per_patient.get(patient, np.zeros(4, np.int64)) + c
+            counts += c
+        fold_points.append({"fold": k, "thresholds": thr,
+                            "sensitivity": float(counts[0] / max(counts[1], 1)),
+                            "specificity": float(counts[2] / max(counts[3], 1))})
+    table = np.stack(list(per_patient.values()))
+    total = table.sum(0)
+    w = case_weights(len(table), BOOTSTRAP_RESAMPLES, np.random.default_rng(seed))
+    disc_level = {}
+    for name, num, den in (("sensitivity", 0, 1), ("specificity", 2, 3)):
+        reps = (w @ table[:, num]) / np.maximum(w @ table[:, den], 1)
+        low, high, _ = percentile_ci(reps.astype(np.float64))
+        wilson = proportion(int(total[num]), int(total[den]))
+        disc_level[name] = {"value": float(total[num] / max(total[den], 1)),
+                            "count": [int(total[num]), int(total[den])],
+                            "ci95_patient_bootstrap": [low, high],
+                            "ci95_wilson_discs": [wilson.ci_low, wilson.ci_high]}
+    all_records = [r for imgs in fold_images for _, recs in imgs for r in recs]
+    choices = choose_thresholds(all_records, names, criterion)
+    evidence = {
+        "protocol": f"{assign.k}-fold patient-grouped cross-validation ({cv_dir.name}); "
+                    "each fold's final weights scored on its held-out patients",
+        "folds": folds,
+        "ap50": {n: stat(lambda f, n=n: f["ap50"][n]) for n in names},
+        "map50": stat(lambda f: f["map50"]), "map50_95": stat(lambda f: f["map50_95"]),
+        "ap_interpolation": "COCO 101-point (pycocotools)",
+        "images": sum(f["val_images"] for f in folds),
+        "patients": sum(f["val_patients"] for f in folds),
+        "discs": len(all_records), "disc_level": disc_level, "disc_level_folds": fold_points,
+        "disc_level_note": "a disc is positive when not normal; each fold called at "
+                           "thresholds chosen on the other folds' out-of-fold discs",
+        "threshold_source": "all out-of-fold discs",
+    }
+    return evidence, choices
+
+
+def fold_evidence(ds: LumbarDataset, checkpoint: Path, fold: int, folds_csv: Path,
+                  criterion: str) -> tuple[dict, dict]:
+    """Evidence from one validation fold (thresholds chosen and measured on it)."""
+    train_idx, val_idx = split(ds, fold, folds_csv)
+    m, per_image = held_out(checkpoint, ds, val_idx)
+    records = [r for recs in per_image for r in recs]
+    choices = choose_thresholds(records, ds.class_names, criterion)
+    point = disc_operating_point(records, thresholds_dict(choices))
+    evidence = {
+        "fold": fold, "train_images": len(train_idx), "val_images": len(val_idx),
+        "val_patients": len({ds.records[i].patient for i in val_idx}),
+        **_metrics_dict(m, list(ds.class_names)),
+        "ap_interpolation": "COCO 101-point (pycocotools)",
+        "discs": len(records), "disc_level": point,
+        "disc_level_note": "thresholds chosen and measured on the same validation fold",
+    }
+    return evidence, choices
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", type=Path)
     p.add_argument("data", type=Path)
-    p.add_argument("--fold", type=int, required=True)
-    p.add_argument("--folds-csv", type=Path, required=True)
+    p.add_argument("--crossval", type=Path, default=None,
+                   help="finished `lumbardx crossval` folder of this model and recipe")
+    p.add_argument("--fold", type=int, default=None)
+    p.add_argument("--folds-csv", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("src/lumbardx/weights/default.pt"))
     p.add_argument("--metrics", type=Path, default=None)
     p.add_argument("--criterion", choices=("youden", "f1"), default="youden",
                    help="threshold criterion per class (lumbardx.clinical.thresholds)")
-    p.add_argument("--training-data", default="yolospine-dev (Lumbar Spine MRI Dataset, "
-                   "Sudirman et al., CC BY 4.0; YOLOspine boxes, MIT): folds other than the "
-                   "validation fold, patient-grouped")
+    p.add_argument("--training-data", default=None,
+                   help="what the checkpoint was trained on (default: said from the mode)")
     args = p.parse_args()
+    if (args.crossval is None) == (args.fold is None):
+        p.error("give --crossval DIR or --fold K (with --folds-csv)")
+    if args.fold is not None and args.folds_csv is None:
+        p.error("--fold needs --folds-csv")
 
     ckpt = load_checkpoint(args.checkpoint)
     loaded = rebuild_detector(ckpt, args.checkpoint)
@@ -86,28 +240,20 @@ def main() -> None:
     ds = LumbarDataset(args.data, classes="study")
     if ds.class_names != names:
         raise SystemExit(f"dataset classes {ds.class_names} differ from the model's {names}")
-    train_idx, val_idx = split(ds, args.fold, args.folds_csv)
-    samples = [ds[i] for i in val_idx]
-    preds = predict(loaded.model, [s.image for s in samples], loaded.image_size,
-                    pad_value=loaded.pad_value)
-    gts = [GroundTruth(s.image_id, s.image.shape[1], s.image.shape[0], s.boxes, s.labels)
-           for s in samples]
-    m = coco_evaluate(gts, preds, names)
-    pairs = [(_boxes(s.boxes, s.labels, names), _boxes(pr.boxes, pr.labels, names, pr.scores),
-              (s.image.shape[1], s.image.shape[0])) for s, pr in zip(samples, preds)]
-    records = disc_scores(pairs)
-    choices = choose_thresholds(records, names, args.criterion)
+    source = ("yolospine-dev (Lumbar Spine MRI Dataset, Sudirman et al., CC BY 4.0; YOLOspine "
+              "boxes, MIT): ")
+    if args.crossval is not None:
+        validation, choices = crossval_evidence(ds, args.crossval, loaded.model_name,
+                                                args.criterion)
+        training = args.training_data or source + "all images"
+        tag = f"{loaded.model_name}-all-epoch{int(ckpt.get('epoch', -1)) + 1}"
+    else:
+        validation, choices = fold_evidence(ds, args.checkpoint, args.fold, args.folds_csv,
+                                            args.criterion)
+        training = args.training_data or source + ("folds other than the validation fold, "
+                                                   "patient-grouped")
+        tag = f"{loaded.model_name}-fold{args.fold}-epoch{int(ckpt.get('epoch', -1)) + 1}"
     thresholds = thresholds_dict(choices)
-    point = disc_operating_point(records, thresholds)
-    validation = {
-        "fold": args.fold, "train_images": len(train_idx), "val_images": len(val_idx),
-        "val_patients": len({ds.records[i].patient for i in val_idx}),
-        "ap50": {n: float(v) for n, v in zip(names, m.ap50)},
-        "map50": float(m.map50), "map50_95": float(m.map50_95),
-        "ap_interpolation": "COCO 101-point (pycocotools)",
-        "discs": len(records), "disc_level": point,
-        "disc_level_note": "thresholds chosen and measured on the same validation fold",
-    }
     sd = {k: (v.half() if v.is_floating_point() else v)
           for k, v in loaded.model.state_dict().items()}
     shipped = {
@@ -115,8 +261,7 @@ def main() -> None:
         "class_names": names, "num_classes": len(names), "recipe": ckpt.get("recipe"),
         "epoch": ckpt.get("epoch"), "thresholds": thresholds,
         "threshold_evidence": {k: vars(v) for k, v in choices.items()},
-        "training_data": args.training_data, "lumbardx_version": __version__,
-        "tag": f"{loaded.model_name}-fold{args.fold}-epoch{int(ckpt.get('epoch', -1)) + 1}",
+        "training_data": training, "lumbardx_version": __version__, "tag": tag,
         "validation": validation,
     }
     buf = io.BytesIO()
@@ -126,8 +271,8 @@ def main() -> None:
                       "thresholds": thresholds, **validation}, indent=1))
     if args.metrics:
         atomic_write_text(args.metrics, json.dumps(
-            {"weights": args.out.name, "tag": shipped["tag"], "epoch": shipped["epoch"],
-             "model_name": loaded.model_name, "training_data": args.training_data,
+            {"weights": args.out.name, "tag": tag, "epoch": shipped["epoch"],
+             "model_name": loaded.model_name, "training_data": training,
              "lumbardx_version": __version__,
              "thresholds": thresholds, "threshold_evidence": shipped["threshold_evidence"],
              **validation}, indent=1) + "\n")

@@ -1,0 +1,90 @@
+"""scripts/release_weights.py: shipped weights with cross-validated evidence and thresholds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lumbardx.engine import crossval as cv
+from lumbardx.models.pretrained import load_detector
+
+ROOT = Path(__file__).resolve().parents[1]
+OVERRIDES = {"image_size": 64, "epochs": 1, "batch_size": 4, "num_workers": 0}
+
+
+@pytest.fixture(scope="module")
+def cv_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A finished 2-fold cross-validation of yolov5n on 8 synthetic images (4 patients)."""
+    from lumbardx.synth import SynthConfig, generate_dataset
+
+    root = tmp_path_factory.mktemp("release")
+    data = root / "data"
+    generate_dataset(data, 8, seed=5, config=SynthConfig(image_sizes=(128,)))
+    (data / "patients.csv").write_text(
+        "image,patient\n" + "".join(f"case_{i:05d}.png,p{i // 2}\n" for i in range(8)))
+    cv.crossval(data, ["yolov5n"], k=2, recipe_overrides=OVERRIDES, out_dir=root / "cv",
+                device="cpu", progress=False)
+    return data, root / "cv"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "scripts/release_weights.py"), *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_release_from_crossval(tmp_path: Path, cv_run: tuple[Path, Path]) -> None:
+    data, cv_dir = cv_run
+    checkpoint = cv_dir / "yolov5n/fold0/last.pt"  # stands in for the all-data model
+    out, metrics = tmp_path / "w.pt", tmp_path / "w.json"
+    proc = _run(str(checkpoint), str(data), "--crossval", str(cv_dir), "--criterion", "f1",
+                "--out", str(out), "--metrics", str(metrics))
+    assert proc.returncode == 0, proc.stderr
+    card = json.loads(metrics.read_text())
+
+    # every image scored once, by the fold that did not train on it
+    assert [f["fold"] for f in card["folds"]] == [0, 1]
+    assert card["images"] == 8 and card["patients"] == 4
+    for f in card["folds"]:
+        result = json.loads((cv_dir / f"yolov5n/fold{f['fold']}/result.json").read_text())
+        assert f["weights"] == "last.pt"
+        assert f["map50"] == pytest.approx(result["map50"], nan_ok=True)
+
+    # AP spread over folds; disc-level counts cover every ground-truth disc once
+    assert card["map50"]["n"] == 2
+    assert card["map50"]["mean"] == pytest.approx(
+        sum(f["map50"] for f in card["folds"]) / 2, nan_ok=True)
+    sens, spec = card["disc_level"]["sensitivity"], card["disc_level"]["specificity"]
+    assert sens["count"][1] + spec["count"][1] == card["discs"] > 0
+    for point in (sens, spec):
+        assert 0.0 <= point["value"] <= 1.0
+        low, high = point["ci95_wilson_discs"]
+        assert low <= point["value"] <= high
+    assert len(card["disc_level_folds"]) == 2
+
+    # the shipped file: float16 weights and the card's thresholds, loadable for diagnosis
+    shipped = torch.load(out, weights_only=False)
+    assert shipped["weights_dtype"] == "float16" and shipped["thresholds"] == card["thresholds"]
+    assert shipped["tag"].startswith("yolov5n-all-epoch")
+    assert shipped["validation"]["protocol"].startswith("2-fold patient-grouped")
+    model = load_detector(out)
+    assert model.thresholds == card["thresholds"]
+
+
+def test_release_refuses_unfinished_crossval_and_bad_arguments(
+        tmp_path: Path, cv_run: tuple[Path, Path]) -> None:
+    data, cv_dir = cv_run
+    checkpoint = cv_dir / "yolov5n/fold0/last.pt"
+    proc = _run(str(checkpoint), str(data), "--out", str(tmp_path / "w.pt"))
+    assert proc.returncode == 2 and "--crossval DIR or --fold K" in proc.stderr
+    unfinished = tmp_path / "cv"
+    unfinished.mkdir()
+    (unfinished / "folds.csv").write_text((cv_dir / "folds.csv").read_text())
+    proc = _run(str(checkpoint), str(data), "--crossval", str(unfinished),
+                "--out", str(tmp_path / "w.pt"))
+    assert proc.returncode != 0 and "fold 0 has not finished" in proc.stderr
+    assert not (tmp_path / "w.pt").exists()

@@ -93,3 +93,4 @@ def test_validation_statements_quote_the_error_and_source() -> None:
         assert "mean absolute error" in text and "severity_validation.py" in text
         assert "stimate" in text
     assert "Supine MRI underestimates" in SLIP_VALIDATION
+    assert "patient images" in SLIP_VALIDATION and "slip_geometry.py" in SLIP_VALIDATION

@@ -220,3 +220,22 @@ def test_real_slices_through_pipeline_and_repeat_factors(yolospine_dev) -> None:
         assert len(boxes) == len(lab) and np.all((boxes >= 0) & (boxes <= 384))
         assert np.all(boxes[:, 2:] - boxes[:, :2] >= recipe.augment.min_box_size)
         assert set(lab.tolist()) <= {0, 1, 2}
+
+
+def test_close_mosaic_switches_mosaic_and_mixup_off_for_the_last_epochs() -> None:
+    from lumbardx.engine.loader import build_train_loader, set_loader_epoch
+
+    ds = rect_dataset(6)  # one box per image: a mosaic shows several, a single slice one
+    aug = AugmentConfig(mosaic=1.0, mixup=1.0, affine=0.0, brightness=0.0)
+    recipe = Recipe(image_size=128, epochs=3, batch_size=6, num_workers=0, close_mosaic=1,
+                    augment=aug)
+    loader = build_train_loader(ds, recipe, seed=0)
+    counts = {}
+    for epoch in range(3):
+        set_loader_epoch(loader, epoch, 0)
+        _, targets = next(iter(loader))
+        counts[epoch] = np.bincount(targets[:, 0].long().numpy(), minlength=6).tolist()
+    assert max(counts[0]) > 1 and max(counts[1]) > 1  # mosaic (+ mixup) epochs
+    assert counts[2] == [1] * 6  # the last epoch: whole single slices
+    with pytest.raises(ValueError, match="close_mosaic"):
+        Recipe(close_mosaic=-1)

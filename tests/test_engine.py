@@ -215,6 +215,30 @@ def test_param_groups_and_weight_decay_scaling() -> None:
     assert opt.defaults["nesterov"] is True
 
 
+def test_adamw_optimizer_groups_and_warmup() -> None:
+    model = tiny_detector()
+    r = replace(yolov5_recipe(), optimizer="adamw", lr0=0.001429, momentum=0.9)
+    opt = build_optimizer(model, r)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert [g["kind"] for g in opt.param_groups] == ["bias", "norm", "weight"]
+    assert [g["weight_decay"] for g in opt.param_groups] == pytest.approx([0, 0, 5e-4])
+    assert opt.defaults["betas"] == (0.9, 0.999)
+    sched = WarmupSchedule(opt, r, iters_per_epoch=10)
+    sched.step(0, 0)  # warm-up: biases start at warmup_bias_lr, AdamW has no momentum key
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+    assert "momentum" not in opt.param_groups[2]
+    before = model.backbone.down1.weight.detach().clone()
+    loss = sum(o.float().pow(2).mean() for o in model.head(model.neck(model.backbone(
+        torch.rand(2, 3, 64, 64)))))
+    loss.backward()
+    sched.step(sched.warmup, 3)  # after warm-up every group trains at lr0 * schedule
+    assert opt.param_groups[2]["lr"] == pytest.approx(0.001429 * schedule_factor(r, 3))
+    opt.step()
+    assert not torch.equal(before, model.backbone.down1.weight)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        Recipe(optimizer="lamb")
+
+
 # --------------------------------------------------------------------------- EMA
 def test_ema_yolov5_and_paddle_math() -> None:
     lin = nn.Sequential(nn.Linear(2, 1), nn.BatchNorm1d(1))

@@ -46,7 +46,9 @@ def run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One epoch of yolov5n at 64 px, validated on fold 0 of 2."""
     out = tmp_path_factory.mktemp("runs") / "v5n"
     res = invoke("train", data, "--model", "yolov5n", "--epochs", 1, "--imgsz", 64, "--batch", 4,
-                 "--workers", 0, "--device", "cpu", "--fold", 0, "-k", 2, "--out", out)
+                 "--workers", 0, "--device", "cpu", "--fold", 0, "-k", 2, "--out", out,
+                 "--set", "optimizer=adamw", "--set", "lr0=0.002", "--set", "close_mosaic=1",
+                 "--set", "augment.mixup=0.25")
     assert res.exit_code == 0, res.output
     assert "AP@0.5" in res.output and "mAP" in res.output
     return out
@@ -60,6 +62,9 @@ def test_train_writes_self_describing_checkpoints(run: Path) -> None:
     ckpt = torch.load(run / "best.pt", weights_only=True)
     assert ckpt["model_name"] == "yolov5n" and ckpt["class_names"] == NAMES
     assert ckpt["recipe"]["image_size"] == 64
+    r = ckpt["recipe"]  # --set settings reach the recipe (and the checkpoint records them)
+    assert (r["optimizer"], r["lr0"], r["close_mosaic"]) == ("adamw", 0.002, 1)
+    assert r["augment"]["mixup"] == 0.25 and r["augment"]["mosaic"] == 1.0
     info = json.loads((run / "run.json").read_text())
     assert info["fold"] == 0 and info["lumbardx_version"] and info["image_size"] == 64
     assert info["train_images"] + info["val_images"] == 8
@@ -85,6 +90,15 @@ def test_train_refuses_bad_input(run: Path, data: Path, tmp_path: Path) -> None:
     assert "nowhere" in res.output
     res = invoke("train", data, "--model", "yolov5n", "--fold", 0, "--val", data)
     assert res.exit_code == 2 and "not both" in res.output
+    res = invoke("train", data, "--model", "yolov5n", "--out", tmp_path / "z", "--set", "lr0")
+    assert res.exit_code == 2 and "expected KEY=VALUE" in res.output
+    res = invoke("train", data, "--model", "yolov5n", "--out", tmp_path / "z",
+                 "--set", "optimiser=adamw")
+    assert res.exit_code == 2 and "unknown recipe fields: optimiser" in res.output
+    res = invoke("train", data, "--model", "yolov5n", "--out", tmp_path / "z",
+                 "--set", "optimizer=lamb")
+    assert res.exit_code == 2 and "unknown optimizer 'lamb'" in res.output
+    assert not (tmp_path / "z").exists()
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 

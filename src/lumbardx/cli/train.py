@@ -72,9 +72,43 @@ def eval_table(result: EvalResult, title: str) -> Table:
     return table
 
 
+SET_HELP = ("Recipe setting KEY=VALUE (repeat), e.g. optimizer=adamw, lr0=0.0014, "
+            "close_mosaic=10, augment.mixup=0.1; keys are lumbardx.engine.recipes.Recipe "
+            "fields.")
+
+
+def parse_settings(items: Sequence[str]) -> dict[str, Any]:
+    """``["lr0=0.002", "augment.mixup=0.1"]`` -> ``{"lr0": 0.002, "augment": {"mixup": 0.1}}``.
+
+    Values are read as YAML scalars or lists (``0.002``, ``true``, ``adamw``, ``[320, 448]``).
+    Unknown keys are refused later by :func:`lumbardx.engine.crossval.make_recipe`.
+
+    Raises:
+        InputError: an item without ``=`` or with an unreadable value.
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InputError(None, f"--set {item!r}: expected KEY=VALUE")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise InputError(None, f"--set {item!r}: unreadable value ({err})") from None
+        if key.startswith("augment."):
+            out.setdefault("augment", {})[key.removeprefix("augment.")] = value
+        else:
+            out[key] = value
+    return out
+
+
 def _recipe_overrides(epochs: int | None, imgsz: int, batch: int | None,
-                      workers: int | None) -> dict[str, Any]:
-    o: dict[str, Any] = {"image_size": imgsz}
+                      workers: int | None, settings: Sequence[str] = ()) -> dict[str, Any]:
+    o: dict[str, Any] = parse_settings(settings)
+    o["image_size"] = imgsz
     for key, value in (("epochs", epochs), ("batch_size", batch), ("num_workers", workers)):
         if value is not None:
             o[key] = value
@@ -104,6 +138,7 @@ def train(
                                     help="Re-fit YOLOv5 anchors to the training boxes."),
     eval_batch: int = typer.Option(1, "--eval-batch", min=1,
                                    help="Batch of the final evaluation (sets the timing)."),
+    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
 ) -> None:
     """Train a detector; with --fold, train on the other folds and validate on that one.
 
@@ -122,7 +157,8 @@ def train(
         if not resume and (run / "last.pt").exists():
             raise InputError(run, "already holds a training run (last.pt); resume it "
                                   "(--resume) or choose another --out")
-        recipe = cv.make_recipe(model, _recipe_overrides(epochs, imgsz, batch, workers))
+        recipe = cv.make_recipe(model, _recipe_overrides(epochs, imgsz, batch, workers,
+                                                         settings))
         ds = cv.load_dataset(data, classes)
         train_set, val_set, info = ds, None, {"data": str(data.resolve())}
         if fold is not None:
@@ -324,6 +360,7 @@ def crossval(
                                     help="Re-fit YOLOv5 anchors to each training split."),
     eval_batch: int = typer.Option(1, "--eval-batch", min=1,
                                    help="Batch of the fold evaluations (sets the timing)."),
+    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
     select: str = typer.Option("last", "--select",
                                help="Weights scored on each held-out fold: last (final epoch; "
                                     "nothing chosen on the test fold) or best (the fold's best "
@@ -338,7 +375,8 @@ def crossval(
     names = [m.strip() for m in models.split(",") if m.strip()]
     with _input_errors(console):
         res = cv.crossval(data, names, folds, classes,
-                          _recipe_overrides(epochs, imgsz, batch, workers), out, device, seed,
+                          _recipe_overrides(epochs, imgsz, batch, workers, settings), out,
+                          device, seed,
                           jobs, resume, compare_with, autoanchor=autoanchor,
                           eval_batch=eval_batch, select=select, log=lambda m: console.print(m, markup=False,
                                                                              highlight=False))

@@ -4,9 +4,9 @@ A *run* (:func:`train_and_evaluate`) builds a registered detector, re-fits the Y
 to the training boxes (AutoAnchor, as ultralytics/yolov5 v7.0 ``train.py`` does by default),
 trains it with :func:`lumbardx.engine.trainer.train` and evaluates a checkpoint on the
 validation images with figures in ``<run>/eval``: the best epoch for a training run, the final
-epoch for a cross-validation fold, whose held-out images must not choose the model. Re-fitted anchors are buffers of the model,
-so ``last.pt`` / ``best.pt`` hold them with the weights; ``run.json`` records the settings,
-the anchors and the lumbardx version.
+epoch for a cross-validation fold, whose held-out images must not choose the model. Re-fitted
+anchors are buffers of the model, so ``last.pt`` / ``best.pt`` hold them with the weights;
+``run.json`` records the settings, the anchors and the lumbardx version.
 
 :func:`run_fold` is one cross-validation fold: train on the other folds, evaluate on ``fold``
 and write ``result.json`` (the fold dict of :mod:`lumbardx.engine.table1`). :func:`crossval`

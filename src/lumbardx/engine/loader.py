@@ -31,11 +31,13 @@ from lumbardx.engine.sampler import KeyedSampler, RepeatFactorSampler, repeat_fa
 class AugmentedDataset(Dataset):
     """Indexable by ``(position, index)`` keys from :class:`KeyedSampler`; see module doc."""
 
-    def __init__(self, transform: TrainTransform, seed: int, rank: int = 0) -> None:
+    def __init__(self, transform: TrainTransform, seed: int, rank: int = 0,
+                 close_from: int | None = None) -> None:
         self.transform = transform
         self.seed = seed
         self.rank = rank
         self.epoch = 0
+        self.close_from = close_from  # first epoch without mosaic / mixup (None: never)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch (set before creating the loader iterator)."""
@@ -47,7 +49,8 @@ class AugmentedDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         position, index = key
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, position])
-        return self.transform(index, rng)
+        mosaic = self.close_from is None or self.epoch < self.close_from
+        return self.transform(index, rng, mosaic)
 
 
 def collate(batch: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[Tensor, Tensor]:
@@ -93,10 +96,12 @@ def build_train_loader(
     Uniform sampling uses ``torch.utils.data.DistributedSampler`` (also for one process, with
     ``num_replicas=1``); ``recipe.balance == "repeat_factor"`` uses
     :class:`RepeatFactorSampler` (``labels``: per-image class indices when already known,
-    otherwise every sample is read once). Call :func:`set_loader_epoch` before each epoch.
+    otherwise every sample is read once). The last ``recipe.close_mosaic`` epochs go without
+    mosaic and mixup. Call :func:`set_loader_epoch` before each epoch.
     """
     transform = TrainTransform(dataset, recipe.image_size, recipe.augment)
-    ds = AugmentedDataset(transform, seed, rank)
+    close_from = recipe.epochs - recipe.close_mosaic if recipe.close_mosaic > 0 else None
+    ds = AugmentedDataset(transform, seed, rank, close_from)
     if recipe.balance == "repeat_factor":
         nc = num_classes if num_classes is not None else len(getattr(dataset, "class_names"))
         per_image = labels if labels is not None else class_labels(dataset)

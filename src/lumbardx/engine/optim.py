@@ -1,4 +1,5 @@
-"""SGD with YOLOv5's three parameter groups (``utils/torch_utils.py`` ``smart_optimizer``).
+"""SGD (or AdamW) with YOLOv5's three parameter groups (``utils/torch_utils.py``
+``smart_optimizer``; Ultralytics ``BaseTrainer.build_optimizer`` builds AdamW the same way).
 
 * ``bias``: every parameter named ``bias`` -- no weight decay;
 * ``norm``: ``weight`` of normalisation layers (BatchNorm, GroupNorm, LayerNorm, ...) -- no
@@ -11,7 +12,7 @@ PaddleDetection does the same with ``L2Decay(0.)`` on normalisation and head-bia
 from __future__ import annotations
 
 from torch import nn
-from torch.optim import SGD
+from torch.optim import SGD, AdamW, Optimizer
 
 from lumbardx.engine.recipes import Recipe
 
@@ -36,11 +37,14 @@ def param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return groups
 
 
-def build_optimizer(model: nn.Module, recipe: Recipe, world_size: int = 1) -> SGD:
-    """SGD over the three groups; each group carries ``initial_lr`` and ``kind``.
+def build_optimizer(model: nn.Module, recipe: Recipe, world_size: int = 1) -> Optimizer:
+    """``recipe.optimizer`` over the three groups; each group carries ``initial_lr`` and
+    ``kind``.
 
     Weight decay is scaled by ``batch * world_size * accumulate / nominal_batch`` when the
-    recipe accumulates gradients (YOLOv5 ``train.py``).
+    recipe accumulates gradients (YOLOv5 ``train.py``). AdamW takes ``betas = (momentum,
+    0.999)`` (Ultralytics); its decay is decoupled (``torch.optim.AdamW``) and, as for SGD,
+    applied to the ``weight`` group only.
     """
     wd = recipe.weight_decay
     if recipe.nominal_batch is not None:
@@ -52,4 +56,6 @@ def build_optimizer(model: nn.Module, recipe: Recipe, world_size: int = 1) -> SG
         for k, decay in spec
         if g[k]
     ]
+    if recipe.optimizer == "adamw":
+        return AdamW(groups, lr=recipe.lr0, betas=(recipe.momentum, 0.999))
     return SGD(groups, lr=recipe.lr0, momentum=recipe.momentum, nesterov=recipe.nesterov)

@@ -8,6 +8,8 @@ Order (each step with the probability of :class:`lumbardx.engine.recipes.Augment
 3. gamma / contrast / brightness; 4. horizontal flip (off by default);
 5. boxes clipped to the image, boxes under ``min_box_size`` dropped.
 
+Mosaic and mixup are off in the recipe's last ``close_mosaic`` epochs (``mosaic=False``).
+
 All randomness comes from the ``numpy.random.Generator`` passed in, so a sample is a pure
 function of ``(index, generator seed)`` -- the basis of exact resume and worker-independent
 results.
@@ -16,6 +18,7 @@ results.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -61,13 +64,14 @@ class TrainTransform:
         self.dataset = dataset
         self.size = size
         self.aug = aug
+        self.plain = replace(aug, mosaic=0.0, mixup=0.0)  # after close_mosaic
 
     def load(self, index: int) -> A.Triple:
         """The validated arrays of sample ``index``."""
         return sample_arrays(self.dataset[index])
 
-    def _single(self, index: int, rng: np.random.Generator) -> A.Triple:
-        a, s = self.aug, self.size
+    def _single(self, index: int, rng: np.random.Generator, a: AugmentConfig) -> A.Triple:
+        s = self.size
         if rng.random() < a.mosaic:
             others = rng.integers(0, len(self.dataset), 3).tolist()
             parts = [self.load(i) for i in [index, *others]]
@@ -93,12 +97,13 @@ class TrainTransform:
             )
         return img, boxes, labels
 
-    def __call__(self, index: int, rng: np.random.Generator) -> A.Triple:
-        """Augmented ``(image uint8 [size, size], boxes float32 [N, 4], labels int64 [N])``."""
-        a = self.aug
-        img, boxes, labels = self._single(index, rng)
+    def __call__(self, index: int, rng: np.random.Generator, mosaic: bool = True) -> A.Triple:
+        """Augmented ``(image uint8 [size, size], boxes float32 [N, 4], labels int64 [N])``;
+        ``mosaic=False`` switches mosaic and mixup off (the recipe's ``close_mosaic`` epochs)."""
+        a = self.aug if mosaic else self.plain
+        img, boxes, labels = self._single(index, rng, a)
         if rng.random() < a.mixup:
-            other = self._single(int(rng.integers(0, len(self.dataset))), rng)
+            other = self._single(int(rng.integers(0, len(self.dataset))), rng, a)
             img, boxes, labels = mixup((img, boxes, labels), other, rng, a.mixup_beta)
         img = A.adjust_intensity(img, rng, a.brightness, a.contrast, a.gamma, a.intensity_prob)
         if rng.random() < a.hflip:

@@ -28,6 +28,7 @@ Schedule = Literal["linear", "cosine", "piecewise"]
 EmaKind = Literal["yolov5", "paddle", "none"]
 AmpKind = Literal["bf16", "fp16", "none"]
 Balance = Literal["none", "repeat_factor"]
+OptimizerKind = Literal["sgd", "adamw"]
 
 PADDLE_PPYOLOV2_TOTAL_BATCH = 96  # ppyolov2_reader.yml batch_size 12 x 8 GPUs
 PADDLE_YOLOV3_TOTAL_BATCH = 64  # yolov3_reader.yml batch_size 8 x 8 GPUs
@@ -115,6 +116,12 @@ class Recipe:
         repeat_threshold: the frequency threshold ``t`` of repeat-factor sampling.
         num_workers: DataLoader worker processes.
         eval_interval: evaluate every this many epochs (and always after the last).
+        optimizer: ``sgd`` (YOLOv5, PaddleDetection) or ``adamw`` (``torch.optim.AdamW``,
+            ``betas = (momentum, 0.999)``, decoupled weight decay on the ``weight`` group only;
+            what Ultralytics' ``optimizer=auto`` picks for short schedules).
+        close_mosaic: the last this many epochs train without mosaic and mixup (Ultralytics
+            ``close_mosaic``, default 10 in ``ultralytics/cfg/default.yaml``), so that the
+            model ends on whole, undistorted slices as it will see them; 0 keeps them on.
         augment: augmentation settings.
     """
 
@@ -147,6 +154,8 @@ class Recipe:
     repeat_threshold: float = 0.3
     num_workers: int = 2
     eval_interval: int = 1
+    optimizer: OptimizerKind = "sgd"
+    close_mosaic: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -158,6 +167,10 @@ class Recipe:
             raise ValueError(f"unknown schedule {self.schedule!r}")
         if self.multi_scale is not None and self.multi_scale[0] > self.multi_scale[1]:
             raise ValueError(f"multi_scale {self.multi_scale} has min > max")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r} (sgd or adamw)")
+        if self.close_mosaic < 0:
+            raise ValueError(f"close_mosaic must be >= 0, not {self.close_mosaic}")
 
     def accumulate(self, world_size: int = 1) -> int:
         """Micro-batches per optimiser step (YOLOv5: ``max(round(nbs / batch), 1)``)."""

@@ -173,7 +173,8 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         tmp = results_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(
-            {"model": "ultralytics yolo11n (from scratch)", "epochs": args.epochs,
+            {"model": "ultralytics yolo11n (from scratch)",
+             "epochs": args.epochs if args.time_hours is None else None,
              "time_hours": args.time_hours, "imgsz": args.imgsz, "device": args.device,
              "ultralytics_version": _ultralytics_version(),
              "folds": [done[k] for k in sorted(done)]}, indent=2))

@@ -240,7 +240,10 @@ def test_crossval_end_to_end_then_resume(tmp_path: Path, synth_data: Path) -> No
     data = json.loads(res.files["json"].read_text())
     assert [len(m["folds"]) for m in data["models"]] == [2, 2]
     assert "| yolov5n | 2 |" in res.files["md"].read_text()
-    assert "final epoch of each fold's training" in res.files["md"].read_text()
+    md = res.files["md"].read_text()
+    assert "final epoch of each fold's training" in md
+    assert "optimizer sgd, lr0 0.01, close_mosaic 0" in md
+    assert "choosing each fold's best epoch on the fold itself would report mAP@0.5" in md
     assert (out / "pr_yolov5n.png").is_file()
 
     # resume: everything finished is skipped, nothing retrained

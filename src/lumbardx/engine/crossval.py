@@ -34,6 +34,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from lumbardx import __version__
@@ -510,16 +511,29 @@ def _notes(ds: LumbarDataset, settings: dict[str, Any], recipes: Mapping[str, Re
     notes = [f"Data: {settings['data']} ({len(ds)} images, {len(ds.patients())} patients, "
              f"classes '{settings['classes']}'); {settings['k']} patient-grouped, "
              f"class-stratified folds (seed {settings['seed']}, folds.csv)."]
+    changed = {k: v for k, v in settings["recipe_overrides"].items()
+               if k not in ("image_size", "epochs", "batch_size", "num_workers")}
     for m, r in recipes.items():
         notes.append(f"{m}: recipe {r.name}, {r.epochs} epoch(s), {r.image_size} px, batch "
-                     f"{r.batch_size}, seed {settings['seed']}, AutoAnchor "
-                     f"{'on' if settings['autoanchor'] and m.startswith('yolov5') else 'off'}.")
+                     f"{r.batch_size}, optimizer {r.optimizer}, lr0 {r.lr0:g}, close_mosaic "
+                     f"{r.close_mosaic}, seed {settings['seed']}, AutoAnchor "
+                     f"{'on' if settings['autoanchor'] and m.startswith('yolov5') else 'off'}"
+                     + (f"; settings changed from the recipe: {json.dumps(changed)}"
+                        if changed else "") + ".")
     if settings.get("select") == "best":
         notes.append("Weights scored: the epoch with the best mAP@0.5 on the held-out fold "
                      "itself (optimistic: the fold that scores the model also chose it).")
     else:
         notes.append("Weights scored: the final epoch of each fold's training (nothing is "
                      "chosen on the held-out fold).")
+        for row in rows:
+            best = [f["selected_on_fold"]["map50"] for f in row.folds
+                    if isinstance(f.get("selected_on_fold"), Mapping)
+                    and f["selected_on_fold"].get("map50") is not None]
+            if row.source == "lumbardx" and best:
+                notes.append(f"{row.name}: choosing each fold's best epoch on the fold itself "
+                             f"would report mAP@0.5 {np.mean(best):.3f} over {len(best)} "
+                             "fold(s) (optimistic; not in the table).")
     for row in rows:
         devices = sorted({str(f.get("device")) for f in row.folds if f.get("device")})
         if row.source == "lumbardx" and devices:

@@ -94,14 +94,19 @@ def run_fold(ds: LumbarDataset, fold: int, assign, args: argparse.Namespace) -> 
     As in ``lumbardx crossval``, the held-out fold chooses nothing: the final weights
     (``last.pt``) are scored; Ultralytics' ``best.pt`` (the epoch with the best fitness on this
     same fold) is scored apart under ``selected_on_fold``, as the optimistic figure.
-    ``--score-only`` re-scores a finished training without training again.
+    ``--score-only`` re-scores a finished training without training again; a run interrupted
+    before its ``--epochs`` continues from its ``last.pt`` when the command is repeated.
     """
     from ultralytics import YOLO
 
     train_idx, val_idx = split(ds, fold, assign)
     work = Path(args.out).resolve() / f"fold{fold}"  # absolute: Ultralytics would nest it
     weights = work / "train" / "weights"
-    if not (args.score_only and (weights / "last.pt").is_file()):
+    done = _epochs_trained(work / "train") or 0
+    if (weights / "last.pt").is_file() and not args.score_only and args.time_hours is None \
+            and 0 < done < args.epochs:  # an interrupted run: Ultralytics resumes it exactly
+        YOLO(str(weights / "last.pt")).train(resume=True)
+    elif not (args.score_only and (weights / "last.pt").is_file()):
         data_yaml = write_fold_view(ds, train_idx, val_idx, work / "data")
         model = YOLO("yolo11n.yaml")
         model.train(
@@ -113,7 +118,9 @@ def run_fold(ds: LumbarDataset, fold: int, assign, args: argparse.Namespace) -> 
     result = {"fold": fold, "train_images": len(train_idx), "val_images": len(val_idx),
               **score(weights / "last.pt", ds, val_idx, args),
               "train_seconds": _train_seconds(work / "train"),
-              "epochs_trained": _epochs_trained(work / "train"), "select": "last"}
+              "epochs_trained": _epochs_trained(work / "train"), "select": "last",
+              "budget": ({"time_hours": args.time_hours} if args.time_hours is not None
+                         else {"epochs": args.epochs})}
     if (weights / "best.pt").is_file():
         best = score(weights / "best.pt", ds, val_idx, args)
         result["selected_on_fold"] = {

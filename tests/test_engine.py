@@ -517,3 +517,11 @@ def test_yolov5n_overfits_four_images(tmp_path: Path) -> None:
     assert res.final_eval is not None
     assert res.final_eval.map50 >= 0.9, res.final_eval.ap50
     assert res.best_map50 == pytest.approx(res.final_eval.map50)
+
+
+def test_shared_labels_needs_a_loss_that_supports_it(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="needs a loss that supports it"):
+        train(tiny_detector(), shapes_dataset(2), None,
+              replace(tiny_recipe(), shared_labels="union"), tmp_path, "cpu", progress=False)
+    with pytest.raises(ValueError, match="unknown shared_labels"):
+        Recipe(shared_labels="max")

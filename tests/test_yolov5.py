@@ -226,3 +226,25 @@ def test_yolov5s_macs_near_published_flops() -> None:
     # v7.0 README: YOLOv5s 16.5 GFLOPs at 640 (FLOPs = 2 x MACs)
     macs = count_macs(build_yolov5("yolov5s", 80), 640)
     assert abs(macs / 8.25e9 - 1) < 0.03
+
+
+def test_union_labels_for_a_prediction_shared_by_two_classes() -> None:
+    from lumbardx.models.assign_yolov5 import LevelTargets
+    from lumbardx.models.loss_yolov5 import YOLOv5Loss, union_labels
+
+    z = torch.zeros(3, dtype=torch.int64)
+    lt = LevelTargets(batch=z, anchor=z, gj=torch.tensor([2, 2, 5]), gi=torch.tensor([3, 3, 1]),
+                      box=torch.zeros(3, 4), anchor_wh=torch.ones(3, 2),
+                      cls=torch.tensor([1, 2, 0]))
+    got = union_labels(lt, torch.Size([1, 3, 8, 8, 8]), 3)
+    assert got.tolist() == [[False, True, True], [False, True, True], [True, False, False]]
+    # a slip box around a disc box: same cells and anchors -> the losses differ only in cls
+    gen = torch.Generator().manual_seed(0)
+    raw = [torch.randn(1, 3, s, s, 8, generator=gen) for s in (8, 4, 2)]
+    targets = torch.tensor([[0, 1, 20, 24, 44, 36], [0, 2, 18, 20, 46, 40]])
+    ref, uni = YOLOv5Loss(3, image_size=64), YOLOv5Loss(3, image_size=64, shared_labels="union")
+    a, b = ref(raw, targets, (64, 64)), uni(raw, targets, (64, 64))
+    assert torch.equal(a["box"], b["box"]) and torch.equal(a["obj"], b["obj"])
+    assert not torch.equal(a["cls"], b["cls"])
+    with pytest.raises(ValueError, match="shared_labels"):
+        YOLOv5Loss(3, shared_labels="max")

@@ -119,6 +119,10 @@ class Recipe:
         optimizer: ``sgd`` (YOLOv5, PaddleDetection) or ``adamw`` (``torch.optim.AdamW``,
             ``betas = (momentum, 0.999)``, decoupled weight decay on the ``weight`` group only;
             what Ultralytics' ``optimizer=auto`` picks for short schedules).
+        shared_labels: how a loss that supports it (YOLOv5) treats one prediction that is the
+            positive of boxes of different classes: ``reference`` (one-hot per box, as the
+            reference) or ``union`` (multi-hot: the union of their classes); see
+            :class:`lumbardx.models.loss_yolov5.YOLOv5Loss`.
         close_mosaic: the last this many epochs train without mosaic and mixup (Ultralytics
             ``close_mosaic``, default 10 in ``ultralytics/cfg/default.yaml``), so that the
             model ends on whole, undistorted slices as it will see them; 0 keeps them on.
@@ -156,6 +160,7 @@ class Recipe:
     eval_interval: int = 1
     optimizer: OptimizerKind = "sgd"
     close_mosaic: int = 0
+    shared_labels: str = "reference"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -169,6 +174,8 @@ class Recipe:
             raise ValueError(f"multi_scale {self.multi_scale} has min > max")
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"unknown optimizer {self.optimizer!r} (sgd or adamw)")
+        if self.shared_labels not in ("reference", "union"):
+            raise ValueError(f"unknown shared_labels {self.shared_labels!r} (reference or union)")
         if self.close_mosaic < 0:
             raise ValueError(f"close_mosaic must be >= 0, not {self.close_mosaic}")
 

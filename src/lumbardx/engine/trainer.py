@@ -202,6 +202,12 @@ def train(
         for k, (a, b) in report.shape_mismatch.items():
             console.print(f"  skipped {k}: checkpoint {a} vs model {b}")
 
+    loss = getattr(unwrap(model), "loss", None)
+    if hasattr(loss, "shared_labels"):
+        loss.shared_labels = recipe.shared_labels
+    elif recipe.shared_labels != "reference":
+        raise InputError(None, f"recipe shared_labels={recipe.shared_labels!r} needs a loss "
+                               f"that supports it (YOLOv5), not {type(loss).__name__}")
     model.to(dev)
     optimizer = build_optimizer(model, recipe, info.world_size)
     loader = build_train_loader(train_data, recipe, seed, info.rank, info.world_size,

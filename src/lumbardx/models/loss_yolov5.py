@@ -18,8 +18,24 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_convert, complete_box_iou_loss
 
-from lumbardx.models.assign_yolov5 import build_targets
+from lumbardx.models.assign_yolov5 import LevelTargets, build_targets
 from lumbardx.models.yolo_head import DEFAULT_STRIDES, AnchorSet, anchors_tensor
+
+
+SHARED_LABELS = ("reference", "union")
+
+
+def union_labels(lt: LevelTargets, shape: torch.Size, num_classes: int) -> Tensor:
+    """``bool [n, nc]``: for each positive row of ``lt``, every class of the rows that share
+    its prediction (same image, anchor and cell on a level of ``shape`` ``[B, na, H, W, ...]``).
+    """
+    _, na, h, w = shape[:4]
+    key = ((lt.batch * na + lt.anchor) * h + lt.gj) * w + lt.gi
+    _, inverse = torch.unique(key, return_inverse=True)
+    onehot = nn.functional.one_hot(lt.cls, num_classes).to(torch.float32)
+    table = torch.zeros(int(inverse.max()) + 1, num_classes, device=onehot.device)
+    table.index_add_(0, inverse, onehot)
+    return table[inverse] > 0
 
 
 class YOLOv5Loss(nn.Module):
@@ -34,6 +50,12 @@ class YOLOv5Loss(nn.Module):
         anchor_t: anchor / target w-h ratio threshold.
         balance: objectness weight per level.
         label_smoothing: class label smoothing epsilon (targets ``1 - eps/2`` and ``eps/2``).
+        shared_labels: when one prediction (image, level, anchor, cell) is the positive of
+            boxes of different classes -- a spondylolisthesis box around a disc box, say --
+            ``"reference"`` (YOLOv5 v7.0) gives it one one-hot class target per box, which
+            pulls both class scores towards 0.5; ``"union"`` gives each of its rows the union
+            of those classes (a multi-hot target: the disc is both). Attribute, settable after
+            construction (the recipe's ``shared_labels``).
 
     Call: ``loss(raw, targets, image_size)`` with ``raw`` a list of ``[B, na, H_i, W_i, 5 + nc]``
     and ``targets`` ``[M, 6]`` rows ``(batch_index, class, x1, y1, x2, y2)`` in input pixels.
@@ -52,6 +74,7 @@ class YOLOv5Loss(nn.Module):
         anchor_t: float = 4.0,
         balance: Sequence[float] = (4.0, 1.0, 0.4),
         label_smoothing: float = 0.0,
+        shared_labels: str = "reference",
     ) -> None:
         super().__init__()
         anchor_px = anchors_tensor(anchors)
@@ -68,6 +91,9 @@ class YOLOv5Loss(nn.Module):
         self.balance = tuple(float(b) for b in balance)
         self.cls_pos = 1.0 - 0.5 * label_smoothing
         self.cls_neg = 0.5 * label_smoothing
+        if shared_labels not in SHARED_LABELS:
+            raise ValueError(f"shared_labels must be one of {SHARED_LABELS}")
+        self.shared_labels = shared_labels
 
     def forward(
         self, raw: list[Tensor], targets: Tensor, image_size: tuple[int, int]
@@ -100,7 +126,10 @@ class YOLOv5Loss(nn.Module):
                 tobj[lt.batch, lt.anchor, lt.gj, lt.gi] = iou
                 if self.num_classes > 1:
                     tcls = torch.full_like(ps[:, 5:], self.cls_neg)
-                    tcls[torch.arange(len(lt), device=device), lt.cls] = self.cls_pos
+                    if self.shared_labels == "union":
+                        tcls[union_labels(lt, pi.shape, self.num_classes)] = self.cls_pos
+                    else:
+                        tcls[torch.arange(len(lt), device=device), lt.cls] = self.cls_pos
                     lcls = lcls + nn.functional.binary_cross_entropy_with_logits(ps[:, 5:], tcls)
             obj_i = nn.functional.binary_cross_entropy_with_logits(pi[..., 4], tobj)
             lobj = lobj + obj_i * self.balance[i]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lumbardx.clinical import severity as sev
 from lumbardx.clinical.findings import build_findings
 from lumbardx.clinical.severity import (HERNIATION_VALIDATION, SLIP_VALIDATION,
                                         annotate_severity, estimate_herniation_extent,
@@ -94,3 +95,83 @@ def test_validation_statements_quote_the_error_and_source() -> None:
         assert "stimate" in text
     assert "Supine MRI underestimates" in SLIP_VALIDATION
     assert "patient images" in SLIP_VALIDATION and "slip_geometry.py" in SLIP_VALIDATION
+
+
+# -- refusal rules and robust edges on constructed bodies ----------------------------------------
+
+SP = 50.0  # px, inter-disc spacing of the constructed images
+DOWN, ANT = np.array([0.0, 1.0]), np.array([-1.0, 0.0])  # patient faces image left
+
+
+def _canvas() -> np.ndarray:
+    return np.full((200, 200), 20.0)
+
+
+def _rect_body(img: np.ndarray, x0: int = 60, x1: int = 105, y0: int = 60,
+               y1: int = 95) -> np.ndarray:
+    """Bright rectangular body (0.9 x 0.7 spacings) on a dark background; returns its centre."""
+    img[y0:y1, x0:x1] = 150.0
+    return np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+
+
+def test_posterior_wall_notch_does_not_shift_the_corner(monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = _canvas()
+    seed = _rect_body(plain)
+    notched = plain.copy()
+    notched[70:86, 99:105] = 20.0  # basivertebral vein notch: 6 px deep in the posterior wall
+    disc = seed + np.array([0.0, 0.5 * SP])
+    ref = sev.body_or_reason(plain, seed, DOWN, ANT, SP, disc)
+    robust = sev.body_or_reason(notched, seed, DOWN, ANT, SP, disc)
+    assert isinstance(ref, sev.Body) and isinstance(robust, sev.Body)
+    assert abs(ref.endplate[0][0] - 105.0) < 1.0  # the posterior wall is at x = 105
+    assert np.linalg.norm(robust.endplate[0] - ref.endplate[0]) < 1.0
+    monkeypatch.setattr(sev, "NOTCH", np.inf)  # plain least squares: the notch pulls the line
+    naive = sev.body_or_reason(notched, seed, DOWN, ANT, SP, disc)
+    assert isinstance(naive, sev.Body) and ref.endplate[0][0] - naive.endplate[0][0] > 1.5
+
+
+def test_round_fragment_is_refused_for_corners_outside_the_mask() -> None:
+    img = _canvas()
+    yy, xx = np.mgrid[0:200, 0:200] + 0.5
+    img[np.hypot(xx - 80, yy - 80) <= 0.45 * SP] = 150.0  # no corners: a round patch of marrow
+    seed = np.array([80.0, 80.0])
+    assert sev.body_or_reason(img, seed, DOWN, ANT, SP, seed + [0, 0.55 * SP]) == \
+        "corner outside the mask"
+    square = _canvas()
+    _rect_body(square, 58, 103, 58, 103)  # same size with corners: accepted
+    assert isinstance(sev.body_or_reason(square, seed, DOWN, ANT, SP, seed + [0, 0.55 * SP]),
+                      sev.Body)
+
+
+@pytest.mark.parametrize("gap,ok", [(0.15, True), (0.35, True), (0.5, False), (-0.1, False)])
+def test_endplate_must_face_the_disc(gap: float, ok: bool) -> None:
+    img = _canvas()
+    seed = _rect_body(img)  # inferior endplate at y = 95
+    disc = np.array([seed[0], 95.0 + gap * SP])
+    body = sev.body_or_reason(img, seed, DOWN, ANT, SP, disc)
+    if ok:
+        assert isinstance(body, sev.Body)
+        assert abs(body.endplate[0][1] - 95.0) < 1.0 and abs(body.endplate[1][1] - 95.0) < 1.0
+    else:
+        assert body == "endplate does not face the disc"
+        assert sev.segment_body(img, seed, DOWN, ANT, SP, disc) is None
+    # Without a disc centre the endplate is not checked.
+    assert isinstance(sev.body_or_reason(img, seed, DOWN, ANT, SP), sev.Body)
+
+
+def test_slip_beyond_max_percent_is_withheld(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert meyerding_grade(sev.MAX_PERCENT) == "IV"  # grade V (spondyloptosis) is withheld
+    for k in range(12):
+        case = generate_case(np.random.default_rng(7000 + k), SynthConfig(p_listhesis=1.0))
+        spine = _spine(case)
+        idx = next(i for i, d in enumerate(spine.discs) if d.has("spondylolisthesis"))
+        est = estimate_slip(case.image, spine, idx)
+        if est is not None and abs(est.percent) > 12.0:
+            break
+    else:
+        pytest.fail("no generated case with a measurable slip above 12%")
+    monkeypatch.setattr(sev, "MAX_PERCENT", abs(est.percent) - 2.0)
+    assert estimate_slip(case.image, spine, idx) is None
+    monkeypatch.setattr(sev, "MAX_PERCENT", abs(est.percent) + 2.0)
+    again = estimate_slip(case.image, spine, idx)
+    assert again is not None and again.percent == pytest.approx(est.percent)

@@ -16,12 +16,24 @@ filled). A vertebral body is bounded by a dark cortical rim on MRI (T1 and T2), 
 the growth. The body's own axes are the orientation (within +-40 degrees of the spine curve)
 of its smallest enclosing rectangle; the endplate facing the disc and the posterior and
 anterior walls are lines fitted to the mask boundary on each side (middle 60%), and the
-corners are their intersections (the radiological convention for rounded corners).
+corners are their intersections (the radiological convention for rounded corners). Each line
+is the outer supporting line of the boundary (RANSAC over boundary points, :data:`NOTCH`), so
+the basivertebral vein notch of the posterior wall, a concave endplate or patchy marrow does
+not pull it inward.
 The marrow mask lies inside the cortex; both corners move inward alike, so the translation is
 unbiased while the endplate width is short by about two cortex thicknesses (a few percent of
-the slip; left uncorrected, the validation error includes it). An implausible segmentation
-(endplate width outside 0.6-1.8 spacings, or the two bodies' widths differing by more than
-1.6x) gives no estimate.
+the slip; left uncorrected, the validation error includes it).
+
+Refusals (no estimate rather than a wrong one). Real marrow (patchy bright marrow, Modic
+changes, a dark endplate) is often segmented only in part, and lines fitted to a fragment
+give corners anywhere. A body is refused when its posterior corner lies more than
+:data:`CORNER_OUTSIDE` spacings from its mask (a correct corner lies a median 1.5 px outside
+the rounded marrow mask) or when its endplate does not face the disc (the disc centre must
+lie on the endplate line's outer side, at most :data:`FACING` spacings away; otherwise a wall
+or a fragment's edge was taken for the endplate). An estimate is refused when the endplate
+width is outside 0.6-1.8 spacings or the two bodies' widths differ by more than 1.6x, and
+when ``|slip|`` exceeds :data:`MAX_PERCENT` (a spondyloptosis is obvious on the image; the
+finding is still reported, only the number is withheld).
 
 Meyerding (spondylolisthesis). ``slip % = 100 * t / w`` with ``t`` the translation of the
 upper body's posterior-inferior corner relative to the lower body's posterior-superior corner,
@@ -52,24 +64,31 @@ from lumbardx.clinical.findings import HERNIATION, SLIP, SpineFindings
 
 # Measured by bench/severity_validation.py on lumbardx.synth cases; see that script's output.
 SLIP_VALIDATION = (
-    "Estimated from the image (vertebral body corners). On 72 generated cases with known slip: "
-    "mean absolute error 3.7 slip percentage points (median 2.7, 90th percentile 6.6; grade "
-    "agreement 83%; 8 of 80 not measurable; bench/severity_validation.py). On patient images "
-    "(832 slices, expert disc boxes; bench/slip_geometry.py) it is much rougher: measured at "
-    "only 54% of the discs labelled spondylolisthesis, the same level on a patient's T1 and "
-    "T2 slices differs by a median 7.7 points (90th percentile 25), and it tells slipped from "
-    "other discs only weakly (AUC 0.75 where measured), worst at L5-S1: a rough indication "
-    "to check on the image, not a measurement. Supine MRI underestimates slip against "
-    "standing radiographs.")
+    "Estimated from the image (vertebral body corners). On 73 generated cases with known slip: "
+    "mean absolute error 3.1 slip percentage points (median 2.5, 90th percentile 5.9; grade "
+    "agreement 84%; 7 of 80 not measurable; bench/severity_validation.py). On patient images "
+    "(832 slices, expert disc boxes; bench/slip_geometry.py) it is much rougher: implausible "
+    "corners are refused, so it is measured at only 44% of the discs labelled "
+    "spondylolisthesis; the same level on a patient's T1 and T2 slices differs by a median "
+    "6.6 points (90th percentile 20); discs without a slip read a median -5 points; and it "
+    "tells slipped from other discs only weakly (AUC 0.79 where measured; about half of the "
+    "slipped discs read zero or negative): a rough indication to check on the image, not a "
+    "measurement. Supine MRI underestimates slip against standing radiographs.")
 HERNIATION_VALIDATION = (
     "Estimated from the image (posterior margin line to the canal border). Validation: mean "
-    "absolute error 1.9 mm (median 1.5, 90th percentile 3.7, bias +0.9; 6 of 123 not "
-    "measurable) on 117 generated "
+    "absolute error 1.6 mm (median 1.3, 90th percentile 3.3, bias +0.5; 8 of 123 not "
+    "measurable) on 115 generated "
     "herniated discs with known extent (bench/severity_validation.py, lumbardx.synth, "
     "held-out seeds); not yet validated on patient images.")
 SMOOTH = 0.8  # px, Gaussian sigma before region growing
 LOW, HIGH = 0.75, 1.45  # intensity band, times the seed median
 ERODE = 0.05  # spacings: bridges up to twice this wide are cut
+# Refusal rules, measured on yolospine-dev (bench/slip_geometry.py); the marrow mask has rounded
+# corners, so a correct corner lies a median 1.5 px (90% within ~5 px) outside it.
+CORNER_OUTSIDE = 0.15  # spacings: a posterior corner farther from its mask: a fragment's lines
+FACING = 0.4  # spacings: the disc centre lies outside the endplate line, at most this far
+NOTCH = 1.5  # px: edge points within this of the outer supporting line define it
+MAX_PERCENT = 100.0  # |slip| above this is withheld (spondyloptosis is obvious on the image)
 GRADES: tuple[tuple[float, str], ...] = ((25.0, "I"), (50.0, "II"), (75.0, "III"), (100.0, "IV"))
 
 
@@ -134,7 +153,8 @@ def _seed_region(img: np.ndarray, seed: np.ndarray, radius: int, erode: int) -> 
 
 
 def segment_body(image: np.ndarray, seed: np.ndarray, toward_disc: np.ndarray,
-                 anterior: np.ndarray, spacing_px: float) -> Body | None:
+                 anterior: np.ndarray, spacing_px: float,
+                 disc_centre: np.ndarray | None = None) -> Body | None:
     """Segment the vertebral body around ``seed`` and find its endplate facing the disc.
 
     Args:
@@ -143,22 +163,41 @@ def segment_body(image: np.ndarray, seed: np.ndarray, toward_disc: np.ndarray,
         toward_disc: unit ``[2]`` vector from the body towards the disc.
         anterior: unit ``[2]`` vector pointing anterior.
         spacing_px: inter-disc spacing (px), bounds the body size.
+        disc_centre: ``[2]`` (x, y) px of the disc; when given, the endplate must face it
+            (:data:`FACING`).
 
     Returns:
-        The body, or ``None`` when no plausible body is found (the mask is empty, tiny or
-        larger than two spacings across).
+        The body, or ``None`` when no plausible body is found (see :func:`body_or_reason`).
+    """
+    body = body_or_reason(image, seed, toward_disc, anterior, spacing_px, disc_centre)
+    return body if isinstance(body, Body) else None
+
+
+def body_or_reason(image: np.ndarray, seed: np.ndarray, toward_disc: np.ndarray,
+                   anterior: np.ndarray, spacing_px: float,
+                   disc_centre: np.ndarray | None = None) -> Body | str:
+    """:func:`segment_body`, returning the reason (a short phrase) instead of ``None``.
+
+    Refusals: no region under the seed; a mask under 20 px or wider than two spacings; no
+    line on a side; lines that do not intersect; a posterior corner more than
+    :data:`CORNER_OUTSIDE` spacings from the mask (the lines were fitted to a fragment of
+    patchy marrow or to the wrong side); an endplate that does not face ``disc_centre`` (the
+    disc centre must lie on the endplate's outer side, at most :data:`FACING` spacings away:
+    otherwise a wall or a fragment's edge was taken for the endplate).
     """
     img = ndimage.gaussian_filter(np.asarray(image, dtype=np.float64), SMOOTH)
     erode = max(1, int(round(ERODE * spacing_px)))
     mask = _seed_region(img, seed, max(2, int(0.08 * spacing_px)), erode)
     if mask is None:
-        return None
+        return "no region under the seed"
     ys, xs = np.nonzero(mask)
     pts = np.stack([xs + 0.5, ys + 0.5], axis=1)
     rel = pts - seed
     ext = np.ptp(rel @ anterior) if len(rel) else 0.0
-    if len(pts) < 20 or ext > 2.0 * spacing_px:
-        return None
+    if len(pts) < 20:
+        return "mask too small"
+    if ext > 2.0 * spacing_px:
+        return "mask too wide"
     # Keep the body part near the seed (the sacrum continues far below S1).
     along = rel @ toward_disc
     near = along > -0.6 * spacing_px
@@ -169,12 +208,20 @@ def segment_body(image: np.ndarray, seed: np.ndarray, toward_disc: np.ndarray,
     back = _edge_line(pts, along, across, -1)
     front = _edge_line(pts, along, across, +1)
     if endplate is None or back is None or front is None:
-        return None
+        return "no edge line"
     direction = endplate[1] if endplate[1] @ anterior > 0 else -endplate[1]
     post = _intersect(endplate, back)
     ant = _intersect(endplate, front)
     if post is None or ant is None:
-        return None
+        return "lines do not intersect"
+    if np.min(np.hypot(*(pts - post).T)) > CORNER_OUTSIDE * spacing_px:
+        return "corner outside the mask"  # the anterior corner only sets the width (checked)
+    if disc_centre is not None:
+        normal = np.array([-direction[1], direction[0]])
+        normal = normal if normal @ toward_disc > 0 else -normal
+        gap = float((np.asarray(disc_centre, dtype=np.float64) - endplate[0]) @ normal)
+        if not (0.0 < gap <= FACING * spacing_px):
+            return "endplate does not face the disc"
     return Body(mask, (post, ant), direction)
 
 
@@ -202,22 +249,53 @@ def _edge_line(pts: np.ndarray, key: np.ndarray, depth: np.ndarray,
 
     The points ``pts [N, 2]`` are binned by ``key`` over its middle 60%; in each bin the point
     of largest ``sign * depth`` is a boundary point; a line is fitted (total least squares).
+    Only the points on the outer supporting line are used (:func:`_outer_inliers`), so a
+    recess of the boundary (the basivertebral vein notch of the posterior wall, a concave
+    endplate, patchy marrow) does not pull the line inward.
     """
     lo, hi = np.percentile(key, [20, 80])
     if hi - lo < 3:
         return None
     edges = np.linspace(lo, hi, 13)
-    found = []
+    found, outer = [], []
     for a, b in zip(edges[:-1], edges[1:]):
         sel = np.flatnonzero((key >= a) & (key < b))
         if len(sel):
-            found.append(pts[sel[np.argmax(sign * depth[sel])]])
+            j = sel[np.argmax(sign * depth[sel])]
+            found.append(pts[j])
+            outer.append((key[j], sign * depth[j]))
     if len(found) < 4:
         return None
-    e = np.asarray(found)
-    centre = e.mean(axis=0)
-    direction = np.linalg.svd(e - centre, full_matrices=False)[2][0]
+    e, kd = np.asarray(found), np.asarray(outer)
+    keep = _outer_inliers(kd[:, 0], kd[:, 1])
+    centre = e[keep].mean(axis=0)
+    direction = np.linalg.svd(e[keep] - centre, full_matrices=False)[2][0]
     return centre, direction
+
+
+def _outer_inliers(key: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``bool [N]`` boundary points on the outer supporting line (RANSAC over point pairs).
+
+    ``key [N]`` runs along the edge, ``out [N]`` is the outward depth (px). Of the lines
+    through two points with no point more than :data:`NOTCH` px outside, the one with most
+    points within :data:`NOTCH` px is kept (ties: the smaller summed distance); a recess
+    (vein notch, concave endplate, patchy marrow) then leaves the line where the rims are.
+    """
+    n = len(key)
+    best, best_score = np.ones(n, dtype=bool), (-1, 0.0)
+    for i in range(n):
+        for j in range(i + 1, n):
+            if key[j] == key[i]:
+                continue
+            slope = (out[j] - out[i]) / (key[j] - key[i])
+            resid = (out - out[i] - slope * (key - key[i])) / np.hypot(1.0, slope)
+            if (resid > NOTCH).any():
+                continue
+            inl = np.abs(resid) <= NOTCH
+            score = (int(inl.sum()), -float(np.abs(resid[inl]).sum()))
+            if score > best_score:
+                best, best_score = inl, score
+    return best if best.sum() >= 2 else np.ones(n, dtype=bool)
 
 
 def _intersect(a: tuple[np.ndarray, np.ndarray],
@@ -254,8 +332,8 @@ def _bodies(image: np.ndarray, spine: SpineFindings, i: int,
         abs(discs[i].s - discs[i - 1].s) < 1.6 * sp else c - 0.5 * sp * t
     lo_seed = (c + np.asarray(discs[i + 1].centre)) / 2 if i + 1 < len(discs) and \
         abs(discs[i + 1].s - discs[i].s) < 1.6 * sp else c + 0.5 * sp * t
-    upper = segment_body(image, up_seed, t, ant, sp)
-    lower = segment_body(image, lo_seed, -t, ant, sp)
+    upper = segment_body(image, up_seed, t, ant, sp, c)
+    lower = segment_body(image, lo_seed, -t, ant, sp, c)
     return upper, lower, ant, sp
 
 
@@ -273,8 +351,9 @@ def estimate_slip(image: np.ndarray, spine: SpineFindings, index: int,
         anterior_left: the patient faces image left.
 
     Returns:
-        The estimate, or ``None`` when a body could not be segmented. A negative percent is a
-        retrolisthesis (the grade is then that of its magnitude).
+        The estimate, or ``None`` when a body could not be segmented plausibly or
+        ``|percent|`` exceeds :data:`MAX_PERCENT` (module docstring, "Refusals"). A negative
+        percent is a retrolisthesis (the grade is then that of its magnitude).
     """
     upper, lower, _, sp = _bodies(image, spine, index, anterior_left)
     if upper is None or lower is None:
@@ -288,6 +367,8 @@ def estimate_slip(image: np.ndarray, spine: SpineFindings, index: int,
         return None  # implausible segmentation (a body merged with a disc or soft tissue)
     trans = float((pi - ps) @ e)
     pct = 100.0 * trans / width
+    if abs(pct) > MAX_PERCENT:
+        return None  # the corners are wrong (a spondyloptosis is obvious on the image)
     return SlipEstimate(pct, meyerding_grade(abs(pct)), trans, width, pi, ps, as_)
 
 

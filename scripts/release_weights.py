@@ -133,7 +133,8 @@ def crossval_evidence(ds: LumbarDataset, cv_dir: Path, model_name: str, criterio
             raise SystemExit(f"{result_file}: fold {k} has not finished")
         result = json.loads(result_file.read_text())
         _, val_idx = split(ds, k, assign)
-        m, per_image = held_out(Path(result["weights"]), ds, val_idx)
+        # the weights the fold scored, found next to its result (the folder may have moved)
+        m, per_image = held_out(result_file.parent / Path(result["weights"]).name, ds, val_idx)
         folds.append({"fold": k, "weights": Path(result["weights"]).name,
                       "val_images": len(val_idx),
                       "val_patients": len({ds.records[i].patient for i in val_idx}),

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
+from lumbardx.clinical.reads import load_predictions as read_coco_predictions
 from lumbardx.data.dataset import LumbarDataset
 from lumbardx.engine.metrics import GroundTruth, Prediction, coco_evaluate
 from lumbardx.io import atomic_write_text
@@ -41,22 +42,16 @@ RULES = ("mean", "max")
 
 def load_predictions(paths: Sequence[Path], class_names: Sequence[str]
                      ) -> dict[str, Prediction]:
-    """``image_id -> Prediction`` from COCO-style prediction files (``images`` /
-    ``categories`` / ``annotations`` with ``bbox`` x, y, w, h in pixels and ``score``)."""
+    """``image_id -> Prediction`` from COCO-style prediction files, read and checked by
+    :func:`lumbardx.clinical.reads.load_predictions` (study class names)."""
     out: dict[str, Prediction] = {}
     for path in paths:
-        data = json.loads(Path(path).read_text())
-        cat = {c["id"]: class_names.index(c["name"]) for c in data["categories"]}
-        per: dict[int, list[dict]] = defaultdict(list)
-        for a in data["annotations"]:
-            per[a["image_id"]].append(a)
-        for img in data["images"]:
-            anns = per.get(img["id"], [])
-            xywh = np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
-            boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
-            out[img["file_name"]] = Prediction(
-                boxes, np.array([a["score"] for a in anns], np.float32),
-                np.array([cat[a["category_id"]] for a in anns], np.int64))
+        boxes, _ = read_coco_predictions(path)
+        for name, bs in boxes.items():
+            out[name] = Prediction(
+                np.array([[b.x1, b.y1, b.x2, b.y2] for b in bs], np.float32).reshape(-1, 4),
+                np.array([b.score for b in bs], np.float32),
+                np.array([class_names.index(b.label) for b in bs], np.int64))
     return out
 
 

@@ -49,7 +49,7 @@ from lumbardx.data.boxes import Box
 from lumbardx.data.dataset import LumbarDataset
 from lumbardx.clinical.stats import case_weights, percentile_ci, proportion
 from lumbardx.data.folds import read_folds_csv, split
-from lumbardx.engine.checkpoint import load_checkpoint, rebuild_detector
+from lumbardx.engine.checkpoint import LoadedDetector, load_checkpoint, rebuild_detector
 from lumbardx.engine.evaluate import predict
 from lumbardx.engine.metrics import GroundTruth, coco_evaluate
 from lumbardx.engine.table1 import fold_stat
@@ -68,30 +68,21 @@ def _boxes(xyxy: np.ndarray, labels: np.ndarray, names: list[str],
 
 def disc_operating_point(records, thresholds: dict[str, float]) -> dict[str, float | int]:
     """Disc-level sensitivity / specificity: positive = any non-normal class at threshold."""
-    tp = fn = tn = fp = 0
-    for r in records:
-        truth = bool(r.truth - {"normal"})
-        call = any(s >= thresholds.get(k, 1.0) for k, s in r.scores.items() if k != "normal")
-        tp += truth and call
-        fn += truth and not call
-        tn += (not truth) and not call
-        fp += (not truth) and call
+    truth, call = _calls(records, thresholds)
+    tp, fn = int((truth & call).sum()), int((truth & ~call).sum())
+    tn, fp = int((~truth & ~call).sum()), int((~truth & call).sum())
     return {"tp": tp, "fn": fn, "tn": tn, "fp": fp,
             "sensitivity": tp / max(tp + fn, 1), "specificity": tn / max(tn + fp, 1)}
 
 
-def held_out(checkpoint: Path, ds: LumbarDataset, idx: list[int]
+def held_out(loaded: LoadedDetector, ds: LumbarDataset, idx: list[int]
              ) -> tuple[dict, list[list]]:
-    """Predict images ``idx`` of ``ds`` with ``checkpoint``.
+    """Predict images ``idx`` of ``ds`` with the detector ``loaded``.
 
     Returns the COCO metrics (:func:`coco_evaluate`) and, per image, its disc records
     (:func:`disc_scores`, every predicted box counted).
     """
-    loaded = rebuild_detector(load_checkpoint(checkpoint), checkpoint)
     names = loaded.class_names
-    if ds.class_names != names:
-        raise SystemExit(f"{checkpoint}: classes {names} differ from the dataset's "
-                         f"{ds.class_names}")
     samples = [ds[i] for i in idx]
     preds = predict(loaded.model, [s.image for s in samples], loaded.image_size,
                     pad_value=loaded.pad_value)
@@ -103,6 +94,17 @@ def held_out(checkpoint: Path, ds: LumbarDataset, idx: list[int]
                                (s.image.shape[1], s.image.shape[0]))])
                  for s, pr in zip(samples, preds)]
     return m, per_image
+
+
+def _load(checkpoint: Path, ds: LumbarDataset, ckpt: dict | None = None) -> LoadedDetector:
+    """The detector of ``checkpoint`` (``ckpt`` when already read); its classes must be the
+    dataset's."""
+    loaded = rebuild_detector(ckpt if ckpt is not None else load_checkpoint(checkpoint),
+                              checkpoint)
+    if ds.class_names != loaded.class_names:
+        raise SystemExit(f"{checkpoint}: classes {loaded.class_names} differ from the "
+                         f"dataset's {ds.class_names}")
+    return loaded
 
 
 def _metrics_dict(m, names: list[str]) -> dict:
@@ -134,7 +136,8 @@ def crossval_evidence(ds: LumbarDataset, cv_dir: Path, model_name: str, criterio
         result = json.loads(result_file.read_text())
         _, val_idx = split(ds, k, assign)
         # the weights the fold scored, found next to its result (the folder may have moved)
-        m, per_image = held_out(result_file.parent / Path(result["weights"]).name, ds, val_idx)
+        m, per_image = held_out(_load(result_file.parent / Path(result["weights"]).name, ds),
+                                ds, val_idx)
         folds.append({"fold": k, "weights": Path(result["weights"]).name,
                       "val_images": len(val_idx),
                       "val_patients": len({ds.records[i].patient for i in val_idx}),
@@ -196,11 +199,11 @@ def crossval_evidence(ds: LumbarDataset, cv_dir: Path, model_name: str, criterio
     return evidence, choices
 
 
-def fold_evidence(ds: LumbarDataset, checkpoint: Path, fold: int, folds_csv: Path,
+def fold_evidence(ds: LumbarDataset, loaded: LoadedDetector, fold: int, folds_csv: Path,
                   criterion: str) -> tuple[dict, dict]:
     """Evidence from one validation fold (thresholds chosen and measured on it)."""
     train_idx, val_idx = split(ds, fold, folds_csv)
-    m, per_image = held_out(checkpoint, ds, val_idx)
+    m, per_image = held_out(loaded, ds, val_idx)
     records = [r for recs in per_image for r in recs]
     choices = choose_thresholds(records, ds.class_names, criterion)
     point = disc_operating_point(records, thresholds_dict(choices))
@@ -236,11 +239,9 @@ def main() -> None:
         p.error("--fold needs --folds-csv")
 
     ckpt = load_checkpoint(args.checkpoint)
-    loaded = rebuild_detector(ckpt, args.checkpoint)
-    names = loaded.class_names
     ds = LumbarDataset(args.data, classes="study")
-    if ds.class_names != names:
-        raise SystemExit(f"dataset classes {ds.class_names} differ from the model's {names}")
+    loaded = _load(args.checkpoint, ds, ckpt)
+    names = loaded.class_names
     source = ("yolospine-dev (Lumbar Spine MRI Dataset, Sudirman et al., CC BY 4.0; YOLOspine "
               "boxes, MIT): ")
     if args.crossval is not None:
@@ -249,7 +250,7 @@ def main() -> None:
         training = args.training_data or source + "all images"
         tag = f"{loaded.model_name}-all-epoch{int(ckpt.get('epoch', -1)) + 1}"
     else:
-        validation, choices = fold_evidence(ds, args.checkpoint, args.fold, args.folds_csv,
+        validation, choices = fold_evidence(ds, loaded, args.fold, args.folds_csv,
                                             args.criterion)
         training = args.training_data or source + ("folds other than the validation fold, "
                                                    "patient-grouped")

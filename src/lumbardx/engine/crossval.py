@@ -285,10 +285,9 @@ def run_fold(
     on_fold = None
     if select == "last" and res.best is not None:
         best_ckpt = load_checkpoint(res.best)
-        model = build_detector(model_name, len(ds.class_names), recipe.image_size)
-        model.load_state_dict(weights_from_checkpoint(best_ckpt))
-        bev = evaluate(model, ds.subset(val_idx), resolve_device(device), recipe.image_size,
-                       eval_batch, list(ds.class_names), pad_value=recipe.augment.pad_value)
+        best = rebuild_detector(best_ckpt, res.best, resolve_device(device))
+        bev = evaluate(best.model, ds.subset(val_idx), resolve_device(device), best.image_size,
+                       eval_batch, best.class_names, pad_value=best.pad_value)
         on_fold = {"epoch": int(best_ckpt["epoch"]) + 1, "ap50": bev.ap50,
                    "map50": bev.map50, "map50_95": bev.map50_95,
                    "note": "epoch chosen by this fold's mAP@0.5: optimistic"}

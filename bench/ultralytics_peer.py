@@ -129,24 +129,24 @@ def run_fold(ds: LumbarDataset, fold: int, assign, args: argparse.Namespace) -> 
     return result
 
 
-def _train_seconds(run_dir: Path) -> float | None:
-    """Training wall time from Ultralytics' ``results.csv`` (its cumulative ``time`` column)."""
+def _results_rows(run_dir: Path) -> list[dict[str, str]]:
+    """Rows of Ultralytics' ``results.csv`` in ``run_dir`` (one per finished epoch)."""
     csv_path = run_dir / "results.csv"
     if not csv_path.exists():
-        return None
+        return []
     with csv_path.open() as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "time" not in rows[-1]:
-        return None
-    return float(rows[-1]["time"])
+        return list(csv.DictReader(f))
+
+
+def _train_seconds(run_dir: Path) -> float | None:
+    """Training wall time from Ultralytics' ``results.csv`` (its cumulative ``time`` column)."""
+    rows = _results_rows(run_dir)
+    return float(rows[-1]["time"]) if rows and "time" in rows[-1] else None
 
 
 def _epochs_trained(run_dir: Path) -> int | None:
     """Number of epochs Ultralytics completed (rows of its ``results.csv``), None if absent."""
-    csv_path = run_dir / "results.csv"
-    if not csv_path.exists():
-        return None
-    return max(0, len(csv_path.read_text().strip().splitlines()) - 1)
+    return len(_results_rows(run_dir)) if (run_dir / "results.csv").exists() else None
 
 
 def main() -> None:

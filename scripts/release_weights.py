@@ -25,12 +25,15 @@ folds; it predicts fold ``K``, whose discs both choose and measure the threshold
 Then ``OUT`` (default ``src/lumbardx/weights/default.pt``) is written atomically: float16
 weights, model name, classes, recipe, thresholds with their evidence, what it was trained on,
 lumbardx version and the evidence; and ``--metrics`` JSON (provenance beside the weights, read
-by :func:`lumbardx.models.pretrained.model_card` and used by MODEL_CARD.md).
+by :func:`lumbardx.models.pretrained.model_card`); with ``--card-md`` also the validation section
+of MODEL_CARD.md as Markdown, rendered from the same evidence so the card's numbers are the
+JSON's.
 
 Usage::
 
     python scripts/release_weights.py runs/yolov5n-all/last.pt ../shared/data/yolospine-dev \
-        --crossval runs/cv-yolov5n --criterion f1 --metrics src/lumbardx/weights/default.json
+        --crossval runs/cv-yolov5n --criterion f1 --metrics src/lumbardx/weights/default.json \
+        --card-md runs/cv-yolov5n/model_card_validation.md
 """
 
 from __future__ import annotations
@@ -199,6 +202,52 @@ def crossval_evidence(ds: LumbarDataset, cv_dir: Path, model_name: str, criterio
     return evidence, choices
 
 
+def _pct(x: float) -> str:
+    return "n/a" if not np.isfinite(x) else f"{100 * x:.1f}"
+
+
+def evidence_markdown(evidence: dict, thresholds: dict[str, float]) -> str:
+    """The validation section of MODEL_CARD.md for cross-validated ``evidence``
+    (:func:`crossval_evidence`): per-class AP@0.5 per fold and over folds (mean, SD, 95%
+    t-interval), disc-level sensitivity / specificity with both intervals, shipped thresholds.
+    Percentages with one decimal."""
+    names = list(evidence["ap50"])
+    folds = evidence["folds"]
+    head = "| | " + " | ".join(names) + " | mAP@0.5 | mAP@0.5:0.95 |"
+    lines = [f"Protocol: {evidence['protocol']} ({evidence['images']} images of "
+             f"{evidence['patients']} patients, each scored once by a model that never saw "
+             f"the patient). AP: {evidence['ap_interpolation']}.", "",
+             head, "|" + "---|" * (len(names) + 3)]
+    for f in folds:
+        lines.append(f"| fold {f['fold']} | " + " | ".join(_pct(f["ap50"][n]) for n in names)
+                     + f" | {_pct(f['map50'])} | {_pct(f['map50_95'])} |")
+
+    def cell(stat: dict, spread: bool) -> str:
+        if not spread:
+            return f"{_pct(stat['mean'])} ± {_pct(stat['sd'])}"
+        low, high = stat["ci95"]
+        return f"{_pct(low)}-{_pct(high)}"
+
+    stats = [evidence["ap50"][n] for n in names] + [evidence["map50"], evidence["map50_95"]]
+    lines.append("| **mean ± SD** | " + " | ".join(f"**{cell(s, False)}**" for s in stats)
+                 + " |")
+    lines.append("| 95% CI (t, over folds) | " + " | ".join(cell(s, True) for s in stats)
+                 + " |")
+    sens, spec = evidence["disc_level"]["sensitivity"], evidence["disc_level"]["specificity"]
+
+    def point(p: dict) -> str:
+        b, w = p["ci95_patient_bootstrap"], p["ci95_wilson_discs"]
+        return (f"{_pct(p['value'])}% ({p['count'][0]}/{p['count'][1]}; 95% CI "
+                f"{_pct(b[0])}-{_pct(b[1])} by patient bootstrap, {_pct(w[0])}-{_pct(w[1])} "
+                "Wilson over discs)")
+
+    lines += ["", f"**Disc level** ({evidence['discs']} discs; {evidence['disc_level_note']}): "
+              f"sensitivity {point(sens)}, specificity {point(spec)}.", "",
+              "Decision thresholds shipped (chosen on all out-of-fold discs): "
+              + ", ".join(f"{k} {v:.3f}" for k, v in thresholds.items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
 def fold_evidence(ds: LumbarDataset, loaded: LoadedDetector, fold: int, folds_csv: Path,
                   criterion: str) -> tuple[dict, dict]:
     """Evidence from one validation fold (thresholds chosen and measured on it)."""
@@ -228,6 +277,8 @@ def main() -> None:
     p.add_argument("--folds-csv", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("src/lumbardx/weights/default.pt"))
     p.add_argument("--metrics", type=Path, default=None)
+    p.add_argument("--card-md", type=Path, default=None,
+                   help="write MODEL_CARD.md's validation section (with --crossval)")
     p.add_argument("--criterion", choices=("youden", "f1"), default="youden",
                    help="threshold criterion per class (lumbardx.clinical.thresholds)")
     p.add_argument("--training-data", default=None,
@@ -237,6 +288,8 @@ def main() -> None:
         p.error("give --crossval DIR or --fold K (with --folds-csv)")
     if args.fold is not None and args.folds_csv is None:
         p.error("--fold needs --folds-csv")
+    if args.card_md is not None and args.crossval is None:
+        p.error("--card-md needs --crossval")
 
     ckpt = load_checkpoint(args.checkpoint)
     ds = LumbarDataset(args.data, classes="study")
@@ -278,6 +331,8 @@ def main() -> None:
              "lumbardx_version": __version__,
              "thresholds": thresholds, "threshold_evidence": shipped["threshold_evidence"],
              **validation}, indent=1) + "\n")
+    if args.card_md:
+        atomic_write_text(args.card_md, evidence_markdown(validation, thresholds))
 
 
 if __name__ == "__main__":

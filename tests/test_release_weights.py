@@ -40,9 +40,9 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_release_from_crossval(tmp_path: Path, cv_run: tuple[Path, Path]) -> None:
     data, cv_dir = cv_run
     checkpoint = cv_dir / "yolov5n/fold0/last.pt"  # stands in for the all-data model
-    out, metrics = tmp_path / "w.pt", tmp_path / "w.json"
+    out, metrics, card_md = tmp_path / "w.pt", tmp_path / "w.json", tmp_path / "card.md"
     proc = _run(str(checkpoint), str(data), "--crossval", str(cv_dir), "--criterion", "f1",
-                "--out", str(out), "--metrics", str(metrics))
+                "--out", str(out), "--metrics", str(metrics), "--card-md", str(card_md))
     assert proc.returncode == 0, proc.stderr
     card = json.loads(metrics.read_text())
 
@@ -74,6 +74,26 @@ def test_release_from_crossval(tmp_path: Path, cv_run: tuple[Path, Path]) -> Non
     model = load_detector(out)
     assert model.thresholds == card["thresholds"]
 
+    # the model card's section shows the JSON's numbers: one row per fold, then mean +- SD
+    md = card_md.read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| fold ")]
+    assert len(rows) == 2
+    for row, f in zip(rows, card["folds"]):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[0] == f"fold {f['fold']}"
+        assert cells[-2] == _pct(f["map50"]) and cells[-1] == _pct(f["map50_95"])
+    mean_row = next(line for line in md.splitlines() if line.startswith("| **mean"))
+    m = card["map50"]
+    assert f"**{_pct(m['mean'])} ± {_pct(m['sd'])}**" in mean_row
+    sens = card["disc_level"]["sensitivity"]
+    assert f"sensitivity {_pct(sens['value'])}% ({sens['count'][0]}/{sens['count'][1]};" in md
+    for name, value in card["thresholds"].items():
+        assert f"{name} {value:.3f}" in md
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{100 * x:.1f}"
+
 
 def test_release_refuses_unfinished_crossval_and_bad_arguments(
         tmp_path: Path, cv_run: tuple[Path, Path]) -> None:
@@ -81,6 +101,9 @@ def test_release_refuses_unfinished_crossval_and_bad_arguments(
     checkpoint = cv_dir / "yolov5n/fold0/last.pt"
     proc = _run(str(checkpoint), str(data), "--out", str(tmp_path / "w.pt"))
     assert proc.returncode == 2 and "--crossval DIR or --fold K" in proc.stderr
+    proc = _run(str(checkpoint), str(data), "--fold", "0", "--folds-csv",
+                str(cv_dir / "folds.csv"), "--card-md", str(tmp_path / "c.md"))
+    assert proc.returncode == 2 and "--card-md needs --crossval" in proc.stderr
     unfinished = tmp_path / "cv"
     unfinished.mkdir()
     (unfinished / "folds.csv").write_text((cv_dir / "folds.csv").read_text())

@@ -47,10 +47,10 @@ import numpy as np
 import torch
 
 from lumbardx import __version__
-from lumbardx.clinical.thresholds import (choose_thresholds, disc_scores, thresholds_dict)
+from lumbardx.clinical.stats import case_weights, percentile_ci, proportion
+from lumbardx.clinical.thresholds import choose_thresholds, disc_scores, thresholds_dict
 from lumbardx.data.boxes import Box
 from lumbardx.data.dataset import LumbarDataset
-from lumbardx.clinical.stats import case_weights, percentile_ci, proportion
 from lumbardx.data.folds import read_folds_csv, split
 from lumbardx.engine.checkpoint import LoadedDetector, load_checkpoint, rebuild_detector
 from lumbardx.engine.evaluate import predict
@@ -214,9 +214,9 @@ def evidence_markdown(evidence: dict, thresholds: dict[str, float]) -> str:
     names = list(evidence["ap50"])
     folds = evidence["folds"]
     head = "| | " + " | ".join(names) + " | mAP@0.5 | mAP@0.5:0.95 |"
-    lines = [f"Protocol: {evidence['protocol']} ({evidence['images']} images of "
-             f"{evidence['patients']} patients, each scored once by a model that never saw "
-             f"the patient). AP: {evidence['ap_interpolation']}.", "",
+    lines = [(f"Protocol: {evidence['protocol']} ({evidence['images']} images of "
+              f"{evidence['patients']} patients, each scored once by a model that never saw "
+              f"the patient). AP: {evidence['ap_interpolation']}."), "",
              head, "|" + "---|" * (len(names) + 3)]
     for f in folds:
         lines.append(f"| fold {f['fold']} | " + " | ".join(_pct(f["ap50"][n]) for n in names)
@@ -241,8 +241,9 @@ def evidence_markdown(evidence: dict, thresholds: dict[str, float]) -> str:
                 f"{_pct(b[0])}-{_pct(b[1])} by patient bootstrap, {_pct(w[0])}-{_pct(w[1])} "
                 "Wilson over discs)")
 
-    lines += ["", f"**Disc level** ({evidence['discs']} discs; {evidence['disc_level_note']}): "
-              f"sensitivity {point(sens)}, specificity {point(spec)}.", "",
+    lines += ["", (f"**Disc level** ({evidence['discs']} discs; "
+                   f"{evidence['disc_level_note']}): sensitivity {point(sens)}, "
+                   f"specificity {point(spec)}."), "",
               "Decision thresholds shipped (chosen on all out-of-fold discs): "
               + ", ".join(f"{k} {v:.3f}" for k, v in thresholds.items()) + "."]
     return "\n".join(lines) + "\n"

@@ -122,6 +122,25 @@ def test_duplicate_within_one_patient_is_a_warning(tmp_path: Path) -> None:
     assert "same patient 'p0'" in dup.message and "sequences T1 and T2 differ" in dup.message
 
 
+def test_duplicate_with_other_boxes_says_so(tmp_path: Path) -> None:
+    root = make_clean(tmp_path / "ds")
+    shutil.copy(root / "images" / "img_00.png", root / "images" / "img_01.png")
+    shutil.copy(root / "labels" / "img_00.txt", root / "labels" / "img_01.txt")
+    (dup,) = check_dataset(root).problems
+    assert dup.kind == kinds.DUPLICATE_IMAGE and "boxes differ" not in dup.message
+    # redrawn a little (IoU > 0.5): they agree
+    (root / "labels" / "img_01.txt").write_text("0 0.26 0.25 0.2 0.2\n1 0.6 0.61 0.3 0.2\n")
+    (dup,) = check_dataset(root).problems
+    assert "boxes differ" not in dup.message
+    # one box moved elsewhere, one added
+    (root / "labels" / "img_01.txt").write_text(
+        "0 0.25 0.25 0.2 0.2\n1 0.2 0.8 0.3 0.2\n2 0.8 0.8 0.1 0.1\n")
+    (dup,) = check_dataset(root).problems
+    names = NAMES
+    assert (f"boxes differ, without a match at IoU 0.5: first 1 {names[1]}; second "
+            f"1 {names[1]}, 1 {names[2]}" in dup.message), dup.message
+
+
 def test_warnings_fail_unless_allowed(tmp_path: Path) -> None:
     root = make_clean(tmp_path / "ds")
     (root / "labels" / "img_01.txt").write_text("")

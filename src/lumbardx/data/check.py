@@ -8,7 +8,9 @@ Problems have a severity. ``error``: the file cannot be used as it is or scores 
 the patients table, identical images of two different patients, label file without image,
 annotated size differing from the image). ``warning``: legitimate but worth a look (empty label
 = "no findings", identical images of one patient, patients-table rows naming no image, no
-patient grouping at all).
+patient grouping at all). For identical images the message also says which boxes of one have
+no same-class box of the other at IoU >= 0.5: one of the two annotations is then incomplete or
+wrong (boxes redrawn a few pixels apart agree).
 
 Image check, decided for reliability over speed: every image is fully decoded with
 :func:`lumbardx.data.images.read_image`, the same reader training and inference use, so a file
@@ -169,6 +171,48 @@ def sha1_of(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _unmatched(boxes: list[Any], others: list[Any], iou: float) -> list[Any]:
+    """Boxes of ``boxes`` without a same-label box of ``others`` at IoU >= ``iou`` (greedy,
+    each box of ``others`` used once)."""
+    free = list(others)
+    left = []
+    for box in boxes:
+        best, best_iou = None, iou
+        for cand in free:
+            if cand.label != box.label:
+                continue
+            ix = max(0.0, min(box.x2, cand.x2) - max(box.x1, cand.x1))
+            iy = max(0.0, min(box.y2, cand.y2) - max(box.y1, cand.y1))
+            union = ((box.x2 - box.x1) * (box.y2 - box.y1)
+                     + (cand.x2 - cand.x1) * (cand.y2 - cand.y1) - ix * iy)
+            overlap = ix * iy / union if union > 0 else 0.0
+            if overlap >= best_iou:
+                best, best_iou = cand, overlap
+        if best is None:
+            left.append(box)
+        else:
+            free.remove(best)
+    return left
+
+
+def _boxes_differ(a: Any, b: Any, iou: float = 0.5) -> str:
+    """How the boxes of two annotations of identical images disagree: boxes of one without a
+    same-class box of the other at IoU >= ``iou`` (the evaluation's match), by class. ``""``
+    when every box has its match (redrawn boxes a few pixels apart agree) or either annotation
+    is unreadable."""
+    if a is None or b is None:
+        return ""
+    only_a = Counter(box.label for box in _unmatched(a.boxes, b.boxes, iou))
+    only_b = Counter(box.label for box in _unmatched(b.boxes, a.boxes, iou))
+    if not only_a and not only_b:
+        return ""
+
+    def say(c: Counter[str]) -> str:
+        return ", ".join(f"{n} {label}" for label, n in sorted(c.items())) or "none"
+
+    return f"without a match at IoU {iou:g}: first {say(only_a)}; second {say(only_b)}"
+
+
 def check_dataset(
     root: Path,
     classes: str | Mapping[str, str] = "all",
@@ -271,6 +315,10 @@ def check_dataset(
             )
             if seq_a and seq_b and seq_a != seq_b:
                 note += f"; sequences {seq_a} and {seq_b} differ, one is mislabelled"
+            differ = _boxes_differ(scan.records[first].annotation,
+                                   scan.records[other].annotation)
+            if differ:
+                note += f"; their boxes differ, {differ}: one annotation is incomplete or wrong"
             add(Problem("warning" if same else "error", DUPLICATE_IMAGE,
                         scan.records[other].image_path,
                         f"identical bytes (sha1 {digest[:12]}) to {ids[first]}{note})"))

@@ -172,26 +172,29 @@ def sha1_of(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def _unmatched(boxes: list[Any], others: list[Any], iou: float) -> list[Any]:
-    """Boxes of ``boxes`` without a same-label box of ``others`` at IoU >= ``iou`` (greedy,
-    each box of ``others`` used once)."""
-    free = list(others)
+    """Boxes of ``boxes`` without a same-label box of ``others`` at IoU >= ``iou`` (greedy in
+    order, each box of ``others`` used once)."""
+    import torch
+    from torchvision.ops import box_iou
+
+    if not boxes or not others:
+        return list(boxes)
+
+    def xyxy(bs: list[Any]) -> torch.Tensor:
+        return torch.tensor([[b.x1, b.y1, b.x2, b.y2] for b in bs], dtype=torch.float64)
+
+    overlap = box_iou(xyxy(boxes), xyxy(others))
+    same = torch.tensor([[a.label == b.label for b in others] for a in boxes])
+    overlap[~same] = 0.0
+    used = torch.zeros(len(others), dtype=torch.bool)
     left = []
-    for box in boxes:
-        best, best_iou = None, iou
-        for cand in free:
-            if cand.label != box.label:
-                continue
-            ix = max(0.0, min(box.x2, cand.x2) - max(box.x1, cand.x1))
-            iy = max(0.0, min(box.y2, cand.y2) - max(box.y1, cand.y1))
-            union = ((box.x2 - box.x1) * (box.y2 - box.y1)
-                     + (cand.x2 - cand.x1) * (cand.y2 - cand.y1) - ix * iy)
-            overlap = ix * iy / union if union > 0 else 0.0
-            if overlap >= best_iou:
-                best, best_iou = cand, overlap
-        if best is None:
-            left.append(box)
+    for i, box in enumerate(boxes):
+        row = overlap[i].masked_fill(used, 0.0)
+        j = int(row.argmax())
+        if row[j] >= iou:
+            used[j] = True
         else:
-            free.remove(best)
+            left.append(box)
     return left
 
 

@@ -35,9 +35,8 @@ import torch
 from torchvision.ops import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pair_fusion import load_predictions
+from pair_fusion import held_out_set
 
-from lumbardx.data.dataset import LumbarDataset
 from lumbardx.engine.metrics import GroundTruth, Prediction, coco_evaluate
 from lumbardx.io import atomic_write_text
 
@@ -110,19 +109,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--iou", type=float, default=0.5)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    ds = LumbarDataset(args.data, classes="study")
+    ds, preds, truth = held_out_set(args.data, args.predictions)
     names = list(ds.class_names)
     if args.target not in names:
         raise SystemExit(f"--class {args.target!r} is not one of {names}")
-    preds = load_predictions(args.predictions, names)
-    recs = {r.image_id: r for r in ds.records}
-    missing = sorted(set(preds) - set(recs))
-    if missing:
-        raise SystemExit(f"{len(missing)} predicted images are not in {args.data}: "
-                         f"{missing[:3]}")
     ids = sorted(preds)
-    gts = [GroundTruth(i, recs[i].width, recs[i].height, recs[i].boxes, recs[i].labels)
-           for i in ids]
+    gts = [truth[i] for i in ids]
     result = {"data": args.data.name, "prediction_files": [str(x) for x in args.predictions],
               "images": len(ids), **analyse(gts, [preds[i] for i in ids], names, args.target,
                                             args.iou)}

@@ -55,6 +55,25 @@ def load_predictions(paths: Sequence[Path], class_names: Sequence[str]
     return out
 
 
+def held_out_set(data: Path, prediction_files: Sequence[Path]
+                 ) -> tuple[LumbarDataset, dict[str, Prediction], dict[str, GroundTruth]]:
+    """The dataset (study classes), its held-out predictions (:func:`load_predictions`) and
+    the ground truth of every predicted image, both by image id.
+
+    Raises:
+        SystemExit: a predicted image is not in ``data``.
+    """
+    ds = LumbarDataset(data, classes="study")
+    preds = load_predictions(prediction_files, list(ds.class_names))
+    recs = {r.image_id: r for r in ds.records}
+    missing = sorted(set(preds) - set(recs))
+    if missing:
+        raise SystemExit(f"{len(missing)} predicted images are not in {data}: {missing[:3]}")
+    gts = {i: GroundTruth(i, recs[i].width, recs[i].height, recs[i].boxes, recs[i].labels)
+           for i in preds}
+    return ds, preds, gts
+
+
 def fuse(own: Prediction, partner: Prediction, rule: str, iou: float = 0.5) -> Prediction:
     """``own`` rescored with ``partner`` (see the module docstring); boxes stay ``own``'s, and
     partner boxes without a same-class match are appended."""
@@ -107,21 +126,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--iou", type=float, default=0.5)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    ds = LumbarDataset(args.data, classes="study")
+    ds, preds, truth = held_out_set(args.data, args.predictions)
     names = list(ds.class_names)
-    preds = load_predictions(args.predictions, names)
-    recs = {r.image_id: r for r in ds.records}
-    missing = sorted(set(preds) - set(recs))
-    if missing:
-        raise SystemExit(f"{len(missing)} predicted images are not in {args.data}: "
-                         f"{missing[:3]}")
     pair = partners(ds, set(preds))
     result: dict = {"data": args.data.name, "prediction_files": [str(x) for x in
                                                                    args.predictions],
                     "images": len(preds), "paired_images": len(pair), "iou": args.iou}
     for subset, ids in (("paired", sorted(pair)), ("all", sorted(preds))):
-        gts = [GroundTruth(i, recs[i].width, recs[i].height, recs[i].boxes, recs[i].labels)
-               for i in ids]
+        gts = [truth[i] for i in ids]
         row = {"images": len(ids), "none": _scores(coco_evaluate(gts, [preds[i] for i in ids],
                                                                  names), names)}
         for rule in RULES:

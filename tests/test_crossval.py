@@ -22,6 +22,7 @@ from lumbardx.engine.table1 import (
     mean_pr,
     merge_peer,
     metric_keys,
+    paired_comparison,
     summarize,
     write_table1,
 )
@@ -143,6 +144,43 @@ def test_merge_peer_rejects_bad_files(tmp_path: Path) -> None:
     (tmp_path / "short.json").write_text(json.dumps({"folds": [{"fold": 0, "ap50": {}}]}))
     with pytest.raises(InputError, match="lacks map50"):
         merge_peer(tmp_path / "short.json", NAMES)
+
+
+def test_paired_comparison_on_shared_folds(tmp_path: Path) -> None:
+    a = ModelFolds("ours", [_fold(0, (0.9, 0.8, 0.30), 0.60, 0.40, 9.0),
+                            _fold(1, (0.9, 0.8, 0.10), 0.55, 0.40, 9.0),
+                            _fold(2, (0.9, 0.8, None), 0.70, 0.40, 9.0),
+                            _fold(3, (0.9, 0.8, 0.20), 0.65, 0.40, 9.0)])
+    b = ModelFolds("peer", [_fold(0, (0.9, 0.7, 0.20), 0.58, 0.41, 5.0),
+                            _fold(1, (0.9, 0.9, 0.15), 0.60, 0.41, 5.0),
+                            _fold(2, (0.9, 0.8, 0.10), 0.60, 0.41, 5.0)])  # no fold 3
+    pc = paired_comparison(a, b, NAMES)
+    assert "ms_per_image" not in pc  # machine-dependent, not compared
+    m = pc["map50"]
+    diffs = [0.02, -0.05, 0.10]  # folds 0-2; fold 3 only in a
+    assert m.folds == (0, 1, 2) and (m.wins_a, m.wins_b) == (2, 1)
+    half = 4.302652729749464 * statistics.stdev(diffs) / math.sqrt(3)  # t(0.975, 2)
+    assert m.diff.mean == pytest.approx(statistics.mean(diffs))
+    assert (m.diff.ci_low, m.diff.ci_high) == pytest.approx(
+        (statistics.mean(diffs) - half, statistics.mean(diffs) + half))
+    slip = pc["ap50/spondylolisthesis"]
+    assert slip.folds == (0, 1) and (slip.wins_a, slip.wins_b) == (1, 1)  # fold 2: a has none
+    assert slip.diff.mean == pytest.approx((0.10 - 0.05) / 2)
+    normal = pc["ap50/normal"]
+    assert (normal.wins_a, normal.wins_b) == (0, 0) and normal.diff.mean == 0.0  # ties
+
+    files = write_table1([a, b], NAMES, tmp_path / "t1")
+    md = files["md"].read_text()
+    row = next(r for r in md.splitlines() if r.startswith("| ours - peer |"))
+    assert f"{100 * m.diff.mean:+.2f} ({100 * m.diff.ci_low:+.2f} to " \
+           f"{100 * m.diff.ci_high:+.2f}) [2:1]" in row
+    assert row.split("|")[2].strip() == "3"
+    data = json.loads(files["json"].read_text())
+    assert data["paired"][0]["a"] == "ours" and data["paired"][0]["b"] == "peer"
+    d = data["paired"][0]["differences"]["map50"]
+    assert d["folds"] == [0, 1, 2] and d["wins_a"] == 2 and d["mean"] == pytest.approx(m.diff.mean)
+    one = write_table1([a], NAMES, tmp_path / "t2")["md"].read_text()
+    assert "Paired differences" not in one  # one model: nothing to pair
 
 
 # ------------------------------------------------------------------ orchestration

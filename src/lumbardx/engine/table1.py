@@ -13,6 +13,12 @@ of the mean from Student's t distribution with ``n - 1`` degrees of freedom,
 value (a class without ground truth in a fold has no AP there). Folds share training patients,
 so the interval describes fold-to-fold variation of this split, not a population bound.
 
+Models compared on the same folds are also compared fold by fold (:func:`paired_comparison`):
+the per-fold difference of every score, its mean with the same t-interval (a paired t
+interval, ``n`` = folds both models finished) and the number of folds each model wins. The
+paired interval removes the fold-to-fold variation both models share, so it is the one to read
+when asking whether one model beats another on this split.
+
 Written files: ``table1.md`` (AP and mAP in percent, as the paper's Table 1), ``table1.csv`` and
 ``table1.json`` (fractions in [0, 1]; times in milliseconds), ``pr_<model>.png``.
 """
@@ -117,6 +123,67 @@ def summarize(model: ModelFolds, class_names: Sequence[str]) -> dict[str, FoldSt
     return {k: fold_stat([_value(f, k) for f in model.folds]) for k in metric_keys(class_names)}
 
 
+@dataclass(frozen=True)
+class PairedStat:
+    """One score of model ``a`` minus model ``b`` over the folds both have a value for.
+
+    Attributes:
+        diff: mean, SD and t-interval of the per-fold differences ``a - b`` (fractions, as
+            the scores).
+        wins_a, wins_b: folds where ``a`` (``b``) scores higher; ties count for neither.
+        folds: the fold numbers compared.
+    """
+
+    diff: FoldStat
+    wins_a: int
+    wins_b: int
+    folds: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (``nan`` -> ``None``)."""
+        return {**self.diff.to_dict(), "wins_a": self.wins_a, "wins_b": self.wins_b,
+                "folds": list(self.folds)}
+
+
+PAIRED_KEYS_EXCLUDED = ("ms_per_image",)  # times depend on the machine each model ran on
+
+
+def paired_comparison(a: ModelFolds, b: ModelFolds,
+                      class_names: Sequence[str]) -> dict[str, PairedStat]:
+    """Metric key -> :class:`PairedStat` of ``a - b`` on the folds both models scored (times
+    left out: they depend on the machine each ran on)."""
+    by_fold_b = {int(f["fold"]): f for f in b.folds}
+    out = {}
+    for key in metric_keys(class_names):
+        if key in PAIRED_KEYS_EXCLUDED:
+            continue
+        diffs, folds = [], []
+        for fa in a.folds:
+            fb = by_fold_b.get(int(fa["fold"]))
+            va, vb = _value(fa, key), None if fb is None else _value(fb, key)
+            if va is None or vb is None or not (math.isfinite(va) and math.isfinite(vb)):
+                continue
+            diffs.append(va - vb)
+            folds.append(int(fa["fold"]))
+        out[key] = PairedStat(fold_stat(diffs), sum(d > 0 for d in diffs),
+                              sum(d < 0 for d in diffs), tuple(folds))
+    return out
+
+
+def _paired_cell(s: PairedStat) -> str:
+    if s.diff.n == 0:
+        return "-"
+    text = f"{100 * s.diff.mean:+.2f}"
+    if s.diff.n >= 2:
+        text += f" ({100 * s.diff.ci_low:+.2f} to {100 * s.diff.ci_high:+.2f})"
+    return text + f" [{s.wins_a}:{s.wins_b}]"
+
+
+def _pairs(models: Sequence[ModelFolds]) -> list[tuple[ModelFolds, ModelFolds]]:
+    return [(models[i], models[j]) for i in range(len(models))
+            for j in range(i + 1, len(models))]
+
+
 def _num(v: float | None) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
@@ -168,6 +235,20 @@ def table1_markdown(
                 else:
                     cells.append(f"{v:.1f}" if k == "ms_per_image" else f"{100 * v:.2f}")
             lines.append(f"| {m.name} | {f['fold']} | " + " | ".join(cells) + " |")
+    pairs = _pairs(models)
+    if pairs:
+        pkeys = [k for k in keys if k not in PAIRED_KEYS_EXCLUDED]
+        lines += ["", "## Paired differences on shared folds", "",
+                  "| Models (A - B) | Folds | " + " | ".join(_label(k) for k in pkeys) + " |",
+                  "|---|---:|" + "---:|" * len(pkeys)]
+        for a, b in pairs:
+            pc = paired_comparison(a, b, class_names)
+            n = len(pc["map50"].folds)
+            lines.append(f"| {a.name} - {b.name} | {n} | "
+                         + " | ".join(_paired_cell(pc[k]) for k in pkeys) + " |")
+        lines += ["", ("Paired cells: mean difference A - B in percentage points (95% paired "
+                       "t-interval) [folds A wins : folds B wins], over the folds both scored. "
+                       "An interval that includes 0 does not separate the two models.")]
     lines += ["", "Cells: mean ± SD (95% CI) over folds.", f"{CI_METHOD}.",
               f"{AP_METHOD}; mAP@0.5:0.95 averages IoU 0.50:0.05:0.95 (COCO).",
               "A class without ground truth in a fold has no AP there ('-'); its mean uses the "
@@ -215,9 +296,14 @@ def table1_json(
         out_models.append({"model": m.name, "source": m.source, "folds": folds,
                            "failed": {str(k): v for k, v in m.failed.items()},
                            "summary": summary})
+    paired = [{"a": a.name, "b": b.name,
+               "differences": {k: s.to_dict()
+                               for k, s in paired_comparison(a, b, class_names).items()}}
+              for a, b in _pairs(models)]
     return {"class_names": list(class_names), "interpolation": "COCO 101-point",
             "units": {"ap": "fraction in [0, 1]", "ms_per_image": "milliseconds"},
-            "ci_method": CI_METHOD, **dict(extra or {}), "models": out_models}
+            "ci_method": CI_METHOD, **dict(extra or {}), "models": out_models,
+            "paired": paired}
 
 
 def mean_pr(folds: Sequence[Mapping[str, Any]], num_classes: int) -> tuple[

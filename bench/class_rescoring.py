@@ -1,6 +1,6 @@
 """Do competing class scores at one prediction help? Held-out AP with class-competitive scores.
 
-A YOLOv5 / YOLOv3 head scores each class with its own sigmoid (multi-label): one prediction
+A YOLOv5 head scores each class with its own sigmoid (multi-label): one prediction
 can say herniation 0.8 and spondylolisthesis 0.3 at the same disc, and both boxes survive
 per-class NMS. ``bench/class_confusion.py`` shows that this is where spondylolisthesis loses
 its AP (its false positives sit on herniation discs and outscore the true slips). This
@@ -14,8 +14,9 @@ NMS, with ``p`` its class probabilities ``[nc]`` and ``o`` its objectness:
 * ``competitive``: ``o * p_c * p_c / sum_k p_k`` (the reference score, lowered when other
   classes fire at the same prediction).
 
-Per-class AP@0.5 / mAP@0.5 (pycocotools, COCO 101-point, :func:`coco_evaluate`) per fold and
-pooled over folds. Nothing is trained or chosen on a held-out fold: every rule is fixed here.
+Per-class AP@0.5 / mAP@0.5 (pycocotools, COCO 101-point, :func:`coco_evaluate`) per fold, their
+mean, and pooled over folds (all held-out images ranked together, each scored by its own fold's
+model). YOLOv5 models only (``YOLOv5PostProcess``). Nothing is trained or chosen on a held-out fold: every rule is fixed here.
 
 Usage::
 

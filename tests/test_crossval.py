@@ -23,6 +23,7 @@ from lumbardx.engine.table1 import (
     merge_peer,
     metric_keys,
     paired_comparison,
+    read_comparison,
     summarize,
     write_table1,
 )
@@ -181,6 +182,36 @@ def test_paired_comparison_on_shared_folds(tmp_path: Path) -> None:
     assert d["folds"] == [0, 1, 2] and d["wins_a"] == 2 and d["mean"] == pytest.approx(m.diff.mean)
     one = write_table1([a], NAMES, tmp_path / "t2")["md"].read_text()
     assert "Paired differences" not in one  # one model: nothing to pair
+
+
+def test_read_comparison_takes_peers_and_earlier_tables(tmp_path: Path) -> None:
+    peer_file = _peer_file(tmp_path / "peer.json")
+    assert [r.name for r in read_comparison(peer_file, NAMES)] == [
+        "ultralytics yolo11n (from scratch)"]
+    earlier = ModelFolds("yolov5n", [_fold(0, (0.9, 0.8, 0.3), 0.66, 0.4, 9.0),
+                                     _fold(1, (0.9, 0.7, None), 0.80, 0.4, 9.0)])
+    files = write_table1([earlier, merge_peer(peer_file, NAMES)], NAMES, tmp_path / "cv-old")
+    rows = read_comparison(files["json"], NAMES)
+    assert [r.name for r in rows] == ["yolov5n (cv-old)",
+                                      "ultralytics yolo11n (from scratch) (cv-old)"]
+    assert rows[0].source.startswith("table") and [f["fold"] for f in rows[0].folds] == [0, 1]
+    assert rows[0].folds[1]["ap50"]["spondylolisthesis"] is None
+    assert summarize(rows[0], NAMES)["map50"].mean == pytest.approx(0.73)
+    now = ModelFolds("yolov5n", [_fold(0, (0.9, 0.8, 0.4), 0.70, 0.4, 9.0),
+                                 _fold(1, (0.9, 0.7, 0.2), 0.82, 0.4, 9.0)])
+    pc = paired_comparison(now, rows[0], NAMES)
+    assert pc["map50"].diff.mean == pytest.approx(0.03) and pc["map50"].wins_a == 2
+    assert pc["ap50/spondylolisthesis"].folds == (0,)  # fold 1 of the old run had no slip AP
+
+    other = json.loads(files["json"].read_text())
+    other["class_names"] = ["a", "b", "c"]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(InputError, match="another class mapping") as err:
+        read_comparison(tmp_path / "other.json", NAMES)
+    assert err.value.path == tmp_path / "other.json"
+    (tmp_path / "empty.json").write_text(json.dumps({"class_names": NAMES, "models": []}))
+    with pytest.raises(InputError, match="non-empty 'models'"):
+        read_comparison(tmp_path / "empty.json", NAMES)
 
 
 # ------------------------------------------------------------------ orchestration

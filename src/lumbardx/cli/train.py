@@ -354,7 +354,9 @@ def crossval(
     jobs: int = typer.Option(1, "--jobs", min=1, help="Fold trainings run in parallel."),
     resume: bool = typer.Option(False, "--resume", help="Reuse folds.csv, skip finished folds."),
     compare_with: list[Path] = typer.Option([], "--compare-with",
-                                            help="Peer results.json to add as a row (repeat)."),
+                                            help="Rows to add (repeat): a peer's results.json "
+                                                 "or another cross-validation's table1.json "
+                                                 "(same folds)."),
     workers: int | None = typer.Option(None, "--workers", min=0, help="Data loader workers."),
     autoanchor: bool = typer.Option(True, "--autoanchor/--no-autoanchor",
                                     help="Re-fit YOLOv5 anchors to each training split."),

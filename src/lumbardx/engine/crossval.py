@@ -52,7 +52,7 @@ from lumbardx.engine.checkpoint import (
 )
 from lumbardx.engine.evaluate import EvalResult, evaluate
 from lumbardx.engine.recipes import Recipe, recipe_for
-from lumbardx.engine.table1 import ModelFolds, merge_peer, write_table1
+from lumbardx.engine.table1 import ModelFolds, read_comparison, write_table1
 from lumbardx.engine.trainer import TrainResult, train
 from lumbardx.io import atomic_write_text
 from lumbardx.models.detector import Detector
@@ -415,8 +415,9 @@ def crossval(
     ``jobs > 1`` needs the usual ``if __name__ == "__main__":`` guard). A failing fold is reported
     and the others go on; Table 1 lists it as not finished. ``select`` chooses the weights scored
     on each held-out fold (:func:`run_fold`; ``"last"``, the default, chooses nothing on the
-    fold that scores it). ``compare_with`` adds peers' results
-    (:func:`merge_peer`) as further rows. ``log`` receives progress messages.
+    fold that scores it). ``compare_with`` adds further rows: peers' results or the models of
+    another cross-validation's ``table1.json`` (:func:`read_comparison`); Table 1 pairs every
+    two rows on the folds both scored, so compare only results on the same folds. ``log`` receives progress messages.
 
     Raises:
         InputError: unknown model, bad recipe override, unusable dataset or peer file, ``out_dir``
@@ -435,7 +436,7 @@ def crossval(
     out = Path(out_dir)
     ds = load_dataset(data, classes, patients)
     names = list(ds.class_names)
-    peers = [merge_peer(p, names) for p in compare_with]
+    peers = [row for p in compare_with for row in read_comparison(p, names)]
     settings = {"data": str(Path(data).resolve()), "models": list(models), "classes": classes,
                 "k": k, "seed": seed, "recipe_overrides": overrides, "autoanchor": autoanchor,
                 "eval_batch": eval_batch, "select": select, "lumbardx_version": __version__}
@@ -540,6 +541,9 @@ def _notes(ds: LumbarDataset, settings: dict[str, Any], recipes: Mapping[str, Re
                          f"{', '.join(devices)} (forward + post-processing, warm-up excluded)"
                          + ("; WARNING: folds timed on different devices" if len(devices) > 1
                             else "") + ".")
+        elif row.source.startswith("table"):
+            notes.append(f"{row.name}: {row.source}, an earlier cross-validation (same folds "
+                         "only if it used this folds.csv).")
         elif row.source != "lumbardx":
             notes.append(f"{row.name}: {row.source}; scores and times from the peer's own "
                          "script (same folds only if it was given this folds.csv).")

@@ -382,6 +382,40 @@ def write_table1(
     return files
 
 
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"cannot read the {what}: {err}") from None
+
+
+def read_comparison(path: str | Path, class_names: Sequence[str]) -> list[ModelFolds]:
+    """Rows to compare with: a peer's results (:func:`merge_peer`) or every model of another
+    cross-validation's ``table1.json`` (e.g. an earlier recipe on the same folds), each named
+    ``"<model> (<folder of the table>)"``.
+
+    Raises:
+        InputError: naming the file when it is unreadable, in another format or of other
+            classes.
+    """
+    path = Path(path)
+    obj = _read_json(path, "results")
+    if not (isinstance(obj, dict) and "models" in obj):
+        return [merge_peer(path, class_names)]
+    if obj.get("class_names") != list(class_names):
+        raise InputError(path, f"a Table 1 of classes {obj.get('class_names')}, not "
+                               f"{list(class_names)} (another class mapping?)")
+    if not isinstance(obj["models"], list) or not obj["models"]:
+        raise InputError(path, "a Table 1 needs a non-empty 'models' list")
+    rows = []
+    for i, m in enumerate(obj["models"]):
+        if not (isinstance(m, dict) and isinstance(m.get("folds"), list) and m.get("model")):
+            raise InputError(path, f"models[{i}] needs 'model' and a 'folds' list")
+        rows.append(_peer_row(path, f"{m['model']} ({path.parent.name or path.stem})",
+                              m["folds"], class_names, f"table ({path})"))
+    return rows
+
+
 def merge_peer(path: str | Path, class_names: Sequence[str]) -> ModelFolds:
     """A peer's per-fold results (``bench/ultralytics_peer.py`` format: ``{"model": ...,
     "folds": [{"fold", "ap50": {class: AP}, "map50", "map50_95", "ms_per_image"}]}``) as a
@@ -391,14 +425,18 @@ def merge_peer(path: str | Path, class_names: Sequence[str]) -> ModelFolds:
         InputError: naming the file when it is unreadable or in another format.
     """
     path = Path(path)
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise InputError(path, f"cannot read the peer results: {err}") from None
+    obj = _read_json(path, "peer results")
     if not isinstance(obj, dict) or not isinstance(obj.get("folds"), list) or not obj["folds"]:
         raise InputError(path, "peer results need a non-empty 'folds' list")
+    return _peer_row(path, str(obj.get("model") or path.stem), obj["folds"], class_names,
+                     f"peer ({path})")
+
+
+def _peer_row(path: Path, name: str, fold_list: list[Any], class_names: Sequence[str],
+              source: str) -> ModelFolds:
+    """Check per-fold results read from ``path`` and make them a Table 1 row."""
     folds = []
-    for i, f in enumerate(obj["folds"]):
+    for i, f in enumerate(fold_list):
         missing = [k for k in ("fold", "ap50", "map50", "map50_95", "ms_per_image")
                    if k not in f] if isinstance(f, dict) else ["all keys"]
         if missing:
@@ -408,5 +446,4 @@ def merge_peer(path: str | Path, class_names: Sequence[str]) -> ModelFolds:
                                    f"{sorted(class_names)} (another class mapping?)")
         folds.append({k: f[k] for k in ("fold", "ap50", "map50", "map50_95", "ms_per_image",
                                         "train_images", "val_images") if k in f})
-    name = str(obj.get("model") or path.stem)
-    return ModelFolds(name, sorted(folds, key=lambda f: int(f["fold"])), f"peer ({path})")
+    return ModelFolds(name, sorted(folds, key=lambda f: int(f["fold"])), source)

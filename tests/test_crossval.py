@@ -203,6 +203,10 @@ def test_read_comparison_takes_peers_and_earlier_tables(tmp_path: Path) -> None:
     assert pc["map50"].diff.mean == pytest.approx(0.03) and pc["map50"].wins_a == 2
     assert pc["ap50/spondylolisthesis"].folds == (0,)  # fold 1 of the old run had no slip AP
 
+    copy = tmp_path / "crossval_yolov5n_cpu.json"  # a table kept under another name
+    copy.write_text(files["json"].read_text())
+    assert read_comparison(copy, NAMES)[0].name == "yolov5n (crossval_yolov5n_cpu)"
+
     other = json.loads(files["json"].read_text())
     other["class_names"] = ["a", "b", "c"]
     (tmp_path / "other.json").write_text(json.dumps(other))

@@ -392,7 +392,7 @@ def _read_json(path: Path, what: str) -> Any:
 def read_comparison(path: str | Path, class_names: Sequence[str]) -> list[ModelFolds]:
     """Rows to compare with: a peer's results (:func:`merge_peer`) or every model of another
     cross-validation's ``table1.json`` (e.g. an earlier recipe on the same folds), each named
-    ``"<model> (<folder of the table>)"``.
+    ``"<model> (<run>)"``: the folder of a file named ``table1.json``, else the file's stem.
 
     Raises:
         InputError: naming the file when it is unreadable, in another format or of other
@@ -407,11 +407,13 @@ def read_comparison(path: str | Path, class_names: Sequence[str]) -> list[ModelF
                                f"{list(class_names)} (another class mapping?)")
     if not isinstance(obj["models"], list) or not obj["models"]:
         raise InputError(path, "a Table 1 needs a non-empty 'models' list")
+    # "table1.json" says nothing: name the rows after its folder (the run), else the file
+    label = path.parent.name if path.name == "table1.json" and path.parent.name else path.stem
     rows = []
     for i, m in enumerate(obj["models"]):
         if not (isinstance(m, dict) and isinstance(m.get("folds"), list) and m.get("model")):
             raise InputError(path, f"models[{i}] needs 'model' and a 'folds' list")
-        rows.append(_peer_row(path, f"{m['model']} ({path.parent.name or path.stem})",
+        rows.append(_peer_row(path, f"{m['model']} ({label})",
                               m["folds"], class_names, f"table ({path})"))
     return rows
 

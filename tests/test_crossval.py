@@ -356,9 +356,18 @@ def test_crossval_end_to_end_then_resume(tmp_path: Path, synth_data: Path) -> No
     cli = CliRunner().invoke(app, [str(synth_data), "--models", "yolov5n", "--folds", "2",
                                    "--epochs", "1", "--imgsz", "64", "--batch", "4",
                                    "--workers", "0", "--device", "cpu", "--out", str(out),
-                                   "--resume"], terminal_width=200)
+                                   "--resume", "--compare-with",
+                                   str(_peer_file(tmp_path / "peer.json"))],
+                         terminal_width=200)
     assert cli.exit_code == 0, cli.output
     assert "finished before, skipped" in cli.output and "Table 1" in cli.output
+    # the paired difference against the peer, on its two folds, as Table 1 computes it
+    ours = ModelFolds("yolov5n", [json.loads((out / f"yolov5n/fold{f}/result.json").read_text())
+                                  for f in (0, 1)])
+    d = paired_comparison(ours, merge_peer(tmp_path / "peer.json", NAMES), NAMES)["map50"]
+    assert (f"mAP@0.5, yolov5n - ultralytics yolo11n (from scratch): {100 * d.diff.mean:+.2f} "
+            f"points") in cli.output
+    assert f"folds won {d.wins_a}:{d.wins_b}, 2 folds" in cli.output
 
 
 def test_parallel_jobs_run_folds_in_worker_processes(tmp_path: Path, synth_data: Path) -> None:

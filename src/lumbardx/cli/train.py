@@ -371,7 +371,7 @@ def crossval(
     """K-fold cross-validation of each model and the study's Table 1 (table1.md / .csv /
     .json, mean +- SD and 95% t-interval over folds, mean PR curves per model)."""
     from lumbardx.engine import crossval as cv
-    from lumbardx.engine.table1 import summarize
+    from lumbardx.engine.table1 import paired_comparison, summarize
 
     console = Console()
     names = [m.strip() for m in models.split(",") if m.strip()]
@@ -392,6 +392,15 @@ def crossval(
         table.add_row(row.name, str(len(row.folds)), *cells,
                       "-" if ms.n == 0 else f"{ms.mean:.1f}")
     console.print(table)
+    rows = res.rows
+    for i, a in enumerate(rows):
+        for b in rows[i + 1:]:
+            d = paired_comparison(a, b, res.class_names)["map50"]
+            if d.diff.n >= 2:
+                console.print(f"mAP@0.5, {a.name} - {b.name}: {100 * d.diff.mean:+.2f} points "
+                              f"(95% paired t-interval {100 * d.diff.ci_low:+.2f} to "
+                              f"{100 * d.diff.ci_high:+.2f}; folds won {d.wins_a}:{d.wins_b}, "
+                              f"{d.diff.n} folds)", markup=False, highlight=False)
     console.print(f"Table 1: {res.files['md']}, {res.files['csv']}, {res.files['json']}")
     if res.failures:
         console.print(f"[red]{len(res.failures)} fold(s) failed (see error.txt in their "

@@ -417,7 +417,8 @@ def crossval(
     on each held-out fold (:func:`run_fold`; ``"last"``, the default, chooses nothing on the
     fold that scores it). ``compare_with`` adds further rows: peers' results or the models of
     another cross-validation's ``table1.json`` (:func:`read_comparison`); Table 1 pairs every
-    two rows on the folds both scored, so compare only results on the same folds. ``log`` receives progress messages.
+    two rows on the folds both scored, so compare only results on the same folds. ``log``
+    receives progress messages.
 
     Raises:
         InputError: unknown model, bad recipe override, unusable dataset or peer file, ``out_dir``

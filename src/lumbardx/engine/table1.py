@@ -94,7 +94,8 @@ class ModelFolds:
     Attributes:
         name: row label (registry name, or the peer's ``"model"`` string).
         folds: one dict per fold (module docstring), sorted by fold.
-        source: ``"lumbardx"`` or ``"peer"`` (and the file it came from).
+        source: ``"lumbardx"``, ``"peer (<file>)"`` (:func:`merge_peer`) or
+            ``"table (<file>)"`` (a model of another Table 1, :func:`read_comparison`).
         failed: folds that did not finish (fold -> error message), listed under the table.
     """
 
@@ -401,7 +402,7 @@ def read_comparison(path: str | Path, class_names: Sequence[str]) -> list[ModelF
     path = Path(path)
     obj = _read_json(path, "results")
     if not (isinstance(obj, dict) and "models" in obj):
-        return [merge_peer(path, class_names)]
+        return [_peer_results(path, obj, class_names)]
     if obj.get("class_names") != list(class_names):
         raise InputError(path, f"a Table 1 of classes {obj.get('class_names')}, not "
                                f"{list(class_names)} (another class mapping?)")
@@ -427,7 +428,11 @@ def merge_peer(path: str | Path, class_names: Sequence[str]) -> ModelFolds:
         InputError: naming the file when it is unreadable or in another format.
     """
     path = Path(path)
-    obj = _read_json(path, "peer results")
+    return _peer_results(path, _read_json(path, "peer results"), class_names)
+
+
+def _peer_results(path: Path, obj: Any, class_names: Sequence[str]) -> ModelFolds:
+    """:func:`merge_peer` of the already parsed JSON ``obj`` of ``path``."""
     if not isinstance(obj, dict) or not isinstance(obj.get("folds"), list) or not obj["folds"]:
         raise InputError(path, "peer results need a non-empty 'folds' list")
     return _peer_row(path, str(obj.get("model") or path.stem), obj["folds"], class_names,

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pair_fusion import held_out_set
+from pair_fusion import held_out_set, load_predictions
 
 from lumbardx.engine.crossval import load_detector
 from lumbardx.engine.evaluate import evaluate
@@ -61,7 +61,8 @@ def rescore(p: Tensor, rule: str) -> Tensor:
 
 
 def patch_scores(postprocess: YOLOv5PostProcess, rule: str) -> None:
-    """Make ``postprocess`` (a :class:`YOLOv5PostProcess`) score with ``rule``."""
+    """Make ``postprocess`` (a :class:`YOLOv5PostProcess`) score with ``rule`` (patching
+    again replaces the rule)."""
     if not isinstance(postprocess, YOLOv5PostProcess):
         raise SystemExit(f"only YOLOv5 post-processing is supported, not "
                          f"{type(postprocess).__name__}")
@@ -90,15 +91,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no fold*/eval/predictions.json under {args.model_dir}")
     result: dict = {"rules": {}, "folds": [p.parent.parent.name for p in folds]}
     pooled: dict[str, tuple[list, list]] = {r: ([], []) for r in RULES}
+    ds, _, _ = held_out_set(args.data, folds)  # checks every predicted image is in data
+    names = list(ds.class_names)
     for pred_file in folds:
         fold_dir = pred_file.parent.parent
-        ds, held, _ = held_out_set(args.data, [pred_file])
-        idx = [i for i, r in enumerate(ds.records) if r.image_id in held]
-        subset = [ds[i] for i in idx]  # the fold's held-out images
-        names = list(ds.class_names)
+        held = load_predictions([pred_file], names)
+        subset = [ds[i] for i, r in enumerate(ds.records) if r.image_id in held]  # held out
+        det = load_detector(fold_dir / args.weights, "cpu")
         for rule in RULES:
-            det = load_detector(fold_dir / args.weights, "cpu")
-            patch_scores(det.model.postprocess, rule)
+            patch_scores(det.model.postprocess, rule)  # replaces the previous rule's
             res = evaluate(det.model, subset, image_size=det.image_size, class_names=names,
                            pad_value=det.pad_value)
             pooled[rule][0].extend(res.ground_truth)

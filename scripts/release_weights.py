@@ -24,7 +24,9 @@ folds; it predicts fold ``K``, whose discs both choose and measure the threshold
 
 Then ``OUT`` (default ``src/lumbardx/weights/default.pt``) is written atomically: float16
 weights, model name, classes, recipe, thresholds with their evidence, what it was trained on,
-lumbardx version and the evidence; and ``--metrics`` JSON (provenance beside the weights, read
+lumbardx version and the evidence (a second stage such as the spondylolisthesis verifier of
+``lumbardx verifier train`` travels with it: ``rescorer``, ``rescorer_training``, and ``+<kind>``
+in the tag); and ``--metrics`` JSON (provenance beside the weights, read
 by :func:`lumbardx.models.pretrained.model_card`); with ``--card-md`` also the validation section
 of MODEL_CARD.md as Markdown, rendered from the same evidence so the card's numbers are the
 JSON's.
@@ -56,6 +58,7 @@ from lumbardx.engine.checkpoint import LoadedDetector, load_checkpoint, rebuild_
 from lumbardx.engine.evaluate import predict
 from lumbardx.engine.metrics import GroundTruth, coco_evaluate
 from lumbardx.engine.table1 import fold_stat
+from lumbardx.models.slip_verifier import RESCORER_KEY
 from lumbardx.io import atomic_write_bytes, atomic_write_text
 
 BOOTSTRAP_RESAMPLES = 2000
@@ -320,6 +323,10 @@ def main() -> None:
         "training_data": training, "lumbardx_version": __version__, "tag": tag,
         "validation": validation,
     }
+    if ckpt.get(RESCORER_KEY) is not None:  # a second stage travels with the detector
+        shipped[RESCORER_KEY] = ckpt[RESCORER_KEY]
+        shipped["rescorer_training"] = ckpt.get("rescorer_training")
+        shipped["tag"] = tag = f"{tag}+{ckpt[RESCORER_KEY].get('kind', 'rescorer')}"
     buf = io.BytesIO()
     torch.save(shipped, buf)
     atomic_write_bytes(args.out, buf.getvalue(), mode=0o644)

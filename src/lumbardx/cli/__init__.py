@@ -45,6 +45,7 @@ def _register() -> None:
     from lumbardx.cli import serve as serve_cli
     from lumbardx.cli import synth as synth_cli
     from lumbardx.cli import train as train_cli
+    from lumbardx.cli import verifier as verifier_cli
 
     app.command(
         "diagnose",
@@ -60,6 +61,8 @@ def _register() -> None:
     app.command("crossval", help="Patient-grouped k-fold cross-validation: the study's Table 1.")(
         train_cli.crossval
     )
+    app.add_typer(verifier_cli.app, name="verifier",
+                  help="Spondylolisthesis second stage: train it, cross-validate it.")
     app.command("export", help="Export a trained checkpoint to ONNX.")(export_cli.export)
     app.command("serve", help="Run the clinic web app (viewer, corrections, PACS, teaching).")(
         serve_cli.serve

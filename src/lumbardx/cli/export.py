@@ -58,3 +58,8 @@ def export(
         f"{det.model_name} ({', '.join(det.class_names)}) at {size}x{size} px -> ",
         (str(path), "bold"),
     ))
+    if det.model.rescorer is not None:
+        Console(stderr=True, soft_wrap=True).print(Text.assemble(
+            ("warning: ", "yellow"), f"{weights} also holds a second stage "
+            f"({type(det.model.rescorer).__name__}, PyTorch); the ONNX file holds the one-stage "
+            "detector only. 'lumbardx diagnose --backend onnx' with the .pt file runs both."))

@@ -27,7 +27,7 @@ from lumbardx.data.errors import InputError
 if TYPE_CHECKING:  # torch and the engine load only when a command runs
     import torch
 
-    from lumbardx.engine.crossval import LoadedDetector
+    from lumbardx.engine.crossval import CrossvalResult, LoadedDetector
     from lumbardx.engine.evaluate import EvalResult
 
 SIDECAR_SUFFIXES = frozenset({".txt", ".xml", ".json", ".csv", ".yaml", ".yml", ".md", ".pt",
@@ -340,6 +340,33 @@ def predict(
         raise typer.Exit(code=1)
 
 
+def print_table1(console: Console, res: CrossvalResult) -> None:
+    """Table 1 of a cross-validation on the terminal (mean ± SD over folds), then the paired
+    mAP@0.5 difference of every two rows and where the files are."""
+    from lumbardx.engine.table1 import paired_comparison, summarize
+
+    table = Table("model", "folds", *(f"AP@0.5 {c}" for c in res.class_names), "mAP@0.5",
+                  "mAP@0.5:0.95", "ms/image", title="Table 1 (%, mean ± SD over folds)")
+    for row in res.rows:
+        st = summarize(row, res.class_names)
+        cells = [f"{100 * s.mean:.2f} ± {100 * s.sd:.2f}" if s.n > 1 else _pct(s.mean)
+                 for key, s in st.items() if key != "ms_per_image"]
+        ms = st["ms_per_image"]
+        table.add_row(row.name, str(len(row.folds)), *cells,
+                      "-" if ms.n == 0 else f"{ms.mean:.1f}")
+    console.print(table)
+    rows = res.rows
+    for i, a in enumerate(rows):
+        for b in rows[i + 1:]:
+            d = paired_comparison(a, b, res.class_names)["map50"]
+            if d.diff.n >= 2:
+                console.print(f"mAP@0.5, {a.name} - {b.name}: {100 * d.diff.mean:+.2f} points "
+                              f"(95% paired t-interval {100 * d.diff.ci_low:+.2f} to "
+                              f"{100 * d.diff.ci_high:+.2f}; folds won {d.wins_a}:{d.wins_b}, "
+                              f"{d.diff.n} folds)", markup=False, highlight=False)
+    console.print(f"Table 1: {res.files['md']}, {res.files['csv']}, {res.files['json']}")
+
+
 def crossval(
     data: Path = typer.Argument(..., help="Annotated dataset folder (with patients)."),
     models: str = typer.Option("yolov3,yolov5s,ppyolov2", "--models", help="Comma-separated."),
@@ -371,7 +398,6 @@ def crossval(
     """K-fold cross-validation of each model and the study's Table 1 (table1.md / .csv /
     .json, mean +- SD and 95% t-interval over folds, mean PR curves per model)."""
     from lumbardx.engine import crossval as cv
-    from lumbardx.engine.table1 import paired_comparison, summarize
 
     console = Console()
     names = [m.strip() for m in models.split(",") if m.strip()]
@@ -382,26 +408,7 @@ def crossval(
                           jobs, resume, compare_with, autoanchor=autoanchor,
                           eval_batch=eval_batch, select=select, log=lambda m: console.print(m, markup=False,
                                                                              highlight=False))
-    table = Table("model", "folds", *(f"AP@0.5 {c}" for c in res.class_names), "mAP@0.5",
-                  "mAP@0.5:0.95", "ms/image", title="Table 1 (%, mean ± SD over folds)")
-    for row in res.rows:
-        st = summarize(row, res.class_names)
-        cells = [f"{100 * s.mean:.2f} ± {100 * s.sd:.2f}" if s.n > 1 else _pct(s.mean)
-                 for key, s in st.items() if key != "ms_per_image"]
-        ms = st["ms_per_image"]
-        table.add_row(row.name, str(len(row.folds)), *cells,
-                      "-" if ms.n == 0 else f"{ms.mean:.1f}")
-    console.print(table)
-    rows = res.rows
-    for i, a in enumerate(rows):
-        for b in rows[i + 1:]:
-            d = paired_comparison(a, b, res.class_names)["map50"]
-            if d.diff.n >= 2:
-                console.print(f"mAP@0.5, {a.name} - {b.name}: {100 * d.diff.mean:+.2f} points "
-                              f"(95% paired t-interval {100 * d.diff.ci_low:+.2f} to "
-                              f"{100 * d.diff.ci_high:+.2f}; folds won {d.wins_a}:{d.wins_b}, "
-                              f"{d.diff.n} folds)", markup=False, highlight=False)
-    console.print(f"Table 1: {res.files['md']}, {res.files['csv']}, {res.files['json']}")
+    print_table1(console, res)
     if res.failures:
         console.print(f"[red]{len(res.failures)} fold(s) failed (see error.txt in their "
                       "folders); rerun with --resume")

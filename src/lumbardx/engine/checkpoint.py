@@ -12,7 +12,10 @@ by the trainer:
 
 To rebuild the detector without training data, a checkpoint must name its architecture
 (``model_name``) and classes (``class_names``, or ``num_classes`` giving ``class_0`` ...); the
-input size comes from ``image_size`` or ``recipe["image_size"]``.
+input size comes from ``image_size`` or ``recipe["image_size"]``. A detector with a second stage
+(:func:`lumbardx.engine.slip_verifier.save_with_rescorer`) adds ``rescorer`` (its configuration,
+:data:`lumbardx.models.slip_verifier.RESCORER_KEY`) and ``rescorer_training``; its weights are in
+``model`` beside the detector's, under ``rescorer.``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from lumbardx.data.errors import InputError
 from lumbardx.io import atomic_save
 from lumbardx.models.detector import Detector
 from lumbardx.models.registry import available_models, build_model
+from lumbardx.models.slip_verifier import RESCORER_KEY, build_rescorer
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -228,6 +232,9 @@ def rebuild_detector(ckpt: dict[str, Any], path: str | Path,
                      device: str | torch.device = "cpu") -> LoadedDetector:
     """Rebuild the detector a checkpoint describes (:func:`checkpoint_spec`) with its deployed
     weights (:func:`weights_from_checkpoint`: EMA when saved), in eval mode on ``device``.
+    A checkpoint with a ``rescorer`` entry (a second stage such as
+    :class:`~lumbardx.models.slip_verifier.SlipVerifier`) gets it attached as
+    ``Detector.rescorer``, its weights read from the same state dict.
 
     Args:
         ckpt: the dict read by :func:`load_checkpoint`.
@@ -245,6 +252,11 @@ def rebuild_detector(ckpt: dict[str, Any], path: str | Path,
     except ValueError as exc:
         raise InputError(path, str(exc)) from exc
     model = build_detector(name, len(names), size)
+    if ckpt.get(RESCORER_KEY) is not None:
+        try:
+            model.rescorer = build_rescorer(ckpt[RESCORER_KEY])
+        except ValueError as exc:
+            raise InputError(path, f"unusable second stage ({RESCORER_KEY!r}): {exc}") from exc
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError) as exc:

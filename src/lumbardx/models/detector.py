@@ -14,7 +14,10 @@ torchvision's detection models. Shapes:
   ``"loss"`` (the total that is back-propagated). ``targets`` is ``float32 [M, 6]`` with rows
   ``(batch_index, class, x1, y1, x2, y2)`` in input pixels.
 * evaluation: ``postprocess(raw, image_size)`` -> one dict per image with ``"boxes"``
-  ``float32 [K, 4]`` xyxy input pixels, ``"scores"`` ``[K]`` in [0, 1], ``"labels"`` ``int64 [K]``.
+  ``float32 [K, 4]`` xyxy input pixels, ``"scores"`` ``[K]`` in [0, 1], ``"labels"`` ``int64 [K]``;
+  then, when the detector has one, ``rescorer(images, detections)`` -> the same dicts with
+  new scores (a second stage that looks at the input again, e.g.
+  :class:`lumbardx.models.slip_verifier.SlipVerifier`; it is not trained with the detector).
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ class Detector(nn.Module):
         loss: raw predictions + targets -> loss dict (a module so it can hold buffers).
         postprocess: raw predictions -> boxes per image.
         name: the registry name (``"yolov5s"``), stored in checkpoints.
+
+    Attributes:
+        rescorer: optional second stage applied after ``postprocess`` in evaluation mode
+            (``None`` by default); its weights are part of the state dict when set.
     """
 
     def __init__(
@@ -67,6 +74,7 @@ class Detector(nn.Module):
         self.loss = loss
         self.postprocess = postprocess
         self.name = name
+        self.rescorer: nn.Module | None = None
 
     def forward_raw(self, images: Tensor) -> list[Tensor]:
         """Raw prediction maps, one ``[B, A, H / s, W / s, K]`` tensor per stride."""
@@ -82,7 +90,10 @@ class Detector(nn.Module):
             if targets is None:
                 raise ValueError("targets are required in training mode")
             return self.loss(raw, targets, size)
-        return self.postprocess(raw, size)
+        detections = self.postprocess(raw, size)
+        if self.rescorer is not None:
+            detections = self.rescorer(images, detections)
+        return detections
 
 
 def count_parameters(model: nn.Module) -> int:

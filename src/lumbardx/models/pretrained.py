@@ -19,7 +19,9 @@ input size comes from ``image_size`` or ``recipe["image_size"]``.
 Optional keys: ``thresholds`` (class name -> decision threshold in [0, 1], chosen on
 validation data by :mod:`lumbardx.clinical.thresholds`; classes without one use
 :data:`~lumbardx.clinical.thresholds.DEFAULT_THRESHOLDS`), ``lumbardx_version`` and ``tag``
-(shown in reports as the model version) and ``training_data``. A model card
+(shown in reports as the model version) and ``training_data``; ``rescorer`` (a second stage,
+e.g. the spondylolisthesis verifier of :mod:`lumbardx.models.slip_verifier`, rebuilt with the
+detector and run after it by either backend). A model card
 ``<weights>.json`` next to the file may also give ``training_data``.
 
 The model's post-process keeps candidates down to the lowest decision threshold (boxes below

@@ -211,6 +211,9 @@ class OnnxBackend:
             raise InputError(self.path, f"unreadable lumbardx metadata ({exc})") from exc
         self.lumbardx_version = meta.get("lumbardx_version", "")
         self.providers = self.session.get_providers()
+        #: A PyTorch second stage run on the detections (the exported graph holds the one-stage
+        #: detector only); :func:`choose_backend` sets the model's ``Detector.rescorer``.
+        self.rescorer: torch.nn.Module | None = None
 
     def decoded(self, images: Tensor) -> Tensor:
         """The graph output: ``images [B, 3, H, W]`` -> ``detections [B, N, 5 + nc]`` (CPU)."""
@@ -220,8 +223,13 @@ class OnnxBackend:
         return torch.from_numpy(out)
 
     def __call__(self, images: Tensor) -> list[dict[str, Tensor]]:
-        """``[B, 3, H, W]`` in [0, 1] -> per image ``boxes [K, 4]``, ``scores``, ``labels``."""
-        return select_detections(self.decoded(images), self.postprocess, self.image_size)
+        """``[B, 3, H, W]`` in [0, 1] -> per image ``boxes [K, 4]``, ``scores``, ``labels``
+        (rescored by :attr:`rescorer` when one is set)."""
+        dets = select_detections(self.decoded(images), self.postprocess, self.image_size)
+        if self.rescorer is not None:
+            with torch.inference_mode():
+                dets = self.rescorer(images.detach().cpu().float(), dets)
+        return dets
 
 
 def onnxruntime_available() -> bool:
@@ -247,7 +255,8 @@ def choose_backend(
     ``"torch"``: :class:`TorchBackend`. ``"onnx"``: export to a temporary file (kept while the
     backend lives) and :class:`OnnxBackend`; errors if ONNX Runtime is missing or the model
     does not export. ``"auto"``: ONNX Runtime when it is installed, the model exports and
-    ``device`` is the CPU; otherwise PyTorch (the reason is logged).
+    ``device`` is the CPU; otherwise PyTorch (the reason is logged). A model's second stage
+    (``Detector.rescorer``) runs in PyTorch after ONNX Runtime's detections.
 
     Both backends then require ``image_size`` (``H = W`` or ``(H, W)``, multiples of 32).
     """
@@ -279,4 +288,5 @@ def choose_backend(
         log.warning("ONNX export failed, using the torch backend: %s", exc)
         return TorchBackend(model, device, class_names, hw)
     backend._tmpdir = tmp  # type: ignore[attr-defined]  # removed with the backend
+    backend.rescorer = getattr(model, "rescorer", None)
     return backend

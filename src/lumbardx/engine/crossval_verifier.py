@@ -1,0 +1,162 @@
+"""Cross-validating the spondylolisthesis verifier on top of a finished cross-validation.
+
+For every fold ``k`` of a ``lumbardx crossval`` folder ``CV`` (its ``folds.csv`` and
+``<model>/fold<k>/result.json``): the fold's scored detector weights are loaded, a
+:class:`~lumbardx.models.slip_verifier.SlipVerifier` is trained on the fold's **training**
+images only (:func:`~lumbardx.engine.slip_verifier.train_slip_verifier`), the detector with its
+verifier is written as ``OUT/<model>/fold<k>/last.pt`` and scored on the held-out fold exactly as
+:func:`lumbardx.engine.crossval.run_fold` scores a detector (``eval/``, ``result.json``). Nothing
+is chosen on a held-out fold. ``OUT`` is then a cross-validation folder like ``CV`` (the same
+``folds.csv``; ``crossval.json`` names ``CV`` and the verifier's settings), so Table 1, its
+paired comparisons (``compare_with``, e.g. ``CV/table1.json`` and a peer) and
+``scripts/release_weights.py --crossval OUT`` read it as they read ``CV``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from lumbardx import __version__
+from lumbardx.data.errors import InputError
+from lumbardx.data.folds import read_folds_csv, split
+from lumbardx.engine.checkpoint import load_checkpoint
+from lumbardx.engine.crossval import (
+    FOLDS_FILE,
+    RESULT_FILE,
+    SETTINGS_FILE,
+    CrossvalResult,
+    load_dataset,
+    load_detector,
+    read_result,
+)
+from lumbardx.engine.evaluate import evaluate
+from lumbardx.engine.slip_verifier import (
+    VerifierTraining,
+    save_with_rescorer,
+    train_slip_verifier,
+)
+from lumbardx.engine.table1 import ModelFolds, read_comparison, write_table1
+from lumbardx.io import atomic_write_text
+from lumbardx.models.slip_verifier import VerifierConfig
+
+#: Suffix of the Table 1 row of a model with the verifier.
+ROW_SUFFIX = " + slip verifier"
+
+
+def _settings(cv: Path) -> dict[str, Any]:
+    try:
+        return json.loads((cv / SETTINGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InputError(cv / SETTINGS_FILE, f"not a finished cross-validation: {err}") from None
+
+
+def crossval_slip_verifier(
+    cv_dir: str | Path,
+    out_dir: str | Path,
+    data: str | Path | None = None,
+    models: Sequence[str] | None = None,
+    class_name: str = "spondylolisthesis",
+    config: VerifierConfig | None = None,
+    train: VerifierTraining | None = None,
+    compare_with: Sequence[str | Path] = (),
+    resume: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> CrossvalResult:
+    """The verifier cross-validated on ``cv_dir``'s folds (module docstring).
+
+    Args:
+        cv_dir: the finished cross-validation of the detector(s).
+        out_dir: where the detector + verifier folds and Table 1 go.
+        data: the dataset (default: the one ``cv_dir/crossval.json`` names).
+        models: models of ``cv_dir`` to extend (default: all it holds).
+        class_name: the class the verifier rescores.
+        config: the verifier's shape (its ``class_index`` is set from ``class_name``).
+        compare_with: further Table 1 rows (:func:`~lumbardx.engine.table1.read_comparison`).
+        resume: reuse folds of ``out_dir`` that finished before.
+        log: receives progress messages.
+
+    Raises:
+        InputError: ``cv_dir`` is not a finished cross-validation, the class is unknown, or a
+            fold's weights or result are unusable.
+    """
+    say = log or (lambda message: None)
+    cv, out = Path(cv_dir), Path(out_dir)
+    settings = _settings(cv)
+    ds = load_dataset(data or settings.get("data", ""), settings.get("classes", "study"))
+    names = list(ds.class_names)
+    if class_name not in names:
+        raise InputError(None, f"unknown class {class_name!r} (classes: {', '.join(names)})")
+    index = names.index(class_name)
+    cfg = VerifierConfig(**{**asdict(config or VerifierConfig(index)), "class_index": index})
+    train = train or VerifierTraining()
+    assign = read_folds_csv(cv / FOLDS_FILE)
+    models = list(models or settings.get("models") or [])
+    if not models:
+        raise InputError(cv / SETTINGS_FILE, "names no model")
+    peers = [row for p in compare_with for row in read_comparison(p, names)]
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(cv / FOLDS_FILE, out / FOLDS_FILE)
+    new_settings = {**settings, "models": models, "source_crossval": str(cv.resolve()),
+                    "second_stage": {"verifier": {k: v for k, v in asdict(cfg).items()},
+                                     "training": asdict(train)},
+                    "lumbardx_version": __version__}
+    atomic_write_text(out / SETTINGS_FILE, json.dumps(new_settings, indent=2))
+    outcome = CrossvalResult(out, out / FOLDS_FILE, names, [], {})
+    for m in models:
+        folds: list[dict[str, Any]] = []
+        for k in range(assign.k):
+            run_dir = out / m / f"fold{k}"
+            if resume and (run_dir / RESULT_FILE).is_file():
+                folds.append(read_result(run_dir / RESULT_FILE))
+                outcome.reused.append((m, k))
+                continue
+            source = read_result(cv / m / f"fold{k}" / RESULT_FILE)
+            weights = cv / m / f"fold{k}" / Path(source.get("weights", "last.pt")).name
+            train_idx, val_idx = split(ds, k, assign)
+            det = load_detector(weights, "cpu")
+            say(f"{m} fold {k}: training the verifier on {len(train_idx)} images")
+            verifier, summary = train_slip_verifier(
+                det.model, ds.subset(train_idx), index, det.image_size, cfg, train,
+                det.pad_value, progress=say)
+            det.model.rescorer = verifier
+            ckpt = save_with_rescorer(load_checkpoint(weights), det.model, run_dir / "last.pt",
+                                      summary)
+            ev = evaluate(det.model, ds.subset(val_idx), "cpu", det.image_size, 1, names,
+                          out_dir=run_dir / "eval", pad_value=det.pad_value)
+            d = ev.to_dict()
+            result = {
+                **{key: source.get(key) for key in ("model", "fold", "train_images",
+                                                    "val_images", "epochs", "device",
+                                                    "select", "eval_batch")},
+                "class_names": names, "ap50": d["ap50"], "ap50_95": d["ap50_95"],
+                "map50": d["map50"], "map50_95": d["map50_95"],
+                "interpolation": d["interpolation"], "ms_per_image": d["ms_per_image"],
+                "num_images": d["num_images"], "num_gt": d["num_gt"],
+                "confusion": d["confusion"], "precision": ev.precision.tolist(),
+                "recall": ev.recall.tolist(),
+                "train_seconds": float(source.get("train_seconds") or 0.0) + summary["seconds"],
+                "verifier_seconds": summary["seconds"],
+                "detector": {"result": str((cv / m / f"fold{k}" / RESULT_FILE).resolve()),
+                             "map50": source.get("map50"), "ap50": source.get("ap50")},
+                "weights": str(ckpt), "skipped": d["skipped"],
+            }
+            atomic_write_text(run_dir / RESULT_FILE, json.dumps(result, indent=2))
+            folds.append(result)
+            outcome.ran.append((m, k))
+            say(f"{m} fold {k}: mAP@0.5 {100 * result['map50']:.1f} (detector alone "
+                f"{100 * float(source['map50']):.1f}); {class_name} AP@0.5 "
+                f"{100 * result['ap50'][class_name]:.1f} (alone "
+                f"{100 * float(source['ap50'][class_name]):.1f})")
+        outcome.rows.append(ModelFolds(m + ROW_SUFFIX, folds))
+    outcome.rows += peers
+    notes = [(f"Detector folds from {cv}; the {class_name} verifier of each fold trained on "
+              "that fold's training images only (lumbardx.engine.slip_verifier)."),
+             f"Verifier: {asdict(cfg)}; training: {asdict(train)}."]
+    outcome.files = write_table1(outcome.rows, names, out, notes,
+                                 extra={"settings": new_settings})
+    return outcome

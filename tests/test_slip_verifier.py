@@ -1,0 +1,207 @@
+"""The spondylolisthesis verifier: crops, rescoring, checkpoints, training and cross-validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lumbardx.data.errors import InputError
+from lumbardx.engine import crossval as cv
+from lumbardx.engine.checkpoint import build_detector, load_checkpoint, save_checkpoint
+from lumbardx.engine.crossval_verifier import ROW_SUFFIX, crossval_slip_verifier
+from lumbardx.engine.slip_verifier import (
+    VerifierTraining,
+    other_disc_boxes,
+    save_with_rescorer,
+)
+from lumbardx.models.slip_verifier import SlipVerifier, VerifierConfig, crop_boxes
+
+NAMES = ["normal", "herniation", "spondylolisthesis"]
+SLIP = 2
+
+
+def test_crop_boxes_samples_the_widened_box() -> None:
+    h, w = 40, 60
+    # pixel i spans [i, i + 1) (continuous 0-based coordinates): at x its value is x - 0.5
+    ramp = torch.arange(w, dtype=torch.float32).expand(h, w)[None]
+    box = torch.tensor([[20.0, 10.0, 30.0, 20.0]])
+    crop = crop_boxes(ramp, box, context=2.0, size=8)
+    assert crop.shape == (1, 1, 8, 8)
+    # widened to x 15..35 (8 bins of 2.5 px): bin centres at 16.25 ... 33.75
+    assert crop.mean().item() == pytest.approx(25.0 - 0.5, abs=1e-4)
+    assert crop[0, 0, :, 0].mean().item() == pytest.approx(16.25 - 0.5, abs=1e-4)
+    assert crop[0, 0, :, -1].mean().item() == pytest.approx(33.75 - 0.5, abs=1e-4)
+
+
+def test_rescoring_lowers_only_the_verified_class() -> None:
+    torch.manual_seed(0)
+    ver = SlipVerifier(VerifierConfig(SLIP, crop_size=16, width=4, members=2)).eval()
+    images = torch.rand(2, 3, 64, 64)
+    boxes = torch.tensor([[5.0, 5, 20, 15], [10, 20, 40, 40], [30, 30, 50, 45], [0, 0, 64, 64]])
+    det = {"boxes": boxes, "scores": torch.tensor([0.9, 0.8, 0.7, 0.6]),
+           "labels": torch.tensor([0, SLIP, 1, SLIP]), "extra": torch.ones(4)}
+    empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
+             "labels": torch.zeros(0, dtype=torch.int64)}
+    with torch.no_grad():
+        out = ver(images, [det, empty])
+        p = ver.probability(ver.crops(images[0], boxes[[1, 3]]))
+    assert torch.equal(out[0]["scores"][[0, 2]], det["scores"][[0, 2]])
+    assert torch.allclose(out[0]["scores"][[1, 3]], det["scores"][[1, 3]] * p)
+    assert bool((out[0]["scores"] <= det["scores"]).all())
+    assert torch.equal(det["scores"], torch.tensor([0.9, 0.8, 0.7, 0.6]))  # input unchanged
+    assert out[0]["extra"] is det["extra"] and out[1] is empty
+    # mirror-image averaging: a mirrored crop gets the same probability
+    crops = ver.crops(images[0], boxes[[1]])
+    with torch.no_grad():
+        assert ver.probability(crops).item() == pytest.approx(
+            ver.probability(crops.flip(-1)).item(), abs=1e-6)
+
+
+def test_config_round_trip_and_refusals() -> None:
+    ver = SlipVerifier(VerifierConfig(SLIP, context=1.6, crop_size=32, width=8, members=2))
+    assert VerifierConfig.from_dict(ver.config()) == ver.settings
+    with pytest.raises(ValueError, match="not a slip verifier"):
+        VerifierConfig.from_dict({"class_index": 2})
+    with pytest.raises(ValueError, match="unknown slip verifier settings"):
+        VerifierConfig.from_dict({**ver.config(), "depth": 3})
+    with pytest.raises(ValueError, match="invalid"):
+        VerifierConfig(SLIP, context=0.5)
+
+
+def test_other_disc_boxes_skip_levels_inside_a_slip_box() -> None:
+    gt = torch.tensor([[10.0, 10, 30, 20], [10, 40, 30, 50], [0, 35, 40, 60]])
+    labels = torch.tensor([0, 1, SLIP])
+    neg = other_disc_boxes(gt, labels, SLIP, (20.0, 10.0))
+    assert neg.tolist() == [[10.0, 10.0, 30.0, 20.0]]  # the disc inside the slip box is left out
+
+
+def test_checkpoint_round_trip_keeps_the_verifier(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_detector("yolov5n", 3, 64).eval()
+    model.rescorer = SlipVerifier(VerifierConfig(SLIP, crop_size=16, width=4, members=1)).eval()
+    source = {"model_name": "yolov5n", "class_names": NAMES, "image_size": 64,
+              "thresholds": {"spondylolisthesis": 0.2}}
+    path = save_with_rescorer(source, model, tmp_path / "with.pt", {"seconds": 1.0})
+    loaded = cv.load_detector(path)
+    assert isinstance(loaded.model.rescorer, SlipVerifier)
+    assert load_checkpoint(path)["thresholds"] == {"spondylolisthesis": 0.2}
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = model(x)[0], loaded.model(x)[0]
+    assert torch.equal(a["scores"], b["scores"]) and torch.equal(a["boxes"], b["boxes"])
+
+    bad = load_checkpoint(path)
+    bad["rescorer"] = {"kind": "something else"}
+    save_checkpoint(bad, tmp_path / "bad.pt")
+    with pytest.raises(InputError, match="bad.pt.*unusable second stage"):
+        cv.load_detector(tmp_path / "bad.pt")
+    with pytest.raises(TypeError, match="no slip verifier"):
+        save_with_rescorer(source, build_detector("yolov5n", 3, 64), tmp_path / "none.pt")
+
+
+@pytest.fixture(scope="module")
+def slip_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 synthetic 128-px images with many slipped levels, two per patient (4 patients)."""
+    from lumbardx.synth import SynthConfig, generate_dataset
+
+    root = tmp_path_factory.mktemp("slip")
+    generate_dataset(root, 8, seed=5, config=SynthConfig(image_sizes=(128,), p_listhesis=1.0))
+    (root / "patients.csv").write_text(
+        "image,patient\n" + "".join(f"case_{i:05d}.png,p{i // 2}\n" for i in range(8)))
+    return root
+
+
+def test_crossval_of_the_verifier_changes_only_its_class(tmp_path: Path, slip_data: Path) -> None:
+    base = cv.crossval(slip_data, ["yolov5n"], k=2, out_dir=tmp_path / "cv",
+                       recipe_overrides={"image_size": 64, "epochs": 1, "batch_size": 4,
+                                         "num_workers": 0}, progress=False)
+    assert not base.failures
+    messages: list[str] = []
+    res = crossval_slip_verifier(tmp_path / "cv", tmp_path / "cv2",
+                                 config=VerifierConfig(0, crop_size=16, width=4, members=1),
+                                 train=VerifierTraining(epochs=1, negatives_per_epoch=50),
+                                 compare_with=[tmp_path / "cv" / "table1.json"],
+                                 log=messages.append)
+    assert [r.name for r in res.rows] == ["yolov5n" + ROW_SUFFIX, "yolov5n (cv)"]
+    assert (tmp_path / "cv2" / "folds.csv").read_bytes() == \
+        (tmp_path / "cv" / "folds.csv").read_bytes()
+    for k in range(2):
+        before = json.loads((tmp_path / "cv" / "yolov5n" / f"fold{k}" / "result.json").read_text())
+        after = json.loads((tmp_path / "cv2" / "yolov5n" / f"fold{k}" / "result.json").read_text())
+        # the verifier rescores spondylolisthesis boxes only: the other classes score the same
+        for name in ("normal", "herniation"):
+            assert after["ap50"][name] == pytest.approx(before["ap50"][name])
+        assert after["verifier_seconds"] > 0
+        assert after["train_seconds"] == pytest.approx(before["train_seconds"]
+                                                       + after["verifier_seconds"])
+        weights = tmp_path / "cv2" / "yolov5n" / f"fold{k}" / "last.pt"
+        assert Path(after["weights"]) == weights
+        assert isinstance(cv.load_detector(weights).model.rescorer, SlipVerifier)
+        summary = load_checkpoint(weights)["rescorer_training"]
+        assert summary["positives"] > 0 and summary["images"] == before["train_images"]
+    table = json.loads((tmp_path / "cv2" / "table1.json").read_text())
+    assert len(table["models"]) == 2
+    assert any("training the verifier" in m for m in messages)
+    # a second call reuses the finished folds
+    again = crossval_slip_verifier(tmp_path / "cv", tmp_path / "cv2",
+                                   config=VerifierConfig(0, crop_size=16, width=4, members=1))
+    assert again.reused == [("yolov5n", 0), ("yolov5n", 1)] and not again.ran
+    with pytest.raises(InputError, match="unknown class"):
+        crossval_slip_verifier(tmp_path / "cv", tmp_path / "cv3", class_name="stenosis")
+    with pytest.raises(InputError, match="crossval.json"):
+        crossval_slip_verifier(tmp_path / "nothing", tmp_path / "cv4")
+
+
+def test_verifier_train_command(tmp_path: Path, slip_data: Path) -> None:
+    from lumbardx.cli.verifier import app
+
+    torch.manual_seed(0)
+    model = build_detector("yolov5n", 3, 64)
+    save_checkpoint({"model": model.state_dict(), "model_name": "yolov5n", "class_names": NAMES,
+                     "image_size": 64}, tmp_path / "det.pt")
+    run = CliRunner().invoke(app, ["train", str(tmp_path / "det.pt"), str(slip_data),
+                                   "--out", str(tmp_path / "with.pt"), "--epochs", "1",
+                                   "--members", "1"])
+    assert run.exit_code == 0, run.output
+    assert "written" in run.output
+    assert isinstance(cv.load_detector(tmp_path / "with.pt").model.rescorer, SlipVerifier)
+    bad = CliRunner().invoke(app, ["train", str(tmp_path / "det.pt"), str(slip_data),
+                                   "--out", str(tmp_path / "x.pt"), "--fold", "0"])
+    assert bad.exit_code == 2 and "--fold and --folds-csv go together" in bad.output
+    bad = CliRunner().invoke(app, ["train", str(tmp_path / "det.pt"), str(slip_data),
+                                   "--out", str(tmp_path / "x.pt"), "--class", "stenosis"])
+    assert bad.exit_code == 2 and "unknown class" in bad.output
+
+
+def test_both_backends_run_the_verifier(tmp_path: Path) -> None:
+    from checkpoints import CLASSES, tiny_checkpoint
+
+    from lumbardx.models.pretrained import load_detector
+    from lumbardx.models.runtime import onnxruntime_available
+
+    plain = tiny_checkpoint(tmp_path / "plain.pt", thresholds={}, tag="t", training_data="x",
+                            image_size=128)
+    det = cv.load_detector(plain)
+    torch.manual_seed(1)
+    det.model.rescorer = SlipVerifier(VerifierConfig(CLASSES.index("spondylolisthesis"),
+                                                     crop_size=16, width=4, members=2)).eval()
+    with_ver = save_with_rescorer(load_checkpoint(plain), det.model, tmp_path / "with.pt")
+    x = torch.rand(1, 3, 128, 128)
+    before = load_detector(plain, backend="torch").backend(x)[0]
+    after = load_detector(with_ver, backend="torch").backend(x)[0]
+    slip = before["labels"] == SLIP
+    assert int(slip.sum()) > 0  # the tiny model proposes slip boxes
+    assert torch.equal(before["boxes"], after["boxes"])
+    assert torch.equal(before["scores"][~slip], after["scores"][~slip])
+    assert bool((after["scores"][slip] < before["scores"][slip]).all())
+    if not onnxruntime_available():
+        pytest.skip("onnx / onnxruntime not installed")
+    onnx = load_detector(with_ver, backend="onnx")
+    assert onnx.info.backend == "onnxruntime"
+    got = onnx.backend(x)[0]
+    torch.testing.assert_close(got["scores"], after["scores"], atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(got["boxes"], after["boxes"], atol=0.05, rtol=0)

@@ -53,6 +53,13 @@ def test_rescoring_lowers_only_the_verified_class() -> None:
     assert torch.allclose(out[0]["scores"][[1, 3]], det["scores"][[1, 3]] * p)
     assert bool((out[0]["scores"] <= det["scores"]).all())
     assert torch.equal(det["scores"], torch.tensor([0.9, 0.8, 0.7, 0.6]))  # input unchanged
+    ver.settings = VerifierConfig(SLIP, crop_size=16, width=4, members=2, power=2.0)
+    with torch.no_grad():
+        squared = ver(images, [det])[0]["scores"]
+    assert torch.allclose(squared[[1, 3]], det["scores"][[1, 3]] * p ** 2)
+    ver.settings = VerifierConfig(SLIP, crop_size=16, width=4, members=2, power=0.0)
+    with torch.no_grad():
+        assert torch.equal(ver(images, [det])[0]["scores"], det["scores"])
     assert out[0]["extra"] is det["extra"] and out[1] is empty
     # mirror-image averaging: a mirrored crop gets the same probability
     crops = ver.crops(images[0], boxes[[1]])
@@ -150,6 +157,25 @@ def test_crossval_of_the_verifier_changes_only_its_class(tmp_path: Path, slip_da
     again = crossval_slip_verifier(tmp_path / "cv", tmp_path / "cv2",
                                    config=VerifierConfig(0, crop_size=16, width=4, members=1))
     assert again.reused == [("yolov5n", 0), ("yolov5n", 1)] and not again.ran
+    # another power on the same trained verifiers: nothing is trained, only slip scores move
+    squared = crossval_slip_verifier(
+        tmp_path / "cv", tmp_path / "cv2-power2",
+        config=VerifierConfig(0, crop_size=16, width=4, members=1, power=2.0),
+        verifiers_from=tmp_path / "cv2", log=messages.append)
+    assert len(squared.ran) == 2
+    assert not any("training" in m for m in messages[-2:])
+    for k in range(2):
+        one = json.loads((tmp_path / "cv2" / "yolov5n" / f"fold{k}" / "result.json").read_text())
+        two = json.loads((tmp_path / "cv2-power2" / "yolov5n" / f"fold{k}" / "result.json")
+                         .read_text())
+        assert two["ap50"]["herniation"] == pytest.approx(one["ap50"]["herniation"])
+        assert two["verifier_seconds"] == pytest.approx(one["verifier_seconds"])
+        rebuilt = cv.load_detector(tmp_path / "cv2-power2" / "yolov5n" / f"fold{k}" / "last.pt")
+        assert rebuilt.model.rescorer.settings.power == 2.0
+    with pytest.raises(InputError, match="more than the power"):
+        crossval_slip_verifier(tmp_path / "cv", tmp_path / "cv2-other",
+                               config=VerifierConfig(0, crop_size=32, width=4, members=1),
+                               verifiers_from=tmp_path / "cv2")
     with pytest.raises(InputError, match="unknown class"):
         crossval_slip_verifier(tmp_path / "cv", tmp_path / "cv3", class_name="stenosis")
     with pytest.raises(InputError, match="crossval.json"):

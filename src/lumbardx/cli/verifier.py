@@ -22,6 +22,7 @@ from lumbardx.cli.train import _input_errors, print_table1
 app = typer.Typer(no_args_is_help=True)
 
 _CLASS_HELP = "The class the verifier rescores."
+_POWER_HELP = "New score = score * p ** POWER (p: the verifier's probability)."
 
 
 def _say(console: Console) -> Callable[[str], None]:
@@ -40,6 +41,9 @@ def train(
     class_name: str = typer.Option("spondylolisthesis", "--class", help=_CLASS_HELP),
     epochs: int = typer.Option(12, "--epochs", min=1, help="Epochs per member."),
     members: int = typer.Option(3, "--members", min=1, help="CNNs averaged."),
+    crop_size: int = typer.Option(48, "--crop-size", min=16, help="Crop side (px)."),
+    context: float = typer.Option(1.4, "--context", min=1.0, help="Crop side / box side."),
+    power: float = typer.Option(1.0, "--power", min=0.0, help=_POWER_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed of member 0."),
 ) -> None:
     """Train a spondylolisthesis verifier for a detector and write both as one checkpoint."""
@@ -70,7 +74,8 @@ def train(
         index = names.index(class_name)
         verifier, summary = train_slip_verifier(
             det.model, ds.subset(idx), index, det.image_size,
-            VerifierConfig(index, members=members), VerifierTraining(epochs=epochs, seed=seed),
+            VerifierConfig(index, context, crop_size, members=members, power=power),
+            VerifierTraining(epochs=epochs, seed=seed),
             det.pad_value, progress=_say(console))
         det.model.rescorer = verifier
         path = save_with_rescorer(load_checkpoint(checkpoint), det.model, out, summary)
@@ -88,7 +93,13 @@ def crossval(
     class_name: str = typer.Option("spondylolisthesis", "--class", help=_CLASS_HELP),
     epochs: int = typer.Option(12, "--epochs", min=1, help="Epochs per member."),
     members: int = typer.Option(3, "--members", min=1, help="CNNs averaged."),
+    crop_size: int = typer.Option(48, "--crop-size", min=16, help="Crop side (px)."),
+    context: float = typer.Option(1.4, "--context", min=1.0, help="Crop side / box side."),
+    power: float = typer.Option(1.0, "--power", min=0.0, help=_POWER_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed of member 0."),
+    verifiers_from: Path | None = typer.Option(
+        None, "--from", help="Reuse the verifiers of an earlier 'verifier crossval' output "
+                             "(same shape; only --power may differ): nothing is trained."),
     compare_with: list[Path] = typer.Option([], "--compare-with",
                                             help="Rows to add (repeat): CV_DIR/table1.json, a "
                                                  "peer's results.json (same folds)."),
@@ -103,7 +114,8 @@ def crossval(
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
     with _input_errors(console):
         res = crossval_slip_verifier(
-            cv_dir, out, data, names, class_name, VerifierConfig(0, members=members),
+            cv_dir, out, data, names, class_name,
+            VerifierConfig(0, context, crop_size, members=members, power=power),
             VerifierTraining(epochs=epochs, seed=seed), compare_with, resume,
-            log=_say(console))
+            log=_say(console), verifiers_from=verifiers_from)
     print_table1(console, res)

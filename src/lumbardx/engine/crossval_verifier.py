@@ -10,6 +10,10 @@ is chosen on a held-out fold. ``OUT`` is then a cross-validation folder like ``C
 ``folds.csv``; ``crossval.json`` names ``CV`` and the verifier's settings), so Table 1, its
 paired comparisons (``compare_with``, e.g. ``CV/table1.json`` and a peer) and
 ``scripts/release_weights.py --crossval OUT`` read it as they read ``CV``.
+
+The rescoring power (:attr:`~lumbardx.models.slip_verifier.VerifierConfig.power`) is not used in
+training: ``verifiers_from`` rescores the folds of an earlier run with another power without
+training again.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ from lumbardx.engine.crossval import (
     RESULT_FILE,
     SETTINGS_FILE,
     CrossvalResult,
+    LoadedDetector,
     load_dataset,
     load_detector,
     read_result,
@@ -42,7 +47,7 @@ from lumbardx.engine.slip_verifier import (
 )
 from lumbardx.engine.table1 import ModelFolds, read_comparison, write_table1
 from lumbardx.io import atomic_write_text
-from lumbardx.models.slip_verifier import VerifierConfig
+from lumbardx.models.slip_verifier import SlipVerifier, VerifierConfig
 
 #: Suffix of the Table 1 row of a model with the verifier.
 ROW_SUFFIX = " + slip verifier"
@@ -53,6 +58,23 @@ def _settings(cv: Path) -> dict[str, Any]:
         return json.loads((cv / SETTINGS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise InputError(cv / SETTINGS_FILE, f"not a finished cross-validation: {err}") from None
+
+
+def _trained(path: Path, cfg: VerifierConfig) -> tuple[LoadedDetector, dict[str, Any]]:
+    """A fold's detector + verifier from an earlier run, its power set to ``cfg.power``.
+
+    Raises:
+        InputError: ``path`` holds no slip verifier, or one of another shape than ``cfg``.
+    """
+    det = load_detector(path, "cpu")
+    ver = det.model.rescorer
+    if not isinstance(ver, SlipVerifier):
+        raise InputError(path, "holds no slip verifier to reuse")
+    if replace(ver.settings, power=cfg.power) != cfg:
+        raise InputError(path, f"its verifier {ver.settings} differs from {cfg} in more than "
+                               "the power")
+    ver.settings = cfg
+    return det, dict(load_checkpoint(path).get("rescorer_training") or {})
 
 
 def crossval_slip_verifier(
@@ -66,6 +88,7 @@ def crossval_slip_verifier(
     compare_with: Sequence[str | Path] = (),
     resume: bool = True,
     log: Callable[[str], None] | None = None,
+    verifiers_from: str | Path | None = None,
 ) -> CrossvalResult:
     """The verifier cross-validated on ``cv_dir``'s folds (module docstring).
 
@@ -79,6 +102,9 @@ def crossval_slip_verifier(
         compare_with: further Table 1 rows (:func:`~lumbardx.engine.table1.read_comparison`).
         resume: reuse folds of ``out_dir`` that finished before.
         log: receives progress messages.
+        verifiers_from: an earlier output of this function on the same folds: its trained
+            verifiers are reused (nothing is trained) with ``config``'s ``power``, which is
+            the only setting that may differ.
 
     Raises:
         InputError: ``cv_dir`` is not a finished cross-validation, the class is unknown, or a
@@ -102,6 +128,8 @@ def crossval_slip_verifier(
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(cv / FOLDS_FILE, out / FOLDS_FILE)
     new_settings = {**settings, "models": models, "source_crossval": str(cv.resolve()),
+                    "verifiers_from": str(Path(verifiers_from).resolve()) if verifiers_from
+                    else None,
                     "second_stage": {"verifier": {k: v for k, v in asdict(cfg).items()},
                                      "training": asdict(train)},
                     "lumbardx_version": __version__}
@@ -118,12 +146,16 @@ def crossval_slip_verifier(
             source = read_result(cv / m / f"fold{k}" / RESULT_FILE)
             weights = cv / m / f"fold{k}" / Path(source.get("weights", "last.pt")).name
             train_idx, val_idx = split(ds, k, assign)
-            det = load_detector(weights, "cpu")
-            say(f"{m} fold {k}: training the verifier on {len(train_idx)} images")
-            verifier, summary = train_slip_verifier(
-                det.model, ds.subset(train_idx), index, det.image_size, cfg, train,
-                det.pad_value, progress=say)
-            det.model.rescorer = verifier
+            if verifiers_from is None:
+                det = load_detector(weights, "cpu")
+                say(f"{m} fold {k}: training the verifier on {len(train_idx)} images")
+                verifier, summary = train_slip_verifier(
+                    det.model, ds.subset(train_idx), index, det.image_size, cfg, train,
+                    det.pad_value, progress=say)
+                det.model.rescorer = verifier
+            else:
+                det, summary = _trained(Path(verifiers_from) / m / f"fold{k}" / "last.pt", cfg)
+                say(f"{m} fold {k}: the verifier of {verifiers_from}, power {cfg.power}")
             ckpt = save_with_rescorer(load_checkpoint(weights), det.model, run_dir / "last.pt",
                                       summary)
             ev = evaluate(det.model, ds.subset(val_idx), "cpu", det.image_size, 1, names,

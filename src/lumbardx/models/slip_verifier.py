@@ -16,9 +16,10 @@ repeated, letterboxed) and its detections (``boxes [K, 4]`` xyxy input pixels, `
    ``crop_size x crop_size`` (``torchvision.ops.roi_align``, bilinear);
 2. each of :attr:`VerifierConfig.members` small CNNs (:class:`CropNet`) gives a probability,
    averaged over the crop and its left-right mirror image and over members: ``p [N]``;
-3. the box's score becomes ``score * p`` (other classes are untouched). The product never
-   raises a score, so a candidate floor applied before rescoring
-   (:func:`lumbardx.models.pretrained.set_candidate_floor`) loses nothing.
+3. the box's score becomes ``score * p ** power`` (:attr:`VerifierConfig.power`; other classes
+   are untouched). This never raises a score, so a candidate floor applied before rescoring
+   (:func:`lumbardx.models.pretrained.set_candidate_floor`) loses nothing; a larger power
+   trusts the verifier more than the detector's own class score.
 
 The verifier is attached to a :class:`~lumbardx.models.detector.Detector` as its
 ``rescorer`` and travels in the same checkpoint (key ``rescorer``: :meth:`SlipVerifier.config`);
@@ -48,6 +49,8 @@ class VerifierConfig:
         crop_size: crop side in pixels after resampling.
         width: channels of the first CNN block (doubling over four blocks).
         members: independently trained CNNs whose probabilities are averaged.
+        power: exponent of the verifier's probability in the new score (not used in
+            training; chosen on held-out folds, ``docs/training.md``).
     """
 
     class_index: int
@@ -55,10 +58,11 @@ class VerifierConfig:
     crop_size: int = 48
     width: int = 16
     members: int = 3
+    power: float = 1.0
 
     def __post_init__(self) -> None:
         if self.class_index < 0 or self.context < 1.0 or self.crop_size < 16 \
-                or self.width < 1 or self.members < 1:
+                or self.width < 1 or self.members < 1 or not 0.0 <= self.power <= 100.0:
             raise ValueError(f"invalid verifier configuration {self}")
 
     @classmethod
@@ -169,7 +173,7 @@ class SlipVerifier(nn.Module):
                 continue
             p = self.probability(self.crops(image.float(), det["boxes"][mine].float()))
             scores = det["scores"].clone()
-            scores[mine] = scores[mine] * p.to(scores.dtype)
+            scores[mine] = scores[mine] * p.to(scores.dtype) ** self.settings.power
             out.append({**det, "scores": scores})
         return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,8 @@ def test_probability_is_the_score_ratio() -> None:
                                                  np.array([SLIP])), SLIP, "x")
 
 
-def _write(path: Path, ds: LumbarDataset, ids: list[str], score) -> None:  # noqa: ANN001
+def _write(path: Path, ds: LumbarDataset, ids: list[str], score: Callable[[int, bool], float]
+           ) -> None:
     recs = {r.image_id: r for r in ds.records}
     images = [{"id": k + 1, "file_name": i, "width": recs[i].width, "height": recs[i].height}
               for k, i in enumerate(ids)]

@@ -3,9 +3,10 @@
 Inputs: the held-out predictions of a detector's cross-validation (``DET/fold<k>/eval/
 predictions.json``) and of one or more ``lumbardx verifier crossval`` runs on the same folds
 (``VER/fold<k>/eval/predictions.json``, all made with power 1, so each slip box's verifier
-probability is ``p = rescored score / detector score``; the boxes are the detector's, matched
-exactly). For every verifier variant and power ``g`` of a fixed grid, every fold's slip scores
-are recomputed as ``score * p ** g`` (the other classes do not change) and scored with
+probability is ``p = rescored score ** 2 / detector score``; the boxes are the detector's,
+matched exactly). For every verifier variant and power ``g`` of a fixed grid, every fold's
+slip scores are recomputed as the verifier rescores them,
+:func:`lumbardx.models.slip_verifier.rescore` (the other classes do not change) and scored with
 pycocotools (AP@0.5, COCO 101-point), exactly what running the fold's model with that power
 gives (the boxes and the other scores are the same).
 
@@ -30,6 +31,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pair_fusion import held_out_set, load_predictions
@@ -37,6 +39,7 @@ from pair_fusion import held_out_set, load_predictions
 from lumbardx.engine.metrics import Prediction, coco_evaluate
 from lumbardx.engine.table1 import ModelFolds, paired_comparison
 from lumbardx.io import atomic_write_text
+from lumbardx.models.slip_verifier import rescore
 
 POWERS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 10.0)
 CLASS = "spondylolisthesis"
@@ -44,7 +47,8 @@ CLASS = "spondylolisthesis"
 
 def verifier_probability(base: Prediction, rescored: Prediction, c: int, where: str
                          ) -> np.ndarray:
-    """``p`` per box of ``base`` (1 for other classes) from the same boxes rescored at power 1.
+    """``p`` per box of ``base`` (1 for other classes) from the same boxes rescored at power 1
+    (``sqrt(score * p)``).
 
     Raises:
         SystemExit: a slip box of ``base`` has no identical box in ``rescored``.
@@ -55,7 +59,7 @@ def verifier_probability(base: Prediction, rescored: Prediction, c: int, where: 
                               & (np.abs(rescored.boxes - base.boxes[j]).max(1) < 1e-3))
         if not len(same):
             raise SystemExit(f"{where}: a {CLASS} box of the detector is missing")
-        p[j] = min(1.0, rescored.scores[same[0]] / max(float(base.scores[j]), 1e-12))
+        p[j] = min(1.0, float(rescored.scores[same[0]]) ** 2 / max(float(base.scores[j]), 1e-12))
     return p
 
 
@@ -83,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         for g in POWERS:
             rule = f"{vdir.parent.name} power {g:g}"
             for fold, ids in folds.items():
-                preds = [Prediction(base[i].boxes, (base[i].scores * probs[i] ** g
-                                                    ).astype(np.float32), base[i].labels)
+                preds = [Prediction(base[i].boxes, rescore(
+                    torch.from_numpy(base[i].scores.astype(np.float64)),
+                    torch.from_numpy(probs[i]), g).numpy().astype(np.float32), base[i].labels)
                          for i in ids]
                 m = coco_evaluate([gts[i] for i in ids], preds, names)
                 scores.setdefault(rule, {})[fold] = {

@@ -26,7 +26,8 @@ Then ``OUT`` (default ``src/lumbardx/weights/default.pt``) is written atomically
 weights, model name, classes, recipe, thresholds with their evidence, what it was trained on,
 lumbardx version and the evidence (a second stage such as the spondylolisthesis verifier of
 ``lumbardx verifier train`` travels with it: ``rescorer``, ``rescorer_training``, and ``+<kind>``
-in the tag); and ``--metrics`` JSON (provenance beside the weights, read
+in the tag; with ``--crossval`` the folds must have the same second stage, and its rescoring
+power is the folds'); and ``--metrics`` JSON (provenance beside the weights, read
 by :func:`lumbardx.models.pretrained.model_card`); with ``--card-md`` also the validation section
 of MODEL_CARD.md as Markdown, rendered from the same evidence so the card's numbers are the
 JSON's.
@@ -58,8 +59,8 @@ from lumbardx.engine.checkpoint import LoadedDetector, load_checkpoint, rebuild_
 from lumbardx.engine.evaluate import predict
 from lumbardx.engine.metrics import GroundTruth, coco_evaluate
 from lumbardx.engine.table1 import fold_stat
-from lumbardx.models.slip_verifier import RESCORER_KEY
 from lumbardx.io import atomic_write_bytes, atomic_write_text
+from lumbardx.models.slip_verifier import RESCORER_KEY
 
 BOOTSTRAP_RESAMPLES = 2000
 
@@ -124,6 +125,29 @@ def _calls(records, thresholds: dict[str, float]) -> tuple[np.ndarray, np.ndarra
     call = np.array([any(s >= thresholds.get(k, 1.0) for k, s in r.scores.items()
                          if k != "normal") for r in records], bool)
     return truth, call
+
+
+def matching_rescorer(own: dict | None, cv_dir: Path, model_name: str, checkpoint: Path
+                      ) -> dict | None:
+    """The second-stage configuration to ship: ``own`` (the checkpoint's) with the settings
+    that are not trained (the verifier's rescoring ``power``) taken from the cross-validation's
+    fold 0, so the shipped model scores as the evidence was scored.
+
+    Raises:
+        SystemExit: one has a second stage and the other not, or they differ in more than
+            ``power``.
+    """
+    fold0 = load_checkpoint(cv_dir / model_name / "fold0" / "last.pt").get(RESCORER_KEY)
+    if (own is None) != (fold0 is None):
+        raise SystemExit(f"{checkpoint} {'has' if own else 'has no'} second stage but the "
+                         f"folds of {cv_dir} {'have' if fold0 else 'have none'}: the evidence "
+                         "would not be the shipped model's")
+    if own is None:
+        return None
+    trained = {k: v for k, v in own.items() if k != "power"}
+    if trained != {k: v for k, v in fold0.items() if k != "power"}:
+        raise SystemExit(f"{checkpoint}: second stage {own} differs from the folds' {fold0}")
+    return {**own, "power": fold0.get("power", 1.0)}
 
 
 def crossval_evidence(ds: LumbarDataset, cv_dir: Path, model_name: str, criterion: str,
@@ -323,6 +347,11 @@ def main() -> None:
         "training_data": training, "lumbardx_version": __version__, "tag": tag,
         "validation": validation,
     }
+    if args.crossval is not None:  # the shipped second stage is the one the folds scored
+        shipped_rescorer = matching_rescorer(ckpt.get(RESCORER_KEY), args.crossval,
+                                             loaded.model_name, args.checkpoint)
+        if shipped_rescorer is not None:
+            ckpt[RESCORER_KEY] = shipped_rescorer
     if ckpt.get(RESCORER_KEY) is not None:  # a second stage travels with the detector
         shipped[RESCORER_KEY] = ckpt[RESCORER_KEY]
         shipped["rescorer_training"] = ckpt.get("rescorer_training")

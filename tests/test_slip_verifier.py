@@ -18,7 +18,7 @@ from lumbardx.engine.slip_verifier import (
     other_disc_boxes,
     save_with_rescorer,
 )
-from lumbardx.models.slip_verifier import SlipVerifier, VerifierConfig, crop_boxes
+from lumbardx.models.slip_verifier import SlipVerifier, VerifierConfig, crop_boxes, rescore
 
 NAMES = ["normal", "herniation", "spondylolisthesis"]
 SLIP = 2
@@ -50,13 +50,12 @@ def test_rescoring_lowers_only_the_verified_class() -> None:
         out = ver(images, [det, empty])
         p = ver.probability(ver.crops(images[0], boxes[[1, 3]]))
     assert torch.equal(out[0]["scores"][[0, 2]], det["scores"][[0, 2]])
-    assert torch.allclose(out[0]["scores"][[1, 3]], det["scores"][[1, 3]] * p)
-    assert bool((out[0]["scores"] <= det["scores"]).all())
+    assert torch.allclose(out[0]["scores"][[1, 3]], (det["scores"][[1, 3]] * p).sqrt())
     assert torch.equal(det["scores"], torch.tensor([0.9, 0.8, 0.7, 0.6]))  # input unchanged
     ver.settings = VerifierConfig(SLIP, crop_size=16, width=4, members=2, power=2.0)
     with torch.no_grad():
         squared = ver(images, [det])[0]["scores"]
-    assert torch.allclose(squared[[1, 3]], det["scores"][[1, 3]] * p ** 2)
+    assert torch.allclose(squared[[1, 3]], (det["scores"][[1, 3]] * p ** 2) ** (1 / 3))
     ver.settings = VerifierConfig(SLIP, crop_size=16, width=4, members=2, power=0.0)
     with torch.no_grad():
         assert torch.equal(ver(images, [det])[0]["scores"], det["scores"])
@@ -66,6 +65,20 @@ def test_rescoring_lowers_only_the_verified_class() -> None:
     with torch.no_grad():
         assert ver.probability(crops).item() == pytest.approx(
             ver.probability(crops.flip(-1)).item(), abs=1e-6)
+
+
+def test_rescore_ranks_as_the_weighted_product() -> None:
+    score = torch.tensor([0.9, 0.5, 0.2, 0.05, 0.3, 0.0])
+    p = torch.tensor([0.1, 0.5, 0.9, 0.99, 0.0, 0.7])
+    for power in (0.0, 1.0, 2.0, 10.0):
+        new = rescore(score, p, power)
+        assert torch.equal(torch.argsort(new, descending=True, stable=True),
+                           torch.argsort(score * p ** power, descending=True, stable=True))
+        assert bool(((new >= 0) & (new <= 1)).all())
+        assert new[5] == 0 and (power == 0 or new[4] == 0)  # score = 0, or p = 0
+    torch.testing.assert_close(rescore(score, p, 0.0)[:5], score[:5])
+    torch.testing.assert_close(rescore(torch.tensor([0.04]), torch.tensor([1.0]), 1.0),
+                               torch.tensor([0.2]))  # sqrt(0.04 * 1): a sure verifier raises it
 
 
 def test_config_round_trip_and_refusals() -> None:
@@ -217,13 +230,20 @@ def test_both_backends_run_the_verifier(tmp_path: Path) -> None:
                                                      crop_size=16, width=4, members=2)).eval()
     with_ver = save_with_rescorer(load_checkpoint(plain), det.model, tmp_path / "with.pt")
     x = torch.rand(1, 3, 128, 128)
-    before = load_detector(plain, backend="torch").backend(x)[0]
+    alone = load_detector(plain, backend="torch")
+    alone.model.postprocess.conf_thresh = 0.001  # the floor of a model with a rescorer
+    before = alone.backend(x)[0]
     after = load_detector(with_ver, backend="torch").backend(x)[0]
     slip = before["labels"] == SLIP
     assert int(slip.sum()) > 0  # the tiny model proposes slip boxes
     assert torch.equal(before["boxes"], after["boxes"])
     assert torch.equal(before["scores"][~slip], after["scores"][~slip])
-    assert bool((after["scores"][slip] < before["scores"][slip]).all())
+    ver = det.model.rescorer
+    with torch.no_grad():
+        p = ver.probability(ver.crops(x[0], before["boxes"][slip]))
+    torch.testing.assert_close(after["scores"][slip], rescore(before["scores"][slip], p, 1.0))
+    # with a rescorer the detector hands over its candidates down to the evaluation confidence
+    assert load_detector(with_ver).model.postprocess.conf_thresh == pytest.approx(0.001)
     if not onnxruntime_available():
         pytest.skip("onnx / onnxruntime not installed")
     onnx = load_detector(with_ver, backend="onnx")

@@ -26,10 +26,10 @@ SLIP = 2
 def test_probability_is_the_score_ratio() -> None:
     boxes = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], np.float32)
     base = Prediction(boxes, np.array([0.8, 0.5, 0.4], np.float32), np.array([SLIP, 1, SLIP]))
-    rescored = Prediction(boxes[[2, 1, 0]], np.array([0.1, 0.5, 0.6], np.float32),
+    rescored = Prediction(boxes[[2, 1, 0]], np.array([0.2, 0.5, 0.6 ** 0.5 * 0.8 ** 0.5], np.float32),
                           np.array([SLIP, 1, SLIP]))
     np.testing.assert_allclose(vp.verifier_probability(base, rescored, SLIP, "x"),
-                               [0.75, 1.0, 0.25], rtol=1e-6)
+                               [0.6, 1.0, 0.1], rtol=1e-5)
     with pytest.raises(SystemExit, match="missing"):
         vp.verifier_probability(base, Prediction(boxes[:1], np.array([0.1], np.float32),
                                                  np.array([SLIP])), SLIP, "x")
@@ -70,7 +70,8 @@ def test_selection_on_other_folds(tmp_path: Path) -> None:
         _write(det / f"fold{k}" / "eval" / "predictions.json", ds, part,
                lambda c, fake: 0.95 if fake else 0.9)
         _write(ver / f"fold{k}" / "eval" / "predictions.json", ds, part,
-               lambda c, fake: 0.95 * 0.1 if fake else (0.9 * 0.9 if c == SLIP else 0.9))
+               lambda c, fake: (0.95 * 0.1) ** 0.5 if fake else (0.9 * 0.9) ** 0.5 if c == SLIP
+               else 0.9)
     out = tmp_path / "power.json"
     assert vp.main([str(data), str(det), str(ver), "--out", str(out)]) == 0
     res = json.loads(out.read_text())

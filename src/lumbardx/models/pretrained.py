@@ -192,9 +192,17 @@ def default_thresholds(class_names: list[str]) -> dict[str, float]:
     return {n: DEFAULT_THRESHOLDS.get(n, DEFAULT_THRESHOLD) for n in class_names}
 
 
+#: Confidence down to which the post-process keeps candidates in evaluation (as YOLOv5 val).
+EVAL_CONF = 0.001
+
+
 def set_candidate_floor(model: Detector, floor: float) -> None:
-    """Let the post-process keep boxes down to ``floor`` (the lowest decision threshold)."""
+    """Let the post-process keep boxes down to ``floor`` (the lowest decision threshold), or
+    down to :data:`EVAL_CONF` when the model has a second stage that may raise a score
+    (``Detector.rescorer``): diagnosis then sees the candidates evaluation saw."""
     post = model.postprocess
+    if getattr(model, "rescorer", None) is not None:
+        floor = min(float(floor), EVAL_CONF)
     if hasattr(post, "conf_thresh"):
         post.conf_thresh = float(floor)  # type: ignore[assignment]
 

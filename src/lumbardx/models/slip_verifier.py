@@ -16,10 +16,13 @@ repeated, letterboxed) and its detections (``boxes [K, 4]`` xyxy input pixels, `
    ``crop_size x crop_size`` (``torchvision.ops.roi_align``, bilinear);
 2. each of :attr:`VerifierConfig.members` small CNNs (:class:`CropNet`) gives a probability,
    averaged over the crop and its left-right mirror image and over members: ``p [N]``;
-3. the box's score becomes ``score * p ** power`` (:attr:`VerifierConfig.power`; other classes
-   are untouched). This never raises a score, so a candidate floor applied before rescoring
-   (:func:`lumbardx.models.pretrained.set_candidate_floor`) loses nothing; a larger power
-   trusts the verifier more than the detector's own class score.
+3. the box's score becomes the weighted geometric mean
+   ``(score * p ** power) ** (1 / (1 + power))`` (:attr:`VerifierConfig.power`; other classes
+   are untouched): it ranks boxes as ``score * p ** power`` does, a larger power trusting the
+   verifier more than the detector's own class score, and stays on the scale of a
+   probability (power 1: ``sqrt(score * p)``). It can raise a low detector score, so the
+   detector must hand over its candidates down to the evaluation confidence
+   (:func:`lumbardx.models.pretrained.set_candidate_floor` keeps them when a rescorer is set).
 
 The verifier is attached to a :class:`~lumbardx.models.detector.Detector` as its
 ``rescorer`` and travels in the same checkpoint (key ``rescorer``: :meth:`SlipVerifier.config`);
@@ -49,8 +52,8 @@ class VerifierConfig:
         crop_size: crop side in pixels after resampling.
         width: channels of the first CNN block (doubling over four blocks).
         members: independently trained CNNs whose probabilities are averaged.
-        power: exponent of the verifier's probability in the new score (not used in
-            training; chosen on held-out folds, ``docs/training.md``).
+        power: weight of the verifier's probability against the detector's score (step 3;
+            not used in training; chosen on held-out folds, ``docs/training.md``).
     """
 
     class_index: int
@@ -79,6 +82,17 @@ class VerifierConfig:
         if extra:
             raise ValueError(f"unknown slip verifier settings: {sorted(extra)}")
         return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+def rescore(score: Tensor, p: Tensor, power: float) -> Tensor:
+    """``(score * p ** power) ** (1 / (1 + power))`` elementwise (module docstring, step 3);
+    ``score`` and ``p`` in [0, 1], any equal shapes."""
+    if power == 0:
+        return score.clone()
+    tiny = torch.finfo(score.dtype).tiny
+    log = torch.log(score.clamp_min(tiny)) + power * torch.log(p.clamp_min(tiny))
+    out = torch.exp(log / (1.0 + power))
+    return torch.where((score > 0) & (p > 0), out, torch.zeros_like(out))
 
 
 def crop_boxes(image: Tensor, boxes: Tensor, context: float, size: int) -> Tensor:
@@ -173,7 +187,7 @@ class SlipVerifier(nn.Module):
                 continue
             p = self.probability(self.crops(image.float(), det["boxes"][mine].float()))
             scores = det["scores"].clone()
-            scores[mine] = scores[mine] * p.to(scores.dtype) ** self.settings.power
+            scores[mine] = rescore(scores[mine], p.to(scores.dtype), self.settings.power)
             out.append({**det, "scores": scores})
         return out
 

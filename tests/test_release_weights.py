@@ -113,3 +113,44 @@ def test_release_refuses_unfinished_crossval_and_bad_arguments(
                 "--out", str(tmp_path / "w.pt"))
     assert proc.returncode != 0 and "fold 0 has not finished" in proc.stderr
     assert not (tmp_path / "w.pt").exists()
+
+
+def test_release_carries_the_verifier_with_the_folds_power(tmp_path: Path,
+                                                           cv_run: tuple[Path, Path]) -> None:
+    from lumbardx.engine.checkpoint import load_checkpoint
+    from lumbardx.engine.crossval_verifier import crossval_slip_verifier
+    from lumbardx.engine.slip_verifier import VerifierTraining, save_with_rescorer
+    from lumbardx.models.slip_verifier import SlipVerifier, VerifierConfig
+
+    data, cv_dir = cv_run
+    shape = {"crop_size": 16, "width": 4, "members": 1}
+    crossval_slip_verifier(cv_dir, tmp_path / "cv1", data, config=VerifierConfig(0, **shape),
+                           train=VerifierTraining(epochs=1, negatives_per_epoch=20))
+    crossval_slip_verifier(cv_dir, tmp_path / "cv3", data,
+                           config=VerifierConfig(0, **shape, power=3.0),
+                           verifiers_from=tmp_path / "cv1")
+    # the all-data model: fold 0's detector with a verifier trained at power 1
+    all_data = tmp_path / "cv1" / "yolov5n" / "fold0" / "last.pt"
+    out = tmp_path / "w.pt"
+    proc = _run(str(all_data), str(data), "--crossval", str(tmp_path / "cv3"), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    shipped = load_checkpoint(out)
+    assert shipped["rescorer"]["power"] == 3.0 and shipped["tag"].endswith("+slip_verifier")
+    loaded = load_detector(out)
+    assert isinstance(loaded.model.rescorer, SlipVerifier)
+    assert loaded.model.rescorer.settings.power == 3.0
+
+    # evidence from folds without a verifier cannot ship one, nor the other way round
+    proc = _run(str(all_data), str(data), "--crossval", str(cv_dir), "--out", str(tmp_path / "x.pt"))
+    assert proc.returncode != 0 and "second stage" in proc.stderr
+    proc = _run(str(cv_dir / "yolov5n/fold0/last.pt"), str(data), "--crossval",
+                str(tmp_path / "cv3"), "--out", str(tmp_path / "y.pt"))
+    assert proc.returncode != 0 and "second stage" in proc.stderr
+    # a verifier of another shape than the folds' is refused
+    det = cv.load_detector(cv_dir / "yolov5n/fold0/last.pt")
+    det.model.rescorer = SlipVerifier(VerifierConfig(2, crop_size=32, width=4, members=1))
+    other = save_with_rescorer(load_checkpoint(cv_dir / "yolov5n/fold0/last.pt"), det.model,
+                               tmp_path / "other.pt")
+    proc = _run(str(other), str(data), "--crossval", str(tmp_path / "cv3"), "--out",
+                str(tmp_path / "z.pt"))
+    assert proc.returncode != 0 and "differs from the folds" in proc.stderr

@@ -26,7 +26,9 @@ detector and run after it by either backend). A model card
 
 The model's post-process keeps candidates down to the lowest decision threshold (boxes below
 every threshold could never count as findings), so diagnosis does not carry the thousands of
-low-score boxes that evaluation (conf 0.001) needs.
+low-score boxes that evaluation (conf 0.001) needs; a model with a second stage that can raise
+a score (``rescorer``) keeps them down to 0.001, as its evaluation did
+(:func:`set_candidate_floor`).
 """
 
 from __future__ import annotations

@@ -21,8 +21,16 @@ from lumbardx.cli.train import _input_errors, print_table1
 
 app = typer.Typer(no_args_is_help=True)
 
-_CLASS_HELP = "The class the verifier rescores."
-_POWER_HELP = "New score = score * p ** POWER (p: the verifier's probability)."
+# the verifier's settings, shared by both commands
+_CLASS = typer.Option("spondylolisthesis", "--class", help="The class the verifier rescores.")
+_EPOCHS = typer.Option(12, "--epochs", min=1, help="Epochs per member.")
+_MEMBERS = typer.Option(3, "--members", min=1, help="CNNs averaged.")
+_CROP_SIZE = typer.Option(48, "--crop-size", min=16, help="Crop side (px).")
+_CONTEXT = typer.Option(1.4, "--context", min=1.0, help="Crop side / box side.")
+_POWER = typer.Option(1.0, "--power", min=0.0,
+                      help="Weight of the verifier: new score = (score * p ** POWER) ** "
+                           "(1 / (1 + POWER)), p its probability.")
+_SEED = typer.Option(0, "--seed", help="Seed of member 0.")
 
 
 def _say(console: Console) -> Callable[[str], None]:
@@ -38,13 +46,13 @@ def train(
     fold: int | None = typer.Option(None, "--fold", min=0,
                                     help="Leave this fold out (the detector's held-out fold)."),
     folds_csv: Path | None = typer.Option(None, "--folds-csv", help="Folds file of --fold."),
-    class_name: str = typer.Option("spondylolisthesis", "--class", help=_CLASS_HELP),
-    epochs: int = typer.Option(12, "--epochs", min=1, help="Epochs per member."),
-    members: int = typer.Option(3, "--members", min=1, help="CNNs averaged."),
-    crop_size: int = typer.Option(48, "--crop-size", min=16, help="Crop side (px)."),
-    context: float = typer.Option(1.4, "--context", min=1.0, help="Crop side / box side."),
-    power: float = typer.Option(1.0, "--power", min=0.0, help=_POWER_HELP),
-    seed: int = typer.Option(0, "--seed", help="Seed of member 0."),
+    class_name: str = _CLASS,
+    epochs: int = _EPOCHS,
+    members: int = _MEMBERS,
+    crop_size: int = _CROP_SIZE,
+    context: float = _CONTEXT,
+    power: float = _POWER,
+    seed: int = _SEED,
 ) -> None:
     """Train a spondylolisthesis verifier for a detector and write both as one checkpoint."""
     from lumbardx.data.errors import InputError
@@ -90,13 +98,13 @@ def crossval(
     data: Path | None = typer.Option(None, "--data", help="Dataset (default: the one CV_DIR "
                                                           "names)."),
     models: str | None = typer.Option(None, "--models", help="Comma-separated (default: all)."),
-    class_name: str = typer.Option("spondylolisthesis", "--class", help=_CLASS_HELP),
-    epochs: int = typer.Option(12, "--epochs", min=1, help="Epochs per member."),
-    members: int = typer.Option(3, "--members", min=1, help="CNNs averaged."),
-    crop_size: int = typer.Option(48, "--crop-size", min=16, help="Crop side (px)."),
-    context: float = typer.Option(1.4, "--context", min=1.0, help="Crop side / box side."),
-    power: float = typer.Option(1.0, "--power", min=0.0, help=_POWER_HELP),
-    seed: int = typer.Option(0, "--seed", help="Seed of member 0."),
+    class_name: str = _CLASS,
+    epochs: int = _EPOCHS,
+    members: int = _MEMBERS,
+    crop_size: int = _CROP_SIZE,
+    context: float = _CONTEXT,
+    power: float = _POWER,
+    seed: int = _SEED,
     verifiers_from: Path | None = typer.Option(
         None, "--from", help="Reuse the verifiers of an earlier 'verifier crossval' output "
                              "(same shape; only --power may differ): nothing is trained."),

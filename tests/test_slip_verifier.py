@@ -248,6 +248,7 @@ def test_both_backends_run_the_verifier(tmp_path: Path) -> None:
         pytest.skip("onnx / onnxruntime not installed")
     onnx = load_detector(with_ver, backend="onnx")
     assert onnx.info.backend == "onnxruntime"
+    assert onnx.backend.rescorer.runtime == "onnxruntime"  # its CNNs in ONNX Runtime too
     got = onnx.backend(x)[0]
     torch.testing.assert_close(got["scores"], after["scores"], atol=1e-4, rtol=1e-3)
     torch.testing.assert_close(got["boxes"], after["boxes"], atol=0.05, rtol=0)

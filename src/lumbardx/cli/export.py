@@ -61,5 +61,5 @@ def export(
     if det.model.rescorer is not None:
         Console(stderr=True, soft_wrap=True).print(Text.assemble(
             ("warning: ", "yellow"), f"{weights} also holds a second stage "
-            f"({type(det.model.rescorer).__name__}, PyTorch); the ONNX file holds the one-stage "
-            "detector only. 'lumbardx diagnose --backend onnx' with the .pt file runs both."))
+            f"({type(det.model.rescorer).__name__}); the ONNX file holds the one-stage detector "
+            "only. 'lumbardx diagnose --backend onnx' with the .pt file runs both."))

@@ -211,7 +211,7 @@ class OnnxBackend:
             raise InputError(self.path, f"unreadable lumbardx metadata ({exc})") from exc
         self.lumbardx_version = meta.get("lumbardx_version", "")
         self.providers = self.session.get_providers()
-        #: A PyTorch second stage run on the detections (the exported graph holds the one-stage
+        #: A second stage run on the detections (the exported graph holds the one-stage
         #: detector only); :func:`choose_backend` sets the model's ``Detector.rescorer``.
         self.rescorer: torch.nn.Module | None = None
 
@@ -256,7 +256,8 @@ def choose_backend(
     backend lives) and :class:`OnnxBackend`; errors if ONNX Runtime is missing or the model
     does not export. ``"auto"``: ONNX Runtime when it is installed, the model exports and
     ``device`` is the CPU; otherwise PyTorch (the reason is logged). A model's second stage
-    (``Detector.rescorer``) runs in PyTorch after ONNX Runtime's detections.
+    (``Detector.rescorer``) runs after ONNX Runtime's detections, its networks in ONNX Runtime
+    too when it can (``use_onnxruntime``), else in PyTorch.
 
     Both backends then require ``image_size`` (``H = W`` or ``(H, W)``, multiples of 32).
     """
@@ -289,4 +290,9 @@ def choose_backend(
         return TorchBackend(model, device, class_names, hw)
     backend._tmpdir = tmp  # type: ignore[attr-defined]  # removed with the backend
     backend.rescorer = getattr(model, "rescorer", None)
+    if backend.rescorer is not None and hasattr(backend.rescorer, "use_onnxruntime"):
+        try:
+            backend.rescorer.use_onnxruntime(threads)
+        except Exception as exc:  # noqa: BLE001 - the exporter and ORT raise many kinds
+            log.warning("the second stage runs in PyTorch: ONNX Runtime failed (%s)", exc)
     return backend

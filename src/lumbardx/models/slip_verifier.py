@@ -15,7 +15,8 @@ repeated, letterboxed) and its detections (``boxes [K, 4]`` xyxy input pixels, `
    :attr:`VerifierConfig.context` (the vertebrae above and below) and resampled to
    ``crop_size x crop_size`` (``torchvision.ops.roi_align``, bilinear);
 2. each of :attr:`VerifierConfig.members` small CNNs (:class:`CropNet`) gives a probability,
-   averaged over the crop and its left-right mirror image and over members: ``p [N]``;
+   averaged over the crop and its left-right mirror image and over members: ``p [N]``
+   (in PyTorch, or in ONNX Runtime after :meth:`SlipVerifier.use_onnxruntime`);
 3. the box's score becomes the weighted geometric mean
    ``(score * p ** power) ** (1 / (1 + power))`` (:attr:`VerifierConfig.power`; other classes
    are untouched): it ranks boxes as ``score * p ** power`` does, a larger power trusting the
@@ -31,9 +32,12 @@ it is trained by :func:`lumbardx.engine.slip_verifier.train_slip_verifier`.
 
 from __future__ import annotations
 
+import io
+import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
@@ -137,6 +141,21 @@ class CropNet(nn.Module):
         return self.head(self.features((x - 0.5) / 0.25))[:, 0]
 
 
+class _Probability(nn.Module):
+    """The verifier's CNN part as one graph: crops ``[N, 1, S, S]`` -> ``[N]`` probability
+    (members and mirror images averaged), for export to ONNX Runtime."""
+
+    def __init__(self, nets: nn.ModuleList) -> None:
+        super().__init__()
+        self.nets = nets
+
+    def forward(self, crops: Tensor) -> Tensor:
+        both = torch.cat([crops, crops.flip(-1)])
+        p = torch.stack([torch.sigmoid(net(both)) for net in self.nets]).mean(0)
+        n = crops.shape[0]
+        return (p[:n] + p[n:]) / 2
+
+
 class SlipVerifier(nn.Module):
     """The second stage of the module docstring.
 
@@ -149,6 +168,38 @@ class SlipVerifier(nn.Module):
         super().__init__()
         self.settings = config
         self.nets = nn.ModuleList(CropNet(config.width) for _ in range(config.members))
+        self._session: Any = None  # an ONNX Runtime session of the CNNs (use_onnxruntime)
+
+    def use_onnxruntime(self, threads: int | None = None) -> None:
+        """Run the CNNs in ONNX Runtime from now on (the crops and rescoring stay in PyTorch);
+        the weights are frozen into the session, so call it after training or loading.
+
+        Raises:
+            ImportError: ``onnx`` or ``onnxruntime`` is not installed.
+            RuntimeError: the export or the session fails.
+        """
+        import onnxruntime as ort
+
+        s = self.settings
+        buffer = io.BytesIO()
+        graph = _Probability(self.nets).eval()
+        dummy = torch.zeros(2, 1, s.crop_size, s.crop_size)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(graph, (dummy,), buffer, dynamo=False, opset_version=17,
+                              input_names=["crops"], output_names=["p"],
+                              dynamic_axes={"crops": {0: "n"}, "p": {0: "n"}})
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(buffer.getvalue(), sess_options=options,
+                                             providers=["CPUExecutionProvider"])
+
+    @property
+    def runtime(self) -> str:
+        """``"onnxruntime"`` or ``"torch"``: what runs the CNNs."""
+        return "torch" if self._session is None else "onnxruntime"
 
     def config(self) -> dict[str, Any]:
         """What a checkpoint stores to rebuild it (:meth:`VerifierConfig.from_dict`)."""
@@ -163,9 +214,11 @@ class SlipVerifier(nn.Module):
         """``[N, 1, S, S]`` -> ``[N]`` slip probability (members and mirror images averaged)."""
         if len(crops) == 0:
             return crops.new_zeros(0)
-        both = torch.cat([crops, crops.flip(-1)])
-        p = torch.stack([torch.sigmoid(net(both)) for net in self.nets]).mean(0)
-        return (p[: len(crops)] + p[len(crops):]) / 2
+        if self._session is not None and not self.training:
+            x = np.ascontiguousarray(crops.detach().cpu().numpy(), dtype=np.float32)
+            (p,) = self._session.run(None, {"crops": x})
+            return torch.from_numpy(p).to(crops.device, crops.dtype)
+        return _Probability(self.nets)(crops)
 
     def forward(self, images: Tensor, detections: list[dict[str, Tensor]]
                 ) -> list[dict[str, Tensor]]:

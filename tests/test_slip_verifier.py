@@ -168,7 +168,8 @@ def test_crossval_of_the_verifier_changes_only_its_class(tmp_path: Path, slip_da
     assert any("training the verifier" in m for m in messages)
     # a second call reuses the finished folds
     again = crossval_slip_verifier(tmp_path / "cv", tmp_path / "cv2",
-                                   config=VerifierConfig(0, crop_size=16, width=4, members=1))
+                                   config=VerifierConfig(0, crop_size=16, width=4, members=1),
+                                   train=VerifierTraining(epochs=1, negatives_per_epoch=50))
     assert again.reused == [("yolov5n", 0), ("yolov5n", 1)] and not again.ran
     # another power on the same trained verifiers: nothing is trained, only slip scores move
     squared = crossval_slip_verifier(
@@ -185,10 +186,22 @@ def test_crossval_of_the_verifier_changes_only_its_class(tmp_path: Path, slip_da
         assert two["verifier_seconds"] == pytest.approx(one["verifier_seconds"])
         rebuilt = cv.load_detector(tmp_path / "cv2-power2" / "yolov5n" / f"fold{k}" / "last.pt")
         assert rebuilt.model.rescorer.settings.power == 2.0
-    with pytest.raises(InputError, match="more than the power"):
-        crossval_slip_verifier(tmp_path / "cv", tmp_path / "cv2-other",
-                               config=VerifierConfig(0, crop_size=32, width=4, members=1),
-                               verifiers_from=tmp_path / "cv2")
+    # a verifier of another shape cannot be reused: each fold fails, reported, none stops
+    other = crossval_slip_verifier(tmp_path / "cv", tmp_path / "cv2-other",
+                                   config=VerifierConfig(0, crop_size=32, width=4, members=1),
+                                   verifiers_from=tmp_path / "cv2")
+    assert sorted(other.failures) == [("yolov5n", 0), ("yolov5n", 1)] and not other.ran
+    assert "more than the power" in other.failures[("yolov5n", 0)]
+    assert "more than the power" in (tmp_path / "cv2-other/yolov5n/fold1/error.txt").read_text()
+    # a folder of other settings is not resumed into
+    with pytest.raises(InputError, match="other settings"):
+        crossval_slip_verifier(tmp_path / "cv", tmp_path / "cv2",
+                               config=VerifierConfig(0, crop_size=16, width=4, members=1,
+                                                     power=5.0))
+    with pytest.raises(InputError, match="already holds"):
+        crossval_slip_verifier(tmp_path / "cv", tmp_path / "cv2", resume=False,
+                               config=VerifierConfig(0, crop_size=16, width=4, members=1),
+                               train=VerifierTraining(epochs=1, negatives_per_epoch=50))
     with pytest.raises(InputError, match="unknown class"):
         crossval_slip_verifier(tmp_path / "cv", tmp_path / "cv3", class_name="stenosis")
     with pytest.raises(InputError, match="crossval.json"):

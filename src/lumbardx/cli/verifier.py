@@ -6,7 +6,7 @@ images: all of DATA, or all but one fold); ``crossval`` does it for every fold o
 ``lumbardx crossval`` folder and scores each fold's detector + verifier on its held-out
 patients (Table 1, paired with the detector alone via ``--compare-with``).
 
-Exit codes: 0 done; 2 nothing done (unusable input).
+Exit codes: 0 done; 1 done with failed folds (``crossval``); 2 nothing done (unusable input).
 """
 
 from __future__ import annotations
@@ -127,3 +127,7 @@ def crossval(
             VerifierTraining(epochs=epochs, seed=seed), compare_with, resume,
             log=_say(console), verifiers_from=verifiers_from)
     print_table1(console, res)
+    if res.failures:
+        console.print(f"[red]{len(res.failures)} fold(s) failed (see error.txt in their "
+                      "folders); rerun to retry them")
+        raise typer.Exit(code=1)

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from lumbardx import __version__
+from lumbardx.data.dataset import LumbarDataset
 from lumbardx.data.errors import InputError
 from lumbardx.data.folds import read_folds_csv, split
 from lumbardx.engine.checkpoint import load_checkpoint
@@ -77,6 +79,49 @@ def _trained(path: Path, cfg: VerifierConfig) -> tuple[LoadedDetector, dict[str,
     return det, dict(load_checkpoint(path).get("rescorer_training") or {})
 
 
+def _fold(source_dir: Path, run_dir: Path, ds: LumbarDataset, split_idx: tuple[list[int],
+          list[int]], index: int, cfg: VerifierConfig, train: VerifierTraining,
+          verifiers_from: str | Path | None, say: Callable[[str], None]) -> dict[str, Any]:
+    """One fold: the verifier trained (or reused) for the detector of ``source_dir``, the pair
+    written to ``run_dir / "last.pt"`` and scored on the held-out images; returns the fold's
+    result (written to ``run_dir / "result.json"``)."""
+    train_idx, val_idx = split_idx
+    source = read_result(source_dir / RESULT_FILE)
+    weights = source_dir / Path(source.get("weights", "last.pt")).name
+    model = source_dir.parent.name
+    if verifiers_from is None:
+        det = load_detector(weights, "cpu")
+        say(f"{model} fold {source['fold']}: training the verifier on {len(train_idx)} images")
+        verifier, summary = train_slip_verifier(
+            det.model, ds.subset(train_idx), index, det.image_size, cfg, train, det.pad_value,
+            progress=say)
+        det.model.rescorer = verifier
+    else:
+        det, summary = _trained(Path(verifiers_from) / model / run_dir.name / "last.pt", cfg)
+        say(f"{model} fold {source['fold']}: the verifier of {verifiers_from}, power "
+            f"{cfg.power}")
+    ckpt = save_with_rescorer(load_checkpoint(weights), det.model, run_dir / "last.pt", summary)
+    ev = evaluate(det.model, ds.subset(val_idx), "cpu", det.image_size, 1, ds.class_names,
+                  out_dir=run_dir / "eval", pad_value=det.pad_value)
+    d = ev.to_dict()
+    result = {
+        **{key: source.get(key) for key in ("model", "fold", "train_images", "val_images",
+                                            "epochs", "device", "select", "eval_batch")},
+        "class_names": list(ds.class_names), "ap50": d["ap50"], "ap50_95": d["ap50_95"],
+        "map50": d["map50"], "map50_95": d["map50_95"], "interpolation": d["interpolation"],
+        "ms_per_image": d["ms_per_image"], "num_images": d["num_images"],
+        "num_gt": d["num_gt"], "confusion": d["confusion"],
+        "precision": ev.precision.tolist(), "recall": ev.recall.tolist(),
+        "train_seconds": float(source.get("train_seconds") or 0.0) + summary["seconds"],
+        "verifier_seconds": summary["seconds"],
+        "detector": {"result": str((source_dir / RESULT_FILE).resolve()),
+                     "map50": source.get("map50"), "ap50": source.get("ap50")},
+        "weights": str(ckpt), "skipped": d["skipped"],
+    }
+    atomic_write_text(run_dir / RESULT_FILE, json.dumps(result, indent=2))
+    return result
+
+
 def crossval_slip_verifier(
     cv_dir: str | Path,
     out_dir: str | Path,
@@ -100,15 +145,19 @@ def crossval_slip_verifier(
         class_name: the class the verifier rescores.
         config: the verifier's shape (its ``class_index`` is set from ``class_name``).
         compare_with: further Table 1 rows (:func:`~lumbardx.engine.table1.read_comparison`).
-        resume: reuse folds of ``out_dir`` that finished before.
+        resume: reuse folds of ``out_dir`` that finished before (with the same settings; a
+            folder of other settings is refused, and without ``resume`` any used folder).
         log: receives progress messages.
         verifiers_from: an earlier output of this function on the same folds: its trained
             verifiers are reused (nothing is trained) with ``config``'s ``power``, which is
             the only setting that may differ.
 
+    A fold that fails (e.g. its training images hold no box of the class) is reported in
+    ``failures`` and its folder's ``error.txt``; the other folds go on.
+
     Raises:
-        InputError: ``cv_dir`` is not a finished cross-validation, the class is unknown, or a
-            fold's weights or result are unusable.
+        InputError: ``cv_dir`` is not a finished cross-validation, the class is unknown, or
+            ``out_dir`` holds a run of other settings.
     """
     say = log or (lambda message: None)
     cv, out = Path(cv_dir), Path(out_dir)
@@ -125,66 +174,50 @@ def crossval_slip_verifier(
     if not models:
         raise InputError(cv / SETTINGS_FILE, "names no model")
     peers = [row for p in compare_with for row in read_comparison(p, names)]
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(cv / FOLDS_FILE, out / FOLDS_FILE)
     new_settings = {**settings, "models": models, "source_crossval": str(cv.resolve()),
                     "verifiers_from": str(Path(verifiers_from).resolve()) if verifiers_from
                     else None,
-                    "second_stage": {"verifier": {k: v for k, v in asdict(cfg).items()},
-                                     "training": asdict(train)},
+                    "second_stage": {"verifier": asdict(cfg), "training": asdict(train)},
                     "lumbardx_version": __version__}
+    if (out / SETTINGS_FILE).is_file():
+        old = _settings(out)
+        keys = ("source_crossval", "verifiers_from", "second_stage")
+        if not resume:
+            raise InputError(out, "already holds a verifier cross-validation; resume it or "
+                                  "choose another output folder")
+        if any(old.get(key) != new_settings[key] for key in keys):
+            raise InputError(out / SETTINGS_FILE, "holds a verifier cross-validation with "
+                                                  "other settings; choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(cv / FOLDS_FILE, out / FOLDS_FILE)
     atomic_write_text(out / SETTINGS_FILE, json.dumps(new_settings, indent=2))
     outcome = CrossvalResult(out, out / FOLDS_FILE, names, [], {})
     for m in models:
         folds: list[dict[str, Any]] = []
+        failed: dict[int, str] = {}
         for k in range(assign.k):
             run_dir = out / m / f"fold{k}"
             if resume and (run_dir / RESULT_FILE).is_file():
                 folds.append(read_result(run_dir / RESULT_FILE))
                 outcome.reused.append((m, k))
                 continue
-            source = read_result(cv / m / f"fold{k}" / RESULT_FILE)
-            weights = cv / m / f"fold{k}" / Path(source.get("weights", "last.pt")).name
-            train_idx, val_idx = split(ds, k, assign)
-            if verifiers_from is None:
-                det = load_detector(weights, "cpu")
-                say(f"{m} fold {k}: training the verifier on {len(train_idx)} images")
-                verifier, summary = train_slip_verifier(
-                    det.model, ds.subset(train_idx), index, det.image_size, cfg, train,
-                    det.pad_value, progress=say)
-                det.model.rescorer = verifier
-            else:
-                det, summary = _trained(Path(verifiers_from) / m / f"fold{k}" / "last.pt", cfg)
-                say(f"{m} fold {k}: the verifier of {verifiers_from}, power {cfg.power}")
-            ckpt = save_with_rescorer(load_checkpoint(weights), det.model, run_dir / "last.pt",
-                                      summary)
-            ev = evaluate(det.model, ds.subset(val_idx), "cpu", det.image_size, 1, names,
-                          out_dir=run_dir / "eval", pad_value=det.pad_value)
-            d = ev.to_dict()
-            result = {
-                **{key: source.get(key) for key in ("model", "fold", "train_images",
-                                                    "val_images", "epochs", "device",
-                                                    "select", "eval_batch")},
-                "class_names": names, "ap50": d["ap50"], "ap50_95": d["ap50_95"],
-                "map50": d["map50"], "map50_95": d["map50_95"],
-                "interpolation": d["interpolation"], "ms_per_image": d["ms_per_image"],
-                "num_images": d["num_images"], "num_gt": d["num_gt"],
-                "confusion": d["confusion"], "precision": ev.precision.tolist(),
-                "recall": ev.recall.tolist(),
-                "train_seconds": float(source.get("train_seconds") or 0.0) + summary["seconds"],
-                "verifier_seconds": summary["seconds"],
-                "detector": {"result": str((cv / m / f"fold{k}" / RESULT_FILE).resolve()),
-                             "map50": source.get("map50"), "ap50": source.get("ap50")},
-                "weights": str(ckpt), "skipped": d["skipped"],
-            }
-            atomic_write_text(run_dir / RESULT_FILE, json.dumps(result, indent=2))
+            try:
+                result = _fold(cv / m / f"fold{k}", run_dir, ds, split(ds, k, assign), index,
+                               cfg, train, verifiers_from, say)
+            except Exception as err:  # noqa: BLE001 - reported, the other folds go on
+                failed[k] = outcome.failures[(m, k)] = f"{type(err).__name__}: {err}"
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+                say(f"{m} fold {k} failed: {failed[k]}")
+                continue
             folds.append(result)
             outcome.ran.append((m, k))
+            source = result["detector"]
             say(f"{m} fold {k}: mAP@0.5 {100 * result['map50']:.1f} (detector alone "
                 f"{100 * float(source['map50']):.1f}); {class_name} AP@0.5 "
                 f"{100 * result['ap50'][class_name]:.1f} (alone "
                 f"{100 * float(source['ap50'][class_name]):.1f})")
-        outcome.rows.append(ModelFolds(m + ROW_SUFFIX, folds))
+        outcome.rows.append(ModelFolds(m + ROW_SUFFIX, folds, failed=failed))
     outcome.rows += peers
     notes = [(f"Detector folds from {cv}; the {class_name} verifier of each fold trained on "
               "that fold's training images only (lumbardx.engine.slip_verifier)."),

@@ -229,6 +229,19 @@ def _training_seconds(run_dir: Path) -> float:
     return total
 
 
+def fold_scores(ev: EvalResult) -> dict[str, Any]:
+    """The held-out scores a fold's ``result.json`` records from its evaluation: class names,
+    AP@0.5 and AP@0.5:0.95 per class, mAPs, interpolation, ms per image, image and box counts,
+    confusion matrix, the PR curve (``precision [101][K]``, ``recall [101]``) and skipped
+    images."""
+    d = ev.to_dict()
+    return {key: d[key] for key in ("class_names", "ap50", "ap50_95", "map50", "map50_95",
+                                    "interpolation", "ms_per_image", "num_images", "num_gt",
+                                    "confusion")} | {
+        "precision": ev.precision.tolist(), "recall": ev.recall.tolist(),
+        "skipped": d["skipped"]}
+
+
 def run_fold(
     data: str | Path,
     model_name: str,
@@ -281,7 +294,6 @@ def run_fold(
         run_info={"data": str(Path(data).resolve()), "fold": fold,
                   "folds_csv": str(Path(folds_csv).resolve())})
     assert ev is not None
-    d = ev.to_dict()
     on_fold = None
     if select == "last" and res.best is not None:
         best_ckpt = load_checkpoint(res.best)
@@ -292,17 +304,12 @@ def run_fold(
                    "map50": bev.map50, "map50_95": bev.map50_95,
                    "note": "epoch chosen by this fold's mAP@0.5: optimistic"}
     result = {
-        "model": model_name, "fold": int(fold), "class_names": d["class_names"],
-        "ap50": d["ap50"], "ap50_95": d["ap50_95"], "map50": d["map50"],
-        "map50_95": d["map50_95"], "interpolation": d["interpolation"],
-        "ms_per_image": d["ms_per_image"], "eval_batch": eval_batch,
-        "num_images": d["num_images"], "num_gt": d["num_gt"], "confusion": d["confusion"],
-        "precision": ev.precision.tolist(), "recall": ev.recall.tolist(),
+        "model": model_name, "fold": int(fold), **fold_scores(ev), "eval_batch": eval_batch,
         "train_images": len(train_idx), "val_images": len(val_idx), "epochs": recipe.epochs,
         "best_map50": res.best_map50 if math.isfinite(res.best_map50) else None,
         "train_seconds": _training_seconds(out), "device": str(resolve_device(device)),
         "weights": str(res.last if select == "last" else (res.best or res.last)),
-        "select": select, "selected_on_fold": on_fold, "skipped": d["skipped"],
+        "select": select, "selected_on_fold": on_fold,
     }
     _write_json(out / RESULT_FILE, result)
     return result

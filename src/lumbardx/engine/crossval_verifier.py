@@ -37,6 +37,7 @@ from lumbardx.engine.crossval import (
     SETTINGS_FILE,
     CrossvalResult,
     LoadedDetector,
+    fold_scores,
     load_dataset,
     load_detector,
     read_result,
@@ -103,20 +104,15 @@ def _fold(source_dir: Path, run_dir: Path, ds: LumbarDataset, split_idx: tuple[l
     ckpt = save_with_rescorer(load_checkpoint(weights), det.model, run_dir / "last.pt", summary)
     ev = evaluate(det.model, ds.subset(val_idx), "cpu", det.image_size, 1, ds.class_names,
                   out_dir=run_dir / "eval", pad_value=det.pad_value)
-    d = ev.to_dict()
     result = {
         **{key: source.get(key) for key in ("model", "fold", "train_images", "val_images",
                                             "epochs", "device", "select", "eval_batch")},
-        "class_names": list(ds.class_names), "ap50": d["ap50"], "ap50_95": d["ap50_95"],
-        "map50": d["map50"], "map50_95": d["map50_95"], "interpolation": d["interpolation"],
-        "ms_per_image": d["ms_per_image"], "num_images": d["num_images"],
-        "num_gt": d["num_gt"], "confusion": d["confusion"],
-        "precision": ev.precision.tolist(), "recall": ev.recall.tolist(),
+        **fold_scores(ev),
         "train_seconds": float(source.get("train_seconds") or 0.0) + summary["seconds"],
         "verifier_seconds": summary["seconds"],
         "detector": {"result": str((source_dir / RESULT_FILE).resolve()),
                      "map50": source.get("map50"), "ap50": source.get("ap50")},
-        "weights": str(ckpt), "skipped": d["skipped"],
+        "weights": str(ckpt),
     }
     atomic_write_text(run_dir / RESULT_FILE, json.dumps(result, indent=2))
     return result

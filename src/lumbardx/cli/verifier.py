@@ -61,6 +61,7 @@ def train(
     from lumbardx.engine.crossval import load_dataset, load_detector
     from lumbardx.engine.slip_verifier import (
         VerifierTraining,
+        check_single_sequence,
         save_with_rescorer,
         train_slip_verifier,
     )
@@ -71,6 +72,7 @@ def train(
         if (fold is None) != (folds_csv is None):
             raise InputError(None, "--fold and --folds-csv go together")
         det = load_detector(checkpoint, "cpu")
+        check_single_sequence(det.recipe, checkpoint)
         ds = load_dataset(data)
         names = list(ds.class_names)
         if class_name not in names:

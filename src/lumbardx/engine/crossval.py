@@ -41,6 +41,7 @@ from lumbardx import __version__
 from lumbardx.data.dataset import LumbarDataset
 from lumbardx.data.errors import InputError
 from lumbardx.data.folds import make_folds, read_folds_csv, split, write_folds_csv
+from lumbardx.data.pairs import SequencePairs
 from lumbardx.engine.checkpoint import (
     LoadedDetector,
     build_detector,
@@ -146,6 +147,26 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2))
 
 
+def input_view(dataset: Any, sequence_pairs: bool) -> Any:
+    """``dataset`` as a detector reads it: its T1/T2 pairs
+    (:class:`~lumbardx.data.pairs.SequencePairs`) for a recipe with ``sequence_pairs``, else
+    itself.
+
+    Raises:
+        InputError: pairs are asked for but no image has a partner (sequences unknown, or no
+            patient with matching T1 and T2 boxes).
+    """
+    if dataset is None or not sequence_pairs or isinstance(dataset, SequencePairs):
+        return dataset
+    pairs = SequencePairs(dataset)
+    if len(pairs) and pairs.paired == 0:
+        raise InputError(getattr(dataset, "root", None),
+                         "sequence_pairs: no image has a T1/T2 partner (the same patient's "
+                         "other sequence with the same boxes); give a patients CSV with a "
+                         "'sequence' column")
+    return pairs
+
+
 def train_and_evaluate(
     model_name: str,
     train_set: Any,
@@ -189,6 +210,8 @@ def train_and_evaluate(
     if resume and not (out / "last.pt").is_file():
         raise InputError(out / "last.pt", "nothing to resume: checkpoint file not found")
     names = list(train_set.class_names)
+    pairs = recipe.sequence_pairs
+    train_set, val_set = input_view(train_set, pairs), input_view(val_set, pairs)
     model = build_detector(model_name, len(names), recipe.image_size)
     report = None
     if weights is not None and not resume:  # before AutoAnchor, as YOLOv5 train.py
@@ -298,7 +321,8 @@ def run_fold(
     if select == "last" and res.best is not None:
         best_ckpt = load_checkpoint(res.best)
         best = rebuild_detector(best_ckpt, res.best, resolve_device(device))
-        bev = evaluate(best.model, ds.subset(val_idx), resolve_device(device), best.image_size,
+        bev = evaluate(best.model, input_view(ds.subset(val_idx), recipe.sequence_pairs),
+                       resolve_device(device), best.image_size,
                        eval_batch, best.class_names, pad_value=best.pad_value)
         on_fold = {"epoch": int(best_ckpt["epoch"]) + 1, "ap50": bev.ap50,
                    "map50": bev.map50, "map50_95": bev.map50_95,

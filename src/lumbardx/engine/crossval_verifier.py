@@ -45,6 +45,7 @@ from lumbardx.engine.crossval import (
 from lumbardx.engine.evaluate import evaluate
 from lumbardx.engine.slip_verifier import (
     VerifierTraining,
+    check_single_sequence,
     save_with_rescorer,
     train_slip_verifier,
 )
@@ -92,6 +93,7 @@ def _fold(source_dir: Path, run_dir: Path, ds: LumbarDataset, split_idx: tuple[l
     model = source_dir.parent.name
     if verifiers_from is None:
         det = load_detector(weights, "cpu")
+        check_single_sequence(det.recipe, weights)
         say(f"{model} fold {source['fold']}: training the verifier on {len(train_idx)} images")
         verifier, summary = train_slip_verifier(
             det.model, ds.subset(train_idx), index, det.image_size, cfg, train, det.pad_value,

@@ -33,6 +33,7 @@ from lumbardx.engine.metrics import (
     confusion_matrix,
     predictions_to_coco_json,
 )
+from lumbardx.engine.model_input import three_channels
 from lumbardx.engine.pipeline import sample_arrays
 from lumbardx.engine.plots import plot_confusion_matrix, plot_pr_curves
 
@@ -136,13 +137,13 @@ def _run(
             img = load(item)
             if img is None:  # unreadable, reported by the caller
                 continue
-            lb, geo = letterbox(img, image_size, pad_value)
-            arrays.append(lb)
-            geos.append(geo)
+            planes = [img] if img.ndim == 2 else list(img)  # gray, or a T1/T2 pair
+            boxed = [letterbox(p, image_size, pad_value) for p in planes]
+            arrays.append(np.stack([lb for lb, _ in boxed]))
+            geos.append(boxed[0][1])
         if not arrays:
             continue
-        x = torch.from_numpy(np.stack(arrays))[:, None].to(device).float().div_(255.0)
-        x = x.expand(-1, 3, -1, -1).contiguous()
+        x = three_channels(torch.from_numpy(np.stack(arrays)).to(device).float().div_(255.0))
         if timed == 0:
             net(x)  # warm-up, not timed
         sync()
@@ -187,7 +188,9 @@ def evaluate(
     confusion_score: float = 0.25,
     pad_value: int = 0,
 ) -> EvalResult:
-    """Evaluate ``model`` on a dataset of :class:`~lumbardx.data.boxes.Sample`.
+    """Evaluate ``model`` on a dataset of :class:`~lumbardx.data.boxes.Sample` (gray images,
+    or T1/T2 pairs ``uint8 [2, H, W]`` of :class:`lumbardx.data.pairs.SequencePairs`, which the
+    model reads as :func:`~lumbardx.engine.model_input.three_channels`).
 
     Args:
         class_names: defaults to ``dataset.class_names``.
@@ -210,7 +213,7 @@ def evaluate(
             skipped[str(exc.path) if exc.path else f"#{i}"] = exc.problem
             log.warning("skipping %s", exc)
             return None
-        gts.append(GroundTruth(s.image_id, img.shape[1], img.shape[0], boxes, labels))
+        gts.append(GroundTruth(s.image_id, img.shape[-1], img.shape[-2], boxes, labels))
         return img
 
     preds, ms = _run(model, range(len(dataset)), image_size, device, batch_size, pad_value, load)

@@ -1,9 +1,11 @@
 """Training data loading: keyed augmented dataset, collate, samplers, model input.
 
-A batch from :func:`build_train_loader` is ``(images uint8 [B, 1, S, S], targets float32
+A batch from :func:`build_train_loader` is ``(images uint8 [B, C, S, S], targets float32
 [M, 6])`` with target rows ``(batch_index, class, x1, y1, x2, y2)`` in pixels of the ``S x S``
-image. :func:`to_model_input` moves it to the device, resizes it to the batch's training size
-(multi-scale) and makes the model's ``float32 [B, 3, s, s]`` input in [0, 1] (gray repeated).
+image; ``C`` is 1 (gray) or 2 (T1/T2 pairs, :class:`lumbardx.data.pairs.SequencePairs`).
+:func:`to_model_input` moves it to the device, resizes it to the batch's training size
+(multi-scale) and makes the model's ``float32 [B, 3, s, s]`` input in [0, 1]
+(:func:`lumbardx.engine.model_input.three_channels`).
 
 Every sample's augmentation is drawn from ``numpy.random.default_rng([seed, epoch, rank,
 position])``: results do not depend on the number of workers, and a resumed run sees the same
@@ -23,6 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lumbardx.data.boxes import Sample
+from lumbardx.engine.model_input import three_channels
 from lumbardx.engine.pipeline import TrainTransform
 from lumbardx.engine.recipes import Recipe
 from lumbardx.engine.sampler import KeyedSampler, RepeatFactorSampler, repeat_factors
@@ -54,8 +57,11 @@ class AugmentedDataset(Dataset):
 
 
 def collate(batch: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[Tensor, Tensor]:
-    """Stack samples into ``images uint8 [B, 1, S, S]`` and ``targets float32 [M, 6]``."""
-    images = torch.from_numpy(np.stack([b[0] for b in batch]))[:, None]
+    """Stack samples into ``images uint8 [B, C, S, S]`` (``C`` 1 for gray samples ``[S, S]``,
+    2 for pairs ``[2, S, S]``) and ``targets float32 [M, 6]``."""
+    images = torch.from_numpy(np.stack([b[0] for b in batch]))
+    if images.ndim == 3:
+        images = images[:, None]
     rows = []
     for i, (_, boxes, labels) in enumerate(batch):
         n = len(labels)
@@ -145,12 +151,13 @@ def multiscale_size(recipe: Recipe, seed: int, epoch: int, step: int) -> int:
 def to_model_input(
     images: Tensor, targets: Tensor, device: torch.device, size: int | None = None
 ) -> tuple[Tensor, Tensor]:
-    """``uint8 [B, 1, S, S]`` -> ``float32 [B, 3, size, size]`` in [0, 1] on ``device``;
-    target boxes (columns 2..5) are scaled by ``size / S``."""
+    """``uint8 [B, C, S, S]`` -> ``float32 [B, 3, size, size]`` in [0, 1] on ``device``
+    (:func:`~lumbardx.engine.model_input.three_channels`); target boxes (columns 2..5) are
+    scaled by ``size / S``."""
     x = images.to(device, non_blocking=True).float().div_(255.0)
     t = targets.to(device, non_blocking=True).clone()
     s = x.shape[-1]
     if size is not None and size != s:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
         t[:, 2:] *= size / s
-    return x.expand(-1, 3, -1, -1).contiguous(), t
+    return three_channels(x), t

@@ -13,11 +13,18 @@ Mosaic and mixup are off in the recipe's last ``close_mosaic`` epochs (``mosaic=
 All randomness comes from the ``numpy.random.Generator`` passed in, so a sample is a pure
 function of ``(index, generator seed)`` -- the basis of exact resume and worker-independent
 results.
+
+A dataset of T1/T2 pairs (:class:`lumbardx.data.pairs.SequencePairs`, images ``uint8
+[2, H, W]``) is augmented channel by channel with the same random draws (a copy of the
+generator per channel), so both channels get the same geometry and intensity change; then,
+with probability ``single_sequence``, one channel (either) fills both, as a single slice will
+at diagnosis. Samples are ``uint8 [2, size, size]`` then.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -31,16 +38,19 @@ from lumbardx.engine.recipes import AugmentConfig
 
 
 def sample_arrays(sample: Sample) -> A.Triple:
-    """Validated ``(image uint8 [H, W], boxes float32 [N, 4], labels int64 [N])`` of a sample.
+    """Validated ``(image, boxes float32 [N, 4], labels int64 [N])`` of a sample; the image is
+    ``uint8 [H, W]`` (gray) or ``uint8 [2, H, W]`` (a T1/T2 pair,
+    :class:`lumbardx.data.pairs.SequencePairs`).
 
     Raises:
-        InputError: naming ``sample.image_id`` when the image is not 2-D ``uint8`` or the boxes
-            and labels do not match.
+        InputError: naming ``sample.image_id`` when the image is neither, or the boxes and
+            labels do not match.
     """
     img = np.asarray(sample.image)
-    if img.ndim != 2 or img.dtype != np.uint8:
+    if img.dtype != np.uint8 or not (img.ndim == 2 or (img.ndim == 3 and img.shape[0] == 2)):
         raise InputError(
-            sample.image_id, f"expected a uint8 grayscale image [H, W], got {img.dtype} {img.shape}"
+            sample.image_id, f"expected a uint8 grayscale image [H, W] or a T1/T2 pair "
+                             f"[2, H, W], got {img.dtype} {img.shape}"
         )
     boxes = np.asarray(sample.boxes, np.float32).reshape(-1, 4)
     labels = np.asarray(sample.labels, np.int64).reshape(-1)
@@ -70,18 +80,19 @@ class TrainTransform:
         """The validated arrays of sample ``index``."""
         return sample_arrays(self.dataset[index])
 
-    def _single(self, index: int, rng: np.random.Generator, a: AugmentConfig) -> A.Triple:
+    def _single(self, index: int, rng: np.random.Generator, a: AugmentConfig,
+                load: Callable[[int], A.Triple]) -> A.Triple:
         s = self.size
         if rng.random() < a.mosaic:
             others = rng.integers(0, len(self.dataset), 3).tolist()
-            parts = [self.load(i) for i in [index, *others]]
+            parts = [load(i) for i in [index, *others]]
             img, boxes, labels = mosaic4(parts, s, rng, a.pad_value)
             use = rng.random() < a.affine
             return A.random_affine(
                 img, boxes, labels, rng if use else None, s, a.degrees, a.translate, a.scale,
                 a.shear, a.pad_value, a.min_box_size, a.min_area_ratio,
             )
-        img, boxes, labels = self.load(index)
+        img, boxes, labels = load(index)
         if rng.random() < a.expand:
             img, boxes, labels = A.random_expand(
                 img, boxes, labels, rng, a.expand_ratio, a.pad_value
@@ -98,12 +109,36 @@ class TrainTransform:
         return img, boxes, labels
 
     def __call__(self, index: int, rng: np.random.Generator, mosaic: bool = True) -> A.Triple:
-        """Augmented ``(image uint8 [size, size], boxes float32 [N, 4], labels int64 [N])``;
+        """Augmented ``(image uint8 [size, size], boxes float32 [N, 4], labels int64 [N])``
+        (image ``uint8 [2, size, size]`` for a T1/T2 pair, see the module docstring);
         ``mosaic=False`` switches mosaic and mixup off (the recipe's ``close_mosaic`` epochs)."""
         a = self.aug if mosaic else self.plain
-        img, boxes, labels = self._single(index, rng, a)
+        loaded: dict[int, A.Triple] = {}
+
+        def load(i: int) -> A.Triple:
+            if i not in loaded:
+                loaded[i] = self.load(i)
+            return loaded[i]
+
+        if load(index)[0].ndim == 2:
+            return self._augment(index, rng, a, load)
+        start = copy.deepcopy(rng)
+        channels = []
+        for c in range(2):  # the same draws for both channels
+            g = copy.deepcopy(start) if c < 1 else rng
+            channels.append(self._augment(index, g, a, lambda i, c=c: _channel(load(i), c)))
+        (img0, boxes, labels), (img1, boxes1, _) = channels
+        if not np.array_equal(boxes, boxes1):  # cannot happen with equal sizes: same draws
+            raise RuntimeError(f"sample {index}: the two channels were augmented differently")
+        if rng.random() < a.single_sequence:
+            img0 = img1 = (img0, img1)[int(rng.integers(0, 2))]
+        return np.stack([img0, img1]), boxes, labels
+
+    def _augment(self, index: int, rng: np.random.Generator, a: AugmentConfig,
+                 load: Callable[[int], A.Triple]) -> A.Triple:
+        img, boxes, labels = self._single(index, rng, a, load)
         if rng.random() < a.mixup:
-            other = self._single(int(rng.integers(0, len(self.dataset))), rng, a)
+            other = self._single(int(rng.integers(0, len(self.dataset))), rng, a, load)
             img, boxes, labels = mixup((img, boxes, labels), other, rng, a.mixup_beta)
         img = A.adjust_intensity(img, rng, a.brightness, a.contrast, a.gamma, a.intensity_prob)
         if rng.random() < a.hflip:
@@ -112,6 +147,13 @@ class TrainTransform:
         wh = boxes[:, 2:] - boxes[:, :2]
         keep = (wh >= a.min_box_size).all(1)
         return img, boxes[keep], labels[keep]
+
+
+def _channel(arrays: A.Triple, c: int) -> A.Triple:
+    """Channel ``c`` of a pair's arrays; a gray sample (an image of a mosaic that is not a
+    pair) is its own channel ``c``."""
+    img, boxes, labels = arrays
+    return (img[c] if img.ndim == 3 else img), boxes, labels
 
 
 def eval_arrays(sample: Sample, size: int, pad_value: int = 0) -> tuple[np.ndarray, Letterbox]:

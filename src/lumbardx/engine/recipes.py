@@ -61,6 +61,9 @@ class AugmentConfig:
         min_area_ratio: boxes keeping less than this fraction of their area are dropped
             (YOLOv5 ``box_candidates(area_thr=0.1)``).
         pad_value: gray level of padding / empty canvas (0: MRI background is dark).
+        single_sequence: with T1/T2 pairs (the recipe's ``sequence_pairs``), the probability
+            that one of the two augmented channels fills both, so that the model also reads a
+            single slice (a study with one sequence, or an image file) as it will at diagnosis.
     """
 
     mosaic: float = 0.0
@@ -82,6 +85,7 @@ class AugmentConfig:
     min_box_size: float = 2.0
     min_area_ratio: float = 0.1
     pad_value: int = 0
+    single_sequence: float = 0.25
 
 
 @dataclass
@@ -123,6 +127,11 @@ class Recipe:
             positive of boxes of different classes: ``reference`` (one-hot per box, as the
             reference) or ``union`` (multi-hot: the union of their classes); see
             :class:`lumbardx.models.loss_yolov5.YOLOv5Loss`.
+        sequence_pairs: train and evaluate on a patient's co-registered T1 and T2 slices as
+            one two-channel input (:class:`lumbardx.data.pairs.SequencePairs`; the model's
+            three input channels are T1, T2 and their mean; a single slice is read as itself
+            in all three, as without pairs). Needs the sequence of each image (a patients
+            CSV with a ``sequence`` column).
         close_mosaic: the last this many epochs train without mosaic and mixup (Ultralytics
             ``close_mosaic``, default 10 in ``ultralytics/cfg/default.yaml``), so that the
             model ends on whole, undistorted slices as it will see them; 0 keeps them on.
@@ -161,6 +170,7 @@ class Recipe:
     optimizer: OptimizerKind = "sgd"
     close_mosaic: int = 0
     shared_labels: str = "reference"
+    sequence_pairs: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -176,6 +186,9 @@ class Recipe:
             raise ValueError(f"unknown optimizer {self.optimizer!r} (sgd or adamw)")
         if self.shared_labels not in ("reference", "union"):
             raise ValueError(f"unknown shared_labels {self.shared_labels!r} (reference or union)")
+        if not 0.0 <= self.augment.single_sequence <= 1.0:
+            raise ValueError(f"augment.single_sequence must be in [0, 1], not "
+                             f"{self.augment.single_sequence}")
         if self.close_mosaic < 0:
             raise ValueError(f"close_mosaic must be >= 0, not {self.close_mosaic}")
 

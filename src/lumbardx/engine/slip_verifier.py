@@ -226,6 +226,18 @@ def _train_member(cands: Candidates, config: VerifierConfig, train: VerifierTrai
     return net, losses
 
 
+def check_single_sequence(recipe: dict[str, Any] | None, path: str | Path) -> None:
+    """The verifier is trained on, and reads, single slices: refuse a detector trained on T1/T2
+    pairs (its recipe's ``sequence_pairs``), whose evaluation feeds it pairs.
+
+    Raises:
+        InputError: naming ``path`` for such a detector.
+    """
+    if (recipe or {}).get("sequence_pairs"):
+        raise InputError(path, "the detector reads T1/T2 pairs (recipe sequence_pairs); the "
+                               "slip verifier supports single-slice detectors only")
+
+
 def train_slip_verifier(
     model: Detector,
     samples: Sequence[Sample],

@@ -44,7 +44,7 @@ from pair_fusion import load_predictions
 
 from lumbardx.data.dataset import LumbarDataset
 from lumbardx.data.folds import read_folds_csv, split
-from lumbardx.engine.crossval import load_detector
+from lumbardx.engine.crossval import input_view, load_detector
 from lumbardx.engine.evaluate import evaluate
 from lumbardx.engine.metrics import GroundTruth, Prediction, coco_evaluate
 from lumbardx.engine.table1 import ModelFolds, paired_comparison
@@ -55,13 +55,15 @@ Scores = dict[str, dict]  # fold name -> {"ap50": {class: AP}, "map50", "map50_9
 
 def score_lumbardx(fold_dir: Path, ds: LumbarDataset, size: int) -> dict:
     """Scores of ``fold_dir/last.pt`` on the images of ``fold_dir/eval/predictions.json`` (the
-    fold's held-out images) at input ``size``."""
+    fold's held-out images) at input ``size``, read as the model was trained (single slices,
+    or T1/T2 pairs for a ``sequence_pairs`` recipe)."""
     names = list(ds.class_names)
     held = load_predictions([fold_dir / "eval" / "predictions.json"], names)
-    subset = [ds[i] for i, r in enumerate(ds.records) if r.image_id in held]
-    if len(subset) != len(held):
-        raise SystemExit(f"{fold_dir}: {len(held) - len(subset)} held-out images not in the data")
+    idx = [i for i, r in enumerate(ds.records) if r.image_id in held]
+    if len(idx) != len(held):
+        raise SystemExit(f"{fold_dir}: {len(held) - len(idx)} held-out images not in the data")
     det = load_detector(fold_dir / "last.pt", "cpu")
+    subset = input_view(ds.subset(idx), bool(det.recipe.get("sequence_pairs")))
     res = evaluate(det.model, subset, image_size=size, class_names=names,
                    pad_value=det.pad_value)
     return {"ap50": res.ap50, "map50": res.map50, "map50_95": res.map50_95,

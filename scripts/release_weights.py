@@ -19,6 +19,10 @@ recipe trained on all the data.
 4. The shipped thresholds are chosen on all out-of-fold discs
    (:func:`lumbardx.clinical.thresholds.choose_thresholds`, Youden's J or F1).
 
+Every measurement runs the weights as diagnosis does, one slice at a time: a model trained on
+T1/T2 pairs (recipe ``sequence_pairs``) is measured reading single slices, which is how
+``lumbardx diagnose`` runs it, not as its cross-validation scored it.
+
 **One validation fold** (``--fold K --folds-csv CSV``): ``CHECKPOINT`` was trained on the other
 folds; it predicts fold ``K``, whose discs both choose and measure the thresholds (optimistic).
 

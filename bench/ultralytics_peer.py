@@ -29,14 +29,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from lumbardx.data.dataset import LumbarDataset
 from lumbardx.data.folds import make_folds, read_folds_csv, split
+from lumbardx.data.pairs import SequencePairs
 from lumbardx.engine.metrics import GroundTruth, Prediction, coco_evaluate
 
 
-def write_fold_view(ds: LumbarDataset, train_idx: list[int], val_idx: list[int], root: Path) -> Path:
-    """Ultralytics layout for one fold: symlinked images, labels in the mapped classes.
+def write_fold_view(ds: LumbarDataset, train_idx: list[int], val_idx: list[int], root: Path,
+                    pairs: SequencePairs | None = None) -> Path:
+    """Ultralytics layout for one fold: symlinked images, labels in the mapped classes; with
+    ``pairs``, each image is written as an RGB PNG of its T1/T2 pair (T1, T2, mean: the input
+    lumbardx's ``sequence_pairs`` recipe gives its detectors).
 
     Returns the path of the ``data.yaml`` that names the train/val image lists.
     """
@@ -47,8 +52,13 @@ def write_fold_view(ds: LumbarDataset, train_idx: list[int], val_idx: list[int],
         for i in indices:
             rec = ds.records[i]
             stem = f"{i:05d}"
-            link = root / "images" / f"{stem}{rec.image_path.suffix.lower()}"
-            if not link.exists():
+            link = view_image(ds, i, root, pairs is not None)
+            if pairs is not None:
+                if not link.exists():
+                    pair = pairs[i].image.astype(np.float32)
+                    rgb = np.stack([pair[0], pair[1], pair.mean(0)], -1)
+                    Image.fromarray(np.rint(rgb).astype(np.uint8)).save(link)
+            elif not link.exists():
                 os.symlink(rec.image_path.resolve(), link)
             lines = []
             for (x1, y1, x2, y2), c in zip(rec.boxes.tolist(), rec.labels.tolist()):
@@ -65,16 +75,25 @@ def write_fold_view(ds: LumbarDataset, train_idx: list[int], val_idx: list[int],
     return yaml_path
 
 
-def score(weights: Path, ds: LumbarDataset, val_idx: list[int], args: argparse.Namespace) -> dict:
-    """Score Ultralytics ``weights`` on the images ``val_idx`` with lumbardx's evaluator."""
+def view_image(ds: LumbarDataset, i: int, root: Path, pairs: bool) -> Path:
+    """Where :func:`write_fold_view` puts image ``i`` (an RGB pair PNG with ``pairs``)."""
+    suffix = ".png" if pairs else ds.records[i].image_path.suffix.lower()
+    return root / "images" / f"{i:05d}{suffix}"
+
+
+def score(weights: Path, ds: LumbarDataset, val_idx: list[int], args: argparse.Namespace,
+          view: Path | None = None) -> dict:
+    """Score Ultralytics ``weights`` on the images ``val_idx`` with lumbardx's evaluator; with
+    ``--sequence-pairs`` it reads the pair images of the fold view ``view``."""
     from ultralytics import YOLO
 
     model = YOLO(str(weights))
     gts, preds, times = [], [], []
     for i in val_idx:
         rec = ds.records[i]
+        source = view_image(ds, i, view, True) if args.sequence_pairs and view else rec.image_path
         t = time.perf_counter()
-        r = model.predict(str(rec.image_path), imgsz=args.imgsz, conf=0.001, iou=0.6,
+        r = model.predict(str(source), imgsz=args.imgsz, conf=0.001, iou=0.6,
                           max_det=100, device=args.device, verbose=False)[0]
         times.append(time.perf_counter() - t)
         b = r.boxes
@@ -102,27 +121,34 @@ def run_fold(ds: LumbarDataset, fold: int, assign, args: argparse.Namespace) -> 
     train_idx, val_idx = split(ds, fold, assign)
     work = Path(args.out).resolve() / f"fold{fold}"  # absolute: Ultralytics would nest it
     weights = work / "train" / "weights"
+    view = work / "data"
+    pairs = SequencePairs(ds) if args.sequence_pairs else None
+    if pairs is not None:  # the pair images are read for scoring too (written once)
+        write_fold_view(ds, train_idx, val_idx, view, pairs)
     done = _epochs_trained(work / "train") or 0
     if (weights / "last.pt").is_file() and not args.score_only and args.time_hours is None \
             and 0 < done < args.epochs:  # an interrupted run: Ultralytics resumes it exactly
         YOLO(str(weights / "last.pt")).train(resume=True)
     elif not (args.score_only and (weights / "last.pt").is_file()):
-        data_yaml = write_fold_view(ds, train_idx, val_idx, work / "data")
+        data_yaml = write_fold_view(ds, train_idx, val_idx, view, pairs)
         model = YOLO("yolo11n.yaml")
+        # hue / saturation jitter would mix a pair's channels (no effect on gray images)
+        colour = {"hsv_h": 0.0, "hsv_s": 0.0} if pairs is not None else {}
         model.train(
             data=str(data_yaml), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
             pretrained=False, amp=False, plots=False, device=args.device,
             workers=args.workers, seed=args.seed, deterministic=False, project=str(work),
             name="train", exist_ok=True, verbose=False, fliplr=0.0, time=args.time_hours,
+            **colour,
         )
     result = {"fold": fold, "train_images": len(train_idx), "val_images": len(val_idx),
-              **score(weights / "last.pt", ds, val_idx, args),
+              **score(weights / "last.pt", ds, val_idx, args, view),
               "train_seconds": _train_seconds(work / "train"),
               "epochs_trained": _epochs_trained(work / "train"), "select": "last",
               "budget": ({"time_hours": args.time_hours} if args.time_hours is not None
                          else {"epochs": args.epochs})}
     if (weights / "best.pt").is_file():
-        best = score(weights / "best.pt", ds, val_idx, args)
+        best = score(weights / "best.pt", ds, val_idx, args, view)
         result["selected_on_fold"] = {
             "ap50": best["ap50"], "map50": best["map50"], "map50_95": best["map50_95"],
             "note": "Ultralytics best.pt, chosen by fitness on this fold: optimistic"}
@@ -166,6 +192,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=Path("bench/results/peer_yolo11n"))
+    p.add_argument("--sequence-pairs", action="store_true",
+                   help="train and score on RGB images of each patient's T1/T2 pair (T1, T2, "
+                        "mean), the input of lumbardx's sequence_pairs recipe")
     p.add_argument("--score-only", action="store_true",
                    help="re-score folds already trained in --out instead of training them")
     args = p.parse_args()
@@ -180,7 +209,8 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         tmp = results_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(
-            {"model": "ultralytics yolo11n (from scratch)",
+            {"model": "ultralytics yolo11n (from scratch" + (", T1/T2 pairs)" if
+                                                              args.sequence_pairs else ")"),
              "epochs": args.epochs if args.time_hours is None else None,
              "time_hours": args.time_hours, "imgsz": args.imgsz, "device": args.device,
              "ultralytics_version": _ultralytics_version(),

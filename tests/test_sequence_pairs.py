@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pair_factory import pair_dataset
 from torch import nn
 
 from lumbardx.data.boxes import Sample
@@ -186,29 +187,8 @@ def test_evaluation_reads_pairs_as_three_channels() -> None:
     assert torch.equal(x[4, 0], x[4, 1])  # the lone image
 
 
-def _pair_dataset(root: Path, n: int) -> Path:
-    """``n`` synthetic slices (T2) plus a T1 of each (inverted contrast, the same boxes)."""
-    from PIL import Image
-
-    from lumbardx.synth import SynthConfig, generate_dataset
-
-    generate_dataset(root, n, seed=9, config=SynthConfig(image_sizes=(96,)))
-    rows = ["image,patient,sequence"]
-    for i in range(n):
-        name = f"case_{i:05d}"
-        img = np.asarray(Image.open(root / "images" / f"{name}.png").convert("L"))
-        Image.fromarray(255 - img).save(root / "images" / f"{name}_t1.png")
-        xml = (root / "annotations" / f"{name}.xml").read_text()
-        (root / "annotations" / f"{name}_t1.xml").write_text(
-            xml.replace(f"{name}.png", f"{name}_t1.png"))
-        rows += [f"{name}.png,p{i // 2},T2" if i % 2 else f"{name}.png,p{i // 2}x,T2",
-                 f"{name}_t1.png,p{i // 2}{'' if i % 2 else 'x'},T1"]
-    (root / "patients.csv").write_text("\n".join(rows) + "\n")
-    return root
-
-
 def test_input_view_needs_partners(tmp_path: Path) -> None:
-    root = _pair_dataset(tmp_path / "pairs", 2)
+    root = pair_dataset(tmp_path / "pairs", 2)
     ds = LumbarDataset(root, classes="study")
     view = cv.input_view(ds, True)
     assert isinstance(view, SequencePairs) and view.paired == 4
@@ -223,13 +203,13 @@ def test_input_view_needs_partners(tmp_path: Path) -> None:
 
 
 def test_training_on_pairs_end_to_end(tmp_path: Path) -> None:
-    root = _pair_dataset(tmp_path / "pairs", 4)
+    root = pair_dataset(tmp_path / "pairs", 4)
     ds = LumbarDataset(root, classes="study")
     recipe = cv.make_recipe("yolov5n", {"image_size": 64, "epochs": 1, "batch_size": 4,
                                         "sequence_pairs": True, "num_workers": 0})
     assert recipe.sequence_pairs and recipe.augment.single_sequence == 0.25
-    train_idx = [i for i, r in enumerate(ds.records) if not r.patient.startswith("p1")]
-    val_idx = [i for i, r in enumerate(ds.records) if r.patient.startswith("p1")]
+    val_idx = [i for i, r in enumerate(ds.records) if r.patient in ("p2", "p3")]
+    train_idx = [i for i in range(len(ds)) if i not in val_idx]
     res, ev = cv.train_and_evaluate("yolov5n", ds.subset(train_idx), ds.subset(val_idx), recipe,
                                     tmp_path / "run", "cpu", progress=False, select="last")
     assert ev is not None and ev.num_images == len(val_idx) == 4

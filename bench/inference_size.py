@@ -53,17 +53,20 @@ from lumbardx.io import atomic_write_text
 Scores = dict[str, dict]  # fold name -> {"ap50": {class: AP}, "map50", "map50_95", "ms_per_image"}
 
 
-def score_lumbardx(fold_dir: Path, ds: LumbarDataset, size: int) -> dict:
+def score_lumbardx(fold_dir: Path, ds: LumbarDataset, size: int,
+                   single_slices: bool = False) -> dict:
     """Scores of ``fold_dir/last.pt`` on the images of ``fold_dir/eval/predictions.json`` (the
     fold's held-out images) at input ``size``, read as the model was trained (single slices,
-    or T1/T2 pairs for a ``sequence_pairs`` recipe)."""
+    or T1/T2 pairs for a ``sequence_pairs`` recipe); ``single_slices`` reads a pair model one
+    slice at a time, as diagnosis of an image file does."""
     names = list(ds.class_names)
     held = load_predictions([fold_dir / "eval" / "predictions.json"], names)
     idx = [i for i, r in enumerate(ds.records) if r.image_id in held]
     if len(idx) != len(held):
         raise SystemExit(f"{fold_dir}: {len(held) - len(idx)} held-out images not in the data")
     det = load_detector(fold_dir / "last.pt", "cpu")
-    subset = input_view(ds.subset(idx), bool(det.recipe.get("sequence_pairs")))
+    pairs = bool(det.recipe.get("sequence_pairs")) and not single_slices
+    subset = input_view(ds.subset(idx), pairs)
     res = evaluate(det.model, subset, image_size=size, class_names=names,
                    pad_value=det.pad_value)
     return {"ap50": res.ap50, "map50": res.map50, "map50_95": res.map50_95,
@@ -138,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="crossval folders of one model (fold*/last.pt, fold*/eval)")
     ap.add_argument("--peer", type=Path, default=None,
                     help="bench/ultralytics_peer.py --out folder (fold*/train/weights/last.pt)")
+    ap.add_argument("--single-slices", action="store_true",
+                    help="read models trained on T1/T2 pairs one slice at a time (their rows "
+                         "are named '<folder> (single slices)')")
     ap.add_argument("--folds-csv", type=Path, required=True)
     ap.add_argument("--sizes", default="320,352,384,416,448,480,512")
     ap.add_argument("--out", type=Path, required=True)
@@ -152,8 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs: list[tuple[str, str, Callable[[int], dict]]] = []
     for d in args.lumbardx:
         for fd in sorted(d.glob("fold*/last.pt")):
-            jobs.append((str(d), fd.parent.name,
-                         lambda s, fd=fd.parent: score_lumbardx(fd, ds, s)))
+            name = f"{d} (single slices)" if args.single_slices else str(d)
+            jobs.append((name, fd.parent.name, lambda s, fd=fd.parent: score_lumbardx(
+                fd, ds, s, args.single_slices)))
     if args.peer is not None:
         assign = read_folds_csv(args.folds_csv)
         for w in sorted(args.peer.glob("fold*/train/weights/last.pt")):

@@ -54,7 +54,7 @@ def test_cache_pairing_and_sizes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         (run / f"fold{k}" / "last.pt").write_bytes(b"")
     calls: list[tuple[str, int]] = []
 
-    def fake(fold_dir: Path, ds, size: int) -> dict:
+    def fake(fold_dir: Path, ds, size: int, single_slices: bool = False) -> dict:
         calls.append((fold_dir.name, size))
         return _score({320: 0.5, 384: 0.6, 448: 0.7}[size] + 0.01 * int(fold_dir.name[-1]))
 
@@ -105,7 +105,7 @@ def test_every_model_and_size_is_one_choice(tmp_path: Path,
     table = {("a", 384): (0.6, 0.6, 0.6), ("a", 448): (0.5, 0.5, 0.5),
              ("b", 384): (0.4, 0.4, 0.4), ("b", 448): (0.55, 0.55, 0.95)}
 
-    def fake(fold_dir: Path, ds, size: int) -> dict:
+    def fake(fold_dir: Path, ds, size: int, single_slices: bool = False) -> dict:
         return _score(table[(fold_dir.parents[1].name, size)][int(fold_dir.name[-1])])
 
     monkeypatch.setattr(isz, "score_lumbardx", fake)

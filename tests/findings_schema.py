@@ -11,7 +11,7 @@ import re
 from lumbardx.study import SCHEMA
 
 MODEL_KEYS = {"name", "version", "weights_sha256", "classes", "image_size", "backend",
-              "training_data"}
+              "training_data", "inputs"}
 DISC_KEYS = {"level", "level_uncertain", "label", "score", "box", "findings", "severity"}
 SEVERITY_KEYS = {"slip_percent", "meyerding_grade", "herniation_extent_mm", "estimate_note"}
 
@@ -28,8 +28,12 @@ def check_findings_schema(doc: dict) -> None:
     assert isinstance(img["width"], int) and isinstance(img["height"], int)
     assert img["kind"] in ("png", "jpeg", "dicom")
     assert img["pixel_spacing_mm"] is None or len(img["pixel_spacing_mm"]) == 2
+    assert img["partner_series"] is None or isinstance(img["partner_series"], str)
     assert set(doc["model"]) == MODEL_KEYS
     assert doc["model"]["backend"] in ("torch", "onnxruntime")
+    assert doc["model"]["inputs"] in ("slice", "T1+T2")
+    if img["partner_series"] is not None:
+        assert doc["model"]["inputs"] == "T1+T2"
     for disc in doc["findings"]:
         assert set(disc) == DISC_KEYS
         assert isinstance(disc["level_uncertain"], bool)

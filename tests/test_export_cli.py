@@ -126,3 +126,15 @@ def test_export_bad_inputs_exit_2_and_write_nothing(checkpoint, tmp_path: Path) 
     result = _run(str(path), "--out", str(path))
     assert result.exit_code == 2 and "overwrite the checkpoint" in result.output
     assert path.read_bytes()[:2] == b"PK"  # still the torch (zip) checkpoint
+
+
+def test_export_warns_that_pairs_are_not_recorded(tmp_path: Path) -> None:
+    recipe = recipe_for("yolov5n", image_size=SIZE).to_dict()
+    recipe["sequence_pairs"] = True
+    path = save_checkpoint({"model": _model(0).state_dict(), "recipe": recipe,
+                            "model_name": "yolov5n", "class_names": NAMES},
+                           tmp_path / "pairs.pt")
+    res = _run(str(path), "--out", str(tmp_path / "pairs.onnx"))
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "pairs.onnx").is_file()
+    assert "trained on T1/T2 pairs" in res.output and "one slice at a time" in res.output

@@ -10,10 +10,15 @@ Steps of :meth:`Diagnoser.diagnose` (each timed in ``Study.timings_ms``, millise
 ``time.perf_counter``):
 
 1. ``read``: :func:`lumbardx.data.series.load_study` -- a PNG / JPEG, a DICOM file, or a study
-   folder (best sagittal series, its middle slice).
+   folder (best sagittal series, its middle slice). A detector trained on T1/T2 pairs
+   (``ModelInfo.inputs == "T1+T2"``) reads a study folder with
+   :func:`lumbardx.data.series.load_study_pair`: the same slice of the co-registered series of
+   the other sequence comes with it when the study has one (``Study.partner_series``); without
+   one, the slice is read alone and a warning says so.
 2. ``preprocess``: the 8-bit display image (``uint8 [H, W]``) letterboxed to the model's square
    input (:func:`lumbardx.engine.letterbox.letterbox`, pad 0 as in evaluation), gray repeated
-   to ``float32 [1, 3, S, S]`` in [0, 1].
+   to ``float32 [1, 3, S, S]`` in [0, 1]; a T1/T2 pair gives the channels T1, T2 and their mean
+   (:func:`lumbardx.engine.model_input.three_channels`).
 3. ``detect``: the backend (PyTorch in inference mode or ONNX Runtime), boxes mapped back from
    input pixels to image pixels (``Letterbox.unmap_boxes``; xyxy, 0-based continuous).
 4. ``findings``: :func:`lumbardx.clinical.findings.build_findings` with the model's per-class
@@ -32,7 +37,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,8 +48,12 @@ from lumbardx.data.boxes import Box
 from lumbardx.data.errors import InputError
 from lumbardx.data.images import MedicalImage
 from lumbardx.engine.letterbox import Letterbox, letterbox
+from lumbardx.engine.model_input import three_channels
 from lumbardx.models.pretrained import SHIPPED, LoadedModel, load_detector
 from lumbardx.study import ModelInfo, Study, pixel_key
+
+if TYPE_CHECKING:
+    from lumbardx.data.series import StudyPair
 
 log = logging.getLogger(__name__)
 
@@ -230,10 +239,14 @@ class Diagnoser:
             x, geo = self._preprocess(display)
             return self._detect(x, geo)
 
-    def _preprocess(self, display: np.ndarray) -> tuple[torch.Tensor, Letterbox]:
-        lb, geo = letterbox(display, self.info.image_size, PAD_VALUE)
-        x = torch.from_numpy(lb)[None, None].float().div_(255.0)  # [1, 1, S, S]
-        return x.expand(-1, 3, -1, -1).contiguous(), geo  # [1, 3, S, S] in [0, 1]
+    def _preprocess(self, display: np.ndarray, pair: tuple[np.ndarray, np.ndarray] | None = None
+                    ) -> tuple[torch.Tensor, Letterbox]:
+        """``[1, 3, S, S]`` in [0, 1] of ``display``, or of ``pair`` (T1, T2 displays of the
+        same size) when given, and the letterbox geometry."""
+        planes = [display] if pair is None else list(pair)
+        boxed = [letterbox(p, self.info.image_size, PAD_VALUE) for p in planes]
+        x = torch.from_numpy(np.stack([lb for lb, _ in boxed]))[None].float().div_(255.0)
+        return three_channels(x), boxed[0][1]  # [1, C, S, S] -> [1, 3, S, S]
 
     def _detect(self, x: torch.Tensor, geo: Letterbox) -> list[Box]:
         det = self.loaded.backend(x)[0]
@@ -248,13 +261,17 @@ class Diagnoser:
 
     def diagnose_image(self, image: MedicalImage, source: str | Path | None = None,
                        slice_index: int | None = None, n_slices: int = 1,
-                       timings: Mapping[str, float] | None = None) -> Study:
-        """Diagnose an image already read (steps 2-5 of the module docstring)."""
+                       timings: Mapping[str, float] | None = None,
+                       pair: StudyPair | None = None) -> Study:
+        """Diagnose an image already read (steps 2-5 of the module docstring); ``pair`` (of
+        :func:`lumbardx.data.series.load_study_pair`, ``pair.image`` being ``image``) gives a
+        detector trained on T1/T2 pairs the co-registered slice of the other sequence."""
         clock = _Clock()
         clock.ms.update(timings or {})
+        partner = pair is not None and pair.partner is not None and self.info.reads_pairs
         with torch.inference_mode():
             with clock("preprocess"):
-                x, geo = self._preprocess(image.display)
+                x, geo = self._preprocess(image.display, pair.t1_t2() if partner else None)
             with clock("detect"):
                 boxes = self._detect(x, geo)
         with clock("findings"):
@@ -266,12 +283,19 @@ class Diagnoser:
             warnings.append("decision thresholds not chosen on validation data for "
                             f"{', '.join(unchosen)}: default "
                             f"{', '.join(f'{self.loaded.thresholds[n]:g}' for n in unchosen)}")
+        if self.info.reads_pairs and not partner:
+            why = pair.reason if pair is not None and pair.reason else "one slice was given"
+            known = pair is not None and pair.image_weighting in ("T1", "T2")
+            what = f"the {pair.image_weighting} slice" if known and pair else "the slice"
+            warnings.append(f"the model reads T1 and T2 together; {why}: {what} was read "
+                            "alone")
         with clock("severity"):
             warnings += estimate_severity(image, spine, _anterior_left(image))
         return Study(source=Path(source) if source is not None else image.source, image=image,
                      findings=spine, model=self.info, study_key=pixel_key(image.pixels),
-                     slice_index=slice_index, n_slices=n_slices, timings_ms=clock.ms,
-                     warnings=warnings, severity_note=SEVERITY_NOTE)
+                     slice_index=slice_index, n_slices=n_slices,
+                     partner_series=pair.partner_series if partner and pair else None,
+                     timings_ms=clock.ms, warnings=warnings, severity_note=SEVERITY_NOTE)
 
     def diagnose(self, path: str | Path) -> Study:
         """Diagnose one study: an image file, a DICOM file or a study folder.
@@ -279,14 +303,19 @@ class Diagnoser:
         Raises:
             InputError: naming the file or folder when it cannot be used.
         """
-        from lumbardx.data.series import load_study
+        from lumbardx.data.series import load_study, load_study_pair
 
         path = Path(path)
         clock = _Clock()
+        pair = None
         with clock("read"):
-            image = load_study(path, 1)[0]
+            if self.info.reads_pairs:
+                pair = load_study_pair(path)
+                image = pair.image
+            else:
+                image = load_study(path, 1)[0]
             index, count = _slice_position(path, image)
-        return self.diagnose_image(image, path, index, count, clock.ms)
+        return self.diagnose_image(image, path, index, count, clock.ms, pair)
 
     __call__ = diagnose
 

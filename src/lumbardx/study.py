@@ -10,10 +10,11 @@
                                      # carry patient names)
       "study_key": str,              # de-identified key: sha256 of the analysed pixels (16 hex)
       "image": {"width": int, "height": int, "kind": "png"|"jpeg"|"dicom",
-                "pixel_spacing_mm": [row, col] | null, "slice": int | null, "slices": int},
+                "pixel_spacing_mm": [row, col] | null, "slice": int | null, "slices": int,
+                "partner_series": str | null},   # the T1 (T2) series read with this slice
       "model": {"name": str, "version": str, "weights_sha256": str | null,
                 "classes": [str], "image_size": int, "backend": "torch"|"onnxruntime",
-                "training_data": str | null},
+                "training_data": str | null, "inputs": "slice"|"T1+T2"},
       "sacrum_recognised": bool, "sacrum_reason": str,
       "findings": [                  # one per disc, top to bottom along the spine
         {"level": "L4-L5", "level_uncertain": bool, "label": "herniation", "score": float | null,
@@ -42,6 +43,7 @@ from lumbardx.data.boxes import Box
 from lumbardx.data.images import MedicalImage
 
 SCHEMA = "lumbardx.findings/1"
+PAIR_INPUTS = "T1+T2"  # ModelInfo.inputs of a detector that reads T1 and T2 together
 DISCLAIMER = (
     "Decision support for research and teaching; not a diagnosis. Findings must be confirmed "
     "by a qualified reader on the full examination."
@@ -60,6 +62,9 @@ class ModelInfo:
         image_size: square network input size in pixels.
         backend: ``"torch"`` or ``"onnxruntime"``.
         training_data: what the weights were trained on (from the checkpoint or model card).
+        inputs: ``"slice"`` (one slice), or ``"T1+T2"`` for a detector trained on a patient's
+            co-registered T1 and T2 slices (recipe ``sequence_pairs``; it reads a single slice
+            too).
     """
 
     name: str
@@ -69,6 +74,12 @@ class ModelInfo:
     image_size: int
     backend: str = "torch"
     training_data: str | None = None
+    inputs: str = "slice"
+
+    @property
+    def reads_pairs(self) -> bool:
+        """Whether the detector was trained on T1/T2 pairs."""
+        return self.inputs == PAIR_INPUTS
 
 
 def pixel_key(pixels: np.ndarray) -> str:
@@ -92,6 +103,8 @@ class Study:
         model: the detector used.
         study_key: de-identified key (:func:`pixel_key` of the analysed pixels).
         slice_index, n_slices: which slice of the series was analysed (``None``/1 for images).
+        partner_series: the co-registered series of the other sequence whose same slice was read
+            with the analysed one (a detector reading T1 and T2 together), or ``None``.
         timings_ms: wall time of each step in milliseconds.
         warnings: anything the reader should know (e.g. level naming uncertain).
         outputs: files written for this study (name -> path).
@@ -104,6 +117,7 @@ class Study:
     study_key: str
     slice_index: int | None = None
     n_slices: int = 1
+    partner_series: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     outputs: dict[str, Path] = field(default_factory=dict)
@@ -145,12 +159,13 @@ class Study:
             "study_key": self.study_key,
             "image": {"width": img.width, "height": img.height, "kind": img.kind,
                       "pixel_spacing_mm": spacing, "slice": self.slice_index,
-                      "slices": self.n_slices},
+                      "slices": self.n_slices, "partner_series": self.partner_series},
             "model": {"name": self.model.name, "version": self.model.version,
                       "weights_sha256": self.model.weights_sha256,
                       "classes": list(self.model.class_names),
                       "image_size": self.model.image_size, "backend": self.model.backend,
-                      "training_data": self.model.training_data},
+                      "training_data": self.model.training_data,
+                      "inputs": self.model.inputs},
             "sacrum_recognised": self.findings.sacrum_recognised,
             "sacrum_reason": self.findings.sacrum_reason,
             "findings": discs,

@@ -58,6 +58,11 @@ def export(
         f"{det.model_name} ({', '.join(det.class_names)}) at {size}x{size} px -> ",
         (str(path), "bold"),
     ))
+    if det.recipe.get("sequence_pairs"):
+        Console(stderr=True, soft_wrap=True).print(Text.assemble(
+            ("warning: ", "yellow"), f"{weights} was trained on T1/T2 pairs; the ONNX file "
+            "does not say so, and diagnosis with it reads one slice at a time. "
+            "'lumbardx diagnose --backend onnx' with the .pt file reads the pairs."))
     if det.model.rescorer is not None:
         Console(stderr=True, soft_wrap=True).print(Text.assemble(
             ("warning: ", "yellow"), f"{weights} also holds a second stage "

@@ -9,6 +9,9 @@
   as a last resort Instance Number (``position_source`` says which; a warning is logged).
 * :func:`sagittal_series` keeps sagittal stacks and ranks them (rule in its docstring).
 * :func:`load_study` turns a PNG / JPEG / DICOM file or a study folder into the images to analyse.
+* :func:`load_study_pair` also returns, for a study folder, the co-registered slice of the other
+  sequence (T1 for a T2 series and vice versa, :func:`partner_series`), for detectors that read
+  T1 and T2 together.
 """
 
 from __future__ import annotations
@@ -59,12 +62,14 @@ class SliceRef:
         frame: 0-based frame index in a multi-frame file, ``None`` for single-frame files.
         position: mm along the series normal (see ``DicomSeries.position_source``).
         instance_number: Instance Number as stored (informative only), or ``None``.
+        origin: Image Position (Patient), float64 ``[3]`` in mm (patient LPS), or ``None``.
     """
 
     path: Path
     frame: int | None
     position: float
     instance_number: int | None = None
+    origin: np.ndarray | None = None
 
 
 @dataclass(eq=False)  # holds arrays: compare series by series_uid, not field by field
@@ -87,6 +92,9 @@ class DicomSeries:
             :func:`sequence_weighting`).
         is_localizer: Image Type LOCALIZER or a localizer-like description.
         position_source: ``"position"``, ``"slice-location"`` or ``"instance-number"``.
+        frame_of_reference_uid: Frame of Reference UID (``""`` when absent).
+        rows, columns: image size in pixels (of the first slice).
+        pixel_spacing: ``(row, column)`` spacing in mm, or ``None``.
     """
 
     series_uid: str
@@ -103,6 +111,10 @@ class DicomSeries:
     weighting: str = "unknown"
     is_localizer: bool = False
     position_source: str = "position"
+    frame_of_reference_uid: str = ""
+    rows: int = 0
+    columns: int = 0
+    pixel_spacing: tuple[float, float] | None = None
 
     @property
     def files(self) -> list[Path]:
@@ -261,8 +273,8 @@ def _build_series(members: list[tuple[Dataset, Path, int | None]], tol_deg: floa
                     first.get("SeriesInstanceUID"))
     slices = sorted(
         (SliceRef(path=p, frame=f, position=pos,
-                  instance_number=None if n is None else int(n))
-         for (_, p, f), pos, n in zip(members, positions, numbers)),
+                  instance_number=None if n is None else int(n), origin=o)
+         for (_, p, f), pos, n, o in zip(members, positions, numbers, ipps)),
         key=lambda s: (s.position, s.instance_number or 0, str(s.path), s.frame or 0))
     spacing = None
     if source != "instance-number" and len(slices) > 1:
@@ -283,7 +295,19 @@ def _build_series(members: list[tuple[Dataset, Path, int | None]], tol_deg: floa
         is_sagittal=plane_name(first, tol_deg) == "sagittal", spacing_between_slices=spacing,
         series_number=None if number is None else int(number),
         weighting=sequence_weighting(first), is_localizer=_is_localizer(first),
-        position_source=source)
+        position_source=source,
+        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "") or ""),
+        rows=int(first.get("Rows") or 0), columns=int(first.get("Columns") or 0),
+        pixel_spacing=_spacing(first))
+
+
+def _spacing(header: Dataset) -> tuple[float, float] | None:
+    value = header.get("PixelSpacing")
+    try:
+        row, col = (float(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    return (row, col) if row > 0 and col > 0 else None
 
 
 def find_series(folder: str | Path) -> list[DicomSeries]:
@@ -375,6 +399,117 @@ def load_study(path: str | Path, n_slices: int = 1, *, require_mr: bool = True,
                         require_mr=require_mr, max_pixels=max_pixels)
 
 
+#: Largest distance in mm between the slice origins of two series read as co-registered.
+CO_REGISTRATION_TOL_MM = 0.5
+#: The sequences read together by a detector trained on pairs (recipe ``sequence_pairs``).
+PAIRED_WEIGHTINGS = ("T1", "T2")
+
+
+def co_registered(a: DicomSeries, b: DicomSeries, tol_mm: float = CO_REGISTRATION_TOL_MM
+                  ) -> bool:
+    """Whether two series share one pixel grid slice by slice: same study and Frame of
+    Reference, same orientation (cosines within 1e-3), image size and pixel spacing (within
+    1e-3 mm), the same number of slices, and every slice origin (Image Position Patient, in
+    position order) within ``tol_mm``. Then a box drawn on a slice of one fits the same slice
+    of the other."""
+    if not a.frame_of_reference_uid or a.frame_of_reference_uid != b.frame_of_reference_uid \
+            or a.study_uid != b.study_uid or len(a) != len(b) or not len(a):
+        return False
+    if (a.rows, a.columns) != (b.rows, b.columns) or a.pixel_spacing is None \
+            or b.pixel_spacing is None \
+            or max(abs(x - y) for x, y in zip(a.pixel_spacing, b.pixel_spacing)) > 1e-3:
+        return False
+    if a.orientation is None or b.orientation is None \
+            or np.abs(a.orientation - b.orientation).max() > 1e-3:
+        return False
+    for sa, sb in zip(a.slices, b.slices):
+        if sa.origin is None or sb.origin is None \
+                or float(np.linalg.norm(sa.origin - sb.origin)) > tol_mm:
+            return False
+    return True
+
+
+def partner_series(chosen: DicomSeries, candidates: list[DicomSeries],
+                   tol_mm: float = CO_REGISTRATION_TOL_MM) -> DicomSeries | None:
+    """The first of ``candidates`` (in their order, e.g. :func:`rank_sagittal`'s) that holds
+    the other sequence of a T1/T2 pair and is :func:`co_registered` with ``chosen``; ``None``
+    when ``chosen`` is neither T1 nor T2 or no series qualifies."""
+    if chosen.weighting not in PAIRED_WEIGHTINGS:
+        return None
+    other = PAIRED_WEIGHTINGS[1 - PAIRED_WEIGHTINGS.index(chosen.weighting)]
+    for s in candidates:
+        if s is not chosen and s.weighting == other and co_registered(chosen, s, tol_mm):
+            return s
+    return None
+
+
+@dataclass
+class StudyPair:
+    """What a detector reading T1 and T2 together gets from a study (:func:`load_study_pair`).
+
+    Attributes:
+        image: the analysed slice (as :func:`load_study` returns it).
+        partner: the same slice of the co-registered series of the other sequence, or ``None``.
+        image_weighting: ``image``'s sequence (``"T2"``, ``"T1"``...; ``"unknown"`` for PNG /
+            JPEG files and single DICOM files).
+        partner_series: one-line summary of the partner series (:meth:`DicomSeries.summary`
+            with its Series Number), or ``None``.
+        reason: why there is no partner (``""`` when there is one).
+    """
+
+    image: MedicalImage
+    partner: MedicalImage | None = None
+    image_weighting: str = "unknown"
+    partner_series: str | None = None
+    reason: str = ""
+
+    def t1_t2(self) -> tuple[np.ndarray, np.ndarray]:
+        """The display images ``uint8 [H, W]`` as (T1, T2); without a partner, the analysed
+        slice twice."""
+        own = self.image.display
+        if self.partner is None:
+            return own, own
+        other = self.partner.display
+        return (own, other) if self.image_weighting == "T1" else (other, own)
+
+
+def load_study_pair(path: str | Path, *, require_mr: bool = True,
+                    max_pixels: int = MAX_PIXELS, tol_deg: float = SAGITTAL_TOL_DEG
+                    ) -> StudyPair:
+    """The analysed slice of :func:`load_study` (one slice) and, for a study folder whose
+    chosen series is T1 or T2, the same slice of its co-registered partner series
+    (:func:`partner_series`). Files (PNG, JPEG, one DICOM file) have no partner.
+
+    Raises:
+        ImageReadError: as :func:`load_study`; or the partner slice cannot be read.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return StudyPair(load_study(path, 1, require_mr=require_mr, max_pixels=max_pixels,
+                                    tol_deg=tol_deg)[0],
+                         reason="a single file has no second sequence")
+    ranked = _ranked_series(path, require_mr, tol_deg)
+    chosen = ranked[0]
+    image = mid_sagittal(chosen, 1, require_mr=require_mr, max_pixels=max_pixels)[0]
+    partner = partner_series(chosen, ranked)
+    if partner is None:
+        reason = (f"the {chosen.weighting} series has no co-registered "
+                  f"{'T1' if chosen.weighting == 'T2' else 'T2'} series in the study"
+                  if chosen.weighting in PAIRED_WEIGHTINGS
+                  else f"the analysed series is {chosen.weighting}, not T1 or T2")
+        return StudyPair(image, image_weighting=chosen.weighting, reason=reason)
+    centre = (len(chosen) - 1) // 2  # mid_sagittal's slice; the partner's is at the same place
+    ref = partner.slices[centre]
+    other = read_dicom(ref.path, frame=ref.frame, require_mr=require_mr, max_pixels=max_pixels)
+    if other.display.shape != image.display.shape:
+        raise ImageReadError(ref.path, f"partner slice is {other.display.shape[::-1]} pixels, "
+                                       f"the analysed one {image.display.shape[::-1]}")
+    label = f"{partner.summary()}, series {partner.series_number}" \
+        if partner.series_number is not None else partner.summary()
+    log.info("%s: reading %s with %s", path, chosen.summary(), label)
+    return StudyPair(image, other, chosen.weighting, label)
+
+
 def _single_file_series(path: Path, tol_deg: float) -> DicomSeries:
     header = read_header(path)
     members = [(frame_header(header, f), path, f) for f in range(number_of_frames(header))]
@@ -385,6 +520,19 @@ def _single_file_series(path: Path, tol_deg: float) -> DicomSeries:
 
 
 def _choose_series(folder: Path, require_mr: bool, tol_deg: float) -> DicomSeries:
+    ranked = _ranked_series(folder, require_mr, tol_deg)
+    chosen = ranked[0]
+    log.info("%s: using series %s (%d candidate sagittal series)", folder, chosen.summary(),
+             len(ranked))
+    return chosen
+
+
+def _ranked_series(folder: Path, require_mr: bool, tol_deg: float) -> list[DicomSeries]:
+    """The sagittal series of the one study in ``folder``, best first (:func:`rank_sagittal`).
+
+    Raises:
+        ImageReadError: as :func:`load_study` for a folder.
+    """
     scan = scan_dicom_folder(folder, tol_deg)
     if not scan.series:
         if not scan.problems and not scan.skipped and not scan.other_images:
@@ -410,7 +558,4 @@ def _choose_series(folder: Path, require_mr: bool, tol_deg: float) -> DicomSerie
     if len(studies) > 1:
         raise ImageReadError(folder, f"holds sagittal series of {len(studies)} studies; point "
                                      "to the folder of one study")
-    chosen = ranked[0]
-    log.info("%s: using series %s (%d candidate sagittal series)", folder, chosen.summary(),
-             len(ranked))
-    return chosen
+    return ranked

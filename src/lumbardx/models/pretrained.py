@@ -52,7 +52,7 @@ from lumbardx.data.errors import InputError, LumbardxError
 from lumbardx.engine.checkpoint import load_checkpoint, rebuild_detector
 from lumbardx.models.detector import Detector
 from lumbardx.models.runtime import OnnxBackend, TorchBackend, choose_backend
-from lumbardx.study import ModelInfo
+from lumbardx.study import PAIR_INPUTS, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,8 @@ def from_detector(
         name=model.name or type(model).__name__, version=version or f"lumbardx {__version__}",
         weights_sha256=weights_sha256, class_names=list(class_names), image_size=int(image_size),
         backend="onnxruntime" if isinstance(run, OnnxBackend) else "torch",
-        training_data=training_data)
+        training_data=training_data,
+        inputs=PAIR_INPUTS if (meta or {}).get("sequence_pairs") else "slice")
     return LoadedModel(run, info, thr, set(chosen), model, source, dict(meta or {}))
 
 
@@ -309,6 +310,7 @@ def load_detector(
     thresholds = parse_thresholds(ckpt.get("thresholds", card.get("thresholds")), names, path)
     meta = {k: ckpt[k] for k in ("epoch", "best_fitness", "seed") if k in ckpt}
     meta["recipe"] = (ckpt.get("recipe") or {}).get("name")
+    meta["sequence_pairs"] = bool((ckpt.get("recipe") or {}).get("sequence_pairs"))
     meta["ema"] = isinstance(ckpt.get("ema"), dict)
     try:
         return from_detector(net, names, size, thresholds, backend, device, threads, path,

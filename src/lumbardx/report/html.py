@@ -96,13 +96,19 @@ def header_fields(study: Study, analysed_at: datetime | None = None) -> list[tup
                if img.pixel_spacing is not None else "unknown (no pixel spacing: mm not measured)")
     slice_txt = (f"{study.slice_index + 1} of {study.n_slices}" if study.slice_index is not None
                  else "single image")
-    return [
+    pairs = ", reads T1 and T2 together" if m.reads_pairs else ""
+    fields = [
         ("Study key (de-identified)", study.study_key),
         ("Source file", source_name(study)),
         ("Image", f"{img.width} x {img.height} px, {img.kind.upper()}, pixel spacing {spacing}"),
         ("Slice analysed", slice_txt),
+    ]
+    if study.partner_series:
+        fields.append(("Read together with",
+                       f"the same slice of {redact(study.partner_series, study)}"))
+    return fields + [
         ("Date of analysis", when.strftime("%Y-%m-%d %H:%M %Z").strip()),
-        ("Model", f"{m.name} ({m.backend}, input {m.image_size} px), weights {m.version}"),
+        ("Model", f"{m.name} ({m.backend}, input {m.image_size} px{pairs}), weights {m.version}"),
         ("Weights SHA-256", m.weights_sha256 or "none (model held in memory)"),
         ("Software", f"lumbardx {__version__}"),
     ]

@@ -7,6 +7,12 @@ Stored values are 12-bit in 16-bit words, ``RescaleSlope/Intercept = 1/0``; the 
 (``WindowCenter/Width``) maps the middle slice exactly onto the PNG by the DICOM linear VOI LUT.
 Nothing depends on the clock: UIDs come from :func:`pydicom.uid.generate_uid` with the case key
 as entropy, dates from the key.
+
+``weighting="T1"`` writes a second series of the same study with the same geometry (same Frame
+of Reference, positions and pixel grid: co-registered with the T2 series), described and timed
+as a T1 TSE (TR 500 ms, TE 10 ms), whose pixels are the T2 ones mirrored about the window
+centre above 0.3 x the window centre (fluid dark, air and noise still dark). It is a stand-in for
+testing software that reads T1 and T2 together, not a simulation of T1 contrast.
 """
 
 from __future__ import annotations
@@ -91,13 +97,25 @@ def _base(case: SynthCase, thickness: float, between: float) -> Dataset:
     return ds
 
 
+def _t1_stand_in(pixels: np.ndarray, centre: float) -> np.ndarray:
+    """T2 values mirrored about ``centre`` above the background (module docstring)."""
+    p = pixels.astype(np.float64)
+    background = 0.3 * centre  # noise and air lie well below a quarter of the window centre
+    mirrored = np.clip(2.0 * centre - p, background, 4095.0)
+    return np.where(p > background, mirrored, p).round().astype(np.uint16)
+
+
 def write_dicom_series(case: SynthCase, folder: Path,
-                       config: SynthConfig | None = None) -> list[Path]:
+                       config: SynthConfig | None = None, weighting: str = "T2") -> list[Path]:
     """Write the series into ``folder`` as ``IM_0001.dcm`` ... (right to left); returns the paths.
+    ``weighting="T1"`` writes the co-registered T1 stand-in series (module docstring).
 
     Raises:
         InputError: ``folder`` cannot be created or a file cannot be written.
+        ValueError: ``weighting`` is not ``"T2"`` or ``"T1"``.
     """
+    if weighting not in ("T2", "T1"):
+        raise ValueError(f"weighting must be 'T2' or 'T1', not {weighting!r}")
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -112,6 +130,13 @@ def write_dicom_series(case: SynthCase, folder: Path,
         ds = _base(case, thickness, between)
         pixels = case.raw if x == 0 else case.render_slice(float(x))
         ds.SOPInstanceUID = _uid(case, f"instance-{k}")
+        if weighting == "T1":
+            pixels = _t1_stand_in(pixels, float(case.window[0]))
+            ds.SeriesInstanceUID = _uid(case, "series-t1")
+            ds.SOPInstanceUID = _uid(case, f"t1-instance-{k}")
+            ds.SeriesDescription = ds.ProtocolName = "T1_TSE_SAG"
+            ds.SeriesNumber = 2
+            ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength = "500", "10", 3
         ds.InstanceNumber = k + 1
         ds.ImagePositionPatient = [f"{x:.4f}", f"{y0:.4f}", f"{z0:.4f}"]
         ds.SliceLocation = f"{x:.4f}"

@@ -1,0 +1,127 @@
+"""Diagnosis with a detector trained on T1/T2 pairs: the co-registered series of a study is
+found, read with the analysed slice and named in the outputs; without it the slice is read
+alone, with a warning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from findings_schema import check_findings_schema
+
+from lumbardx.diagnosis import Diagnoser
+from lumbardx.engine.checkpoint import build_detector
+from lumbardx.report.html import header_fields
+from lumbardx.synth import SynthConfig, generate_case, write_dicom_series
+
+NAMES = ["normal", "herniation", "spondylolisthesis"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic study: a T2 and a co-registered T1 sagittal series (128 px)."""
+    root = tmp_path_factory.mktemp("pairstudy")
+    case = generate_case(np.random.default_rng(4), SynthConfig(image_sizes=(128,)))
+    write_dicom_series(case, root / "study" / "t2")
+    write_dicom_series(case, root / "study" / "t1", weighting="T1")
+    return root / "study"
+
+
+def _checkpoint(path: Path, pairs: bool) -> Path:
+    torch.manual_seed(0)
+    model = build_detector("yolov5n", 3, 64)
+    torch.save({"model_name": "yolov5n", "class_names": NAMES, "model": model.state_dict(),
+                "recipe": {"name": "test", "image_size": 64, "sequence_pairs": pairs}}, path)
+    return path
+
+
+class Spy:
+    """Wraps a backend and keeps the inputs it was given."""
+
+    def __init__(self, backend) -> None:
+        self.backend, self.seen = backend, []
+
+    def __call__(self, x: torch.Tensor):
+        self.seen.append(x.clone())
+        return self.backend(x)
+
+
+def _diagnoser(tmp_path: Path, pairs: bool) -> tuple[Diagnoser, Spy]:
+    dx = Diagnoser(_checkpoint(tmp_path / f"m{int(pairs)}.pt", pairs), backend="torch")
+    spy = Spy(dx.loaded.backend)
+    dx.loaded.backend = spy
+    return dx, spy
+
+
+def test_series_of_a_pair_are_co_registered(study: Path, tmp_path: Path) -> None:
+    from lumbardx.data.series import co_registered, load_study_pair, partner_series, sagittal_series
+
+    t2, t1 = sagittal_series(study)  # T2 ranks first
+    assert (t2.weighting, t1.weighting) == ("T2", "T1")
+    assert co_registered(t2, t1) and partner_series(t2, [t2, t1]) is t1
+    assert partner_series(t1, [t2, t1]) is t2
+    pair = load_study_pair(study)
+    assert pair.image_weighting == "T2" and "T1_TSE_SAG" in (pair.partner_series or "")
+    t1_img, t2_img = pair.t1_t2()
+    assert t1_img.shape == t2_img.shape and not np.array_equal(t1_img, t2_img)
+    np.testing.assert_array_equal(t2_img, pair.image.display)
+
+    # the T1 series moved by 2 mm along the table is not the same pixel grid
+    moved = tmp_path / "moved"
+    for sub in ("t1", "t2"):
+        (moved / sub).mkdir(parents=True)
+        for f in sorted((study / sub).glob("*.dcm")):
+            ds = pydicom.dcmread(f)
+            if sub == "t1":
+                ds.ImagePositionPatient = [float(v) + (2.0 if k == 2 else 0.0)
+                                           for k, v in enumerate(ds.ImagePositionPatient)]
+            ds.save_as(moved / sub / f.name)
+    a, b = sagittal_series(moved)
+    assert not co_registered(a, b)
+    lone = load_study_pair(moved)
+    assert lone.partner is None and "no co-registered T1 series" in lone.reason
+    np.testing.assert_array_equal(*lone.t1_t2())
+
+
+def test_pair_model_reads_the_partner_slice(study: Path, tmp_path: Path) -> None:
+    dx, spy = _diagnoser(tmp_path, pairs=True)
+    assert dx.info.inputs == "T1+T2" and dx.info.reads_pairs
+    res = dx.diagnose(study)
+    assert res.partner_series is not None and "T1_TSE_SAG" in res.partner_series
+    x = spy.seen[-1]
+    assert x.shape == (1, 3, 64, 64)
+    assert not torch.equal(x[0, 0], x[0, 1])  # T1 and T2 differ
+    torch.testing.assert_close(x[0, 2], x[0, :2].mean(0))
+    assert not any("read alone" in w for w in res.warnings)
+    doc = json.loads(json.dumps(res.to_dict()))
+    check_findings_schema(doc)
+    assert doc["image"]["partner_series"] == res.partner_series
+    assert doc["model"]["inputs"] == "T1+T2"
+    fields = dict(header_fields(res))
+    assert "T1_TSE_SAG" in fields["Read together with"]
+    assert "reads T1 and T2 together" in fields["Model"]
+
+
+def test_pair_model_reads_a_single_slice_alone_and_says_so(study: Path, tmp_path: Path) -> None:
+    dx, spy = _diagnoser(tmp_path, pairs=True)
+    res = dx.diagnose(sorted((study / "t2").glob("*.dcm"))[5])  # one DICOM file
+    assert res.partner_series is None
+    assert any("a single file has no second sequence" in w and "read alone" in w
+               for w in res.warnings)
+    x = spy.seen[-1]
+    assert torch.equal(x[0, 0], x[0, 1]) and torch.equal(x[0, 1], x[0, 2])
+
+
+def test_single_slice_model_ignores_the_partner(study: Path, tmp_path: Path) -> None:
+    dx, spy = _diagnoser(tmp_path, pairs=False)
+    res = dx.diagnose(study)
+    assert dx.info.inputs == "slice" and res.partner_series is None
+    assert res.to_dict()["image"]["partner_series"] is None
+    assert not any("T1 and T2" in w for w in res.warnings)
+    x = spy.seen[-1]
+    assert torch.equal(x[0, 0], x[0, 1])
+    assert "Read together with" not in dict(header_fields(res))

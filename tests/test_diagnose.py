@@ -275,3 +275,12 @@ def test_shipped_default_finds_discs_on_real_images(yolospine_dev: Path) -> None
     images = sorted((yolospine_dev / "images").glob("*.png"))[:4]
     counts = [len(dx(p).findings.discs) for p in images]
     assert min(counts) >= 5, counts
+
+
+def test_terminal_summary_of_a_slice_without_discs_is_not_normal() -> None:
+    from types import SimpleNamespace
+
+    from lumbardx.cli.diagnose import findings_text
+
+    empty = SimpleNamespace(findings=SimpleNamespace(discs=[]))
+    assert findings_text(empty) == "no disc detected: check the image"

@@ -214,6 +214,20 @@ def test_ground_truth_has_no_confidence(series_study: Study, tmp_path: Path) -> 
     assert all(not g.get_measurements() for g in groups)
 
 
+def test_slice_without_discs_is_reported_as_such(series_study: Study, tmp_path: Path) -> None:
+    study = _study(series_study.image, [])
+    assert not study.findings.discs
+    sr = _reread(build_sr(study), tmp_path)
+    content = sr.content
+    assert not content.get_planar_roi_measurement_groups()
+    (group,) = content.get_image_measurement_groups()
+    assert group.tracking_identifier == "analysed slice"
+    (evaluation,) = group.get_qualitative_evaluations()
+    assert evaluation.name == lx.DISC_DETECTED and evaluation.value == lx.NO
+    ref = group.source_images[0]
+    assert ref.referenced_sop_instance_uid == series_study.image.header.SOPInstanceUID
+
+
 def test_image_input_refused(tmp_path: Path) -> None:
     png = tmp_path / "slice.png"
     Image.fromarray(np.full(SHAPE, 90, np.uint8)).save(png)

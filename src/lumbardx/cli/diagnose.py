@@ -123,7 +123,10 @@ def output_folder(out: Path, source: Path, study_key: str) -> Path:
 
 def findings_text(study: object) -> str:
     """Abnormal findings by level, e.g. ``"L4-L5 herniation 0.91; L5-S1 spondylolisthesis
-    0.80 (grade I)"``; ``"no abnormal finding"`` when all discs are normal."""
+    0.80 (grade I)"``; ``"no abnormal finding"`` when all discs are normal; ``"no disc
+    detected: check the image"`` when there is none (the study cannot be called normal)."""
+    if not study.findings.discs:  # type: ignore[attr-defined]
+        return "no disc detected: check the image"
     parts = []
     for d in study.findings.discs:  # type: ignore[attr-defined]
         for f in d.findings:

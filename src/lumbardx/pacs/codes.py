@@ -69,6 +69,7 @@ PRESENT = CodedConcept.from_code(codes.SCT.Present)
 YES = CodedConcept.from_code(codes.SCT.Yes)
 NO = CodedConcept.from_code(codes.SCT.No)
 LEVEL_UNCERTAIN = local("LEVEL-UNCERTAIN", "Disc level name uncertain")
+DISC_DETECTED = local("DISC-DETECTED", "Intervertebral disc detected")
 MEYERDING_GRADE = local("MEYERDING", "Meyerding grade of slip (estimate)")
 MEYERDING_VALUES: dict[str, CodedConcept] = {
     g: local(f"MEYERDING-{g}", f"Meyerding grade {g}") for g in ("I", "II", "III", "IV", "V")

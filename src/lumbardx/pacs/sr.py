@@ -17,7 +17,11 @@ Content (DICOM PS3.16 TID 1500):
   the detector (Algorithm Name / Version), qualitative evaluations (each finding ``Present``,
   ``Disc level name uncertain`` Yes/No, Meyerding grade when estimated) and measurements
   (detector confidence ``{ratio}``, slip ``%``, herniation posterior extent ``mm``), each with a
-  Measurement Method stating that it is an estimate.
+  Measurement Method stating that it is an estimate;
+* when no disc was detected, one TID 1501 image-level group instead (TID 1500 needs at least one
+  group): tracking identifier ``"analysed slice"``, the source image, the detector, and the
+  qualitative evaluation ``Intervertebral disc detected`` = No, so the PACS records that the
+  slice was analysed and nothing was found (often a sign of the wrong image).
 
 Coordinates. SCOORD image coordinates put ``(0, 0)`` at the top-left corner of the top-left
 pixel (PS3.3 C.18.6.1.2), the same continuous 0-based frame as :mod:`lumbardx.data.boxes`, so
@@ -40,9 +44,11 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.enum import SpecificCharacterSetValues
 from highdicom.sr import (AlgorithmIdentification, DeviceObserverIdentifyingAttributes,
                           EnhancedSR, FindingSite, GraphicTypeValues, ImageRegion, Measurement,
-                          MeasurementReport, ObservationContext, ObserverContext,
+                          MeasurementReport, MeasurementsAndQualitativeEvaluations,
+                          ObservationContext, ObserverContext,
                           PlanarROIMeasurementsAndQualitativeEvaluations, QualitativeEvaluation,
-                          SourceImageForRegion, TrackingIdentifier)
+                          SourceImageForMeasurementGroup, SourceImageForRegion,
+                          TrackingIdentifier)
 from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
@@ -213,6 +219,20 @@ def disc_group(disc: DiscFindings, header: Dataset, frame: int | None, size: tup
         qualitative_evaluations=evaluations)
 
 
+def no_disc_group(header: Dataset, frame: int | None, model: ModelInfo
+                  ) -> MeasurementsAndQualitativeEvaluations:
+    """The TID 1501 group of a slice on which no disc was detected (module docstring)."""
+    multi = number_of_frames(header) > 1
+    source = SourceImageForMeasurementGroup(
+        referenced_sop_class_uid=str(header.SOPClassUID),
+        referenced_sop_instance_uid=str(header.SOPInstanceUID),
+        referenced_frame_numbers=[(frame or 0) + 1] if multi else None)
+    return MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(uid=generate_uid(), identifier="analysed slice"),
+        algorithm_id=_algorithm(model), source_images=[source],
+        qualitative_evaluations=[QualitativeEvaluation(lx.DISC_DETECTED, lx.NO)])
+
+
 def build_sr(study: Study, *, manufacturer: str = DEFAULT_MANUFACTURER,
              series_number: int = SR_SERIES_NUMBER, instance_number: int = 1) -> EnhancedSR:
     """The TID 1500 Enhanced SR of ``study``'s findings, filed in the source study.
@@ -232,7 +252,7 @@ def build_sr(study: Study, *, manufacturer: str = DEFAULT_MANUFACTURER,
     size = (study.image.width, study.image.height)
     try:
         groups = [disc_group(d, header, frame, size, study.model)
-                  for d in study.findings.discs]
+                  for d in study.findings.discs] or [no_disc_group(header, frame, study.model)]
         device = DeviceObserverIdentifyingAttributes(
             uid=device_uid(manufacturer, study.model), name=f"lumbardx {__version__}",
             manufacturer_name=manufacturer, model_name=study.model.name)
@@ -241,7 +261,7 @@ def build_sr(study: Study, *, manufacturer: str = DEFAULT_MANUFACTURER,
         library = all(k in evidence for k in _LIBRARY_KEYWORDS)
         report = MeasurementReport(
             observation_context=context, procedure_reported=lx.PROCEDURE_CODE,
-            imaging_measurements=groups or None,
+            imaging_measurements=groups,
             referenced_images=[evidence] if library else None)
         extra = [*(d.level for d in study.findings.discs),
                  *(f.label for d in study.findings.discs for f in d.findings), study.model.name,

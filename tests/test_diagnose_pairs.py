@@ -58,19 +58,22 @@ def _diagnoser(tmp_path: Path, pairs: bool) -> tuple[Diagnoser, Spy]:
 
 
 def test_series_of_a_pair_are_co_registered(study: Path, tmp_path: Path) -> None:
-    from lumbardx.data.series import co_registered, load_study_pair, partner_series, sagittal_series
+    from lumbardx.data.series import load_study_pair, partner_series, sagittal_series, same_grid
 
     t2, t1 = sagittal_series(study)  # T2 ranks first
-    assert (t2.weighting, t1.weighting) == ("T2", "T1")
-    assert co_registered(t2, t1) and partner_series(t2, [t2, t1]) is t1
-    assert partner_series(t1, [t2, t1]) is t2
+    assert (t2.weighting, t1.weighting) == ("T2", "T1") and same_grid(t2, t1)
+    mid = (len(t2) - 1) // 2
+    assert partner_series(t2, [t2, t1]) == (t1, t1.slices[mid])
+    assert partner_series(t1, [t2, t1]) == (t2, t2.slices[mid])
+    assert partner_series(t2, [t2, t1], ref=t2.slices[2]) == (t1, t1.slices[2])
+    assert partner_series(t2, [t2]) is None
     pair = load_study_pair(study)
     assert pair.image_weighting == "T2" and "T1_TSE_SAG" in (pair.partner_series or "")
     t1_img, t2_img = pair.t1_t2()
     assert t1_img.shape == t2_img.shape and not np.array_equal(t1_img, t2_img)
     np.testing.assert_array_equal(t2_img, pair.image.display)
 
-    # the T1 series moved by 2 mm along the table is not the same pixel grid
+    # the T1 series moved by 2 mm along the table: no slice on the T2's grid
     moved = tmp_path / "moved"
     for sub in ("t1", "t2"):
         (moved / sub).mkdir(parents=True)
@@ -81,10 +84,31 @@ def test_series_of_a_pair_are_co_registered(study: Path, tmp_path: Path) -> None
                                            for k, v in enumerate(ds.ImagePositionPatient)]
             ds.save_as(moved / sub / f.name)
     a, b = sagittal_series(moved)
-    assert not co_registered(a, b)
+    assert same_grid(a, b) and partner_series(a, [a, b]) is None
     lone = load_study_pair(moved)
     assert lone.partner is None and "no co-registered T1 series" in lone.reason
     np.testing.assert_array_equal(*lone.t1_t2())
+
+
+def test_a_partner_with_fewer_slices_pairs_at_the_same_position(study: Path,
+                                                                tmp_path: Path) -> None:
+    import shutil
+
+    from lumbardx.data.series import load_study_pair, partner_series, sagittal_series
+
+    fewer = tmp_path / "fewer"
+    shutil.copytree(study / "t2", fewer / "t2")
+    (fewer / "t1").mkdir(parents=True)
+    for f in sorted((study / "t1").glob("*.dcm"))[2:]:  # the T1 series lacks two slices
+        shutil.copy(f, fewer / "t1" / f.name)
+    t2, t1 = sagittal_series(fewer)
+    assert len(t1) == len(t2) - 2
+    match = partner_series(t2, [t2, t1])
+    assert match is not None and match[0] is t1
+    mid = t2.slices[(len(t2) - 1) // 2]
+    assert np.linalg.norm(match[1].origin - mid.origin) < 1e-6
+    pair = load_study_pair(fewer)
+    assert pair.partner is not None and pair.partner.source == match[1].path
 
 
 def test_pair_model_reads_the_partner_slice(study: Path, tmp_path: Path) -> None:

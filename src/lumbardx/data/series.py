@@ -9,9 +9,9 @@
   as a last resort Instance Number (``position_source`` says which; a warning is logged).
 * :func:`sagittal_series` keeps sagittal stacks and ranks them (rule in its docstring).
 * :func:`load_study` turns a PNG / JPEG / DICOM file or a study folder into the images to analyse.
-* :func:`load_study_pair` also returns, for a study folder, the co-registered slice of the other
-  sequence (T1 for a T2 series and vice versa, :func:`partner_series`), for detectors that read
-  T1 and T2 together.
+* :func:`load_study_pair` also returns, for a study folder, the slice of the other sequence on
+  the same pixel grid (T1 for a T2 series and vice versa, :func:`partner_series`), for
+  detectors that read T1 and T2 together.
 """
 
 from __future__ import annotations
@@ -399,47 +399,60 @@ def load_study(path: str | Path, n_slices: int = 1, *, require_mr: bool = True,
                         require_mr=require_mr, max_pixels=max_pixels)
 
 
-#: Largest distance in mm between the slice origins of two series read as co-registered.
+#: Largest distance in mm between the origins of two slices read as co-registered.
 CO_REGISTRATION_TOL_MM = 0.5
 #: The sequences read together by a detector trained on pairs (recipe ``sequence_pairs``).
 PAIRED_WEIGHTINGS = ("T1", "T2")
 
 
-def co_registered(a: DicomSeries, b: DicomSeries, tol_mm: float = CO_REGISTRATION_TOL_MM
-                  ) -> bool:
-    """Whether two series share one pixel grid slice by slice: same study and Frame of
-    Reference, same orientation (cosines within 1e-3), image size and pixel spacing (within
-    1e-3 mm), the same number of slices, and every slice origin (Image Position Patient, in
-    position order) within ``tol_mm``. Then a box drawn on a slice of one fits the same slice
-    of the other."""
+def same_grid(a: DicomSeries, b: DicomSeries) -> bool:
+    """Whether two series share a pixel grid up to the slice position: same study and Frame of
+    Reference, orientation (cosines within 1e-3), image size and pixel spacing (within
+    1e-3 mm)."""
     if not a.frame_of_reference_uid or a.frame_of_reference_uid != b.frame_of_reference_uid \
-            or a.study_uid != b.study_uid or len(a) != len(b) or not len(a):
+            or a.study_uid != b.study_uid:
         return False
     if (a.rows, a.columns) != (b.rows, b.columns) or a.pixel_spacing is None \
             or b.pixel_spacing is None \
             or max(abs(x - y) for x, y in zip(a.pixel_spacing, b.pixel_spacing)) > 1e-3:
         return False
-    if a.orientation is None or b.orientation is None \
-            or np.abs(a.orientation - b.orientation).max() > 1e-3:
-        return False
-    for sa, sb in zip(a.slices, b.slices):
-        if sa.origin is None or sb.origin is None \
-                or float(np.linalg.norm(sa.origin - sb.origin)) > tol_mm:
-            return False
-    return True
+    return a.orientation is not None and b.orientation is not None \
+        and float(np.abs(a.orientation - b.orientation).max()) <= 1e-3
+
+
+def co_registered_slice(ref: SliceRef, series: DicomSeries, other: DicomSeries,
+                        tol_mm: float = CO_REGISTRATION_TOL_MM) -> SliceRef | None:
+    """The slice of ``other`` on the pixel grid of slice ``ref`` of ``series``: the two series
+    share a grid (:func:`same_grid`) and that slice's origin (Image Position Patient) lies
+    within ``tol_mm`` of ``ref``'s, so a box drawn on one fits the other. ``None`` when there
+    is none (or origins are missing). The series may differ in their number of slices."""
+    if ref.origin is None or not same_grid(series, other):
+        return None
+    found = [(float(np.linalg.norm(s.origin - ref.origin)), k)
+             for k, s in enumerate(other.slices) if s.origin is not None]
+    if not found:
+        return None
+    dist, k = min(found)
+    return other.slices[k] if dist <= tol_mm else None
 
 
 def partner_series(chosen: DicomSeries, candidates: list[DicomSeries],
-                   tol_mm: float = CO_REGISTRATION_TOL_MM) -> DicomSeries | None:
+                   ref: SliceRef | None = None, tol_mm: float = CO_REGISTRATION_TOL_MM
+                   ) -> tuple[DicomSeries, SliceRef] | None:
     """The first of ``candidates`` (in their order, e.g. :func:`rank_sagittal`'s) that holds
-    the other sequence of a T1/T2 pair and is :func:`co_registered` with ``chosen``; ``None``
-    when ``chosen`` is neither T1 nor T2 or no series qualifies."""
-    if chosen.weighting not in PAIRED_WEIGHTINGS:
+    the other sequence of a T1/T2 pair and has a slice co-registered with slice ``ref`` of
+    ``chosen`` (default: its middle slice, the one :func:`mid_sagittal` reads), with that
+    slice (:func:`co_registered_slice`); ``None`` when ``chosen`` is neither T1 nor T2 or no
+    series qualifies."""
+    if chosen.weighting not in PAIRED_WEIGHTINGS or not len(chosen):
         return None
+    ref = ref if ref is not None else chosen.slices[(len(chosen) - 1) // 2]
     other = PAIRED_WEIGHTINGS[1 - PAIRED_WEIGHTINGS.index(chosen.weighting)]
     for s in candidates:
-        if s is not chosen and s.weighting == other and co_registered(chosen, s, tol_mm):
-            return s
+        if s is not chosen and s.weighting == other:
+            match = co_registered_slice(ref, chosen, s, tol_mm)
+            if match is not None:
+                return s, match
     return None
 
 
@@ -477,7 +490,7 @@ def load_study_pair(path: str | Path, *, require_mr: bool = True,
                     max_pixels: int = MAX_PIXELS, tol_deg: float = SAGITTAL_TOL_DEG
                     ) -> StudyPair:
     """The analysed slice of :func:`load_study` (one slice) and, for a study folder whose
-    chosen series is T1 or T2, the same slice of its co-registered partner series
+    chosen series is T1 or T2, the slice of the other sequence on the same pixel grid
     (:func:`partner_series`). Files (PNG, JPEG, one DICOM file) have no partner.
 
     Raises:
@@ -491,15 +504,14 @@ def load_study_pair(path: str | Path, *, require_mr: bool = True,
     ranked = _ranked_series(path, require_mr, tol_deg)
     chosen = ranked[0]
     image = mid_sagittal(chosen, 1, require_mr=require_mr, max_pixels=max_pixels)[0]
-    partner = partner_series(chosen, ranked)
-    if partner is None:
+    found = partner_series(chosen, ranked)  # paired at mid_sagittal's slice
+    if found is None:
         reason = (f"the {chosen.weighting} series has no co-registered "
                   f"{'T1' if chosen.weighting == 'T2' else 'T2'} series in the study"
                   if chosen.weighting in PAIRED_WEIGHTINGS
                   else f"the analysed series is {chosen.weighting}, not T1 or T2")
         return StudyPair(image, image_weighting=chosen.weighting, reason=reason)
-    centre = (len(chosen) - 1) // 2  # mid_sagittal's slice; the partner's is at the same place
-    ref = partner.slices[centre]
+    partner, ref = found
     other = read_dicom(ref.path, frame=ref.frame, require_mr=require_mr, max_pixels=max_pixels)
     if other.display.shape != image.display.shape:
         raise ImageReadError(ref.path, f"partner slice is {other.display.shape[::-1]} pixels, "

@@ -19,9 +19,12 @@ recipe trained on all the data.
 4. The shipped thresholds are chosen on all out-of-fold discs
    (:func:`lumbardx.clinical.thresholds.choose_thresholds`, Youden's J or F1).
 
-Every measurement runs the weights as diagnosis does, one slice at a time: a model trained on
-T1/T2 pairs (recipe ``sequence_pairs``) is measured reading single slices, which is how
-``lumbardx diagnose`` runs it, not as its cross-validation scored it.
+A model trained on T1/T2 pairs (recipe ``sequence_pairs``) reads a study's co-registered T1
+and T2 slices together at diagnosis, and a single slice (an image file, a study with one
+sequence) alone: its folds are measured on the pairs (``lumbardx.data.pairs.SequencePairs``;
+images without a partner are their own pair), which choose the thresholds, and again one slice
+at a time (``single_slice`` in the evidence: AP per fold, and the disc-level operating point
+at the same thresholds).
 
 **One validation fold** (``--fold K --folds-csv CSV``): ``CHECKPOINT`` was trained on the other
 folds; it predicts fold ``K``, whose discs both choose and measure the thresholds (optimistic).
@@ -59,6 +62,7 @@ from lumbardx.clinical.thresholds import choose_thresholds, disc_scores, thresho
 from lumbardx.data.boxes import Box
 from lumbardx.data.dataset import LumbarDataset
 from lumbardx.data.folds import read_folds_csv, split
+from lumbardx.data.pairs import SequencePairs
 from lumbardx.engine.checkpoint import LoadedDetector, load_checkpoint, rebuild_detector
 from lumbardx.engine.evaluate import predict
 from lumbardx.engine.metrics import GroundTruth, coco_evaluate
@@ -86,23 +90,27 @@ def disc_operating_point(records, thresholds: dict[str, float]) -> dict[str, flo
             "sensitivity": tp / max(tp + fn, 1), "specificity": tn / max(tn + fp, 1)}
 
 
-def held_out(loaded: LoadedDetector, ds: LumbarDataset, idx: list[int]
+def held_out(loaded: LoadedDetector, ds: LumbarDataset, idx: list[int], pairs: bool = False
              ) -> tuple[dict, list[list]]:
-    """Predict images ``idx`` of ``ds`` with the detector ``loaded``.
+    """Predict images ``idx`` of ``ds`` with the detector ``loaded``, each with its T1/T2
+    partner when ``pairs`` (:class:`~lumbardx.data.pairs.SequencePairs` of those images).
 
     Returns the COCO metrics (:func:`coco_evaluate`) and, per image, its disc records
     (:func:`disc_scores`, every predicted box counted).
     """
     names = loaded.class_names
-    samples = [ds[i] for i in idx]
+    view = SequencePairs(ds.subset(idx)) if pairs else ds.subset(idx)
+    samples = [view[k] for k in range(len(idx))]
+    # one image at a time, as the cross-validation scored its folds (eval batch 1): batched
+    # convolutions round differently, which reorders near-tied scores
     preds = predict(loaded.model, [s.image for s in samples], loaded.image_size,
-                    pad_value=loaded.pad_value)
-    gts = [GroundTruth(s.image_id, s.image.shape[1], s.image.shape[0], s.boxes, s.labels)
+                    batch_size=1, pad_value=loaded.pad_value)
+    gts = [GroundTruth(s.image_id, s.image.shape[-1], s.image.shape[-2], s.boxes, s.labels)
            for s in samples]
     m = coco_evaluate(gts, preds, names)
     per_image = [disc_scores([(_boxes(s.boxes, s.labels, names),
                                _boxes(pr.boxes, pr.labels, names, pr.scores),
-                               (s.image.shape[1], s.image.shape[0]))])
+                               (s.image.shape[-1], s.image.shape[-2]))])
                  for s, pr in zip(samples, preds)]
     return m, per_image
 
@@ -163,6 +171,8 @@ def crossval_evidence(ds: LumbarDataset, cv_dir: Path, model_name: str, criterio
     assign = read_folds_csv(cv_dir / "folds.csv")
     names = list(ds.class_names)
     folds, fold_images = [], []
+    single_folds, single_images = [], []  # pair models read one slice at a time
+    pairs = False
     for k in range(assign.k):
         result_file = cv_dir / model_name / f"fold{k}" / "result.json"
         if not result_file.is_file():
@@ -170,8 +180,9 @@ def crossval_evidence(ds: LumbarDataset, cv_dir: Path, model_name: str, criterio
         result = json.loads(result_file.read_text())
         _, val_idx = split(ds, k, assign)
         # the weights the fold scored, found next to its result (the folder may have moved)
-        m, per_image = held_out(_load(result_file.parent / Path(result["weights"]).name, ds),
-                                ds, val_idx)
+        loaded = _load(result_file.parent / Path(result["weights"]).name, ds)
+        pairs = bool(loaded.recipe.get("sequence_pairs"))
+        m, per_image = held_out(loaded, ds, val_idx, pairs)
         folds.append({"fold": k, "weights": Path(result["weights"]).name,
                       "val_images": len(val_idx),
                       "val_patients": len({ds.records[i].patient for i in val_idx}),
@@ -180,18 +191,70 @@ def crossval_evidence(ds: LumbarDataset, cv_dir: Path, model_name: str, criterio
         fold_images.append([(ds.records[i].patient, recs)
                             for i, recs in zip(val_idx, per_image)])
         print(f"fold {k}: mAP@0.5 {m.map50:.3f}", flush=True)
+        if pairs:
+            m1, per_image1 = held_out(loaded, ds, val_idx, False)
+            single_folds.append({"fold": k, **_metrics_dict(m1, names)})
+            single_images.append([(ds.records[i].patient, recs)
+                                  for i, recs in zip(val_idx, per_image1)])
+            print(f"fold {k}, one slice at a time: mAP@0.5 {m1.map50:.3f}", flush=True)
 
-    def stat(key) -> dict:
-        s = fold_stat([key(f) for f in folds])
+    def stat(key, rows=folds) -> dict:
+        s = fold_stat([key(f) for f in rows])
         return {"mean": s.mean, "sd": s.sd, "ci95": [s.ci_low, s.ci_high], "n": s.n}
 
     # disc level: each fold measured at thresholds chosen on the other folds
-    per_patient: dict[str, np.ndarray] = {}  # patient -> [tp, positives, tn, negatives]
-    fold_points = []
-    for k, images in enumerate(fold_images):
+    fold_thresholds = []
+    for k in range(len(fold_images)):
         others = [r for j, imgs in enumerate(fold_images) if j != k for _, recs in imgs
                   for r in recs]
-        thr = thresholds_dict(choose_thresholds(others, names, criterion))
+        fold_thresholds.append(thresholds_dict(choose_thresholds(others, names, criterion)))
+    disc_level, fold_points = disc_level_evidence(fold_images, fold_thresholds, seed)
+    all_records = [r for imgs in fold_images for _, recs in imgs for r in recs]
+    choices = choose_thresholds(all_records, names, criterion)
+    evidence = {
+        "protocol": f"{assign.k}-fold patient-grouped cross-validation ({cv_dir.name}); "
+                    "each fold's final weights scored on its held-out patients",
+        "folds": folds,
+        "ap50": {n: stat(lambda f, n=n: f["ap50"][n]) for n in names},
+        "map50": stat(lambda f: f["map50"]), "map50_95": stat(lambda f: f["map50_95"]),
+        "ap_interpolation": "COCO 101-point (pycocotools)",
+        "images": sum(f["val_images"] for f in folds),
+        "patients": sum(f["val_patients"] for f in folds),
+        "discs": len(all_records), "disc_level": disc_level, "disc_level_folds": fold_points,
+        "disc_level_note": "a disc is positive when not normal; each fold called at "
+                           "thresholds chosen on the other folds' out-of-fold discs",
+        "threshold_source": "all out-of-fold discs",
+        "inputs": "T1+T2" if pairs else "slice",
+    }
+    if pairs:
+        evidence["protocol"] += ("; each image read with its T1/T2 partner (an image without "
+                                 "one is its own pair)")
+        single_level, single_points = disc_level_evidence(single_images, fold_thresholds, seed)
+        evidence["single_slice"] = {
+            "note": "the same weights reading one slice at a time (image files, studies with "
+                    "one sequence), called at the thresholds of the pairs",
+            "folds": single_folds,
+            "ap50": {n: stat(lambda f, n=n: f["ap50"][n], single_folds) for n in names},
+            "map50": stat(lambda f: f["map50"], single_folds),
+            "map50_95": stat(lambda f: f["map50_95"], single_folds),
+            "disc_level": single_level, "disc_level_folds": single_points}
+    return evidence, choices
+
+
+def disc_level_evidence(fold_images: list, fold_thresholds: list[dict[str, float]],
+                        seed: int = 0) -> tuple[dict, list[dict]]:
+    """Disc-level sensitivity / specificity pooled over folds, each fold's discs called at its
+    own thresholds: ``({"sensitivity": ..., "specificity": ...}, per-fold points)``; intervals
+    by a patient-level bootstrap (discs of one patient resampled together) and Wilson over
+    discs.
+
+    Args:
+        fold_images: per fold, ``(patient, disc records)`` per image (:func:`held_out`).
+        fold_thresholds: per fold, class name -> threshold.
+    """
+    per_patient: dict[str, np.ndarray] = {}  # patient -> [tp, positives, tn, negatives]
+    fold_points = []
+    for k, (images, thr) in enumerate(zip(fold_images, fold_thresholds)):
         counts = np.zeros(4, np.int64)
         for patient, recs in images:
             truth, call = _calls(recs, thr)
@@ -214,23 +277,7 @@ def crossval_evidence(ds: LumbarDataset, cv_dir: Path, model_name: str, criterio
                             "count": [int(total[num]), int(total[den])],
                             "ci95_patient_bootstrap": [low, high],
                             "ci95_wilson_discs": [wilson.ci_low, wilson.ci_high]}
-    all_records = [r for imgs in fold_images for _, recs in imgs for r in recs]
-    choices = choose_thresholds(all_records, names, criterion)
-    evidence = {
-        "protocol": f"{assign.k}-fold patient-grouped cross-validation ({cv_dir.name}); "
-                    "each fold's final weights scored on its held-out patients",
-        "folds": folds,
-        "ap50": {n: stat(lambda f, n=n: f["ap50"][n]) for n in names},
-        "map50": stat(lambda f: f["map50"]), "map50_95": stat(lambda f: f["map50_95"]),
-        "ap_interpolation": "COCO 101-point (pycocotools)",
-        "images": sum(f["val_images"] for f in folds),
-        "patients": sum(f["val_patients"] for f in folds),
-        "discs": len(all_records), "disc_level": disc_level, "disc_level_folds": fold_points,
-        "disc_level_note": "a disc is positive when not normal; each fold called at "
-                           "thresholds chosen on the other folds' out-of-fold discs",
-        "threshold_source": "all out-of-fold discs",
-    }
-    return evidence, choices
+    return disc_level, fold_points
 
 
 def _pct(x: float) -> str:
@@ -277,6 +324,17 @@ def evidence_markdown(evidence: dict, thresholds: dict[str, float]) -> str:
                    f"specificity {point(spec)}."), "",
               "Decision thresholds shipped (chosen on all out-of-fold discs): "
               + ", ".join(f"{k} {v:.3f}" for k, v in thresholds.items()) + "."]
+    single = evidence.get("single_slice")
+    if single:
+        s_stats = [single["ap50"][n] for n in names] + [single["map50"], single["map50_95"]]
+        s_sens = single["disc_level"]["sensitivity"]
+        s_spec = single["disc_level"]["specificity"]
+        lines += ["", ("**One slice at a time** (image files, studies with one sequence; "
+                       f"{single['note']}): AP@0.5 "
+                       + ", ".join(f"{n} {cell(st, False)}" for n, st in
+                                   zip([*names, "mAP@0.5", "mAP@0.5:0.95"], s_stats))
+                       + f"; disc level sensitivity {point(s_sens)}, specificity "
+                       f"{point(s_spec)}.")]
     return "\n".join(lines) + "\n"
 
 
@@ -284,7 +342,7 @@ def fold_evidence(ds: LumbarDataset, loaded: LoadedDetector, fold: int, folds_cs
                   criterion: str) -> tuple[dict, dict]:
     """Evidence from one validation fold (thresholds chosen and measured on it)."""
     train_idx, val_idx = split(ds, fold, folds_csv)
-    m, per_image = held_out(loaded, ds, val_idx)
+    m, per_image = held_out(loaded, ds, val_idx, bool(loaded.recipe.get("sequence_pairs")))
     records = [r for recs in per_image for r in recs]
     choices = choose_thresholds(records, ds.class_names, criterion)
     point = disc_operating_point(records, thresholds_dict(choices))

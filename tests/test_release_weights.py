@@ -154,3 +154,30 @@ def test_release_carries_the_verifier_with_the_folds_power(tmp_path: Path,
     proc = _run(str(other), str(data), "--crossval", str(tmp_path / "cv3"), "--out",
                 str(tmp_path / "z.pt"))
     assert proc.returncode != 0 and "differs from the folds" in proc.stderr
+
+
+def test_release_of_a_pair_model_measures_pairs_and_single_slices(
+        tmp_path: Path) -> None:
+    from pair_factory import pair_dataset
+
+    data = pair_dataset(tmp_path / "data", 4)  # 4 patients, a T1 and a T2 each
+    cv.crossval(data, ["yolov5n"], k=2, recipe_overrides={**OVERRIDES, "sequence_pairs": True},
+                out_dir=tmp_path / "cv", device="cpu", progress=False)
+    checkpoint = tmp_path / "cv/yolov5n/fold0/last.pt"
+    out, metrics, card_md = tmp_path / "w.pt", tmp_path / "w.json", tmp_path / "card.md"
+    proc = _run(str(checkpoint), str(data), "--crossval", str(tmp_path / "cv"),
+                "--out", str(out), "--metrics", str(metrics), "--card-md", str(card_md))
+    assert proc.returncode == 0, proc.stderr
+    card = json.loads(metrics.read_text())
+    assert card["inputs"] == "T1+T2" and "T1/T2 partner" in card["protocol"]
+    for f in card["folds"]:  # the pairs are what the cross-validation scored
+        result = json.loads((tmp_path / f"cv/yolov5n/fold{f['fold']}/result.json").read_text())
+        assert f["map50"] == pytest.approx(result["map50"], nan_ok=True)
+    single = card["single_slice"]
+    assert [f["fold"] for f in single["folds"]] == [0, 1] and single["map50"]["n"] == 2
+    for key in ("sensitivity", "specificity"):  # the same discs, called one slice at a time
+        assert single["disc_level"][key]["count"][1] == card["disc_level"][key]["count"][1]
+    assert [p["thresholds"] for p in single["disc_level_folds"]] == \
+        [p["thresholds"] for p in card["disc_level_folds"]]
+    assert "**One slice at a time**" in card_md.read_text()
+    assert load_detector(out).info.inputs == "T1+T2"

@@ -105,6 +105,8 @@ class EvalResult:
 
 def _gray(image: np.ndarray) -> np.ndarray:
     img = np.asarray(image)
+    if img.ndim == 3 and img.shape[0] == 2 and img.dtype == np.uint8:
+        return img  # a T1/T2 pair [2, H, W] (lumbardx.data.pairs), channels first
     if img.ndim == 3 and img.shape[-1] in (1, 3, 4):
         img = img[..., :3].mean(-1) if img.shape[-1] > 1 else img[..., 0]
     if img.ndim != 2:
@@ -169,7 +171,9 @@ def predict(
     pad_value: int = 0,
 ) -> list[Prediction]:
     """Detections in original pixels for ``uint8`` images ``[H, W]`` (or ``[H, W, C]``,
-    averaged to gray). ``image_size`` must be a multiple of 32."""
+    averaged to gray), or T1/T2 pairs ``uint8 [2, H, W]`` (:class:`lumbardx.data.pairs.
+    SequencePairs` samples, read as :func:`~lumbardx.engine.model_input.three_channels`).
+    ``image_size`` must be a multiple of 32."""
     device = torch.device(device)
     preds, _ = _run(model, images, image_size, device, batch_size, pad_value, _gray)
     return preds

@@ -68,7 +68,7 @@ from lumbardx.engine.evaluate import predict
 from lumbardx.engine.metrics import GroundTruth, coco_evaluate
 from lumbardx.engine.table1 import fold_stat
 from lumbardx.io import atomic_write_bytes, atomic_write_text
-from lumbardx.models.slip_verifier import RESCORER_KEY
+from lumbardx.models.slip_verifier import RESCORER_KEY, build_rescorer
 
 BOOTSTRAP_RESAMPLES = 2000
 
@@ -156,8 +156,13 @@ def matching_rescorer(own: dict | None, cv_dir: Path, model_name: str, checkpoin
                          "would not be the shipped model's")
     if own is None:
         return None
-    trained = {k: v for k, v in own.items() if k != "power"}
-    if trained != {k: v for k, v in fold0.items() if k != "power"}:
+    def trained(raw: dict) -> dict:  # defaults filled in, as a checkpoint is rebuilt
+        try:
+            return {k: v for k, v in build_rescorer(raw).config().items() if k != "power"}
+        except ValueError:
+            return {k: v for k, v in raw.items() if k != "power"}
+
+    if trained(own) != trained(fold0):
         raise SystemExit(f"{checkpoint}: second stage {own} differs from the folds' {fold0}")
     return {**own, "power": fold0.get("power", 1.0)}
 

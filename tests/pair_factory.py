@@ -7,14 +7,16 @@ from pathlib import Path
 import numpy as np
 
 
-def pair_dataset(root: Path, n: int) -> Path:
+def pair_dataset(root: Path, n: int, p_listhesis: float | None = None) -> Path:
     """``n`` synthetic slices (T2) plus a T1 of each (inverted contrast, the same boxes): ``n``
-    patients ``p0``, ``p1``... of two images each, in VOC format with a patients CSV."""
+    patients ``p0``, ``p1``... of two images each, in VOC format with a patients CSV;
+    ``p_listhesis`` as :class:`lumbardx.synth.SynthConfig` (default: its own)."""
     from PIL import Image
 
     from lumbardx.synth import SynthConfig, generate_dataset
 
-    generate_dataset(root, n, seed=9, config=SynthConfig(image_sizes=(96,)))
+    extra = {} if p_listhesis is None else {"p_listhesis": p_listhesis}
+    generate_dataset(root, n, seed=9, config=SynthConfig(image_sizes=(96,), **extra))
     rows = ["image,patient,sequence"]
     for i in range(n):
         name = f"case_{i:05d}"

@@ -90,6 +90,11 @@ def test_config_round_trip_and_refusals() -> None:
         VerifierConfig.from_dict({**ver.config(), "depth": 3})
     with pytest.raises(ValueError, match="invalid"):
         VerifierConfig(SLIP, context=0.5)
+    with pytest.raises(ValueError, match="invalid"):
+        VerifierConfig(SLIP, channels=3)
+    # checkpoints written before two-channel verifiers existed read as one channel
+    legacy = {k: v for k, v in ver.config().items() if k != "channels"}
+    assert VerifierConfig.from_dict(legacy).channels == 1
 
 
 def test_other_disc_boxes_skip_levels_inside_a_slip_box() -> None:
@@ -265,3 +270,46 @@ def test_both_backends_run_the_verifier(tmp_path: Path) -> None:
     got = onnx.backend(x)[0]
     torch.testing.assert_close(got["scores"], after["scores"], atol=1e-4, rtol=1e-3)
     torch.testing.assert_close(got["boxes"], after["boxes"], atol=0.05, rtol=0)
+
+
+def test_verifier_of_a_pair_detector_reads_t1_and_t2(tmp_path: Path) -> None:
+    from pair_factory import pair_dataset
+
+    from lumbardx.cli.verifier import app
+    from lumbardx.data.dataset import LumbarDataset
+    from lumbardx.data.pairs import SequencePairs
+    from lumbardx.engine.slip_verifier import train_slip_verifier
+
+    data = pair_dataset(tmp_path / "data", 4, p_listhesis=1.0)
+    torch.manual_seed(0)
+    model = build_detector("yolov5n", 3, 64)
+    recipe = {"name": "t", "image_size": 64, "sequence_pairs": True}
+    save_checkpoint({"model": model.state_dict(), "model_name": "yolov5n", "class_names": NAMES,
+                     "recipe": recipe}, tmp_path / "det.pt")
+    run = CliRunner().invoke(app, ["train", str(tmp_path / "det.pt"), str(data),
+                                   "--out", str(tmp_path / "with.pt"), "--epochs", "1",
+                                   "--members", "1", "--crop-size", "16"])
+    assert run.exit_code == 0, run.output
+    loaded = cv.load_detector(tmp_path / "with.pt")
+    verifier = loaded.model.rescorer
+    assert isinstance(verifier, SlipVerifier) and verifier.settings.channels == 2
+    assert loaded.recipe["sequence_pairs"] is True
+    # it crops T1 and T2 (channels 0 and 1) of the detector's input
+    image = torch.rand(3, 64, 64)
+    crops = verifier.crops(image, torch.tensor([[10.0, 10.0, 40.0, 30.0]]))
+    assert crops.shape == (1, 2, 16, 16)
+    single = verifier.crops(image[:1].expand(3, -1, -1), torch.tensor([[10.0, 10.0, 40, 30]]))
+    assert torch.equal(single[:, 0], single[:, 1])
+    p = verifier.probability(crops)
+    verifier.use_onnxruntime()
+    torch.testing.assert_close(verifier.probability(crops), p, atol=1e-5, rtol=1e-4)
+    # gray samples cannot train a two-channel verifier, nor pairs a one-channel one
+    ds = LumbarDataset(data, classes="study")
+    with pytest.raises(ValueError, match="2-channel crops but the samples have \\[1\\]"):
+        train_slip_verifier(model, ds, 2, 64, VerifierConfig(2, crop_size=16, members=1,
+                                                            channels=2),
+                            VerifierTraining(epochs=1, negatives_per_epoch=10))
+    with pytest.raises(ValueError, match="1-channel crops but the samples have \\[2\\]"):
+        train_slip_verifier(model, SequencePairs(ds), 2, 64,
+                            VerifierConfig(2, crop_size=16, members=1),
+                            VerifierTraining(epochs=1, negatives_per_epoch=10))

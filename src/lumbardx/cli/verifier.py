@@ -58,10 +58,9 @@ def train(
     from lumbardx.data.errors import InputError
     from lumbardx.data.folds import split
     from lumbardx.engine.checkpoint import load_checkpoint
-    from lumbardx.engine.crossval import load_dataset, load_detector
+    from lumbardx.engine.crossval import input_view, load_dataset, load_detector
     from lumbardx.engine.slip_verifier import (
         VerifierTraining,
-        check_single_sequence,
         save_with_rescorer,
         train_slip_verifier,
     )
@@ -72,7 +71,7 @@ def train(
         if (fold is None) != (folds_csv is None):
             raise InputError(None, "--fold and --folds-csv go together")
         det = load_detector(checkpoint, "cpu")
-        check_single_sequence(det.recipe, checkpoint)
+        pairs = bool(det.recipe.get("sequence_pairs"))  # then T1/T2 crops from T1/T2 pairs
         ds = load_dataset(data)
         names = list(ds.class_names)
         if class_name not in names:
@@ -83,8 +82,9 @@ def train(
         idx = list(range(len(ds))) if fold is None else split(ds, fold, folds_csv)[0]
         index = names.index(class_name)
         verifier, summary = train_slip_verifier(
-            det.model, ds.subset(idx), index, det.image_size,
-            VerifierConfig(index, context, crop_size, members=members, power=power),
+            det.model, input_view(ds.subset(idx), pairs), index, det.image_size,
+            VerifierConfig(index, context, crop_size, members=members, power=power,
+                           channels=2 if pairs else 1),
             VerifierTraining(epochs=epochs, seed=seed),
             det.pad_value, progress=_say(console))
         det.model.rescorer = verifier

@@ -38,6 +38,7 @@ from lumbardx.engine.crossval import (
     CrossvalResult,
     LoadedDetector,
     fold_scores,
+    input_view,
     load_dataset,
     load_detector,
     read_result,
@@ -45,7 +46,6 @@ from lumbardx.engine.crossval import (
 from lumbardx.engine.evaluate import evaluate
 from lumbardx.engine.slip_verifier import (
     VerifierTraining,
-    check_single_sequence,
     save_with_rescorer,
     train_slip_verifier,
 )
@@ -91,21 +91,22 @@ def _fold(source_dir: Path, run_dir: Path, ds: LumbarDataset, split_idx: tuple[l
     source = read_result(source_dir / RESULT_FILE)
     weights = source_dir / Path(source.get("weights", "last.pt")).name
     model = source_dir.parent.name
+    pairs = bool((load_checkpoint(weights).get("recipe") or {}).get("sequence_pairs"))
+    cfg = replace(cfg, channels=2 if pairs else 1)  # T1/T2 crops for a detector of pairs
     if verifiers_from is None:
         det = load_detector(weights, "cpu")
-        check_single_sequence(det.recipe, weights)
         say(f"{model} fold {source['fold']}: training the verifier on {len(train_idx)} images")
         verifier, summary = train_slip_verifier(
-            det.model, ds.subset(train_idx), index, det.image_size, cfg, train, det.pad_value,
-            progress=say)
+            det.model, input_view(ds.subset(train_idx), pairs), index, det.image_size, cfg,
+            train, det.pad_value, progress=say)
         det.model.rescorer = verifier
     else:
         det, summary = _trained(Path(verifiers_from) / model / run_dir.name / "last.pt", cfg)
         say(f"{model} fold {source['fold']}: the verifier of {verifiers_from}, power "
             f"{cfg.power}")
     ckpt = save_with_rescorer(load_checkpoint(weights), det.model, run_dir / "last.pt", summary)
-    ev = evaluate(det.model, ds.subset(val_idx), "cpu", det.image_size, 1, ds.class_names,
-                  out_dir=run_dir / "eval", pad_value=det.pad_value)
+    ev = evaluate(det.model, input_view(ds.subset(val_idx), pairs), "cpu", det.image_size, 1,
+                  ds.class_names, out_dir=run_dir / "eval", pad_value=det.pad_value)
     result = {
         **{key: source.get(key) for key in ("model", "fold", "train_images", "val_images",
                                             "epochs", "device", "select", "eval_batch")},

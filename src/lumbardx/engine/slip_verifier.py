@@ -17,6 +17,12 @@ Each epoch draws every positive :attr:`VerifierTraining.positive_repeats` times 
 probability 0.5, and its intensities gamma- and gain-jittered. Loss: binary cross-entropy;
 AdamW with a one-cycle learning rate. The :attr:`VerifierConfig.members` CNNs are trained with
 different seeds (``seed + 1000 * member``), one after the other.
+
+For a detector trained on T1/T2 pairs the samples are pairs (:class:`lumbardx.data.pairs.
+SequencePairs`, ``uint8 [2, H, W]``): the detector reads them as it was trained
+(:func:`lumbardx.engine.model_input.three_channels`), the crops hold T1 and T2
+(:attr:`VerifierConfig.channels` 2), and with probability
+:attr:`VerifierTraining.single_sequence` one of the two fills both, as a single slice will.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from lumbardx.data.boxes import Sample
 from lumbardx.data.errors import InputError
 from lumbardx.engine.checkpoint import save_checkpoint
 from lumbardx.engine.letterbox import letterbox
+from lumbardx.engine.model_input import three_channels
 from lumbardx.engine.pipeline import sample_arrays
 from lumbardx.models.detector import Detector
 from lumbardx.models.slip_verifier import (
@@ -70,6 +77,8 @@ class VerifierTraining:
         jitter: largest box shift and scale change, as a fraction of its size.
         match_iou: IoU at which a detector candidate counts as a positive.
         seed: seed of member 0.
+        single_sequence: for two-channel (T1/T2) crops, the probability that one channel
+            fills both (module docstring); unused for gray crops.
     """
 
     epochs: int = 12
@@ -81,6 +90,7 @@ class VerifierTraining:
     jitter: float = 0.1
     match_iou: float = 0.5
     seed: int = 0
+    single_sequence: float = 0.25
 
 
 @dataclass
@@ -137,8 +147,10 @@ def collect_candidates(model: Detector, samples: Sequence[Sample], class_index: 
         except InputError as exc:
             log.warning("skipping %s", exc)
             continue
-        lb, geo = letterbox(img, image_size, pad_value)
-        imgs.append(torch.from_numpy(lb)[None].float().div_(255))
+        planes = [img] if img.ndim == 2 else list(img)  # gray, or a T1/T2 pair
+        boxed = [letterbox(p, image_size, pad_value) for p in planes]
+        geo = boxed[0][1]
+        imgs.append(torch.from_numpy(np.stack([lb for lb, _ in boxed])).float().div_(255))
         gts.append((torch.from_numpy(geo.map_boxes(boxes)), torch.from_numpy(
             np.asarray(labels, np.int64))))
     mine = torch.cat([b[lab == class_index] for b, lab in gts] + [torch.zeros(0, 4)])
@@ -154,8 +166,8 @@ def collect_candidates(model: Detector, samples: Sequence[Sample], class_index: 
     try:
         dev = next(model.parameters()).device
         for s in range(0, len(imgs), batch_size):
-            x = torch.stack(imgs[s:s + batch_size]).expand(-1, 3, -1, -1)
-            dets.extend(model(x.contiguous().to(dev)))
+            x = three_channels(torch.stack(imgs[s:s + batch_size]))
+            dets.extend(model(x.to(dev)))
     finally:
         model.rescorer = rescorer
         model.train(was_training)
@@ -188,7 +200,7 @@ def _train_member(cands: Candidates, config: VerifierConfig, train: VerifierTrai
     neg = [it for it in items if cands.targets[it[0]][it[1]] <= 0.5]
     per_epoch = len(pos) * train.positive_repeats + min(train.negatives_per_epoch, len(neg))
     steps = math.ceil(per_epoch / train.batch)
-    net = CropNet(config.width)
+    net = CropNet(config.width, config.channels)
     opt = torch.optim.AdamW(net.parameters(), train.lr, weight_decay=train.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, train.lr, total_steps=train.epochs * steps)
     loss_fn = nn.BCEWithLogitsLoss()
@@ -207,6 +219,9 @@ def _train_member(cands: Candidates, config: VerifierConfig, train: VerifierTrai
             for i, k in batch:
                 box = _jitter(cands.boxes[i][k:k + 1], g, train.jitter)
                 x = crop_boxes(cands.images[i], box, config.context, config.crop_size)
+                if x.shape[1] == 2 and torch.rand(1, generator=g) < train.single_sequence:
+                    k = int(torch.rand(1, generator=g) < 0.5)  # T1 or T2 fills both
+                    x = x[:, k:k + 1].expand(-1, 2, -1, -1)
                 if torch.rand(1, generator=g) < 0.5:
                     x = x.flip(-1)
                 gamma = torch.exp((torch.rand(1, generator=g) - 0.5) * 0.6)
@@ -226,18 +241,6 @@ def _train_member(cands: Candidates, config: VerifierConfig, train: VerifierTrai
     return net, losses
 
 
-def check_single_sequence(recipe: dict[str, Any] | None, path: str | Path) -> None:
-    """The verifier is trained on, and reads, single slices: refuse a detector trained on T1/T2
-    pairs (its recipe's ``sequence_pairs``), whose evaluation feeds it pairs.
-
-    Raises:
-        InputError: naming ``path`` for such a detector.
-    """
-    if (recipe or {}).get("sequence_pairs"):
-        raise InputError(path, "the detector reads T1/T2 pairs (recipe sequence_pairs); the "
-                               "slip verifier supports single-slice detectors only")
-
-
 def train_slip_verifier(
     model: Detector,
     samples: Sequence[Sample],
@@ -252,7 +255,8 @@ def train_slip_verifier(
 
     Args:
         model: the trained detector (left unchanged; its own rescorer is ignored).
-        samples: the images the detector was trained on (never its test images).
+        samples: the images the detector was trained on (never its test images); T1/T2
+            pairs for a detector trained on pairs (``config.channels`` 2).
         class_index: the class to verify (spondylolisthesis).
         image_size: the detector's input size (pixels, square).
         progress: called with a line per epoch.
@@ -271,6 +275,11 @@ def train_slip_verifier(
     t0 = time.perf_counter()
     cands = collect_candidates(model, samples, class_index, image_size, pad_value,
                                train.match_iou)
+    channels = {int(im.shape[0]) for im in cands.images}
+    if channels != {config.channels}:
+        raise ValueError(f"the verifier takes {config.channels}-channel crops but the samples "
+                         f"have {sorted(channels)} channel(s): use channels=2 exactly for "
+                         "T1/T2 pairs (lumbardx.data.pairs.SequencePairs)")
     n_pos, n_neg = cands.counts()
     if progress is not None:
         progress(f"{len(cands.images)} images: {n_pos} positive and {n_neg} negative crops")

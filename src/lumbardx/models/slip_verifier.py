@@ -8,12 +8,14 @@ full input resolution, at the segment around each spondylolisthesis box and asks
 segment slipped?".
 
 What it does, for one image of the detector's input (``float32 [3, H, W]`` in [0, 1], gray
-repeated, letterboxed) and its detections (``boxes [K, 4]`` xyxy input pixels, ``scores [K]``,
+repeated, or T1, T2 and their mean for a detector trained on T1/T2 pairs; letterboxed) and its
+detections (``boxes [K, 4]`` xyxy input pixels, ``scores [K]``,
 ``labels [K]``):
 
 1. every box of class :attr:`VerifierConfig.class_index` is widened about its centre by
    :attr:`VerifierConfig.context` (the vertebrae above and below) and resampled to
-   ``crop_size x crop_size`` (``torchvision.ops.roi_align``, bilinear);
+   ``crop_size x crop_size`` (``torchvision.ops.roi_align``, bilinear), from the gray slice, or
+   from T1 and T2 (:attr:`VerifierConfig.channels` 2);
 2. each of :attr:`VerifierConfig.members` small CNNs (:class:`CropNet`) gives a probability,
    averaged over the crop and its left-right mirror image and over members: ``p [N]``
    (in PyTorch, or in ONNX Runtime after :meth:`SlipVerifier.use_onnxruntime`);
@@ -58,6 +60,9 @@ class VerifierConfig:
         members: independently trained CNNs whose probabilities are averaged.
         power: weight of the verifier's probability against the detector's score (step 3;
             not used in training; chosen on held-out folds, ``docs/training.md``).
+        channels: input channels cropped from the detector's input: 1 (channel 0, the gray
+            slice) or 2 (channels 0 and 1: T1 and T2, for a detector trained on T1/T2 pairs,
+            recipe ``sequence_pairs``).
     """
 
     class_index: int
@@ -66,10 +71,12 @@ class VerifierConfig:
     width: int = 16
     members: int = 3
     power: float = 1.0
+    channels: int = 1
 
     def __post_init__(self) -> None:
         if self.class_index < 0 or self.context < 1.0 or self.crop_size < 16 \
-                or self.width < 1 or self.members < 1 or not 0.0 <= self.power <= 100.0:
+                or self.width < 1 or self.members < 1 or not 0.0 <= self.power <= 100.0 \
+                or self.channels not in (1, 2):
             raise ValueError(f"invalid verifier configuration {self}")
 
     @classmethod
@@ -119,10 +126,10 @@ def crop_boxes(image: Tensor, boxes: Tensor, context: float, size: int) -> Tenso
 
 class CropNet(nn.Module):
     """Four blocks of two 3x3 convolutions (BatchNorm, SiLU) and 2x2 max-pooling, global average
-    pooling, dropout and one logit. Input ``[N, 1, S, S]`` gray in [0, 1] (S a multiple of 16),
-    output ``[N]`` logits."""
+    pooling, dropout and one logit. Input ``[N, C, S, S]`` in [0, 1] (``C = channels``: gray, or
+    T1 and T2; S a multiple of 16), output ``[N]`` logits."""
 
-    def __init__(self, width: int = 16) -> None:
+    def __init__(self, width: int = 16, channels: int = 1) -> None:
         super().__init__()
 
         def block(cin: int, cout: int) -> nn.Sequential:
@@ -132,7 +139,7 @@ class CropNet(nn.Module):
                 nn.SiLU(), nn.MaxPool2d(2))
 
         w = width
-        self.features = nn.Sequential(block(1, w), block(w, 2 * w), block(2 * w, 4 * w),
+        self.features = nn.Sequential(block(channels, w), block(w, 2 * w), block(2 * w, 4 * w),
                                       block(4 * w, 8 * w))
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3),
                                   nn.Linear(8 * w, 1))
@@ -142,7 +149,7 @@ class CropNet(nn.Module):
 
 
 class _Probability(nn.Module):
-    """The verifier's CNN part as one graph: crops ``[N, 1, S, S]`` -> ``[N]`` probability
+    """The verifier's CNN part as one graph: crops ``[N, C, S, S]`` -> ``[N]`` probability
     (members and mirror images averaged), for export to ONNX Runtime."""
 
     def __init__(self, nets: nn.ModuleList) -> None:
@@ -167,7 +174,8 @@ class SlipVerifier(nn.Module):
     def __init__(self, config: VerifierConfig) -> None:
         super().__init__()
         self.settings = config
-        self.nets = nn.ModuleList(CropNet(config.width) for _ in range(config.members))
+        self.nets = nn.ModuleList(CropNet(config.width, config.channels)
+                                  for _ in range(config.members))
         self._session: Any = None  # an ONNX Runtime session of the CNNs (use_onnxruntime)
 
     def use_onnxruntime(self, threads: int | None = None) -> None:
@@ -183,7 +191,7 @@ class SlipVerifier(nn.Module):
         s = self.settings
         buffer = io.BytesIO()
         graph = _Probability(self.nets).eval()
-        dummy = torch.zeros(2, 1, s.crop_size, s.crop_size)
+        dummy = torch.zeros(2, s.channels, s.crop_size, s.crop_size)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(graph, (dummy,), buffer, dynamo=False, opset_version=17,
@@ -206,12 +214,13 @@ class SlipVerifier(nn.Module):
         return {"kind": "slip_verifier", **asdict(self.settings)}
 
     def crops(self, image: Tensor, boxes: Tensor) -> Tensor:
-        """``image [C, H, W]`` (channel 0 is used), ``boxes [N, 4]`` -> ``[N, 1, S, S]``."""
+        """``image [C, H, W]`` (its first ``channels`` are used), ``boxes [N, 4]`` ->
+        ``[N, channels, S, S]``."""
         s = self.settings
-        return crop_boxes(image[:1], boxes, s.context, s.crop_size)
+        return crop_boxes(image[:s.channels], boxes, s.context, s.crop_size)
 
     def probability(self, crops: Tensor) -> Tensor:
-        """``[N, 1, S, S]`` -> ``[N]`` slip probability (members and mirror images averaged)."""
+        """``[N, C, S, S]`` -> ``[N]`` slip probability (members and mirror images averaged)."""
         if len(crops) == 0:
             return crops.new_zeros(0)
         if self._session is not None and not self.training:

@@ -221,3 +221,17 @@ def test_recipe_checks_single_sequence() -> None:
     with pytest.raises(ValueError, match="single_sequence"):
         Recipe(augment=AugmentConfig(single_sequence=1.5))
     assert Recipe.from_dict(Recipe().to_dict()).sequence_pairs is False
+
+
+def test_letterbox_planes_treats_both_planes_alike() -> None:
+    from lumbardx.engine.letterbox import letterbox, letterbox_planes
+
+    gray = np.arange(60 * 80, dtype=np.uint32).reshape(60, 80).astype(np.uint8)
+    one, geo = letterbox_planes(gray, 64)
+    ref, ref_geo = letterbox(gray, 64)
+    assert one.shape == (1, 64, 64) and np.array_equal(one[0], ref) and geo == ref_geo
+    two, geo2 = letterbox_planes(np.stack([gray, 255 - gray]), 64)
+    assert two.shape == (2, 64, 64) and geo2 == ref_geo
+    assert np.array_equal(two[0], ref)
+    with pytest.raises(ValueError, match=r"\[2, H, W\]"):
+        letterbox_planes(np.zeros((3, 8, 8), np.uint8), 32)

@@ -47,7 +47,7 @@ from lumbardx.clinical.findings import HERNIATION, SLIP, SpineFindings, build_fi
 from lumbardx.data.boxes import Box
 from lumbardx.data.errors import InputError
 from lumbardx.data.images import MedicalImage
-from lumbardx.engine.letterbox import Letterbox, letterbox
+from lumbardx.engine.letterbox import Letterbox, letterbox_planes
 from lumbardx.engine.model_input import three_channels
 from lumbardx.models.pretrained import SHIPPED, LoadedModel, load_detector
 from lumbardx.study import ModelInfo, Study, pixel_key
@@ -243,10 +243,10 @@ class Diagnoser:
                     ) -> tuple[torch.Tensor, Letterbox]:
         """``[1, 3, S, S]`` in [0, 1] of ``display``, or of ``pair`` (T1, T2 displays of the
         same size) when given, and the letterbox geometry."""
-        planes = [display] if pair is None else list(pair)
-        boxed = [letterbox(p, self.info.image_size, PAD_VALUE) for p in planes]
-        x = torch.from_numpy(np.stack([lb for lb, _ in boxed]))[None].float().div_(255.0)
-        return three_channels(x), boxed[0][1]  # [1, C, S, S] -> [1, 3, S, S]
+        image = display if pair is None else np.stack(pair)
+        lb, geo = letterbox_planes(image, self.info.image_size, PAD_VALUE)
+        x = torch.from_numpy(lb)[None].float().div_(255.0)
+        return three_channels(x), geo  # [1, C, S, S] -> [1, 3, S, S]
 
     def _detect(self, x: torch.Tensor, geo: Letterbox) -> list[Box]:
         det = self.loaded.backend(x)[0]

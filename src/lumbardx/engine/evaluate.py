@@ -25,7 +25,7 @@ from torch import nn
 from lumbardx.data.boxes import Sample
 from lumbardx.data.errors import InputError
 from lumbardx.engine.ema import unwrap
-from lumbardx.engine.letterbox import Letterbox, letterbox
+from lumbardx.engine.letterbox import Letterbox, letterbox_planes
 from lumbardx.engine.metrics import (
     GroundTruth,
     Prediction,
@@ -139,10 +139,9 @@ def _run(
             img = load(item)
             if img is None:  # unreadable, reported by the caller
                 continue
-            planes = [img] if img.ndim == 2 else list(img)  # gray, or a T1/T2 pair
-            boxed = [letterbox(p, image_size, pad_value) for p in planes]
-            arrays.append(np.stack([lb for lb, _ in boxed]))
-            geos.append(boxed[0][1])
+            lb, geo = letterbox_planes(img, image_size, pad_value)  # gray, or a T1/T2 pair
+            arrays.append(lb)
+            geos.append(geo)
         if not arrays:
             continue
         x = three_channels(torch.from_numpy(np.stack(arrays)).to(device).float().div_(255.0))

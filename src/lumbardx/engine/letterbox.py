@@ -101,3 +101,24 @@ def letterbox(
         image, geo.new_w, geo.new_h
     )
     return out, geo
+
+
+def letterbox_planes(
+    image: np.ndarray, size: int, pad_value: int = 0
+) -> tuple[np.ndarray, Letterbox]:
+    """Letterbox a gray image ``uint8 [H, W]`` or a T1/T2 pair ``uint8 [2, H, W]`` (each
+    plane alike) into ``uint8 [C, size, size]`` (``C`` 1 or 2), with the :class:`Letterbox`
+    of the planes (the same for all).
+
+    Raises:
+        ValueError: any other shape.
+    """
+    if image.ndim == 2:
+        planes = [image]
+    elif image.ndim == 3 and image.shape[0] == 2:
+        planes = list(image)
+    else:
+        raise ValueError(f"expected an image [H, W] or a T1/T2 pair [2, H, W], got shape "
+                         f"{image.shape}")
+    boxed = [letterbox(p, size, pad_value) for p in planes]
+    return np.stack([lb for lb, _ in boxed]), boxed[0][1]

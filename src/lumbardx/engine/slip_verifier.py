@@ -44,7 +44,7 @@ from lumbardx import __version__
 from lumbardx.data.boxes import Sample
 from lumbardx.data.errors import InputError
 from lumbardx.engine.checkpoint import save_checkpoint
-from lumbardx.engine.letterbox import letterbox
+from lumbardx.engine.letterbox import letterbox_planes
 from lumbardx.engine.model_input import three_channels
 from lumbardx.engine.pipeline import sample_arrays
 from lumbardx.models.detector import Detector
@@ -98,8 +98,9 @@ class Candidates:
     """The crops' sources: letterboxed images and labelled boxes.
 
     Attributes:
-        images: ``float32 [1, S, S]`` letterboxed training images in [0, 1] (converted once:
-            every epoch crops from them; 0.6 MB each at S = 384).
+        images: ``float32 [C, S, S]`` letterboxed training images in [0, 1] (``C`` 1, or 2
+            for T1/T2 pairs; converted once: every epoch crops from them; 0.6 MB per channel
+            at S = 384).
         boxes: per image, ``float32 [M, 4]`` xyxy input pixels.
         targets: per image, ``float32 [M]`` (1 slip, 0 not).
     """
@@ -147,10 +148,8 @@ def collect_candidates(model: Detector, samples: Sequence[Sample], class_index: 
         except InputError as exc:
             log.warning("skipping %s", exc)
             continue
-        planes = [img] if img.ndim == 2 else list(img)  # gray, or a T1/T2 pair
-        boxed = [letterbox(p, image_size, pad_value) for p in planes]
-        geo = boxed[0][1]
-        imgs.append(torch.from_numpy(np.stack([lb for lb, _ in boxed])).float().div_(255))
+        lb, geo = letterbox_planes(img, image_size, pad_value)  # gray, or a T1/T2 pair
+        imgs.append(torch.from_numpy(lb).float().div_(255))
         gts.append((torch.from_numpy(geo.map_boxes(boxes)), torch.from_numpy(
             np.asarray(labels, np.int64))))
     mine = torch.cat([b[lab == class_index] for b, lab in gts] + [torch.zeros(0, 4)])

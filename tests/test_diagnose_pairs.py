@@ -149,3 +149,27 @@ def test_single_slice_model_ignores_the_partner(study: Path, tmp_path: Path) -> 
     x = spy.seen[-1]
     assert torch.equal(x[0, 0], x[0, 1])
     assert "Read together with" not in dict(header_fields(res))
+
+
+def test_web_upload_of_a_t1_t2_study_is_read_as_a_pair(study: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+    from test_app_security import PASSWORD, login
+
+    from lumbardx.app import AppSettings, create_app
+
+    dx, spy = _diagnoser(tmp_path, pairs=True)
+    app = create_app(AppSettings(data_dir=tmp_path / "data", analyse_in_background=False),
+                     diagnoser=dx)
+    app.state.ctx.users.add("alice", PASSWORD)
+    client = TestClient(app)
+    csrf = {"X-CSRF-Token": login(client).json()["csrf_token"]}
+    files = [("files", (f"{sub}-{p.name}", p.read_bytes(), "application/dicom"))
+             for sub in ("t2", "t1") for p in sorted((study / sub).glob("*.dcm"))]
+    r = client.post("/api/studies", files=files, headers=csrf)
+    assert r.status_code == 201, r.text
+    key = r.json()["study"]["study_key"]
+    findings = client.get(f"/api/studies/{key}/findings.json").json()
+    assert "T1_TSE_SAG" in (findings["image"]["partner_series"] or "")
+    assert findings["model"]["inputs"] == "T1+T2"
+    x = spy.seen[-1]
+    assert not torch.equal(x[0, 0], x[0, 1])

@@ -128,7 +128,9 @@ def test_export_bad_inputs_exit_2_and_write_nothing(checkpoint, tmp_path: Path) 
     assert path.read_bytes()[:2] == b"PK"  # still the torch (zip) checkpoint
 
 
-def test_export_warns_that_pairs_are_not_recorded(tmp_path: Path) -> None:
+def test_export_records_that_a_model_reads_t1_t2_pairs(tmp_path: Path, checkpoint) -> None:
+    from lumbardx.models.pretrained import load_detector
+
     recipe = recipe_for("yolov5n", image_size=SIZE).to_dict()
     recipe["sequence_pairs"] = True
     path = save_checkpoint({"model": _model(0).state_dict(), "recipe": recipe,
@@ -136,5 +138,8 @@ def test_export_warns_that_pairs_are_not_recorded(tmp_path: Path) -> None:
                            tmp_path / "pairs.pt")
     res = _run(str(path), "--out", str(tmp_path / "pairs.onnx"))
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "pairs.onnx").is_file()
-    assert "trained on T1/T2 pairs" in res.output and "one slice at a time" in res.output
+    assert OnnxBackend(tmp_path / "pairs.onnx").inputs == "T1+T2"
+    assert load_detector(tmp_path / "pairs.onnx").info.inputs == "T1+T2"
+    single = _run(str(checkpoint[0]), "--out", str(tmp_path / "single.onnx"))
+    assert single.exit_code == 0, single.output
+    assert load_detector(tmp_path / "single.onnx").info.inputs == "slice"

@@ -44,6 +44,7 @@ def export(
     with class names, input size and NMS settings stored in the file."""
     from lumbardx.engine.checkpoint import load_checkpoint, rebuild_detector  # lazy: torch
     from lumbardx.models.export import ExportError, OptionalDependencyError, export_onnx
+    from lumbardx.study import PAIR_INPUTS
 
     target = Path(out) if out is not None else Path(weights).with_suffix(".onnx")
     if target.resolve() == Path(weights).resolve():
@@ -51,18 +52,14 @@ def export(
     try:
         det = rebuild_detector(load_checkpoint(weights), weights, "cpu")
         size = det.image_size if image_size is None else int(image_size)
-        path = export_onnx(det.model, target, size, det.class_names, opset)
+        inputs = PAIR_INPUTS if det.recipe.get("sequence_pairs") else "slice"
+        path = export_onnx(det.model, target, size, det.class_names, opset, inputs)
     except (InputError, ExportError, OptionalDependencyError, ValueError) as err:
         raise _fail(str(err)) from None
     Console(soft_wrap=True).print(Text.assemble(
         f"{det.model_name} ({', '.join(det.class_names)}) at {size}x{size} px -> ",
         (str(path), "bold"),
     ))
-    if det.recipe.get("sequence_pairs"):
-        Console(stderr=True, soft_wrap=True).print(Text.assemble(
-            ("warning: ", "yellow"), f"{weights} was trained on T1/T2 pairs; the ONNX file "
-            "does not say so, and diagnosis with it reads one slice at a time. "
-            "'lumbardx diagnose --backend onnx' with the .pt file reads the pairs."))
     if det.model.rescorer is not None:
         Console(stderr=True, soft_wrap=True).print(Text.assemble(
             ("warning: ", "yellow"), f"{weights} also holds a second stage "

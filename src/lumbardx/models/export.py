@@ -207,6 +207,7 @@ def export_onnx(
     image_size: int | Sequence[int] = 640,
     class_names: Sequence[str] | None = None,
     opset: int | None = None,
+    inputs: str = "slice",
 ) -> Path:
     """Export ``model`` (network + box decoding, no NMS) to an ONNX file, atomically.
 
@@ -222,11 +223,14 @@ def export_onnx(
             checkpoint's ``class_names`` for trained weights.
         opset: ONNX opset; default 17, or 19 for models with deformable convolutions (which
             need ``DeformConv``; a lower explicit opset is refused).
+        inputs: what the network reads, stored for diagnosis (``lumbardx.study.ModelInfo``):
+            ``"slice"``, or ``"T1+T2"`` for a detector trained on T1/T2 pairs.
 
     Returns:
         ``path``. Metadata (``metadata_props``): ``model_name``, ``class_names`` (JSON list),
         ``image_size`` (JSON ``[H, W]``), ``strides`` (JSON list), ``lumbardx_version``,
-        ``layout``, ``postprocess`` (JSON NMS settings, :func:`postprocess_settings`).
+        ``layout``, ``postprocess`` (JSON NMS settings, :func:`postprocess_settings`),
+        ``inputs``.
 
     Raises:
         ExportError: unsupported model, opset too low for DCN, or the exporter failing.
@@ -276,6 +280,7 @@ def export_onnx(
         "lumbardx_version": lumbardx.__version__,
         "layout": LAYOUT,
         "postprocess": json.dumps(postprocess_settings(post)),
+        "inputs": inputs,
     }
     onnx.helper.set_model_props(proto, meta)
     proto.producer_name = "lumbardx"

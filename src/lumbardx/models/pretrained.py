@@ -335,5 +335,6 @@ def _load_onnx(path: Path, digest: str, card: dict[str, Any], threads: int | Non
                                          min(thr.values()))
     info = ModelInfo(run.name, f"lumbardx {run.lumbardx_version or '(not recorded)'}, "
                      f"{path.name}", digest, run.class_names, run.image_size[0], "onnxruntime",
-                     card.get("training_data"))
+                     card.get("training_data"),
+                     PAIR_INPUTS if run.inputs == PAIR_INPUTS else "slice")
     return LoadedModel(run, info, thr, set(chosen), None, path)

@@ -210,6 +210,8 @@ class OnnxBackend:
         except (ValueError, TypeError) as exc:
             raise InputError(self.path, f"unreadable lumbardx metadata ({exc})") from exc
         self.lumbardx_version = meta.get("lumbardx_version", "")
+        #: ``"slice"`` or ``"T1+T2"`` (files exported before it was recorded: ``"slice"``).
+        self.inputs: str = meta.get("inputs", "slice")
         self.providers = self.session.get_providers()
         #: A second stage run on the detections (the exported graph holds the one-stage
         #: detector only); :func:`choose_backend` sets the model's ``Detector.rescorer``.

@@ -1,8 +1,9 @@
 """At which input size should a detector trained at 384 px run? Leave-one-fold-out choice.
 
 A detector trained with mosaic and scale jitter at 384 px need not score best at 384 px. This
-benchmark runs the final weights of every fold (``lumbardx crossval`` folders: ``fold<k>/
-last.pt``, held-out images named by ``fold<k>/eval/predictions.json``; the Ultralytics peer:
+benchmark runs the final weights of every finished fold (``lumbardx crossval`` folders:
+``fold<k>/last.pt`` beside ``fold<k>/result.json``, held-out images named by
+``fold<k>/eval/predictions.json``; the Ultralytics peer:
 ``fold<k>/train/weights/last.pt`` of ``bench/ultralytics_peer.py``, held-out images from the
 same folds CSV) on its held-out fold at each input size of a grid (multiples of 32), scored
 with lumbardx's evaluator (pycocotools, COCO 101-point AP).
@@ -157,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scores: dict[str, dict[str, Scores]] = cache.get("scores", {})
     jobs: list[tuple[str, str, Callable[[int], dict]]] = []
     for d in args.lumbardx:
-        for fd in sorted(d.glob("fold*/last.pt")):
+        for fd in sorted(d.glob("fold*/result.json")):  # finished folds only
             name = f"{d} (single slices)" if args.single_slices else str(d)
             jobs.append((name, fd.parent.name, lambda s, fd=fd.parent: score_lumbardx(
                 fd, ds, s, args.single_slices)))

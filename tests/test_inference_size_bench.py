@@ -52,6 +52,9 @@ def test_cache_pairing_and_sizes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     for k in range(2):
         (run / f"fold{k}").mkdir(parents=True)
         (run / f"fold{k}" / "last.pt").write_bytes(b"")
+        (run / f"fold{k}" / "result.json").write_text("{}")
+    (run / "fold2").mkdir()  # a fold still training: not scored
+    (run / "fold2" / "last.pt").write_bytes(b"")
     calls: list[tuple[str, int]] = []
 
     def fake(fold_dir: Path, ds, size: int, single_slices: bool = False) -> dict:
@@ -101,6 +104,7 @@ def test_every_model_and_size_is_one_choice(tmp_path: Path,
         for k in range(3):
             (run / f"fold{k}").mkdir(parents=True)
             (run / f"fold{k}" / "last.pt").write_bytes(b"")
+            (run / f"fold{k}" / "result.json").write_text("{}")
     # model b is far better on fold 2 only, at 448: chosen for folds 0 and 1, not for fold 2
     table = {("a", 384): (0.6, 0.6, 0.6), ("a", 448): (0.5, 0.5, 0.5),
              ("b", 384): (0.4, 0.4, 0.4), ("b", 448): (0.55, 0.55, 0.95)}

@@ -57,11 +57,22 @@ def _diagnoser(tmp_path: Path, pairs: bool) -> tuple[Diagnoser, Spy]:
     return dx, spy
 
 
+def _copy_study(study: Path, out: Path, edit_t1) -> Path:  # noqa: ANN001 - edit(ds) in place
+    for sub in ("t1", "t2"):
+        (out / sub).mkdir(parents=True)
+        for f in sorted((study / sub).glob("*.dcm")):
+            ds = pydicom.dcmread(f)
+            if sub == "t1":
+                edit_t1(ds)
+            ds.save_as(out / sub / f.name)
+    return out
+
+
 def test_series_of_a_pair_are_co_registered(study: Path, tmp_path: Path) -> None:
-    from lumbardx.data.series import load_study_pair, partner_series, sagittal_series, same_grid
+    from lumbardx.data.series import load_study_pair, partner_series, sagittal_series, same_plane
 
     t2, t1 = sagittal_series(study)  # T2 ranks first
-    assert (t2.weighting, t1.weighting) == ("T2", "T1") and same_grid(t2, t1)
+    assert (t2.weighting, t1.weighting) == ("T2", "T1") and same_plane(t2, t1)
     mid = (len(t2) - 1) // 2
     assert partner_series(t2, [t2, t1]) == (t1, t1.slices[mid])
     assert partner_series(t1, [t2, t1]) == (t2, t2.slices[mid])
@@ -69,25 +80,55 @@ def test_series_of_a_pair_are_co_registered(study: Path, tmp_path: Path) -> None
     assert partner_series(t2, [t2]) is None
     pair = load_study_pair(study)
     assert pair.image_weighting == "T2" and "T1_TSE_SAG" in (pair.partner_series or "")
+    assert not pair.resampled and pair.partner_display is pair.partner.display
     t1_img, t2_img = pair.t1_t2()
     assert t1_img.shape == t2_img.shape and not np.array_equal(t1_img, t2_img)
     np.testing.assert_array_equal(t2_img, pair.image.display)
 
-    # the T1 series moved by 2 mm along the table: no slice on the T2's grid
-    moved = tmp_path / "moved"
-    for sub in ("t1", "t2"):
-        (moved / sub).mkdir(parents=True)
-        for f in sorted((study / sub).glob("*.dcm")):
-            ds = pydicom.dcmread(f)
-            if sub == "t1":
-                ds.ImagePositionPatient = [float(v) + (2.0 if k == 2 else 0.0)
-                                           for k, v in enumerate(ds.ImagePositionPatient)]
-            ds.save_as(moved / sub / f.name)
-    a, b = sagittal_series(moved)
-    assert same_grid(a, b) and partner_series(a, [a, b]) is None
-    lone = load_study_pair(moved)
+    # the T1 slices 2 mm to the side (along the slice normal): none in the analysed plane
+    def sideways(ds) -> None:  # noqa: ANN001
+        ds.ImagePositionPatient = [float(v) + (2.0 if k == 0 else 0.0)
+                                   for k, v in enumerate(ds.ImagePositionPatient)]
+
+    a, b = sagittal_series(_copy_study(study, tmp_path / "sideways", sideways))
+    assert same_plane(a, b) and partner_series(a, [a, b]) is None
+    lone = load_study_pair(tmp_path / "sideways")
     assert lone.partner is None and "no co-registered T1 series" in lone.reason
     np.testing.assert_array_equal(*lone.t1_t2())
+
+
+def test_a_coarser_partner_is_resampled_onto_the_analysed_grid(study: Path,
+                                                              tmp_path: Path) -> None:
+    from lumbardx.data.series import load_study_pair
+
+    def coarser(ds) -> None:  # noqa: ANN001 - every other pixel, twice the spacing
+        px = ds.pixel_array[::2, ::2].copy()
+        ds.Rows, ds.Columns = px.shape
+        ds.PixelSpacing = [2 * float(v) for v in ds.PixelSpacing]
+        ds.PixelData = px.tobytes()
+
+    fine = load_study_pair(study)
+    pair = load_study_pair(_copy_study(study, tmp_path / "coarse", coarser))
+    assert pair.partner is not None and pair.resampled
+    assert pair.partner.display.shape == tuple(s // 2 for s in fine.image.display.shape)
+    assert "resampled onto the analysed pixel grid" in (pair.partner_series or "")
+    t1_coarse, t2 = pair.t1_t2()
+    t1_fine, _ = fine.t1_t2()
+    assert t1_coarse.shape == t2.shape == t1_fine.shape
+    np.testing.assert_array_equal(t1_coarse[::2, ::2], t1_fine[::2, ::2])  # the samples kept
+    # between two kept samples of a column, the mean of the two (bilinear interpolation)
+    kept = t1_fine[::2, ::2].astype(float)
+    between = t1_coarse[1:-1:2, ::2].astype(float)
+    assert np.abs(between - (kept[:-1] + kept[1:]) / 2).max() <= 1.0
+
+    # a partner 60% of the field of view away covers too little of it: read alone
+    def shifted(ds) -> None:  # noqa: ANN001 - 0.6 of the image height towards the feet
+        rows_mm = 0.6 * ds.Rows * float(ds.PixelSpacing[0])
+        ds.ImagePositionPatient = [float(v) - (rows_mm if k == 2 else 0.0)
+                                   for k, v in enumerate(ds.ImagePositionPatient)]
+
+    away = load_study_pair(_copy_study(study, tmp_path / "away", shifted))
+    assert away.partner is None and "covers only 40%" in away.reason
 
 
 def test_a_partner_with_fewer_slices_pairs_at_the_same_position(study: Path,

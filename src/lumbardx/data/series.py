@@ -9,9 +9,9 @@
   as a last resort Instance Number (``position_source`` says which; a warning is logged).
 * :func:`sagittal_series` keeps sagittal stacks and ranks them (rule in its docstring).
 * :func:`load_study` turns a PNG / JPEG / DICOM file or a study folder into the images to analyse.
-* :func:`load_study_pair` also returns, for a study folder, the slice of the other sequence on
-  the same pixel grid (T1 for a T2 series and vice versa, :func:`partner_series`), for
-  detectors that read T1 and T2 together.
+* :func:`load_study_pair` also returns, for a study folder, the slice of the other sequence in
+  the same plane (T1 for a T2 series and vice versa, :func:`partner_series`), resampled onto
+  the analysed slice's pixel grid, for detectors that read T1 and T2 together.
 """
 
 from __future__ import annotations
@@ -399,22 +399,22 @@ def load_study(path: str | Path, n_slices: int = 1, *, require_mr: bool = True,
                         require_mr=require_mr, max_pixels=max_pixels)
 
 
-#: Largest distance in mm between the origins of two slices read as co-registered.
+#: Largest distance in mm between two slices read together, along the slice normal.
 CO_REGISTRATION_TOL_MM = 0.5
+#: Smallest fraction of the analysed field of view the partner slice must cover.
+MIN_PARTNER_COVERAGE = 0.8
 #: The sequences read together by a detector trained on pairs (recipe ``sequence_pairs``).
 PAIRED_WEIGHTINGS = ("T1", "T2")
 
 
-def same_grid(a: DicomSeries, b: DicomSeries) -> bool:
-    """Whether two series share a pixel grid up to the slice position: same study and Frame of
-    Reference, orientation (cosines within 1e-3), image size and pixel spacing (within
-    1e-3 mm)."""
+def same_plane(a: DicomSeries, b: DicomSeries) -> bool:
+    """Whether two series image the same plane direction in one patient space: same study and
+    Frame of Reference, orientation (cosines within 1e-3), pixel spacing known for both. Their
+    image size, pixel spacing and field of view may differ (:func:`onto_grid` resamples)."""
     if not a.frame_of_reference_uid or a.frame_of_reference_uid != b.frame_of_reference_uid \
             or a.study_uid != b.study_uid:
         return False
-    if (a.rows, a.columns) != (b.rows, b.columns) or a.pixel_spacing is None \
-            or b.pixel_spacing is None \
-            or max(abs(x - y) for x, y in zip(a.pixel_spacing, b.pixel_spacing)) > 1e-3:
+    if a.pixel_spacing is None or b.pixel_spacing is None or not a.rows or not b.rows:
         return False
     return a.orientation is not None and b.orientation is not None \
         and float(np.abs(a.orientation - b.orientation).max()) <= 1e-3
@@ -422,18 +422,55 @@ def same_grid(a: DicomSeries, b: DicomSeries) -> bool:
 
 def co_registered_slice(ref: SliceRef, series: DicomSeries, other: DicomSeries,
                         tol_mm: float = CO_REGISTRATION_TOL_MM) -> SliceRef | None:
-    """The slice of ``other`` on the pixel grid of slice ``ref`` of ``series``: the two series
-    share a grid (:func:`same_grid`) and that slice's origin (Image Position Patient) lies
-    within ``tol_mm`` of ``ref``'s, so a box drawn on one fits the other. ``None`` when there
-    is none (or origins are missing). The series may differ in their number of slices."""
-    if ref.origin is None or not same_grid(series, other):
+    """The slice of ``other`` in the plane of slice ``ref`` of ``series``: the series share a
+    plane direction (:func:`same_plane`) and that slice lies within ``tol_mm`` of ``ref``
+    along the slice normal (the closest one). ``None`` when there is none (or origins are
+    missing). The series may differ in slice count, image size and field of view."""
+    if ref.origin is None or series.normal is None or not same_plane(series, other):
         return None
-    found = [(float(np.linalg.norm(s.origin - ref.origin)), k)
+    found = [(abs(float(np.dot(s.origin - ref.origin, series.normal))), k)
              for k, s in enumerate(other.slices) if s.origin is not None]
     if not found:
         return None
     dist, k = min(found)
     return other.slices[k] if dist <= tol_mm else None
+
+
+def grid_map(ref: SliceRef, series: DicomSeries, other_ref: SliceRef, other: DicomSeries
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Where the pixels of slice ``ref`` fall in slice ``other_ref`` of a series in the same
+    plane (:func:`same_plane`): ``(scale [2], offset [2])`` such that pixel ``(row, col)`` of
+    ``ref`` sits at ``scale * (row, col) + offset`` (rows, columns) of ``other_ref``."""
+    assert ref.origin is not None and other_ref.origin is not None
+    assert series.orientation is not None and series.pixel_spacing is not None
+    assert other.pixel_spacing is not None
+    along_row, along_col = series.orientation  # +column and +row directions (LPS)
+    delta = ref.origin - other_ref.origin
+    (dr_a, dc_a), (dr_b, dc_b) = series.pixel_spacing, other.pixel_spacing
+    scale = np.array([dr_a / dr_b, dc_a / dc_b])
+    offset = np.array([float(np.dot(delta, along_col)) / dr_b,
+                       float(np.dot(delta, along_row)) / dc_b])
+    return scale, offset
+
+
+def onto_grid(image: np.ndarray, scale: np.ndarray, offset: np.ndarray,
+              shape: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """``image`` (``uint8 [h, w]``) resampled (bilinear) onto a grid of ``shape`` whose pixel
+    ``(row, col)`` is at ``scale * (row, col) + offset`` in ``image`` (:func:`grid_map`);
+    outside ``image``: 0. Returns it (the input itself when the grids coincide) and the fraction
+    of the grid that ``image`` covers."""
+    if np.allclose(scale, 1.0, atol=1e-6) and np.allclose(offset, 0.0, atol=1e-3) \
+            and image.shape == tuple(shape):
+        return image, 1.0
+    from scipy.ndimage import affine_transform
+
+    out = affine_transform(image.astype(np.float32), np.diag(scale), offset=offset,
+                           output_shape=tuple(shape), order=1, mode="constant", cval=0.0)
+    rows = scale[0] * np.arange(shape[0]) + offset[0]
+    cols = scale[1] * np.arange(shape[1]) + offset[1]
+    inside = (((rows >= 0) & (rows <= image.shape[0] - 1)).mean()
+              * ((cols >= 0) & (cols <= image.shape[1] - 1)).mean())
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8), float(inside)
 
 
 def partner_series(chosen: DicomSeries, candidates: list[DicomSeries],
@@ -468,6 +505,10 @@ class StudyPair:
         partner_series: one-line summary of the partner series (:meth:`DicomSeries.summary`
             with its Series Number), or ``None``.
         reason: why there is no partner (``""`` when there is one).
+        partner_display: ``partner.display`` on the analysed slice's pixel grid (``uint8
+            [H, W]`` like ``image.display``; :func:`onto_grid`), or ``None``.
+        resampled: whether ``partner_display`` had to be resampled (another image size, pixel
+            spacing or field of view) rather than taken as it is.
     """
 
     image: MedicalImage
@@ -475,14 +516,17 @@ class StudyPair:
     image_weighting: str = "unknown"
     partner_series: str | None = None
     reason: str = ""
+    partner_display: np.ndarray | None = None
+    resampled: bool = False
 
     def t1_t2(self) -> tuple[np.ndarray, np.ndarray]:
-        """The display images ``uint8 [H, W]`` as (T1, T2); without a partner, the analysed
-        slice twice."""
+        """The display images ``uint8 [H, W]`` as (T1, T2) on the analysed grid; without a
+        partner, the analysed slice twice."""
         own = self.image.display
         if self.partner is None:
             return own, own
-        other = self.partner.display
+        other = self.partner_display if self.partner_display is not None \
+            else self.partner.display
         return (own, other) if self.image_weighting == "T1" else (other, own)
 
 
@@ -490,8 +534,10 @@ def load_study_pair(path: str | Path, *, require_mr: bool = True,
                     max_pixels: int = MAX_PIXELS, tol_deg: float = SAGITTAL_TOL_DEG
                     ) -> StudyPair:
     """The analysed slice of :func:`load_study` (one slice) and, for a study folder whose
-    chosen series is T1 or T2, the slice of the other sequence on the same pixel grid
-    (:func:`partner_series`). Files (PNG, JPEG, one DICOM file) have no partner.
+    chosen series is T1 or T2, the slice of the other sequence in the same plane
+    (:func:`partner_series`), on the analysed slice's pixel grid (:func:`grid_map`,
+    :func:`onto_grid`; it must cover :data:`MIN_PARTNER_COVERAGE` of the field of view). Files
+    (PNG, JPEG, one DICOM file) have no partner.
 
     Raises:
         ImageReadError: as :func:`load_study`; or the partner slice cannot be read.
@@ -513,13 +559,21 @@ def load_study_pair(path: str | Path, *, require_mr: bool = True,
         return StudyPair(image, image_weighting=chosen.weighting, reason=reason)
     partner, ref = found
     other = read_dicom(ref.path, frame=ref.frame, require_mr=require_mr, max_pixels=max_pixels)
-    if other.display.shape != image.display.shape:
-        raise ImageReadError(ref.path, f"partner slice is {other.display.shape[::-1]} pixels, "
-                                       f"the analysed one {image.display.shape[::-1]}")
+    mid = chosen.slices[(len(chosen) - 1) // 2]
+    scale, offset = grid_map(mid, chosen, ref, partner)
+    display, covered = onto_grid(other.display, scale, offset, image.display.shape)
+    if covered < MIN_PARTNER_COVERAGE:
+        return StudyPair(image, image_weighting=chosen.weighting,
+                         reason=f"the {partner.weighting} series covers only {covered:.0%} of "
+                                "the analysed field of view")
+    resampled = display is not other.display
     label = f"{partner.summary()}, series {partner.series_number}" \
         if partner.series_number is not None else partner.summary()
+    if resampled:
+        label += ", resampled onto the analysed pixel grid"
     log.info("%s: reading %s with %s", path, chosen.summary(), label)
-    return StudyPair(image, other, chosen.weighting, label)
+    return StudyPair(image, other, chosen.weighting, label, partner_display=display,
+                     resampled=resampled)
 
 
 def _single_file_series(path: Path, tol_deg: float) -> DicomSeries:

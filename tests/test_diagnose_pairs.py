@@ -57,7 +57,7 @@ def _diagnoser(tmp_path: Path, pairs: bool) -> tuple[Diagnoser, Spy]:
     return dx, spy
 
 
-def _copy_study(study: Path, out: Path, edit_t1) -> Path:  # noqa: ANN001 - edit(ds) in place
+def _copy_study(study: Path, out: Path, edit_t1) -> Path:
     for sub in ("t1", "t2"):
         (out / sub).mkdir(parents=True)
         for f in sorted((study / sub).glob("*.dcm")):
@@ -86,7 +86,7 @@ def test_series_of_a_pair_are_co_registered(study: Path, tmp_path: Path) -> None
     np.testing.assert_array_equal(t2_img, pair.image.display)
 
     # the T1 slices 2 mm to the side (along the slice normal): none in the analysed plane
-    def sideways(ds) -> None:  # noqa: ANN001
+    def sideways(ds) -> None:
         ds.ImagePositionPatient = [float(v) + (2.0 if k == 0 else 0.0)
                                    for k, v in enumerate(ds.ImagePositionPatient)]
 
@@ -101,7 +101,7 @@ def test_a_coarser_partner_is_resampled_onto_the_analysed_grid(study: Path,
                                                               tmp_path: Path) -> None:
     from lumbardx.data.series import load_study_pair
 
-    def coarser(ds) -> None:  # noqa: ANN001 - every other pixel, twice the spacing
+    def coarser(ds) -> None:
         px = ds.pixel_array[::2, ::2].copy()
         ds.Rows, ds.Columns = px.shape
         ds.PixelSpacing = [2 * float(v) for v in ds.PixelSpacing]
@@ -122,7 +122,7 @@ def test_a_coarser_partner_is_resampled_onto_the_analysed_grid(study: Path,
     assert np.abs(between - (kept[:-1] + kept[1:]) / 2).max() <= 1.0
 
     # a partner 60% of the field of view away covers too little of it: read alone
-    def shifted(ds) -> None:  # noqa: ANN001 - 0.6 of the image height towards the feet
+    def shifted(ds) -> None:
         rows_mm = 0.6 * ds.Rows * float(ds.PixelSpacing[0])
         ds.ImagePositionPatient = [float(v) - (rows_mm if k == 2 else 0.0)
                                    for k, v in enumerate(ds.ImagePositionPatient)]

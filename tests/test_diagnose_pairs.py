@@ -58,6 +58,7 @@ def _diagnoser(tmp_path: Path, pairs: bool) -> tuple[Diagnoser, Spy]:
 
 
 def _copy_study(study: Path, out: Path, edit_t1) -> Path:
+    """A copy of ``study`` whose T1 files pass through ``edit_t1(dataset)`` (in place)."""
     for sub in ("t1", "t2"):
         (out / sub).mkdir(parents=True)
         for f in sorted((study / sub).glob("*.dcm")):
@@ -101,7 +102,7 @@ def test_a_coarser_partner_is_resampled_onto_the_analysed_grid(study: Path,
                                                               tmp_path: Path) -> None:
     from lumbardx.data.series import load_study_pair
 
-    def coarser(ds) -> None:
+    def coarser(ds) -> None:  # every other pixel, twice the spacing
         px = ds.pixel_array[::2, ::2].copy()
         ds.Rows, ds.Columns = px.shape
         ds.PixelSpacing = [2 * float(v) for v in ds.PixelSpacing]
@@ -122,7 +123,7 @@ def test_a_coarser_partner_is_resampled_onto_the_analysed_grid(study: Path,
     assert np.abs(between - (kept[:-1] + kept[1:]) / 2).max() <= 1.0
 
     # a partner 60% of the field of view away covers too little of it: read alone
-    def shifted(ds) -> None:
+    def shifted(ds) -> None:  # 0.6 of the image height towards the feet
         rows_mm = 0.6 * ds.Rows * float(ds.PixelSpacing[0])
         ds.ImagePositionPatient = [float(v) - (rows_mm if k == 2 else 0.0)
                                    for k, v in enumerate(ds.ImagePositionPatient)]

@@ -83,8 +83,6 @@ class SequencePairs:
         partners: the partner index of every image (``None`` when it has none).
     """
 
-    channels = 2
-
     def __init__(self, dataset: Any, tolerance: float = 1.0) -> None:
         self.dataset = dataset
         self.tolerance = tolerance

@@ -219,8 +219,8 @@ def _train_member(cands: Candidates, config: VerifierConfig, train: VerifierTrai
                 box = _jitter(cands.boxes[i][k:k + 1], g, train.jitter)
                 x = crop_boxes(cands.images[i], box, config.context, config.crop_size)
                 if x.shape[1] == 2 and torch.rand(1, generator=g) < train.single_sequence:
-                    k = int(torch.rand(1, generator=g) < 0.5)  # T1 or T2 fills both
-                    x = x[:, k:k + 1].expand(-1, 2, -1, -1)
+                    keep = int(torch.rand(1, generator=g) < 0.5)  # T1 or T2 fills both
+                    x = x[:, keep:keep + 1].expand(-1, 2, -1, -1)
                 if torch.rand(1, generator=g) < 0.5:
                     x = x.flip(-1)
                 gamma = torch.exp((torch.rand(1, generator=g) - 0.5) * 0.6)

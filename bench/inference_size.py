@@ -66,7 +66,7 @@ def score_lumbardx(fold_dir: Path, ds: LumbarDataset, size: int,
     if len(idx) != len(held):
         raise SystemExit(f"{fold_dir}: {len(held) - len(idx)} held-out images not in the data")
     det = load_detector(fold_dir / "last.pt", "cpu")
-    pairs = bool(det.recipe.get("sequence_pairs")) and not single_slices
+    pairs = det.sequence_pairs and not single_slices
     subset = input_view(ds.subset(idx), pairs)
     res = evaluate(det.model, subset, image_size=size, class_names=names,
                    pad_value=det.pad_value)

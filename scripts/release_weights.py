@@ -186,7 +186,7 @@ def crossval_evidence(ds: LumbarDataset, cv_dir: Path, model_name: str, criterio
         _, val_idx = split(ds, k, assign)
         # the weights the fold scored, found next to its result (the folder may have moved)
         loaded = _load(result_file.parent / Path(result["weights"]).name, ds)
-        pairs = bool(loaded.recipe.get("sequence_pairs"))
+        pairs = loaded.sequence_pairs
         m, per_image = held_out(loaded, ds, val_idx, pairs)
         folds.append({"fold": k, "weights": Path(result["weights"]).name,
                       "val_images": len(val_idx),
@@ -347,7 +347,7 @@ def fold_evidence(ds: LumbarDataset, loaded: LoadedDetector, fold: int, folds_cs
                   criterion: str) -> tuple[dict, dict]:
     """Evidence from one validation fold (thresholds chosen and measured on it)."""
     train_idx, val_idx = split(ds, fold, folds_csv)
-    m, per_image = held_out(loaded, ds, val_idx, bool(loaded.recipe.get("sequence_pairs")))
+    m, per_image = held_out(loaded, ds, val_idx, loaded.sequence_pairs)
     records = [r for recs in per_image for r in recs]
     choices = choose_thresholds(records, ds.class_names, criterion)
     point = disc_operating_point(records, thresholds_dict(choices))

@@ -52,7 +52,7 @@ def export(
     try:
         det = rebuild_detector(load_checkpoint(weights), weights, "cpu")
         size = det.image_size if image_size is None else int(image_size)
-        inputs = PAIR_INPUTS if det.recipe.get("sequence_pairs") else "slice"
+        inputs = PAIR_INPUTS if det.sequence_pairs else "slice"
         path = export_onnx(det.model, target, size, det.class_names, opset, inputs)
     except (InputError, ExportError, OptionalDependencyError, ValueError) as err:
         raise _fail(str(err)) from None

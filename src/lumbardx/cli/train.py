@@ -222,7 +222,7 @@ def evaluate(
             if folds_csv is None:
                 raise InputError(None, "--fold needs --folds-csv")
             ds = ds.subset(split(ds, fold, folds_csv)[1])
-        ds = cv.input_view(ds, bool(det.recipe.get("sequence_pairs")))  # as it was trained
+        ds = cv.input_view(ds, det.sequence_pairs)  # as it was trained
         dest = out or weights.parent / (f"eval_{data.name}" + ("" if fold is None
                                                                else f"_fold{fold}"))
         res = run_eval(det.model, ds, cv.resolve_device(device), det.image_size, batch,

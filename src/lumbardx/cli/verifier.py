@@ -71,7 +71,7 @@ def train(
         if (fold is None) != (folds_csv is None):
             raise InputError(None, "--fold and --folds-csv go together")
         det = load_detector(checkpoint, "cpu")
-        pairs = bool(det.recipe.get("sequence_pairs"))  # then T1/T2 crops from T1/T2 pairs
+        pairs = det.sequence_pairs  # then T1/T2 crops from T1/T2 pairs
         ds = load_dataset(data)
         names = list(ds.class_names)
         if class_name not in names:

@@ -201,6 +201,12 @@ class LoadedDetector:
     path: Path
     lumbardx_version: str | None = None
 
+    @property
+    def sequence_pairs(self) -> bool:
+        """Whether it was trained on T1/T2 pairs (its recipe's ``sequence_pairs``) and reads
+        them (:class:`lumbardx.data.pairs.SequencePairs`)."""
+        return bool(self.recipe.get("sequence_pairs"))
+
 
 def checkpoint_spec(ckpt: dict[str, Any], path: Path) -> tuple[str, list[str], int]:
     """``(model_name, class_names, image_size)`` from a checkpoint's metadata.

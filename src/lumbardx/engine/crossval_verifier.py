@@ -30,7 +30,7 @@ from lumbardx import __version__
 from lumbardx.data.dataset import LumbarDataset
 from lumbardx.data.errors import InputError
 from lumbardx.data.folds import read_folds_csv, split
-from lumbardx.engine.checkpoint import load_checkpoint
+from lumbardx.engine.checkpoint import load_checkpoint, rebuild_detector
 from lumbardx.engine.crossval import (
     FOLDS_FILE,
     RESULT_FILE,
@@ -91,10 +91,11 @@ def _fold(source_dir: Path, run_dir: Path, ds: LumbarDataset, split_idx: tuple[l
     source = read_result(source_dir / RESULT_FILE)
     weights = source_dir / Path(source.get("weights", "last.pt")).name
     model = source_dir.parent.name
-    pairs = bool((load_checkpoint(weights).get("recipe") or {}).get("sequence_pairs"))
+    source_ckpt = load_checkpoint(weights)  # read once: detector, flags, saved metadata
+    pairs = bool((source_ckpt.get("recipe") or {}).get("sequence_pairs"))
     cfg = replace(cfg, channels=2 if pairs else 1)  # T1/T2 crops for a detector of pairs
     if verifiers_from is None:
-        det = load_detector(weights, "cpu")
+        det = rebuild_detector(source_ckpt, weights)
         say(f"{model} fold {source['fold']}: training the verifier on {len(train_idx)} images")
         verifier, summary = train_slip_verifier(
             det.model, input_view(ds.subset(train_idx), pairs), index, det.image_size, cfg,
@@ -104,7 +105,7 @@ def _fold(source_dir: Path, run_dir: Path, ds: LumbarDataset, split_idx: tuple[l
         det, summary = _trained(Path(verifiers_from) / model / run_dir.name / "last.pt", cfg)
         say(f"{model} fold {source['fold']}: the verifier of {verifiers_from}, power "
             f"{cfg.power}")
-    ckpt = save_with_rescorer(load_checkpoint(weights), det.model, run_dir / "last.pt", summary)
+    ckpt = save_with_rescorer(source_ckpt, det.model, run_dir / "last.pt", summary)
     ev = evaluate(det.model, input_view(ds.subset(val_idx), pairs), "cpu", det.image_size, 1,
                   ds.class_names, out_dir=run_dir / "eval", pad_value=det.pad_value)
     result = {

@@ -310,7 +310,7 @@ def load_detector(
     thresholds = parse_thresholds(ckpt.get("thresholds", card.get("thresholds")), names, path)
     meta = {k: ckpt[k] for k in ("epoch", "best_fitness", "seed") if k in ckpt}
     meta["recipe"] = (ckpt.get("recipe") or {}).get("name")
-    meta["sequence_pairs"] = bool((ckpt.get("recipe") or {}).get("sequence_pairs"))
+    meta["sequence_pairs"] = det.sequence_pairs
     meta["ema"] = isinstance(ckpt.get("ema"), dict)
     try:
         return from_detector(net, names, size, thresholds, backend, device, threads, path,

@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+import typer
 from findings_schema import check_findings_schema
 
 from lumbardx.diagnosis import Diagnoser
@@ -215,3 +216,93 @@ def test_web_upload_of_a_t1_t2_study_is_read_as_a_pair(study: Path, tmp_path: Pa
     assert findings["model"]["inputs"] == "T1+T2"
     x = spy.seen[-1]
     assert not torch.equal(x[0, 0], x[0, 1])
+
+
+def _spied(dx: Diagnoser) -> tuple[Spy, Spy]:
+    """Spies on the pair model's and the single-slice model's backends."""
+    assert dx.single_slice is not None
+    pair_spy, single_spy = Spy(dx.loaded.backend), Spy(dx.single_slice.backend)
+    dx.loaded.backend, dx.single_slice.backend = pair_spy, single_spy
+    return pair_spy, single_spy
+
+
+def test_slices_without_a_pair_go_to_the_single_slice_model(study: Path, tmp_path: Path) -> None:
+    single = _checkpoint(tmp_path / "single.pt", pairs=False)
+    dx = Diagnoser(_checkpoint(tmp_path / "pair.pt", pairs=True), backend="torch",
+                   single_slice=single, thresholds={"herniation": 0.4})
+    assert dx.single_slice is not None and dx.single_slice.source == single
+    assert [m.thresholds["herniation"] for m in dx.models] == [0.4, 0.4]
+    pair_spy, single_spy = _spied(dx)
+    dx.warmup()
+    assert len(pair_spy.seen) == len(single_spy.seen) == 1
+
+    paired = dx.diagnose(study)  # a study with both series: the pair model
+    assert paired.model.inputs == "T1+T2" and paired.partner_series is not None
+    assert len(pair_spy.seen) == 2 and len(single_spy.seen) == 1
+    assert not any("single-slice model" in w for w in paired.warnings)
+
+    lone = dx.diagnose(sorted((study / "t2").glob("*.dcm"))[5])  # one file: no partner
+    assert len(pair_spy.seen) == 2 and len(single_spy.seen) == 2
+    assert lone.model.inputs == "slice" and lone.partner_series is None
+    assert lone.model.weights_sha256 == dx.single_slice.info.weights_sha256
+    assert any("a single file has no second sequence" in w and "single-slice model" in w
+               for w in lone.warnings)
+    assert not any("read alone" in w for w in lone.warnings)
+    doc = lone.to_dict()
+    check_findings_schema(doc)
+    assert doc["model"]["inputs"] == "slice"
+
+
+def test_single_slice_model_must_read_single_slices(tmp_path: Path) -> None:
+    from lumbardx.data.errors import InputError
+
+    other_pair = _checkpoint(tmp_path / "other.pt", pairs=True)
+    with pytest.raises(InputError, match="must read single slices"):
+        Diagnoser(_checkpoint(tmp_path / "pair.pt", pairs=True), backend="torch",
+                  single_slice=other_pair)
+    # a single-slice main model has no use for one
+    dx = Diagnoser(_checkpoint(tmp_path / "s.pt", pairs=False), backend="torch",
+                   single_slice=other_pair)
+    assert dx.single_slice is None and dx.models == [dx.loaded]
+
+
+def test_shipped_pair_model_comes_with_the_shipped_single_slice_model(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lumbardx.models.pretrained import WEIGHTS_DIR_ENV, shipped_single_slice
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(folder))
+    _checkpoint(folder / "default.pt", pairs=True)
+    assert shipped_single_slice("default") is None
+    assert Diagnoser(backend="torch").single_slice is None  # not installed: pair model alone
+    _checkpoint(folder / "single.pt", pairs=False)
+    assert shipped_single_slice("default") == folder / "single.pt"
+    assert shipped_single_slice("single") is None
+    dx = Diagnoser(backend="torch")
+    assert dx.info.reads_pairs and dx.single_slice is not None
+    assert dx.single_slice.source == folder / "single.pt"
+    assert not Diagnoser(model="single", backend="torch").info.reads_pairs
+
+
+def test_cli_reads_an_image_file_with_the_single_slice_model(study: Path,
+                                                             tmp_path: Path) -> None:
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from lumbardx.cli.diagnose import diagnose as diagnose_command
+
+    app = typer.Typer()
+    app.command()(diagnose_command)
+    png = tmp_path / "slice.png"
+    Image.fromarray(np.full((96, 80), 90, np.uint8)).save(png)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        str(png), "--out", str(out), "--backend", "torch", "--no-pdf",
+        "--weights", str(_checkpoint(tmp_path / "pair.pt", pairs=True)),
+        "--single-slice-weights", str(_checkpoint(tmp_path / "single.pt", pairs=False))])
+    assert result.exit_code == 0, result.output
+    assert "slices without a pair: yolov5n" in " ".join(result.output.split())
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    doc = json.loads((folder / "findings.json").read_text())
+    assert doc["model"]["inputs"] == "slice"

@@ -13,8 +13,11 @@ Steps of :meth:`Diagnoser.diagnose` (each timed in ``Study.timings_ms``, millise
    folder (best sagittal series, its middle slice). A detector trained on T1/T2 pairs
    (``ModelInfo.inputs == "T1+T2"``) reads a study folder with
    :func:`lumbardx.data.series.load_study_pair`: the same slice of the co-registered series of
-   the other sequence comes with it when the study has one (``Study.partner_series``); without
-   one, the slice is read alone and a warning says so.
+   the other sequence comes with it when the study has one (``Study.partner_series``). Without
+   one (an image file, a study with one sequence), the slice goes to the single-slice model
+   that came with the pair model (``Diagnoser(single_slice=...)``; for shipped weights the
+   ``"single"`` choice, :func:`lumbardx.models.pretrained.shipped_single_slice`), or, when there
+   is none, to the pair model alone; a warning says which.
 2. ``preprocess``: the 8-bit display image (``uint8 [H, W]``) letterboxed to the model's square
    input (:func:`lumbardx.engine.letterbox.letterbox`, pad 0 as in evaluation), gray repeated
    to ``float32 [1, 3, S, S]`` in [0, 1]; a T1/T2 pair gives the channels T1, T2 and their mean
@@ -49,7 +52,7 @@ from lumbardx.data.errors import InputError
 from lumbardx.data.images import MedicalImage
 from lumbardx.engine.letterbox import Letterbox, letterbox_planes
 from lumbardx.engine.model_input import three_channels
-from lumbardx.models.pretrained import SHIPPED, LoadedModel, load_detector
+from lumbardx.models.pretrained import SHIPPED, LoadedModel, load_detector, shipped_single_slice
 from lumbardx.study import ModelInfo, Study, pixel_key
 
 if TYPE_CHECKING:
@@ -179,7 +182,7 @@ class Diagnoser:
 
     Args:
         weights: checkpoint ``.pt`` / exported ``.onnx``; ``None`` uses the shipped ``model``.
-        model: shipped weights choice, ``"default"`` or ``"best"``.
+        model: shipped weights choice, ``"default"``, ``"best"`` or ``"single"``.
         backend: ``"auto"`` (ONNX Runtime on the CPU when installed and exportable), ``"torch"``
             or ``"onnx"``.
         device: ``"cpu"``, ``"cuda"``...
@@ -188,7 +191,12 @@ class Diagnoser:
         thresholds: class name -> decision threshold, or a JSON file written by
             :func:`lumbardx.clinical.thresholds.save_thresholds`; overrides the checkpoint's.
         loaded: an already :class:`~lumbardx.models.pretrained.LoadedModel` (other arguments
-            but ``thresholds`` are then ignored).
+            but ``thresholds`` and ``single_slice`` are then ignored).
+        single_slice: for a model trained on T1/T2 pairs, the model that reads the slices that
+            come without a partner: a weights file or a loaded model (loaded with the same
+            backend and device). ``None`` with shipped weights takes the shipped ``"single"``
+            choice when installed (:func:`~lumbardx.models.pretrained.shipped_single_slice`).
+            Ignored for a model that reads single slices.
 
     Raises:
         NoShippedWeightsError, InputError: as :func:`lumbardx.models.pretrained.load_detector`.
@@ -204,6 +212,7 @@ class Diagnoser:
         threads: int | None = None,
         thresholds: Mapping[str, float] | str | Path | None = None,
         loaded: LoadedModel | None = None,
+        single_slice: str | Path | LoadedModel | None = None,
     ) -> None:
         if threads is not None:
             if threads < 1:
@@ -211,12 +220,31 @@ class Diagnoser:
             torch.set_num_threads(threads)
         self.loaded = loaded or load_detector(weights, device, model=model, backend=backend,
                                               threads=threads)
+        #: The model for slices without a T1/T2 partner (``None``: the main model reads them).
+        self.single_slice: LoadedModel | None = None
+        if self.loaded.info.reads_pairs:
+            if single_slice is None and weights is None and loaded is None:
+                single_slice = shipped_single_slice(model)
+            if isinstance(single_slice, LoadedModel):
+                self.single_slice = single_slice
+            elif single_slice is not None:
+                self.single_slice = load_detector(single_slice, device, backend=backend,
+                                                  threads=threads)
+            if self.single_slice is not None and self.single_slice.info.reads_pairs:
+                raise InputError(self.single_slice.source, "the single-slice model was "
+                                 "trained on T1/T2 pairs; it must read single slices")
         if isinstance(thresholds, (str, Path)):
             from lumbardx.clinical.thresholds import load_thresholds
 
             thresholds = load_thresholds(thresholds)
         if thresholds:
-            self.loaded.set_thresholds(thresholds)
+            for m in self.models:
+                m.set_thresholds(thresholds)
+
+    @property
+    def models(self) -> list[LoadedModel]:
+        """The main model, then the single-slice model when there is one."""
+        return [self.loaded] + ([self.single_slice] if self.single_slice is not None else [])
 
     @property
     def info(self) -> ModelInfo:
@@ -231,27 +259,33 @@ class Diagnoser:
     def warmup(self) -> None:
         """Run the network once on a blank image, so that one-time library start-up costs
         (kernel selection, allocations) are not counted in the first study's timings."""
-        self.detect(np.zeros((self.info.image_size, self.info.image_size), np.uint8))
+        for m in self.models:
+            blank = np.zeros((m.image_size, m.image_size), np.uint8)
+            with torch.inference_mode():
+                self._detect(m, *self._preprocess(m, blank))
 
     def detect(self, display: np.ndarray) -> list[Box]:
-        """Boxes on one ``uint8 [H, W]`` image, in its pixels (xyxy), scores and class names."""
+        """Boxes of the main model on one ``uint8 [H, W]`` image, in its pixels (xyxy), scores
+        and class names."""
         with torch.inference_mode():
-            x, geo = self._preprocess(display)
-            return self._detect(x, geo)
+            return self._detect(self.loaded, *self._preprocess(self.loaded, display))
 
-    def _preprocess(self, display: np.ndarray, pair: tuple[np.ndarray, np.ndarray] | None = None
+    @staticmethod
+    def _preprocess(m: LoadedModel, display: np.ndarray,
+                    pair: tuple[np.ndarray, np.ndarray] | None = None
                     ) -> tuple[torch.Tensor, Letterbox]:
         """``[1, 3, S, S]`` in [0, 1] of ``display``, or of ``pair`` (T1, T2 displays of the
-        same size) when given, and the letterbox geometry."""
+        same size) when given, at the input size of ``m``; and the letterbox geometry."""
         image = display if pair is None else np.stack(pair)
-        lb, geo = letterbox_planes(image, self.info.image_size, PAD_VALUE)
+        lb, geo = letterbox_planes(image, m.image_size, PAD_VALUE)
         x = torch.from_numpy(lb)[None].float().div_(255.0)
         return three_channels(x), geo  # [1, C, S, S] -> [1, 3, S, S]
 
-    def _detect(self, x: torch.Tensor, geo: Letterbox) -> list[Box]:
-        det = self.loaded.backend(x)[0]
+    @staticmethod
+    def _detect(m: LoadedModel, x: torch.Tensor, geo: Letterbox) -> list[Box]:
+        det = m.backend(x)[0]
         boxes = geo.unmap_boxes(det["boxes"].float().numpy())  # [K, 4] image pixels
-        names = self.info.class_names
+        names = m.class_names
         out = []
         for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), det["scores"].tolist(),
                                                   det["labels"].tolist()):
@@ -269,30 +303,36 @@ class Diagnoser:
         clock = _Clock()
         clock.ms.update(timings or {})
         partner = pair is not None and pair.partner is not None and self.info.reads_pairs
+        m = self.loaded if partner or self.single_slice is None else self.single_slice
         with torch.inference_mode():
             with clock("preprocess"):
-                x, geo = self._preprocess(image.display, pair.t1_t2() if partner else None)
+                x, geo = self._preprocess(m, image.display, pair.t1_t2() if partner else None)
             with clock("detect"):
-                boxes = self._detect(x, geo)
+                boxes = self._detect(m, x, geo)
         with clock("findings"):
-            spine = build_findings(boxes, (image.width, image.height), self.loaded.thresholds,
-                                   classes=self.info.class_names)
+            spine = build_findings(boxes, (image.width, image.height), m.thresholds,
+                                   classes=m.class_names)
         warnings = _findings_warnings(spine)
-        unchosen = [n for n in self.info.class_names if n not in self.loaded.chosen]
+        unchosen = [n for n in m.class_names if n not in m.chosen]
         if unchosen:
             warnings.append("decision thresholds not chosen on validation data for "
                             f"{', '.join(unchosen)}: default "
-                            f"{', '.join(f'{self.loaded.thresholds[n]:g}' for n in unchosen)}")
+                            f"{', '.join(f'{m.thresholds[n]:g}' for n in unchosen)}")
         if self.info.reads_pairs and not partner:
             why = pair.reason if pair is not None and pair.reason else "one slice was given"
             known = pair is not None and pair.image_weighting in ("T1", "T2")
             what = f"the {pair.image_weighting} slice" if known and pair else "the slice"
-            warnings.append(f"the model reads T1 and T2 together; {why}: {what} was read "
-                            "alone")
+            if m is self.loaded:
+                warnings.append(f"the model reads T1 and T2 together; {why}: {what} was "
+                                "read alone")
+            else:
+                log.info("%s: %s; read by the single-slice model", source, why)
+                warnings.append(f"no T1/T2 pair ({why}): {what} was read by the "
+                                f"single-slice model ({m.info.version})")
         with clock("severity"):
             warnings += estimate_severity(image, spine, _anterior_left(image))
         return Study(source=Path(source) if source is not None else image.source, image=image,
-                     findings=spine, model=self.info, study_key=pixel_key(image.pixels),
+                     findings=spine, model=m.info, study_key=pixel_key(image.pixels),
                      slice_index=slice_index, n_slices=n_slices,
                      partner_series=pair.partner_series if partner and pair else None,
                      timings_ms=clock.ms, warnings=warnings, severity_note=SEVERITY_NOTE)

@@ -51,7 +51,8 @@ class Analyser:
             from lumbardx.diagnosis import Diagnoser
 
             self._dx = Diagnoser(self.settings.weights, model=self.settings.model,
-                                 backend=self.settings.backend, device=self.settings.device)
+                                 backend=self.settings.backend, device=self.settings.device,
+                                 single_slice=self.settings.single_slice_weights)
         return self._dx
 
     def submit(self, key: str) -> Future[dict[str, Any]] | dict[str, Any]:

@@ -32,7 +32,11 @@ class AppSettings:
         data_dir: where accounts, studies, audit log, corrections and teaching sessions live
             (created with mode 0700).
         weights: detector checkpoint (``.pt``) or ONNX file; ``None`` uses the shipped weights.
-        model: shipped weights choice when ``weights`` is ``None`` (``"default"``/``"best"``).
+        model: shipped weights choice when ``weights`` is ``None`` (``"default"``, ``"best"``,
+            ``"single"``).
+        single_slice_weights: for a detector trained on T1/T2 pairs, the model that reads
+            studies without a co-registered pair (``None``: the shipped ``"single"`` choice
+            with shipped weights, else the pair model alone).
         backend: ``"auto"``, ``"torch"`` or ``"onnx"`` (see :class:`lumbardx.diagnosis.Diagnoser`).
         pacs_url: DICOMweb root of the PACS (``None``: PACS routes answer 503).
         pacs_credentials_file: netrc-format file with the PACS credentials (else ``$NETRC`` /
@@ -58,6 +62,7 @@ class AppSettings:
     data_dir: Path
     weights: Path | None = None
     model: str = "default"
+    single_slice_weights: Path | None = None
     backend: str = "auto"
     pacs_url: str | None = None
     pacs_credentials_file: Path | None = None

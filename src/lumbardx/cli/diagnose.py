@@ -160,7 +160,12 @@ def diagnose(
                              "subfolder per study: OUT/<input name>-<study key>/."),
     weights: Path | None = typer.Option(None, "--weights", help="Trained checkpoint (.pt) or "
                                         "ONNX export; default: the shipped weights."),
-    model: str = typer.Option("default", "--model", help="default|best (shipped weights)."),
+    model: str = typer.Option("default", "--model", help="default|best|single (shipped "
+                              "weights)."),
+    single_slice_weights: Path | None = typer.Option(
+        None, "--single-slice-weights", help="For a model trained on T1+T2 pairs: the model "
+        "for images and studies without a pair (default: the shipped single-slice model with "
+        "shipped weights, else the pair model alone)."),
     backend: str = typer.Option("auto", "--backend", help="auto|torch|onnx."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1..."),
     dicom_outputs: bool = typer.Option(True, "--dicom-outputs/--no-dicom-outputs",
@@ -182,13 +187,18 @@ def diagnose(
         console.print("nothing to do: no study found in the paths given")
         raise typer.Exit(2)
     try:
-        dx = Diagnoser(weights, model=model, backend=backend, device=device)
+        dx = Diagnoser(weights, model=model, backend=backend, device=device,
+                       single_slice=single_slice_weights)
     except (LumbardxError, ValueError) as exc:
         console.print(f"[red]cannot load the model:[/red] {exc}")
         raise typer.Exit(1) from None
     dx.warmup()
     console.print(f"model {dx.info.name} ({dx.info.version}; {dx.info.backend}), "
                   f"{len(found.studies)} stud{'y' if len(found.studies) == 1 else 'ies'}")
+    if dx.info.reads_pairs:
+        alone = (f"{dx.single_slice.info.name} ({dx.single_slice.info.version})"
+                 if dx.single_slice is not None else "the same model, less accurate")
+        console.print(f"reads T1 and T2 together; slices without a pair: {alone}")
 
     results: list[tuple[Result, Path | None]] = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

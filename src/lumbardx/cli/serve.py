@@ -59,6 +59,9 @@ def serve(
     weights: Path | None = typer.Option(None, help="Detector checkpoint (.pt) or ONNX file; "
                                                    "default: the shipped weights."),
     model: str = typer.Option("default", help="Shipped weights when --weights is not given."),
+    single_slice_weights: Path | None = typer.Option(
+        None, help="For a model trained on T1+T2 pairs: the model for studies without a "
+                   "pair (default: the shipped single-slice model with shipped weights)."),
     backend: str = typer.Option("auto", help="auto, torch or onnx."),
     pacs_url: str | None = typer.Option(None, help="DICOMweb root of the PACS, e.g. "
                                                    "https://pacs.example.org/dicom-web."),
@@ -93,11 +96,13 @@ def serve(
     try:
         from lumbardx.diagnosis import Diagnoser
 
-        diagnoser = Diagnoser(weights, model=model, backend=backend)
+        diagnoser = Diagnoser(weights, model=model, backend=backend,
+                              single_slice=single_slice_weights)
     except LumbardxError as exc:
         _fail(str(exc))
     settings = AppSettings(
-        data_dir=data_dir, weights=weights, model=model, backend=backend, pacs_url=pacs_url,
+        data_dir=data_dir, weights=weights, model=model,
+        single_slice_weights=single_slice_weights, backend=backend, pacs_url=pacs_url,
         pacs_credentials_file=pacs_credentials, max_upload_bytes=max_upload_mb * MB,
         max_unpacked_bytes=max_unpacked_mb * MB, session_idle_s=idle_minutes * 60.0,
         secure_cookies=secure_cookies or certfile is not None,

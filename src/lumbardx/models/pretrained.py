@@ -3,7 +3,9 @@
 Where weights come from (never downloaded):
 
 * ``weights=None``: a **shipped** file, ``lumbardx/weights/<choice>.pt`` installed with the
-  package (read through :mod:`importlib.resources`), ``choice`` ``"default"`` or ``"best"``.
+  package (read through :mod:`importlib.resources`), ``choice`` ``"default"``, ``"best"`` or
+  ``"single"`` (a model reading one slice, for studies that a shipped T1+T2 model cannot read
+  as a pair: :func:`shipped_single_slice`).
   The environment variable ``LUMBARDX_WEIGHTS_DIR`` points to another folder holding those
   files (a site that installs weights apart from the package). See ``lumbardx/weights/README.md``.
 * ``weights=<file>.pt``: a checkpoint written by the engine (``last.pt`` / ``best.pt``, keys in
@@ -57,7 +59,9 @@ from lumbardx.study import PAIR_INPUTS, ModelInfo
 log = logging.getLogger(__name__)
 
 #: Shipped weight choices (``--model``) and their file names in ``lumbardx/weights/``.
-SHIPPED: dict[str, str] = {"default": "default.pt", "best": "best.pt"}
+SHIPPED: dict[str, str] = {"default": "default.pt", "best": "best.pt", "single": "single.pt"}
+#: The shipped choice that reads one slice, used for a shipped T1+T2 model's single slices.
+SINGLE_SLICE_CHOICE = "single"
 #: Environment variable naming a folder that replaces ``lumbardx/weights/``.
 WEIGHTS_DIR_ENV = "LUMBARDX_WEIGHTS_DIR"
 #: Decision threshold of a class outside ``DEFAULT_THRESHOLDS`` when the checkpoint chose none:
@@ -139,7 +143,7 @@ def shipped_choices() -> list[str]:
 
 
 def shipped_weights(choice: str = "default") -> Path:
-    """Path of the shipped weights ``choice`` (``"default"`` or ``"best"``).
+    """Path of the shipped weights ``choice`` (a key of :data:`SHIPPED`).
 
     Raises:
         ValueError: unknown choice.
@@ -147,7 +151,7 @@ def shipped_weights(choice: str = "default") -> Path:
             ``--weights`` instead).
     """
     if choice not in SHIPPED:
-        raise ValueError(f"unknown model {choice!r}: use {' or '.join(SHIPPED)}, or pass a "
+        raise ValueError(f"unknown model {choice!r}: use {', '.join(SHIPPED)}, or pass a "
                          "checkpoint file with --weights")
     folder = weights_folder()
     path = folder / SHIPPED[choice]
@@ -160,6 +164,20 @@ def shipped_weights(choice: str = "default") -> Path:
             f"weights=PATH), e.g. the best.pt written by training, or set {WEIGHTS_DIR_ENV} "
             "to a folder holding default.pt")
     return path
+
+
+def shipped_single_slice(choice: str) -> Path | None:
+    """The shipped single-slice model that goes with shipped choice ``choice``, or ``None``.
+
+    A detector trained on T1/T2 pairs reads a lone slice worse than a detector trained on
+    single slices, so a shipped pair model is paired with the shipped ``"single"`` choice,
+    which diagnosis uses for image files and studies without a co-registered pair. ``None``
+    when ``choice`` is itself that model or ``single.pt`` is not installed.
+    """
+    if choice == SINGLE_SLICE_CHOICE:
+        return None
+    path = weights_folder() / SHIPPED[SINGLE_SLICE_CHOICE]
+    return path if path.is_file() else None
 
 
 def parse_thresholds(raw: Any, class_names: list[str], where: Path | None) -> dict[str, float]:
@@ -284,7 +302,8 @@ def load_detector(
         weights: a checkpoint ``.pt`` or an exported ``.onnx`` file; ``None`` uses the shipped
             weights ``model``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... (ONNX files run on the CPU).
-        model: shipped choice when ``weights`` is ``None``: ``"default"`` or ``"best"``.
+        model: shipped choice when ``weights`` is ``None``: ``"default"``, ``"best"`` or
+            ``"single"``.
         backend: ``"torch"``, ``"onnx"`` (export to ONNX Runtime) or ``"auto"``.
         threads: intra-op threads of ONNX Runtime (PyTorch's are set by the caller).
 

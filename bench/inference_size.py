@@ -15,7 +15,9 @@ nested estimate); the size with the best mean over all folds is what a release s
 and the nested rows are paired by fold (95% paired t-interval, folds won). With several
 lumbardx models (e.g. a detector alone and with a second stage), the same rule also chooses
 among every (model, size) cell at once: the row ``every lumbardx model and size`` is the
-estimate that counts every choice that was tried.
+estimate that counts every choice that was tried. A pair model read one slice at a time
+(``--single-slices``) is a measurement of a degraded input, not a choice: it stays out of that
+row.
 
 Scores are cached in ``--out`` (model -> size -> fold), so a repeated call adds sizes or
 models without re-running the others.
@@ -53,13 +55,17 @@ from lumbardx.io import atomic_write_text
 
 Scores = dict[str, dict]  # fold name -> {"ap50": {class: AP}, "map50", "map50_95", "ms_per_image"}
 
+#: Suffix of the rows of pair models read one slice at a time (``--single-slices``).
+SINGLE_SLICES = " (single slices)"
+
 
 def score_lumbardx(fold_dir: Path, ds: LumbarDataset, size: int,
                    single_slices: bool = False) -> dict:
     """Scores of ``fold_dir/last.pt`` on the images of ``fold_dir/eval/predictions.json`` (the
     fold's held-out images) at input ``size``, read as the model was trained (single slices,
     or T1/T2 pairs for a ``sequence_pairs`` recipe); ``single_slices`` reads a pair model one
-    slice at a time, as diagnosis of an image file does."""
+    slice at a time, as diagnosis does for an image file when no single-slice model comes
+    with the pair model."""
     names = list(ds.class_names)
     held = load_predictions([fold_dir / "eval" / "predictions.json"], names)
     idx = [i for i, r in enumerate(ds.records) if r.image_id in held]
@@ -159,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs: list[tuple[str, str, Callable[[int], dict]]] = []
     for d in args.lumbardx:
         for fd in sorted(d.glob("fold*/result.json")):  # finished folds only
-            name = f"{d} (single slices)" if args.single_slices else str(d)
+            name = f"{d}{SINGLE_SLICES}" if args.single_slices else str(d)
             jobs.append((name, fd.parent.name, lambda s, fd=fd.parent: score_lumbardx(
                 fd, ds, s, args.single_slices)))
     if args.peer is not None:
@@ -185,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         nested, chosen, overall = nested_choice(by_size)
         result["models"][model] = {"nested": nested, "chosen_without_fold": chosen,
                                    "chosen_on_all_folds": int(overall)}
-        if model != "peer":
+        if model != "peer" and not model.endswith(SINGLE_SLICES):  # readings, not choices
             for s, per_fold in by_size.items():
                 every[f"{model} @ {s}"] = per_fold
         for s in sorted(by_size, key=int):

@@ -220,6 +220,33 @@ def test_set_reads_back_as_a_dataset_with_dicom_studies_beside_it(tmp_path: Path
     assert len(list((tmp_path / "set/dicom/case_00000").glob("*.dcm"))) >= 5
 
 
+def test_dicom_studies_with_t1_hold_a_co_registered_pair(tmp_path: Path) -> None:
+    from lumbardx.data.check import check_dataset
+    from lumbardx.data.series import load_study_pair
+
+    generate_dataset(tmp_path / "set", 1, seed=3, dicom=True, config=SMALL, t1=True)
+    assert check_dataset(tmp_path / "set").ok
+    study = tmp_path / "set/dicom/case_00000"
+    n_t2, n_t1 = (len(list((study / s).glob("*.dcm"))) for s in ("t2", "t1"))
+    assert n_t2 == n_t1 >= 5
+    pair = load_study_pair(study)
+    assert pair.image_weighting == "T2" and pair.partner is not None
+    assert "T1" in (pair.partner_series or "")
+
+
+def test_cli_t1_needs_dicom(tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from lumbardx.cli.synth import synth
+
+    app = typer.Typer()
+    app.command()(synth)
+    result = CliRunner().invoke(app, [str(tmp_path / "set"), "--n", "1", "--t1"])
+    assert result.exit_code == 2
+    assert "--t1 needs --dicom" in " ".join(result.output.split())
+
+
 def _ratios(boxes: list[tuple[str, float, float, float, float]]) -> dict[str, list[float]]:
     """Normal-box width and height over the median disc spacing of the image."""
     discs = sorted((b for b in boxes if b[0] in ("normal", "herniation")),

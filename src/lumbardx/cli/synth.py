@@ -19,6 +19,8 @@ def synth(
     seed: int = typer.Option(0, "--seed", help="Master seed; the same seed gives identical files."),
     dicom: bool = typer.Option(False, "--dicom",
                                help="Also write each case as a sagittal MR series."),
+    t1: bool = typer.Option(False, "--t1", help="With --dicom, write each study as a T2 series "
+                            "and a co-registered T1 series (STUDY/t2/, STUDY/t1/)."),
     p_listhesis: float = typer.Option(0.2, "--p-listhesis", min=0.0, max=1.0,
                                       help="Probability of a spondylolisthesis per case."),
     p_herniation: float = typer.Option(0.22, "--p-herniation", min=0.0, max=1.0,
@@ -53,8 +55,11 @@ def synth(
             bar.advance(task)
 
         try:
-            written = generate_dataset(out, n, seed, dicom=dicom, config=cfg, on_case=done,
-                                       on_error=failed)
+            if t1 and not dicom:
+                raise InputError(None, "--t1 needs --dicom (it adds a T1 series to each DICOM "
+                                       "study)")
+            written = generate_dataset(out, n, seed, dicom=dicom, config=cfg, t1=t1,
+                                       on_case=done, on_error=failed)
         except InputError as e:
             console.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2) from None

@@ -105,7 +105,7 @@ def csv_rows(case: SynthCase) -> list[dict[str, Any]]:
 
 
 def generate_dataset(out: Path, n: int, seed: int, dicom: bool = False,
-                     config: SynthConfig | None = None,
+                     config: SynthConfig | None = None, t1: bool = False,
                      on_case: Callable[[int, SynthCase], None] | None = None,
                      on_error: Callable[[str, Exception], None] | None = None) -> list[Path]:
     """Generate ``n`` cases into ``out`` (created if needed); returns the PNG paths written.
@@ -116,6 +116,10 @@ def generate_dataset(out: Path, n: int, seed: int, dicom: bool = False,
         seed: master seed; case ``i`` uses ``SeedSequence(seed).spawn(n)[i]``.
         dicom: also write each case as a sagittal MR series under ``out/dicom/<case>/``.
         config: sampling settings (defaults: :class:`SynthConfig`).
+        t1: with ``dicom``, write each study as two co-registered series, T2 in
+            ``out/dicom/<case>/t2/`` and its T1 stand-in in ``out/dicom/<case>/t1/``
+            (:func:`lumbardx.synth.dicom_series.write_dicom_series`), so that a detector
+            trained on T1/T2 pairs reads them together.
         on_case: called after each case is written (progress display).
         on_error: called with the case name and the error when a case cannot be written; the
             run then continues with the next case. Without it the error is raised.
@@ -144,7 +148,11 @@ def generate_dataset(out: Path, n: int, seed: int, dicom: bool = False,
             if dicom:
                 from lumbardx.synth.dicom_series import write_dicom_series
 
-                write_dicom_series(case, out / "dicom" / name, cfg)
+                if t1:
+                    write_dicom_series(case, out / "dicom" / name / "t2", cfg)
+                    write_dicom_series(case, out / "dicom" / name / "t1", cfg, weighting="T1")
+                else:
+                    write_dicom_series(case, out / "dicom" / name, cfg)
                 entry["dicom"] = f"dicom/{name}"
         except (InputError, OSError) as e:
             if on_error is None:

@@ -260,6 +260,14 @@ def test_single_slice_model_must_read_single_slices(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="must read single slices"):
         Diagnoser(_checkpoint(tmp_path / "pair.pt", pairs=True), backend="torch",
                   single_slice=other_pair)
+    torch.manual_seed(0)
+    two = tmp_path / "two.pt"
+    torch.save({"model_name": "yolov5n", "class_names": NAMES[:2],
+                "model": build_detector("yolov5n", 2, 64).state_dict(),
+                "recipe": {"name": "test", "image_size": 64}}, two)
+    with pytest.raises(InputError, match="classes"):
+        Diagnoser(_checkpoint(tmp_path / "pair.pt", pairs=True), backend="torch",
+                  single_slice=two)
     # a single-slice main model has no use for one
     dx = Diagnoser(_checkpoint(tmp_path / "s.pt", pairs=False), backend="torch",
                    single_slice=other_pair)

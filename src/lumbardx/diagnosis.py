@@ -233,6 +233,11 @@ class Diagnoser:
             if self.single_slice is not None and self.single_slice.info.reads_pairs:
                 raise InputError(self.single_slice.source, "the single-slice model was "
                                  "trained on T1/T2 pairs; it must read single slices")
+            if self.single_slice is not None \
+                    and self.single_slice.class_names != self.loaded.class_names:
+                raise InputError(self.single_slice.source, "the single-slice model's classes "
+                                 f"{self.single_slice.class_names} differ from the pair "
+                                 f"model's {self.loaded.class_names}")
         if isinstance(thresholds, (str, Path)):
             from lumbardx.clinical.thresholds import load_thresholds
 

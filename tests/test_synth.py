@@ -232,6 +232,23 @@ def test_dicom_studies_with_t1_hold_a_co_registered_pair(tmp_path: Path) -> None
     pair = load_study_pair(study)
     assert pair.image_weighting == "T2" and pair.partner is not None
     assert "T1" in (pair.partner_series or "")
+    # the T1 series is the same anatomy with T1 contrast: fat bright, marrow above disc,
+    # CSF dark -- where on T2 CSF is the brightest tissue
+    case = generate_case(np.random.default_rng(np.random.SeedSequence(3).spawn(1)[0]), SMALL,
+                         "case_00000")
+    t1 = pair.partner.pixels.astype(float)
+    t2 = pair.image.pixels.astype(float)
+    np.testing.assert_array_equal(t1, case.render_slice(0.0, weighting="T1"))
+    np.testing.assert_array_equal(t2, case.raw)
+
+    def mean(img: np.ndarray, tissue: str) -> float:
+        return float(img[case.labels == TISSUES[tissue]].mean())
+
+    assert mean(t1, "fat") > mean(t1, "vertebral_body") > mean(t1, "nucleus") > mean(t1, "csf")
+    assert mean(t2, "csf") > mean(t2, "vertebral_body")
+    assert mean(t2, "csf") > 2 * mean(t1, "csf")
+    with pytest.raises(ValueError, match="weighting"):
+        case.render_slice(0.0, weighting="PD")
 
 
 def test_cli_t1_needs_dicom(tmp_path: Path) -> None:

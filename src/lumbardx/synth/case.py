@@ -22,7 +22,7 @@ from scipy import ndimage
 from lumbardx.data.boxes import Box, ImageAnnotation
 from lumbardx.synth.anatomy import Disc, Spine, SynthConfig, Vertebra, sample_spine
 from lumbardx.synth.geometry import View
-from lumbardx.synth.render import disc_polygon, render_signal, sample_tissue
+from lumbardx.synth.render import disc_polygon, render_signal, sample_tissue, t1_signal
 
 MAX_STORED = 4095  # 12-bit stored values in 16-bit words
 # Box margins (mm) around the disc outline, fitted to the yolospine-dev ratios above.
@@ -69,13 +69,23 @@ class SynthCase:
     view: View
     _params: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def render_slice(self, lateral_mm: float) -> np.ndarray:
+    def render_slice(self, lateral_mm: float, weighting: str = "T2") -> np.ndarray:
         """Stored uint16 ``[H, W]`` values of the parallel sagittal slice ``lateral_mm`` from
         the midline (positive = patient left), same geometry, bias, gain and noise level;
-        ``render_slice(0.0)`` reproduces :attr:`raw` exactly."""
+        ``render_slice(0.0)`` reproduces :attr:`raw` exactly. ``weighting="T1"`` gives the
+        same slice with T1 contrast (:func:`lumbardx.synth.render.t1_signal`): a co-registered
+        T1 image of the same anatomy.
+
+        Raises:
+            ValueError: ``weighting`` is not ``"T2"`` or ``"T1"``.
+        """
+        if weighting not in ("T2", "T1"):
+            raise ValueError(f"weighting must be 'T2' or 'T1', not {weighting!r}")
         p = self._params
-        signal, _, depth = render_signal(self.spine, self.view, lateral_mm, p["tex_seed"],
-                                         p["tissue"])
+        signal, labels, depth = render_signal(self.spine, self.view, lateral_mm, p["tex_seed"],
+                                              p["tissue"])
+        if weighting == "T1":
+            signal = t1_signal(signal, labels)
         return _acquire(signal, depth, self.view, p, lateral_mm)
 
 

@@ -10,9 +10,11 @@ as entropy, dates from the key.
 
 ``weighting="T1"`` writes a second series of the same study with the same geometry (same Frame
 of Reference, positions and pixel grid: co-registered with the T2 series), described and timed
-as a T1 TSE (TR 500 ms, TE 10 ms), whose pixels are the T2 ones mirrored about the window
-centre above 0.3 x the window centre (fluid dark, air and noise still dark). It is a stand-in for
-testing software that reads T1 and T2 together, not a simulation of T1 contrast.
+as a T1 TSE (TR 500 ms, TE 10 ms): the same anatomy rendered with T1 contrast per tissue (fat
+bright, marrow intermediate, discs and muscle darker, CSF dark;
+:func:`lumbardx.synth.render.t1_signal`), the same coil profile and noise level. The contrast is
+a plausible approximation for exercising software that reads T1 and T2 together, not a
+relaxation simulation.
 """
 
 from __future__ import annotations
@@ -97,18 +99,10 @@ def _base(case: SynthCase, thickness: float, between: float) -> Dataset:
     return ds
 
 
-def _t1_stand_in(pixels: np.ndarray, centre: float) -> np.ndarray:
-    """T2 values mirrored about ``centre`` above the background (module docstring)."""
-    p = pixels.astype(np.float64)
-    background = 0.3 * centre  # noise and air lie well below a quarter of the window centre
-    mirrored = np.clip(2.0 * centre - p, background, 4095.0)
-    return np.where(p > background, mirrored, p).round().astype(np.uint16)
-
-
 def write_dicom_series(case: SynthCase, folder: Path,
                        config: SynthConfig | None = None, weighting: str = "T2") -> list[Path]:
     """Write the series into ``folder`` as ``IM_0001.dcm`` ... (right to left); returns the paths.
-    ``weighting="T1"`` writes the co-registered T1 stand-in series (module docstring).
+    ``weighting="T1"`` writes the co-registered T1 series (module docstring).
 
     Raises:
         InputError: ``folder`` cannot be created or a file cannot be written.
@@ -128,10 +122,12 @@ def write_dicom_series(case: SynthCase, folder: Path,
     paths = []
     for k, x in enumerate(offsets):
         ds = _base(case, thickness, between)
-        pixels = case.raw if x == 0 else case.render_slice(float(x))
+        if weighting == "T1":
+            pixels = case.render_slice(float(x), weighting="T1")
+        else:
+            pixels = case.raw if x == 0 else case.render_slice(float(x))
         ds.SOPInstanceUID = _uid(case, f"instance-{k}")
         if weighting == "T1":
-            pixels = _t1_stand_in(pixels, float(case.window[0]))
             ds.SeriesInstanceUID = _uid(case, "series-t1")
             ds.SOPInstanceUID = _uid(case, f"t1-instance-{k}")
             ds.SeriesDescription = ds.ProtocolName = "T1_TSE_SAG"

@@ -37,6 +37,15 @@ _POST = {"T": 1.5, "L1": 2.5, "L2": 2.5, "L3": 3.0, "L4": 3.5, "L5": 4.5, "S1": 
 _MUSCLE = {"T": 36.0, "T12": 42.0, "L1": 48.0, "L2": 50.0, "L3": 52.0, "L4": 52.0, "L5": 46.0,
            "S1": 28.0, "S2": 18.0, "S3": 14.0, "S4": 12.0, "S5": 12.0}
 NUCLEUS_SIGNAL = {1: 0.95, 2: 0.8, 3: 0.5, 4: 0.3, 5: 0.14}
+#: T1-weighted signal per tissue (same scale as the T2 signal, where CSF = 1): fat bright,
+#: fatty marrow intermediate-bright, disc and muscle intermediate-dark, CSF, ligaments, cortex
+#: and flowing blood dark (spin-echo T1, TR ~500 ms, TE ~10 ms, at 1.5 T).
+T1_SIGNAL: dict[str, float] = {
+    "air": 0.0, "abdomen": 0.35, "fat": 0.95, "muscle": 0.3, "vertebral_body": 0.62,
+    "cortex": 0.05, "annulus": 0.24, "nucleus": 0.34, "csf": 0.12, "cord": 0.42,
+    "nerve_root": 0.38, "epidural_fat": 0.9, "ligament": 0.1, "posterior_element": 0.58,
+    "herniation": 0.3, "vessel": 0.05, "sacrum": 0.62, "skin": 0.5,
+}
 
 
 def _lookup(table: dict[str, float], name: str) -> float:
@@ -391,3 +400,27 @@ def sample_tissue(rng: np.random.Generator) -> dict[str, float]:
         "bowel_fluid": float(rng.uniform(0.2, 0.45)),
         "aorta_z": float(rng.uniform(6.0, 16.0)), "bias_mm": float(rng.uniform(110.0, 200.0)),
     }
+
+
+def t1_signal(signal: np.ndarray, labels: np.ndarray, texture: float = 0.4) -> np.ndarray:
+    """Noise-free T1 signal float32 ``[H, W]`` of a slice rendered by :func:`render_signal`.
+
+    Each tissue takes its :data:`T1_SIGNAL` level (edges softened by a 0.6-pixel Gaussian, as
+    the T2 rendering's anti-aliasing softens them), plus ``texture`` times the T2 signal's
+    deviation from that tissue's mean on the slice (marrow texture, muscle fibres, nucleus
+    grade), so that both sequences show the same structures with their own contrast.
+
+    Args:
+        signal: T2 signal float32 ``[H, W]`` (CSF = 1).
+        labels: tissue codes uint8 ``[H, W]`` (:data:`TISSUES`).
+        texture: weight of the T2 texture.
+    """
+    lut = np.zeros(256, np.float32)
+    for name, code in TISSUES.items():
+        lut[code] = T1_SIGNAL[name]
+    flat = labels.ravel().astype(np.intp)
+    counts = np.bincount(flat, minlength=256)
+    means = np.bincount(flat, weights=signal.ravel(), minlength=256) / np.maximum(counts, 1)
+    deviation = signal - means[labels].astype(np.float32)
+    out = ndimage.gaussian_filter(lut[labels], 0.6) + texture * deviation
+    return np.clip(out, 0.0, None).astype(np.float32)

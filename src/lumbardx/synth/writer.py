@@ -117,7 +117,7 @@ def generate_dataset(out: Path, n: int, seed: int, dicom: bool = False,
         dicom: also write each case as a sagittal MR series under ``out/dicom/<case>/``.
         config: sampling settings (defaults: :class:`SynthConfig`).
         t1: with ``dicom``, write each study as two co-registered series, T2 in
-            ``out/dicom/<case>/t2/`` and its T1 stand-in in ``out/dicom/<case>/t1/``
+            ``out/dicom/<case>/t2/`` and its co-registered T1 series in ``out/dicom/<case>/t1/``
             (:func:`lumbardx.synth.dicom_series.write_dicom_series`), so that a detector
             trained on T1/T2 pairs reads them together.
         on_case: called after each case is written (progress display).

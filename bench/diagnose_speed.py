@@ -15,7 +15,10 @@ detect``. Note the sizes differ (parameters are recorded): YOLO11n is a nano mod
 
 Model: ``--weights``, else the shipped default weights, else a randomly initialised
 ``--arch`` (default ``yolov5s``); the output says which. Random weights find few or no boxes,
-so ``findings``, ``severity`` and ``overlay`` are then lower bounds.
+so ``findings``, ``severity`` and ``overlay`` are then lower bounds. A model trained on T1/T2
+pairs is timed as diagnosis runs it: the PNG/JPEG slices (no partner) by its single-slice
+model (the shipped ``single`` choice, or ``--single-slice-weights``), the DICOM studies below
+by the pair model.
 
 DICOM studies (``--dicom-studies N``): N generated studies, each a T2 and a co-registered T1
 sagittal series (:func:`lumbardx.synth.write_dicom_series`), diagnosed whole by
@@ -47,9 +50,8 @@ import torch
 from lumbardx.data.images import MedicalImage
 from lumbardx.data.series import load_study
 from lumbardx.diagnosis import Diagnoser
-from lumbardx.models.pretrained import (NoShippedWeightsError, from_detector, load_detector,
-                                        shipped_weights)
 from lumbardx.models.detector import count_parameters
+from lumbardx.models.pretrained import NoShippedWeightsError, from_detector, shipped_weights
 from lumbardx.models.registry import build_model
 from lumbardx.models.runtime import onnxruntime_available
 from lumbardx.report.overlay import render_overlay
@@ -188,22 +190,28 @@ def ultralytics_peer(image_size: int) -> tuple[Callable[[np.ndarray], None], dic
 
 
 def load(args: argparse.Namespace, backend: str) -> tuple[Diagnoser, str]:
-    """The diagnoser for ``backend`` and a description of the weights used."""
+    """The diagnoser for ``backend``, built as ``lumbardx diagnose`` builds it (a model trained
+    on T1/T2 pairs comes with its single-slice model), and a description of the weights."""
     if args.weights is not None:
-        loaded = load_detector(args.weights, backend=backend)
-        return Diagnoser(loaded=loaded), f"weights {args.weights} (sha256 " \
-                                         f"{loaded.info.weights_sha256[:12]})"
-    try:
-        path = shipped_weights("default")
-        loaded = load_detector(path, backend=backend)
-        return Diagnoser(loaded=loaded), f"shipped default weights {path.name}"
-    except NoShippedWeightsError:
-        torch.manual_seed(0)
-        net = build_model(args.arch, 3)
-        loaded = from_detector(net, ["normal", "herniation", "spondylolisthesis"],
-                               args.image_size, backend=backend)
-        return Diagnoser(loaded=loaded), f"randomly initialised {args.arch} (no shipped " \
-                                         "weights installed; findings are not meaningful)"
+        dx = Diagnoser(args.weights, backend=backend, single_slice=args.single_slice_weights)
+        described = f"weights {args.weights} (sha256 {dx.info.weights_sha256[:12]})"
+    else:
+        try:
+            path = shipped_weights("default")
+            dx = Diagnoser(model="default", backend=backend)
+            described = f"shipped default weights {path.name}"
+        except NoShippedWeightsError:
+            torch.manual_seed(0)
+            net = build_model(args.arch, 3)
+            loaded = from_detector(net, ["normal", "herniation", "spondylolisthesis"],
+                                   args.image_size, backend=backend)
+            return Diagnoser(loaded=loaded), (f"randomly initialised {args.arch} (no shipped "
+                                              "weights installed; findings are not meaningful)")
+    if dx.single_slice is not None:
+        described += (f", reading T1+T2 pairs; single slices read by "
+                      f"{getattr(dx.single_slice.source, 'name', 'a model in memory')} (sha256 "
+                      f"{dx.single_slice.info.weights_sha256[:12]})")
+    return dx, described
 
 
 def main() -> None:
@@ -212,6 +220,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=30, help="images timed")
     parser.add_argument("--warmup", type=int, default=3, help="images run first, not timed")
     parser.add_argument("--weights", type=Path, default=None)
+    parser.add_argument("--single-slice-weights", type=Path, default=None,
+                        help="with --weights of a model trained on T1/T2 pairs: the model "
+                        "reading single slices (PNG files, one-sequence studies)")
     parser.add_argument("--arch", default="yolov5s", help="random model when no weights")
     parser.add_argument("--image-size", type=int, default=640, help="input size of a random "
                         "model (a checkpoint brings its own)")
@@ -252,7 +263,11 @@ def main() -> None:
             continue
         dx, described = load(args, backend)
         result["model"] = {"described": described, "name": dx.info.name,
-                           "image_size": dx.info.image_size}
+                           "inputs": dx.info.inputs, "image_size": dx.info.image_size}
+        if dx.single_slice is not None:
+            result["single_slice_model"] = {"name": dx.single_slice.info.name,
+                                            "version": dx.single_slice.info.version,
+                                            "image_size": dx.single_slice.info.image_size}
         if dx.loaded.model is not None:
             result["model"]["parameters"] = count_parameters(dx.loaded.model)
         if peer is None and not args.no_peer:

@@ -334,8 +334,7 @@ def evidence_markdown(evidence: dict, thresholds: dict[str, float]) -> str:
         s_stats = [single["ap50"][n] for n in names] + [single["map50"], single["map50_95"]]
         s_sens = single["disc_level"]["sensitivity"]
         s_spec = single["disc_level"]["specificity"]
-        lines += ["", ("**One slice at a time** (image files, studies with one sequence; "
-                       f"{single['note']}): AP@0.5 "
+        lines += ["", (f"**One slice at a time** ({single['note']}): AP@0.5 "
                        + ", ".join(f"{n} {cell(st, False)}" for n, st in
                                    zip([*names, "mAP@0.5", "mAP@0.5:0.95"], s_stats))
                        + f"; disc level sensitivity {point(s_sens)}, specificity "

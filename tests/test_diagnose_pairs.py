@@ -314,3 +314,53 @@ def test_cli_reads_an_image_file_with_the_single_slice_model(study: Path,
     (folder,) = [p for p in out.iterdir() if p.is_dir()]
     doc = json.loads((folder / "findings.json").read_text())
     assert doc["model"]["inputs"] == "slice"
+
+
+def _disc_recall(studies: list, records: list) -> float:
+    """Share of the annotated discs that a found disc covers at IoU >= 0.5 (any class)."""
+    from torchvision.ops import box_iou
+
+    hit = total = 0
+    for study, rec in zip(studies, records):
+        found = torch.tensor([d.box.xyxy() for d in study.findings.discs], dtype=torch.float32)
+        truth = torch.as_tensor(rec.boxes, dtype=torch.float32)
+        total += len(truth)
+        if len(found) and len(truth):
+            hit += int((box_iou(truth, found).max(dim=1).values >= 0.5).sum())
+    return hit / total
+
+
+def test_shipped_default_reads_real_t1_t2_pairs(yolospine_dev: Path) -> None:
+    """On real co-registered T1/T2 slices the shipped default finds the annotated discs, read
+    as pairs when it was trained on pairs, and a lone slice through its single-slice model."""
+    from lumbardx.data.dataset import LumbarDataset
+    from lumbardx.data.images import read_image
+    from lumbardx.data.pairs import sequence_partners
+    from lumbardx.data.series import StudyPair
+    from lumbardx.models.pretrained import NoShippedWeightsError, shipped_weights
+
+    try:
+        shipped_weights("default")
+    except NoShippedWeightsError as exc:
+        pytest.skip(f"lumbardx/weights/default.pt is not installed: {exc}")
+    dx = Diagnoser(backend="torch")
+    ds = LumbarDataset(yolospine_dev, classes="study")
+    partners = sequence_partners(ds.records)
+    t2 = [k for k, p in enumerate(partners) if p is not None and ds.records[k].sequence == "T2"]
+    records = [ds.records[k] for k in t2[:6]]
+    studies, lone = [], []
+    for k in t2[:6]:
+        image = read_image(ds.records[k].image_path)
+        partner = read_image(ds.records[partners[k]].image_path)
+        pair = StudyPair(image=image, partner=partner, image_weighting="T2")
+        studies.append(dx.diagnose_image(image, pair=pair))
+        lone.append(dx.diagnose_image(image))
+    assert _disc_recall(studies, records) >= 0.8
+    assert _disc_recall(lone, records) >= 0.8
+    if dx.info.reads_pairs:
+        assert all(s.model.inputs == "T1+T2" for s in studies)
+        assert not any("read alone" in w or "no T1/T2 pair" in w
+                       for s in studies for w in s.warnings)
+        if dx.single_slice is not None:
+            assert all(s.model.inputs == "slice" for s in lone)
+            assert all(any("single-slice model" in w for w in s.warnings) for s in lone)

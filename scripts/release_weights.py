@@ -391,17 +391,18 @@ def main() -> None:
     names = loaded.class_names
     source = ("yolospine-dev (Lumbar Spine MRI Dataset, Sudirman et al., CC BY 4.0; YOLOspine "
               "boxes, MIT): ")
+    stem = loaded.model_name + ("-t1t2" if loaded.sequence_pairs else "")
     if args.crossval is not None:
         validation, choices = crossval_evidence(ds, args.crossval, loaded.model_name,
                                                 args.criterion)
         training = args.training_data or source + "all images"
-        tag = f"{loaded.model_name}-all-epoch{int(ckpt.get('epoch', -1)) + 1}"
+        tag = f"{stem}-all-epoch{int(ckpt.get('epoch', -1)) + 1}"
     else:
         validation, choices = fold_evidence(ds, loaded, args.fold, args.folds_csv,
                                             args.criterion)
         training = args.training_data or source + ("folds other than the validation fold, "
                                                    "patient-grouped")
-        tag = f"{loaded.model_name}-fold{args.fold}-epoch{int(ckpt.get('epoch', -1)) + 1}"
+        tag = f"{stem}-fold{args.fold}-epoch{int(ckpt.get('epoch', -1)) + 1}"
     thresholds = thresholds_dict(choices)
     sd = {k: (v.half() if v.is_floating_point() else v)
           for k, v in loaded.model.state_dict().items()}

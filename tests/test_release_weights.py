@@ -181,3 +181,4 @@ def test_release_of_a_pair_model_measures_pairs_and_single_slices(
         [p["thresholds"] for p in card["disc_level_folds"]]
     assert "**One slice at a time**" in card_md.read_text()
     assert load_detector(out).info.inputs == "T1+T2"
+    assert card["tag"].startswith("yolov5n-t1t2-all-epoch")

@@ -236,8 +236,8 @@ def crossval_evidence(ds: LumbarDataset, cv_dir: Path, model_name: str, criterio
                                  "one is its own pair)")
         single_level, single_points = disc_level_evidence(single_images, fold_thresholds, seed)
         evidence["single_slice"] = {
-            "note": "the same weights reading one slice at a time (image files, studies with "
-                    "one sequence), called at the thresholds of the pairs",
+            "note": "the same weights reading each image alone, as image files and studies "
+                    "with one sequence are read, called at the thresholds of the pairs",
             "folds": single_folds,
             "ap50": {n: stat(lambda f, n=n: f["ap50"][n], single_folds) for n in names},
             "map50": stat(lambda f: f["map50"], single_folds),
@@ -334,10 +334,10 @@ def evidence_markdown(evidence: dict, thresholds: dict[str, float]) -> str:
         s_stats = [single["ap50"][n] for n in names] + [single["map50"], single["map50_95"]]
         s_sens = single["disc_level"]["sensitivity"]
         s_spec = single["disc_level"]["specificity"]
-        lines += ["", (f"**One slice at a time** ({single['note']}): AP@0.5 "
+        lines += ["", (f"**One slice at a time**: {single['note']}. AP@0.5 "
                        + ", ".join(f"{n} {cell(st, False)}" for n, st in
                                    zip([*names, "mAP@0.5", "mAP@0.5:0.95"], s_stats))
-                       + f"; disc level sensitivity {point(s_sens)}, specificity "
+                       + f"; disc level: sensitivity {point(s_sens)}, specificity "
                        f"{point(s_spec)}.")]
     return "\n".join(lines) + "\n"
 

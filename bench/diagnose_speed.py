@@ -135,6 +135,7 @@ def time_lumbardx(dx: Diagnoser, paths: list[Path], warmup: int,
     steps: dict[str, list[float]] = {}
     totals: list[float] = []
     discs: list[int] = []
+    read_as: dict[str, int] = {}  # model input ("slice" / "T1+T2") -> images it read
     peer_ms: list[float] = []
     for k, path in enumerate([*paths[:warmup], *paths]):
         t0 = time.perf_counter()
@@ -155,10 +156,11 @@ def time_lumbardx(dx: Diagnoser, paths: list[Path], warmup: int,
             steps.setdefault(name, []).append(ms)
         totals.append(sum(study.timings_ms.values()))
         discs.append(len(study.findings.discs))
+        read_as[study.model.inputs] = read_as.get(study.model.inputs, 0) + 1
     model_ms = stats([a + b for a, b in zip(steps["preprocess"], steps["detect"])])
     out = {"backend": dx.info.backend, "total_ms": stats(totals),
            "steps_ms": {k: statistics.median(v) for k, v in steps.items()},
-           "model_ms": model_ms, "mean_discs_found": float(np.mean(discs)),
+           "model_ms": model_ms, "mean_discs_found": float(np.mean(discs)), "read_as": read_as,
            "ratio_study_over_ours": STUDY_SECONDS_PER_CASE * 1000.0 / float(np.median(totals))}
     if peer_ms:
         out["peer_predict_ms"] = stats(peer_ms)

@@ -95,27 +95,41 @@ def synthetic_studies(n: int, folder: Path, seed: int = 0) -> list[Path]:
     return paths
 
 
-def time_studies(dx: Diagnoser, folders: list[Path], warmup: int) -> dict[str, Any]:
+def time_studies(dx: Diagnoser, folders: list[Path], warmup: int,
+                 peer: Callable[[np.ndarray], None] | None = None) -> dict[str, Any]:
     """Per-step and total times of whole DICOM studies (``Diagnoser.diagnose`` plus the
-    overlay), the first ``warmup`` not counted."""
+    overlay), the first ``warmup`` not counted; ``peer(display)`` is timed on each study's
+    analysed slice right after ours (its network costs the same whatever the channels hold)."""
     steps: dict[str, list[float]] = {}
     totals: list[float] = []
+    peer_ms: list[float] = []
     paired = 0
     for k, folder in enumerate([*folders[:warmup], *folders]):
         study = dx.diagnose(folder)
         t1 = time.perf_counter()
         render_overlay(study.image.display, study.findings, model=study.model.name)
         study.timings_ms["overlay"] = 1000.0 * (time.perf_counter() - t1)
+        if peer is not None:
+            t2 = time.perf_counter()
+            peer(study.image.display)
+            if k >= warmup:
+                peer_ms.append(1000.0 * (time.perf_counter() - t2))
         if k < warmup:
             continue
         paired += study.partner_series is not None
         for name, ms in study.timings_ms.items():
             steps.setdefault(name, []).append(ms)
         totals.append(sum(study.timings_ms.values()))
-    return {"backend": dx.info.backend, "inputs": dx.info.inputs,
-            "read_as_pairs": paired, "studies": len(totals), "total_ms": stats(totals),
-            "steps_ms": {k: statistics.median(v) for k, v in steps.items()},
-            "ratio_study_over_ours": STUDY_SECONDS_PER_CASE * 1000.0 / float(np.median(totals))}
+    out = {"backend": dx.info.backend, "inputs": dx.info.inputs,
+           "read_as_pairs": paired, "studies": len(totals), "total_ms": stats(totals),
+           "steps_ms": {k: statistics.median(v) for k, v in steps.items()},
+           "ratio_study_over_ours": STUDY_SECONDS_PER_CASE * 1000.0 / float(np.median(totals))}
+    if peer_ms:
+        model_ms = stats([a + b for a, b in zip(steps["preprocess"], steps["detect"])])
+        out["model_ms"] = model_ms
+        out["peer_predict_ms"] = stats(peer_ms)
+        out["ratio_peer_over_ours_model"] = stats(peer_ms)["median"] / model_ms["median"]
+    return out
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -283,12 +297,17 @@ def main() -> None:
               f"{r['total_ms']['p90']:.1f} ms per image; study/ours = "
               f"{r['ratio_study_over_ours']:.1f}x")
         if studies:
-            rs = time_studies(dx, studies, args.warmup)
+            rs = time_studies(dx, studies, args.warmup, peer)
             result.setdefault("dicom_studies", {})[backend] = rs
             print(f"[{backend}] DICOM studies (T2 + T1 series; model reads "
                   f"{rs['inputs']}, {rs['read_as_pairs']}/{rs['studies']} read as pairs): "
                   f"median {rs['total_ms']['median']:.1f} ms per study (read "
                   f"{rs['steps_ms']['read']:.1f} ms)")
+            if "peer_predict_ms" in rs:
+                print(f"[{backend}] DICOM studies: YOLO11n predict median "
+                      f"{rs['peer_predict_ms']['median']:.1f} ms vs our preprocess+detect "
+                      f"{rs['model_ms']['median']:.1f} ms: YOLO11n/ours = "
+                      f"{rs['ratio_peer_over_ours_model']:.2f}")
         if "peer_predict_ms" in r:
             print(f"[{backend}] YOLO11n predict median {r['peer_predict_ms']['median']:.1f} ms "
                   f"vs our preprocess+detect {r['model_ms']['median']:.1f} ms on the same "

@@ -364,3 +364,41 @@ def test_shipped_default_reads_real_t1_t2_pairs(yolospine_dev: Path) -> None:
         if dx.single_slice is not None:
             assert all(s.model.inputs == "slice" for s in lone)
             assert all(any("single-slice model" in w for w in s.warnings) for s in lone)
+
+
+def test_shipped_default_findings_do_not_depend_on_the_candidate_floor(
+        yolospine_dev: Path) -> None:
+    """The verifier skips candidates it could not lift to a threshold: the findings are the
+    ones it gives when every candidate down to the evaluation confidence is rescored."""
+    from lumbardx.data.dataset import LumbarDataset
+    from lumbardx.data.images import read_image
+    from lumbardx.data.pairs import sequence_partners
+    from lumbardx.data.series import StudyPair
+    from lumbardx.models.pretrained import (EVAL_CONF, NoShippedWeightsError, set_candidate_floor,
+                                            shipped_weights)
+
+    try:
+        shipped_weights("default")
+    except NoShippedWeightsError as exc:
+        pytest.skip(f"lumbardx/weights/default.pt is not installed: {exc}")
+    dx = Diagnoser(backend="auto")  # ONNX Runtime when installed: the verifier's many crops
+    ds = LumbarDataset(yolospine_dev, classes="study")
+    partners = sequence_partners(ds.records)
+    pairs = [(k, p) for k, p in enumerate(partners) if p is not None][:24]
+
+    def findings() -> list:
+        out = []
+        for k, p in pairs:
+            image, partner = read_image(ds.records[k].image_path), \
+                read_image(ds.records[p].image_path)
+            pair = StudyPair(image=image, partner=partner,
+                             image_weighting=ds.records[k].sequence or "T2")
+            out.append([(d.level, d.status, d.confidence, d.box.xyxy())
+                        for d in dx.diagnose_image(image, pair=pair).findings.discs])
+        return out
+
+    floor = dx.loaded.model.postprocess.conf_thresh
+    assert floor >= EVAL_CONF
+    fast = findings()
+    set_candidate_floor(dx.loaded.model, EVAL_CONF, dx.loaded.backend)
+    assert fast == findings()

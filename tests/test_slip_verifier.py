@@ -249,9 +249,14 @@ def test_both_backends_run_the_verifier(tmp_path: Path) -> None:
     with_ver = save_with_rescorer(load_checkpoint(plain), det.model, tmp_path / "with.pt")
     x = torch.rand(1, 3, 128, 128)
     alone = load_detector(plain, backend="torch")
-    alone.model.postprocess.conf_thresh = 0.001  # the floor of a model with a rescorer
+    verified = load_detector(with_ver, backend="torch")
+    # with a rescorer the detector hands over its candidates down to the lowest score the
+    # verifier can lift to a threshold: threshold ** (1 + power) for slip, 0.25 ** 2 here
+    floor = verified.model.postprocess.conf_thresh
+    assert floor == pytest.approx(min(0.25, verified.thresholds["spondylolisthesis"] ** 2))
+    alone.model.postprocess.conf_thresh = floor
     before = alone.backend(x)[0]
-    after = load_detector(with_ver, backend="torch").backend(x)[0]
+    after = verified.backend(x)[0]
     slip = before["labels"] == SLIP
     assert int(slip.sum()) > 0  # the tiny model proposes slip boxes
     assert torch.equal(before["boxes"], after["boxes"])
@@ -260,8 +265,6 @@ def test_both_backends_run_the_verifier(tmp_path: Path) -> None:
     with torch.no_grad():
         p = ver.probability(ver.crops(x[0], before["boxes"][slip]))
     torch.testing.assert_close(after["scores"][slip], rescore(before["scores"][slip], p, 1.0))
-    # with a rescorer the detector hands over its candidates down to the evaluation confidence
-    assert load_detector(with_ver).model.postprocess.conf_thresh == pytest.approx(0.001)
     if not onnxruntime_available():
         pytest.skip("onnx / onnxruntime not installed")
     onnx = load_detector(with_ver, backend="onnx")
@@ -313,3 +316,39 @@ def test_verifier_of_a_pair_detector_reads_t1_and_t2(tmp_path: Path) -> None:
         train_slip_verifier(model, SequencePairs(ds), 2, 64,
                             VerifierConfig(2, crop_size=16, members=1),
                             VerifierTraining(epochs=1, negatives_per_epoch=10))
+
+
+def test_candidate_floor_is_the_least_score_a_threshold_can_be_reached_from(
+        tmp_path: Path) -> None:
+    from checkpoints import CLASSES, tiny_checkpoint
+
+    from lumbardx.models.pretrained import EVAL_CONF, candidate_floor, load_detector
+    from lumbardx.models.runtime import onnxruntime_available
+
+    plain = tiny_checkpoint(tmp_path / "plain.pt", thresholds={}, tag="t", training_data="x",
+                            image_size=128)
+    det = cv.load_detector(plain)
+    thr = {"normal": 0.3, "herniation": 0.27, "spondylolisthesis": 0.19}
+    assert candidate_floor(det.model, thr, CLASSES) == pytest.approx(0.19)  # no second stage
+    for power, expected in ((1.0, 0.19 ** 2), (3.0, 0.19 ** 4), (10.0, EVAL_CONF)):
+        det.model.rescorer = SlipVerifier(VerifierConfig(SLIP, power=power)).eval()
+        assert candidate_floor(det.model, thr, CLASSES) == pytest.approx(expected)
+        # the bound is tight: a verifier certain of the slip lifts a box scored at it to thr
+        p = torch.ones(1)
+        lifted = rescore(torch.tensor([0.19 ** (1 + power)]), p, power)
+        assert float(lifted) == pytest.approx(0.19, rel=1e-5)
+    # the floor follows thresholds set later, in both backends (an exported graph decodes
+    # every candidate; its NMS applies the floor)
+    x = torch.rand(1, 3, 128, 128)
+    high = tiny_checkpoint(tmp_path / "high.pt", thresholds={n: 0.9 for n in CLASSES},
+                           tag="t", training_data="x", image_size=128)
+    backends = ["torch"] + (["onnx"] if onnxruntime_available() else [])
+    counts = []
+    for backend in backends:
+        m = load_detector(high, backend=backend)
+        assert len(m.backend(x)[0]["scores"]) == 0  # nothing reaches 0.9
+        m.set_thresholds({n: 0.05 for n in CLASSES})
+        got = m.backend(x)[0]["scores"]
+        assert len(got) > 0 and float(got.min()) > 0.05
+        counts.append(len(got))
+    assert len(set(counts)) == 1

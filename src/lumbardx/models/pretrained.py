@@ -29,8 +29,9 @@ detector and run after it by either backend). A model card
 The model's post-process keeps candidates down to the lowest decision threshold (boxes below
 every threshold could never count as findings), so diagnosis does not carry the thousands of
 low-score boxes that evaluation (conf 0.001) needs; a model with a second stage that can raise
-a score (``rescorer``) keeps them down to 0.001, as its evaluation did
-(:func:`set_candidate_floor`).
+a score (``rescorer``) keeps them down to the lowest score that the second stage could lift to
+a threshold (:func:`candidate_floor`), 0.001 when it cannot say. Both backends apply the same
+floor, also after the thresholds change (:func:`set_candidate_floor`).
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ class LoadedModel:
         self.thresholds.update(new)
         self.chosen |= set(new)
         if self.model is not None:
-            set_candidate_floor(self.model, min(self.thresholds.values()))
+            set_candidate_floor(self.model, candidate_floor(self.model, self.thresholds,
+                                                            self.class_names), self.backend)
 
     @property
     def image_size(self) -> int:
@@ -216,15 +218,34 @@ def default_thresholds(class_names: list[str]) -> dict[str, float]:
 EVAL_CONF = 0.001
 
 
-def set_candidate_floor(model: Detector, floor: float) -> None:
-    """Let the post-process keep boxes down to ``floor`` (the lowest decision threshold), or
-    down to :data:`EVAL_CONF` when the model has a second stage that may raise a score
-    (``Detector.rescorer``): diagnosis then sees the candidates evaluation saw."""
+def candidate_floor(model: Detector, thresholds: Mapping[str, float],
+                    class_names: list[str]) -> float:
+    """The lowest detector score that can still end as a finding: the lowest decision
+    threshold, or for a model with a second stage that may raise a score
+    (``Detector.rescorer``) the lowest score it could lift to its class threshold
+    (``least_score_reaching``), :data:`EVAL_CONF` when the stage cannot say; never above the
+    lowest threshold, never below :data:`EVAL_CONF`."""
+    lowest = min(float(thresholds[n]) for n in class_names)
+    rescorer = getattr(model, "rescorer", None)
+    if rescorer is None:
+        return lowest
+    reach = getattr(rescorer, "least_score_reaching", None)
+    if reach is None:
+        return min(lowest, EVAL_CONF)
+    floor = min(reach(float(thresholds[n]), i) for i, n in enumerate(class_names))
+    return min(lowest, max(float(floor), EVAL_CONF))
+
+
+def set_candidate_floor(model: Detector, floor: float, backend: Any = None) -> None:
+    """Let the post-process keep boxes down to ``floor`` (:func:`candidate_floor`): the
+    PyTorch model's, and an ONNX Runtime ``backend``'s NMS settings when given (its graph
+    decodes every candidate; the floor is applied in its NMS)."""
     post = model.postprocess
-    if getattr(model, "rescorer", None) is not None:
-        floor = min(float(floor), EVAL_CONF)
     if hasattr(post, "conf_thresh"):
         post.conf_thresh = float(floor)  # type: ignore[assignment]
+    settings = getattr(backend, "postprocess", None)
+    if isinstance(settings, dict) and "conf_thresh" in settings:
+        settings["conf_thresh"] = float(floor)
 
 
 def from_detector(
@@ -248,9 +269,12 @@ def from_detector(
     """
     chosen = parse_thresholds(dict(thresholds or {}), class_names, source)
     thr = {**default_thresholds(class_names), **chosen}
-    set_candidate_floor(model, min(thr.values()))
+    # An exported graph bakes the floor of YOLOv3-style decoding: export at the lowest useful
+    # one, then apply the model's floor to both backends (thresholds may later go down).
+    set_candidate_floor(model, EVAL_CONF)
     run = choose_backend(model.eval(), backend,  # type: ignore[arg-type]
                          image_size, class_names, device, threads)
+    set_candidate_floor(model, candidate_floor(model, thr, list(class_names)), run)
     info = ModelInfo(
         name=model.name or type(model).__name__, version=version or f"lumbardx {__version__}",
         weights_sha256=weights_sha256, class_names=list(class_names), image_size=int(image_size),

@@ -229,6 +229,15 @@ class SlipVerifier(nn.Module):
             return torch.from_numpy(p).to(crops.device, crops.dtype)
         return _Probability(self.nets)(crops)
 
+    def least_score_reaching(self, threshold: float, class_index: int) -> float:
+        """The lowest detector score of class ``class_index`` that rescoring can lift to
+        ``threshold``: ``threshold ** (1 + power)`` for the verified class (the rescored score
+        ``(score * p ** power) ** (1 / (1 + power))`` never exceeds ``score ** (1 / (1 +
+        power))``, as ``p <= 1``), ``threshold`` for the others (not rescored)."""
+        if class_index != self.settings.class_index:
+            return float(threshold)
+        return float(threshold) ** (1.0 + self.settings.power)
+
     def forward(self, images: Tensor, detections: list[dict[str, Tensor]]
                 ) -> list[dict[str, Tensor]]:
         """Rescore the detections of a batch (see the module docstring).

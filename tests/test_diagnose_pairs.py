@@ -374,8 +374,12 @@ def test_shipped_default_findings_do_not_depend_on_the_candidate_floor(
     from lumbardx.data.images import read_image
     from lumbardx.data.pairs import sequence_partners
     from lumbardx.data.series import StudyPair
-    from lumbardx.models.pretrained import (EVAL_CONF, NoShippedWeightsError, set_candidate_floor,
-                                            shipped_weights)
+    from lumbardx.models.pretrained import (
+        EVAL_CONF,
+        NoShippedWeightsError,
+        set_candidate_floor,
+        shipped_weights,
+    )
 
     try:
         shipped_weights("default")

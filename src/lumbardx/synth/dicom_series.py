@@ -122,12 +122,11 @@ def write_dicom_series(case: SynthCase, folder: Path,
     paths = []
     for k, x in enumerate(offsets):
         ds = _base(case, thickness, between)
-        if weighting == "T1":
-            pixels = case.render_slice(float(x), weighting="T1")
-        else:
+        if weighting == "T2":
             pixels = case.raw if x == 0 else case.render_slice(float(x))
-        ds.SOPInstanceUID = _uid(case, f"instance-{k}")
-        if weighting == "T1":
+            ds.SOPInstanceUID = _uid(case, f"instance-{k}")
+        else:
+            pixels = case.render_slice(float(x), weighting="T1")
             ds.SeriesInstanceUID = _uid(case, "series-t1")
             ds.SOPInstanceUID = _uid(case, f"t1-instance-{k}")
             ds.SeriesDescription = ds.ProtocolName = "T1_TSE_SAG"

@@ -50,6 +50,7 @@ import torch
 from lumbardx.data.images import MedicalImage
 from lumbardx.data.series import load_study
 from lumbardx.diagnosis import Diagnoser
+from lumbardx.study import Study
 from lumbardx.models.detector import count_parameters
 from lumbardx.models.pretrained import NoShippedWeightsError, from_detector, shipped_weights
 from lumbardx.models.registry import build_model
@@ -95,17 +96,29 @@ def synthetic_studies(n: int, folder: Path, seed: int = 0) -> list[Path]:
     return paths
 
 
-def time_studies(dx: Diagnoser, folders: list[Path], warmup: int,
-                 peer: Callable[[np.ndarray], None] | None = None) -> dict[str, Any]:
-    """Per-step and total times of whole DICOM studies (``Diagnoser.diagnose`` plus the
-    overlay), the first ``warmup`` not counted; ``peer(display)`` is timed on each study's
-    analysed slice right after ours (its network costs the same whatever the channels hold)."""
+def stats(values: list[float]) -> dict[str, float]:
+    """Median, 90th percentile, mean, min and max (ms)."""
+    arr = np.asarray(values, dtype=float)
+    return {"median": float(np.median(arr)), "p90": float(np.percentile(arr, 90)),
+            "mean": float(arr.mean()), "min": float(arr.min()), "max": float(arr.max())}
+
+
+def _timed(diagnose: Callable[[Any], Study], items: list[Any], warmup: int,
+           peer: Callable[[np.ndarray], None] | None
+           ) -> tuple[list[Study], dict[str, list[float]], list[float]]:
+    """``diagnose`` each item (the first ``warmup`` items run first and are not counted), the
+    overlay rendered and timed into the study's ``timings_ms``; ``peer(display)`` timed on the
+    analysed slice right after ours, so that both see the same machine load (other processes
+    on a shared machine make separate runs incomparable).
+
+    Returns:
+        The timed studies, their times per step (ms) and the peer's times (ms).
+    """
+    studies: list[Study] = []
     steps: dict[str, list[float]] = {}
-    totals: list[float] = []
     peer_ms: list[float] = []
-    paired = 0
-    for k, folder in enumerate([*folders[:warmup], *folders]):
-        study = dx.diagnose(folder)
+    for k, item in enumerate([*items[:warmup], *items]):
+        study = diagnose(item)
         t1 = time.perf_counter()
         render_overlay(study.image.display, study.findings, model=study.model.name)
         study.timings_ms["overlay"] = 1000.0 * (time.perf_counter() - t1)
@@ -116,69 +129,61 @@ def time_studies(dx: Diagnoser, folders: list[Path], warmup: int,
                 peer_ms.append(1000.0 * (time.perf_counter() - t2))
         if k < warmup:
             continue
-        paired += study.partner_series is not None
+        studies.append(study)
         for name, ms in study.timings_ms.items():
             steps.setdefault(name, []).append(ms)
-        totals.append(sum(study.timings_ms.values()))
-    out = {"backend": dx.info.backend, "inputs": dx.info.inputs,
-           "read_as_pairs": paired, "studies": len(totals), "total_ms": stats(totals),
+    return studies, steps, peer_ms
+
+
+def _summary(dx: Diagnoser, studies: list[Study], steps: dict[str, list[float]],
+             peer_ms: list[float]) -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
+    """Common fields of a timing (backend, total and per-step times, the study's ratio), our
+    ``preprocess + detect`` statistics, and the peer's fields (empty without peer times)."""
+    totals = [sum(study.timings_ms.values()) for study in studies]
+    out = {"backend": dx.info.backend, "total_ms": stats(totals),
            "steps_ms": {k: statistics.median(v) for k, v in steps.items()},
            "ratio_study_over_ours": STUDY_SECONDS_PER_CASE * 1000.0 / float(np.median(totals))}
+    model_ms = stats([a + b for a, b in zip(steps["preprocess"], steps["detect"])])
+    versus = {}
     if peer_ms:
-        model_ms = stats([a + b for a, b in zip(steps["preprocess"], steps["detect"])])
-        out["model_ms"] = model_ms
-        out["peer_predict_ms"] = stats(peer_ms)
-        out["ratio_peer_over_ours_model"] = stats(peer_ms)["median"] / model_ms["median"]
+        versus = {"peer_predict_ms": stats(peer_ms),
+                  "ratio_peer_over_ours_model": stats(peer_ms)["median"] / model_ms["median"]}
+    return out, model_ms, versus
+
+
+def time_studies(dx: Diagnoser, folders: list[Path], warmup: int,
+                 peer: Callable[[np.ndarray], None] | None = None) -> dict[str, Any]:
+    """Per-step and total times of whole DICOM studies (``Diagnoser.diagnose`` plus the
+    overlay), the first ``warmup`` not counted; ``peer(display)`` is timed on each study's
+    analysed slice right after ours (its network costs the same whatever the channels hold)."""
+    studies, steps, peer_ms = _timed(dx.diagnose, folders, warmup, peer)
+    out, model_ms, versus = _summary(dx, studies, steps, peer_ms)
+    out.update({"inputs": dx.info.inputs, "studies": len(studies),
+                "read_as_pairs": sum(s.partner_series is not None for s in studies)})
+    if versus:
+        out.update({"model_ms": model_ms, **versus})
     return out
-
-
-def stats(values: list[float]) -> dict[str, float]:
-    """Median, 90th percentile, mean, min and max (ms)."""
-    arr = np.asarray(values, dtype=float)
-    return {"median": float(np.median(arr)), "p90": float(np.percentile(arr, 90)),
-            "mean": float(arr.mean()), "min": float(arr.min()), "max": float(arr.max())}
 
 
 def time_lumbardx(dx: Diagnoser, paths: list[Path], warmup: int,
                   peer: Callable[[np.ndarray], None] | None = None) -> dict[str, Any]:
-    """Per-step and total times over ``paths`` (the first ``warmup`` runs not counted).
+    """Per-step and total times over image files ``paths`` (read, diagnose, overlay; the
+    first ``warmup`` runs not counted), ``peer`` timed on each image as in :func:`_timed`."""
 
-    ``peer(display)`` is timed on each image right after ours, so that both see the same
-    machine load (other processes on a shared machine make separate runs incomparable).
-    """
-    steps: dict[str, list[float]] = {}
-    totals: list[float] = []
-    discs: list[int] = []
-    read_as: dict[str, int] = {}  # model input ("slice" / "T1+T2") -> images it read
-    peer_ms: list[float] = []
-    for k, path in enumerate([*paths[:warmup], *paths]):
+    def read_and_diagnose(path: Path) -> Study:
         t0 = time.perf_counter()
         image: MedicalImage = load_study(path)[0]
         read_ms = 1000.0 * (time.perf_counter() - t0)
-        study = dx.diagnose_image(image, path, timings={"read": read_ms})
-        t1 = time.perf_counter()
-        render_overlay(image.display, study.findings, model=study.model.name)
-        study.timings_ms["overlay"] = 1000.0 * (time.perf_counter() - t1)
-        if peer is not None:
-            t2 = time.perf_counter()
-            peer(image.display)
-            if k >= warmup:
-                peer_ms.append(1000.0 * (time.perf_counter() - t2))
-        if k < warmup:
-            continue
-        for name, ms in study.timings_ms.items():
-            steps.setdefault(name, []).append(ms)
-        totals.append(sum(study.timings_ms.values()))
-        discs.append(len(study.findings.discs))
+        return dx.diagnose_image(image, path, timings={"read": read_ms})
+
+    studies, steps, peer_ms = _timed(read_and_diagnose, paths, warmup, peer)
+    out, model_ms, versus = _summary(dx, studies, steps, peer_ms)
+    read_as: dict[str, int] = {}  # model input ("slice" / "T1+T2") -> images it read
+    for study in studies:
         read_as[study.model.inputs] = read_as.get(study.model.inputs, 0) + 1
-    model_ms = stats([a + b for a, b in zip(steps["preprocess"], steps["detect"])])
-    out = {"backend": dx.info.backend, "total_ms": stats(totals),
-           "steps_ms": {k: statistics.median(v) for k, v in steps.items()},
-           "model_ms": model_ms, "mean_discs_found": float(np.mean(discs)), "read_as": read_as,
-           "ratio_study_over_ours": STUDY_SECONDS_PER_CASE * 1000.0 / float(np.median(totals))}
-    if peer_ms:
-        out["peer_predict_ms"] = stats(peer_ms)
-        out["ratio_peer_over_ours_model"] = stats(peer_ms)["median"] / model_ms["median"]
+    out.update({"model_ms": model_ms, "read_as": read_as,
+                "mean_discs_found": float(np.mean([len(s.findings.discs) for s in studies])),
+                **versus})
     return out
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from lumbardx.engine.checkpoint import save_checkpoint
+from lumbardx.engine.checkpoint import build_detector, save_checkpoint
 from lumbardx.engine.ema import ModelEMA
 from lumbardx.engine.recipes import Recipe
 from lumbardx.models.registry import build_model
@@ -34,3 +34,17 @@ def tiny_checkpoint(path: Path, *, thresholds: dict[str, float], tag: str, train
              "num_classes": len(CLASSES), "class_names": CLASSES, "epoch": epoch, "seed": 0,
              "thresholds": thresholds, "tag": tag, "training_data": training_data}
     return save_checkpoint(state, path)
+
+
+def random_checkpoint(path: Path, *, pairs: bool = False, class_names: list[str] | None = None,
+                      image_size: int = 64) -> Path:
+    """Save a randomly initialised YOLOv5n (seed 0) with the least a checkpoint needs: model
+    name, classes, weights and a recipe (``sequence_pairs`` set to ``pairs``: a model trained
+    on T1/T2 pairs, or on single slices)."""
+    names = list(class_names or CLASSES)
+    torch.manual_seed(0)
+    model = build_detector("yolov5n", len(names), image_size)
+    torch.save({"model_name": "yolov5n", "class_names": names, "model": model.state_dict(),
+                "recipe": {"name": "test", "image_size": image_size, "sequence_pairs": pairs}},
+               path)
+    return path

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from bench_scripts import load_bench
 
 from lumbardx.engine.metrics import GroundTruth, Prediction
 
-_path = Path(__file__).resolve().parents[1] / "bench" / "class_confusion.py"
-_spec = importlib.util.spec_from_file_location("class_confusion", _path)
-cc = importlib.util.module_from_spec(_spec)
-sys.modules["class_confusion"] = cc
-_spec.loader.exec_module(cc)
+cc = load_bench("class_confusion")
 
 NAMES = ["normal", "herniation", "spondylolisthesis"]
 

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from bench_scripts import load_bench
 
 from lumbardx.models.registry import build_model
 
-_path = Path(__file__).resolve().parents[1] / "bench" / "class_rescoring.py"
-_spec = importlib.util.spec_from_file_location("class_rescoring", _path)
-cr = importlib.util.module_from_spec(_spec)
-sys.modules["class_rescoring"] = cr
-_spec.loader.exec_module(cr)
+cr = load_bench("class_rescoring")
 
 
 def test_rules_on_a_hand_worked_prediction() -> None:

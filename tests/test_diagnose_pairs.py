@@ -12,10 +12,10 @@ import pydicom
 import pytest
 import torch
 import typer
+from checkpoints import random_checkpoint
 from findings_schema import check_findings_schema
 
 from lumbardx.diagnosis import Diagnoser
-from lumbardx.engine.checkpoint import build_detector
 from lumbardx.report.html import header_fields
 from lumbardx.synth import SynthConfig, generate_case, write_dicom_series
 
@@ -32,14 +32,6 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "study"
 
 
-def _checkpoint(path: Path, pairs: bool) -> Path:
-    torch.manual_seed(0)
-    model = build_detector("yolov5n", 3, 64)
-    torch.save({"model_name": "yolov5n", "class_names": NAMES, "model": model.state_dict(),
-                "recipe": {"name": "test", "image_size": 64, "sequence_pairs": pairs}}, path)
-    return path
-
-
 class Spy:
     """Wraps a backend and keeps the inputs it was given."""
 
@@ -52,7 +44,7 @@ class Spy:
 
 
 def _diagnoser(tmp_path: Path, pairs: bool) -> tuple[Diagnoser, Spy]:
-    dx = Diagnoser(_checkpoint(tmp_path / f"m{int(pairs)}.pt", pairs), backend="torch")
+    dx = Diagnoser(random_checkpoint(tmp_path / f"m{int(pairs)}.pt", pairs=pairs), backend="torch")
     spy = Spy(dx.loaded.backend)
     dx.loaded.backend = spy
     return dx, spy
@@ -227,8 +219,8 @@ def _spied(dx: Diagnoser) -> tuple[Spy, Spy]:
 
 
 def test_slices_without_a_pair_go_to_the_single_slice_model(study: Path, tmp_path: Path) -> None:
-    single = _checkpoint(tmp_path / "single.pt", pairs=False)
-    dx = Diagnoser(_checkpoint(tmp_path / "pair.pt", pairs=True), backend="torch",
+    single = random_checkpoint(tmp_path / "single.pt", pairs=False)
+    dx = Diagnoser(random_checkpoint(tmp_path / "pair.pt", pairs=True), backend="torch",
                    single_slice=single, thresholds={"herniation": 0.4})
     assert dx.single_slice is not None and dx.single_slice.source == single
     assert [m.thresholds["herniation"] for m in dx.models] == [0.4, 0.4]
@@ -256,20 +248,16 @@ def test_slices_without_a_pair_go_to_the_single_slice_model(study: Path, tmp_pat
 def test_single_slice_model_must_read_single_slices(tmp_path: Path) -> None:
     from lumbardx.data.errors import InputError
 
-    other_pair = _checkpoint(tmp_path / "other.pt", pairs=True)
+    other_pair = random_checkpoint(tmp_path / "other.pt", pairs=True)
     with pytest.raises(InputError, match="must read single slices"):
-        Diagnoser(_checkpoint(tmp_path / "pair.pt", pairs=True), backend="torch",
+        Diagnoser(random_checkpoint(tmp_path / "pair.pt", pairs=True), backend="torch",
                   single_slice=other_pair)
-    torch.manual_seed(0)
-    two = tmp_path / "two.pt"
-    torch.save({"model_name": "yolov5n", "class_names": NAMES[:2],
-                "model": build_detector("yolov5n", 2, 64).state_dict(),
-                "recipe": {"name": "test", "image_size": 64}}, two)
+    two = random_checkpoint(tmp_path / "two.pt", class_names=NAMES[:2])
     with pytest.raises(InputError, match="classes"):
-        Diagnoser(_checkpoint(tmp_path / "pair.pt", pairs=True), backend="torch",
+        Diagnoser(random_checkpoint(tmp_path / "pair.pt", pairs=True), backend="torch",
                   single_slice=two)
     # a single-slice main model has no use for one
-    dx = Diagnoser(_checkpoint(tmp_path / "s.pt", pairs=False), backend="torch",
+    dx = Diagnoser(random_checkpoint(tmp_path / "s.pt", pairs=False), backend="torch",
                    single_slice=other_pair)
     assert dx.single_slice is None and dx.models == [dx.loaded]
 
@@ -281,10 +269,10 @@ def test_shipped_pair_model_comes_with_the_shipped_single_slice_model(
     folder = tmp_path / "weights"
     folder.mkdir()
     monkeypatch.setenv(WEIGHTS_DIR_ENV, str(folder))
-    _checkpoint(folder / "default.pt", pairs=True)
+    random_checkpoint(folder / "default.pt", pairs=True)
     assert shipped_single_slice("default") is None
     assert Diagnoser(backend="torch").single_slice is None  # not installed: pair model alone
-    _checkpoint(folder / "single.pt", pairs=False)
+    random_checkpoint(folder / "single.pt", pairs=False)
     assert shipped_single_slice("default") == folder / "single.pt"
     assert shipped_single_slice("single") is None
     dx = Diagnoser(backend="torch")
@@ -307,8 +295,8 @@ def test_cli_reads_an_image_file_with_the_single_slice_model(study: Path,
     out = tmp_path / "out"
     result = CliRunner().invoke(app, [
         str(png), "--out", str(out), "--backend", "torch", "--no-pdf",
-        "--weights", str(_checkpoint(tmp_path / "pair.pt", pairs=True)),
-        "--single-slice-weights", str(_checkpoint(tmp_path / "single.pt", pairs=False))])
+        "--weights", str(random_checkpoint(tmp_path / "pair.pt", pairs=True)),
+        "--single-slice-weights", str(random_checkpoint(tmp_path / "single.pt", pairs=False))])
     assert result.exit_code == 0, result.output
     assert "slices without a pair: yolov5n" in " ".join(result.output.split())
     (folder,) = [p for p in out.iterdir() if p.is_dir()]
@@ -330,9 +318,10 @@ def _disc_recall(studies: list, records: list) -> float:
     return hit / total
 
 
-def test_shipped_default_reads_real_t1_t2_pairs(yolospine_dev: Path) -> None:
-    """On real co-registered T1/T2 slices the shipped default finds the annotated discs, read
-    as pairs when it was trained on pairs, and a lone slice through its single-slice model."""
+def _real_pairs(root: Path, n: int, weighting: str | None = None) -> list:
+    """``(record, StudyPair)`` for the first ``n`` yolospine-dev images with a T1/T2 partner
+    (only ``weighting`` images when given), both slices read; skips the test when the shipped
+    default model is not installed."""
     from lumbardx.data.dataset import LumbarDataset
     from lumbardx.data.images import read_image
     from lumbardx.data.pairs import sequence_partners
@@ -343,18 +332,24 @@ def test_shipped_default_reads_real_t1_t2_pairs(yolospine_dev: Path) -> None:
         shipped_weights("default")
     except NoShippedWeightsError as exc:
         pytest.skip(f"lumbardx/weights/default.pt is not installed: {exc}")
+    records = LumbarDataset(root, classes="study").records
+    partners = sequence_partners(records)
+    chosen = [k for k, p in enumerate(partners)
+              if p is not None and weighting in (None, records[k].sequence)][:n]
+    return [(records[k], StudyPair(image=read_image(records[k].image_path),
+                                   partner=read_image(records[partners[k]].image_path),
+                                   image_weighting=records[k].sequence or "T2"))
+            for k in chosen]
+
+
+def test_shipped_default_reads_real_t1_t2_pairs(yolospine_dev: Path) -> None:
+    """On real co-registered T1/T2 slices the shipped default finds the annotated discs, read
+    as pairs when it was trained on pairs, and a lone slice through its single-slice model."""
+    real = _real_pairs(yolospine_dev, 6, weighting="T2")
     dx = Diagnoser(backend="torch")
-    ds = LumbarDataset(yolospine_dev, classes="study")
-    partners = sequence_partners(ds.records)
-    t2 = [k for k, p in enumerate(partners) if p is not None and ds.records[k].sequence == "T2"]
-    records = [ds.records[k] for k in t2[:6]]
-    studies, lone = [], []
-    for k in t2[:6]:
-        image = read_image(ds.records[k].image_path)
-        partner = read_image(ds.records[partners[k]].image_path)
-        pair = StudyPair(image=image, partner=partner, image_weighting="T2")
-        studies.append(dx.diagnose_image(image, pair=pair))
-        lone.append(dx.diagnose_image(image))
+    records = [rec for rec, _ in real]
+    studies = [dx.diagnose_image(pair.image, pair=pair) for _, pair in real]
+    lone = [dx.diagnose_image(pair.image) for _, pair in real]
     assert _disc_recall(studies, records) >= 0.8
     assert _disc_recall(lone, records) >= 0.8
     if dx.info.reads_pairs:
@@ -370,36 +365,15 @@ def test_shipped_default_findings_do_not_depend_on_the_candidate_floor(
         yolospine_dev: Path) -> None:
     """The verifier skips candidates it could not lift to a threshold: the findings are the
     ones it gives when every candidate down to the evaluation confidence is rescored."""
-    from lumbardx.data.dataset import LumbarDataset
-    from lumbardx.data.images import read_image
-    from lumbardx.data.pairs import sequence_partners
-    from lumbardx.data.series import StudyPair
-    from lumbardx.models.pretrained import (
-        EVAL_CONF,
-        NoShippedWeightsError,
-        set_candidate_floor,
-        shipped_weights,
-    )
+    from lumbardx.models.pretrained import EVAL_CONF, set_candidate_floor
 
-    try:
-        shipped_weights("default")
-    except NoShippedWeightsError as exc:
-        pytest.skip(f"lumbardx/weights/default.pt is not installed: {exc}")
+    real = _real_pairs(yolospine_dev, 24)
     dx = Diagnoser(backend="auto")  # ONNX Runtime when installed: the verifier's many crops
-    ds = LumbarDataset(yolospine_dev, classes="study")
-    partners = sequence_partners(ds.records)
-    pairs = [(k, p) for k, p in enumerate(partners) if p is not None][:24]
 
     def findings() -> list:
-        out = []
-        for k, p in pairs:
-            image, partner = read_image(ds.records[k].image_path), \
-                read_image(ds.records[p].image_path)
-            pair = StudyPair(image=image, partner=partner,
-                             image_weighting=ds.records[k].sequence or "T2")
-            out.append([(d.level, d.status, d.confidence, d.box.xyxy())
-                        for d in dx.diagnose_image(image, pair=pair).findings.discs])
-        return out
+        return [[(d.level, d.status, d.confidence, d.box.xyxy())
+                 for d in dx.diagnose_image(pair.image, pair=pair).findings.discs]
+                for _, pair in real]
 
     floor = dx.loaded.model.postprocess.conf_thresh
     assert floor >= EVAL_CONF

@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
-import torch
+from bench_scripts import load_bench
+from checkpoints import random_checkpoint
 
-from lumbardx.engine.checkpoint import build_detector
-
-_bench = Path(__file__).resolve().parents[1] / "bench"
-sys.path.insert(0, str(_bench))
-_spec = importlib.util.spec_from_file_location("diagnose_speed", _bench / "diagnose_speed.py")
-ds = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ds)
-
-NAMES = ["normal", "herniation", "spondylolisthesis"]
-
-
-def _checkpoint(path: Path, pairs: bool) -> Path:
-    torch.manual_seed(0)
-    model = build_detector("yolov5n", 3, 64)
-    torch.save({"model_name": "yolov5n", "class_names": NAMES, "model": model.state_dict(),
-                "recipe": {"name": "test", "image_size": 64, "sequence_pairs": pairs}}, path)
-    return path
+ds = load_bench("diagnose_speed")
 
 
 def test_pair_model_with_its_single_slice_model(tmp_path: Path,
@@ -35,8 +19,8 @@ def test_pair_model_with_its_single_slice_model(tmp_path: Path,
     out = tmp_path / "speed.json"
     monkeypatch.setattr(sys, "argv", [
         "diagnose_speed.py", "--data", str(tmp_path / "absent"), "--n", "2", "--warmup", "1",
-        "--weights", str(_checkpoint(tmp_path / "pair.pt", pairs=True)),
-        "--single-slice-weights", str(_checkpoint(tmp_path / "single.pt", pairs=False)),
+        "--weights", str(random_checkpoint(tmp_path / "pair.pt", pairs=True)),
+        "--single-slice-weights", str(random_checkpoint(tmp_path / "single.pt", pairs=False)),
         "--backends", "torch", "--no-peer", "--dicom-studies", "2", "--out", str(out)])
     ds.main()
     result = json.loads(out.read_text())

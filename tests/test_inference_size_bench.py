@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from bench_scripts import load_bench
 
-_bench = Path(__file__).resolve().parents[1] / "bench"
-sys.path.insert(0, str(_bench))
-_spec = importlib.util.spec_from_file_location("inference_size", _bench / "inference_size.py")
-isz = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(isz)
+isz = load_bench("inference_size")
 
 NAMES = ["normal", "herniation", "spondylolisthesis"]
 

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_scripts import load_bench
 
 from lumbardx.data.dataset import LumbarDataset
 from lumbardx.engine.metrics import Prediction
 
-_spec = importlib.util.spec_from_file_location(
-    "pair_fusion", Path(__file__).resolve().parents[1] / "bench" / "pair_fusion.py")
-pf = importlib.util.module_from_spec(_spec)
-sys.modules["pair_fusion"] = pf
-_spec.loader.exec_module(pf)
+pf = load_bench("pair_fusion")
 
 
 def _pred(boxes: list[list[float]], scores: list[float], labels: list[int]) -> Prediction:

@@ -3,26 +3,20 @@ known slip, and a few real yolospine-dev images."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_scripts import load_bench
 from scipy.stats import mannwhitneyu
 
 from lumbardx.data.dataset import LumbarDataset
 from lumbardx.synth.anatomy import SynthConfig
 from lumbardx.synth.case import generate_case
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "slip_geometry.py"
-_spec = importlib.util.spec_from_file_location("slip_geometry", BENCH)
-assert _spec is not None and _spec.loader is not None
-sg = importlib.util.module_from_spec(_spec)
-sys.modules["slip_geometry"] = sg
-_spec.loader.exec_module(sg)
+sg = load_bench("slip_geometry")
 
 
 def _row(patient: str, seq: str, disc: int, slip: bool, pct: float | None) -> sg.DiscMeasure:

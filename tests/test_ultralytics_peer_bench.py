@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
+from bench_scripts import load_bench
 from pair_factory import pair_dataset
 from PIL import Image
 
 from lumbardx.data.dataset import LumbarDataset
 from lumbardx.data.pairs import SequencePairs
 
-_bench = Path(__file__).resolve().parents[1] / "bench"
-sys.path.insert(0, str(_bench))
-_spec = importlib.util.spec_from_file_location("ultralytics_peer", _bench / "ultralytics_peer.py")
-peer = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(peer)
+peer = load_bench("ultralytics_peer")
 
 
 

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_scripts import load_bench
 
 from lumbardx.data.dataset import LumbarDataset
 from lumbardx.engine.metrics import Prediction
 
-_bench = Path(__file__).resolve().parents[1] / "bench"
-sys.path.insert(0, str(_bench))
-_spec = importlib.util.spec_from_file_location("verifier_power", _bench / "verifier_power.py")
-vp = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(vp)
+vp = load_bench("verifier_power")
 
 SLIP = 2
 

@@ -1,0 +1,121 @@
+"""Cross-validate the segment reader on the patient-grouped folds, and compare variants.
+
+Trains :class:`lumbardx.models.segment_reader.SegmentReader` on four folds and scores the fifth
+(:mod:`lumbardx.engine.segment_crossval`) for every fold of ``bench/folds/``; out-of-fold
+predictions and weights go to ``--out`` (``runs/...``, resumable fold by fold), the summary to
+``--results`` (JSON). With ``--compare OTHER.json`` the per-fold metrics are paired with another
+variant's summary on the same folds (mean difference, 95% t-interval, folds won).
+
+Usage::
+
+    python bench/segment_crossval.py ../shared/data/yolospine-dev --out runs/segcv-synth \
+        --results bench/results/segment_crossval_synth.json [--set synthetic_slip=0] \
+        [--epochs 20] [--folds 0,1,2,3,4] [--compare bench/results/segment_crossval_real.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+import warnings
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import cpu_name
+
+from lumbardx.data.dataset import LumbarDataset
+from lumbardx.data.pairs import SequencePairs
+from lumbardx.engine.segment_crossval import run_fold, summarise
+from lumbardx.engine.segment_training import SegmentTraining, item_from_sample
+from lumbardx.engine.table1 import fold_stat
+from lumbardx.io import atomic_write_text
+
+FOLDS = Path(__file__).resolve().parent / "folds" / "yolospine-dev-k5-seed0.csv"
+
+
+def parse_set(cfg: SegmentTraining, pairs: list[str]) -> SegmentTraining:
+    """``key=value`` overrides of :class:`SegmentTraining` fields (numbers)."""
+    types = {f.name: f.type for f in fields(SegmentTraining)}
+    for kv in pairs:
+        key, _, value = kv.partition("=")
+        if key not in types or key == "config":
+            raise SystemExit(f"--set {kv}: unknown field {key!r}")
+        cast = int if isinstance(getattr(cfg, key), int) else float
+        cfg = replace(cfg, **{key: cast(value)})
+    return cfg
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Paired per-fold differences ``a - b`` of every metric both summaries have."""
+    fb = {f["fold"]: f for f in b["folds"]}
+    out = {}
+    for key, va in a["folds"][0].items():
+        if key == "fold" or not isinstance(va, float):
+            continue
+        d = [f[key] - fb[f["fold"]][key] for f in a["folds"]
+             if f["fold"] in fb and isinstance(fb[f["fold"]].get(key), float)]
+        if d:
+            s = fold_stat(d)
+            out[key] = {**asdict(s), "wins": sum(x > 0 for x in d), "losses": sum(x < 0 for x in d)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--results", type=Path, required=True)
+    ap.add_argument("--folds-csv", type=Path, default=FOLDS)
+    ap.add_argument("--folds", default="0,1,2,3,4")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--set", action="append", default=[], dest="overrides")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--compare", type=Path, action="append", default=[])
+    ap.add_argument("--limit", type=int, default=None, help="first N images only (dry runs)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = parse_set(SegmentTraining(), args.overrides)
+    if args.epochs is not None:
+        cfg = replace(cfg, epochs=args.epochs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = LumbarDataset(args.data, classes="all", cache=True)
+    pairs = SequencePairs(ds)
+    n = len(ds) if args.limit is None else min(args.limit, len(ds))
+    items = [item_from_sample(pairs[i], ds.class_names) for i in range(n)]
+    with args.folds_csv.open(newline="") as fh:
+        folds = {r["image"]: int(r["fold"]) for r in csv.DictReader(fh)}
+    t0 = time.perf_counter()
+    for k in [int(x) for x in args.folds.split(",")]:
+        run_fold(items, folds, k, cfg, args.out, log=lambda m: print(m, flush=True))
+    summary = summarise(args.out, items, folds)
+    summary.update({"data": args.data.name, "folds_csv": args.folds_csv.name,
+                    "training": {k: v for k, v in asdict(cfg).items() if k != "config"},
+                    "reader": asdict(cfg.config), "images": n,
+                    "wall_s_this_run": round(time.perf_counter() - t0, 1),
+                    "machine": {"cpu": cpu_name(), "threads": args.threads}})
+    for other in args.compare:
+        summary.setdefault("paired", {})[other.stem] = compare(
+            summary, json.loads(other.read_text()))
+    atomic_write_text(args.results, json.dumps(summary, indent=1, default=float))
+    for key in ("auc_spondylolisthesis", "image_auc_spondylolisthesis",
+                "image_sens_at_spec90_spondylolisthesis", "ap50_spondylolisthesis",
+                "auc_herniation", "auc_stenosis", "auc_degeneration", "auc_abnormal"):
+        m = summary["mean"].get(key)
+        if m:
+            print(f"{key:42s} {m['mean']:.3f} ± {m['sd']:.3f}")
+    dl = summary["disc_level"]
+    print(f"disc level (nested Youden): sensitivity {dl['sensitivity']:.3f} "
+          f"specificity {dl['specificity']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,251 @@
+"""Cross-validation of the segment reader on patient-grouped folds.
+
+For each fold ``k`` of a folds CSV the reader is trained on the other folds' images and predicts
+the held-out images' discs; the out-of-fold predictions (one row per disc: image, patient, disc
+index, targets, logits, offset) are written to ``OUT/fold<k>/predictions.json`` and the weights
+to ``OUT/fold<k>/segment_reader.pt`` (atomically, so an interrupted run resumes at the first
+fold without predictions).
+
+Scores per fold (:func:`fold_metrics`), on the ground-truth discs of the held-out images (the
+discs a perfect disc detector would give; :mod:`lumbardx.engine.segment_training`):
+
+* per label, the disc-level ROC AUC;
+* spondylolisthesis: image-level AUC (an image's score is its highest disc probability, an
+  image is positive when it holds a slip box), the sensitivity at the ROC point with
+  specificity >= 0.90, and AP@0.5 (COCO 101-point) of one box per disc, placed by the
+  slip-box template of the training folds (:func:`slip_box_template`) and scored by the
+  disc's probability;
+* disc level as the model card counts it (a disc is positive when herniated or slipped; its
+  score the larger of the two probabilities): AUC, and sensitivity/specificity at a threshold
+  chosen on the *other* folds' out-of-fold discs (Youden's J), so no fold is scored at a
+  threshold fitted to it (:func:`summarise`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lumbardx.clinical.findings import SLIP, study_class
+from lumbardx.engine.metrics import GroundTruth, Prediction, coco_evaluate
+from lumbardx.engine.segment_training import (SegmentItem, SegmentTraining, predict_items,
+                                              train_segment_reader)
+from lumbardx.engine.table1 import fold_stat
+from lumbardx.io import atomic_write_bytes, atomic_write_text
+from lumbardx.models.segment_reader import LABELS
+
+SPEC_TARGET = 0.90
+
+
+def auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """ROC AUC (Mann-Whitney, ties one half); ``nan`` without both classes."""
+    s = np.asarray(scores, np.float64)
+    pos = np.asarray(positive, bool)
+    n1, n0 = int(pos.sum()), int((~pos).sum())
+    if n1 == 0 or n0 == 0:
+        return math.nan
+    from scipy.stats import rankdata
+
+    r = rankdata(s)
+    return float((r[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def sensitivity_at_specificity(scores: np.ndarray, positive: np.ndarray,
+                               specificity: float = SPEC_TARGET) -> float:
+    """Highest sensitivity over cuts ``score >= c`` whose specificity is >= ``specificity``."""
+    s = np.asarray(scores, np.float64)
+    pos = np.asarray(positive, bool)
+    if pos.all() or (~pos).all():
+        return math.nan
+    best = 0.0
+    for c in np.unique(s):
+        call = s >= c
+        if float((~call[~pos]).mean()) >= specificity:
+            best = max(best, float(call[pos].mean()))
+    return best
+
+
+def youden_threshold(scores: np.ndarray, positive: np.ndarray) -> float:
+    """The cut maximising sensitivity + specificity - 1 (ties: the highest cut), placed midway
+    to the next lower distinct score."""
+    s = np.asarray(scores, np.float64)
+    pos = np.asarray(positive, bool)
+    cuts = np.unique(s)[::-1]
+    best, best_j = float(cuts[0]), -1.0
+    for c in cuts:
+        call = s >= c
+        j = float(call[pos].mean()) + float((~call[~pos]).mean()) - 1.0
+        if j > best_j + 1e-12:
+            best, best_j = float(c), j
+    lower = s[s < best]
+    return (best + float(lower.max())) / 2 if len(lower) else best
+
+
+def slip_box_template(items: Sequence[SegmentItem]) -> tuple[float, float, float, float]:
+    """Median ``(dx, dy, w, h)`` of the ground-truth slip boxes relative to their disc, in
+    spacings (image axes: ``dx`` the box centre's offset from the disc centre)."""
+    rows = []
+    for it in items:
+        for d, f in zip(it.spine.discs, it.frames.tolist()):
+            for b in d.boxes:
+                if study_class(b.label) == SLIP:
+                    sp = f[6]
+                    rows.append((((b.x1 + b.x2) / 2 - f[0]) / sp, ((b.y1 + b.y2) / 2 - f[1]) / sp,
+                                 b.width / sp, b.height / sp))
+    if not rows:
+        return (0.0, 0.0, 1.8, 1.3)
+    return tuple(float(v) for v in np.median(np.array(rows), axis=0))  # type: ignore[return-value]
+
+
+def rows_for(items: Sequence[SegmentItem], preds: Sequence[tuple[torch.Tensor, torch.Tensor]]
+             ) -> list[dict[str, Any]]:
+    """One JSON-able row per disc: image, patient, disc index, frame, targets, logits, offset."""
+    rows = []
+    for it, (logits, offset) in zip(items, preds):
+        for i in range(it.frames.shape[0]):
+            rows.append({"image": it.image_id, "patient": it.patient, "disc": i,
+                         "n_discs": int(it.frames.shape[0]),
+                         "frame": [round(v, 3) for v in it.frames[i].tolist()],
+                         "targets": it.targets[i].tolist(),
+                         "logits": [round(v, 4) for v in logits[i].tolist()],
+                         "offset": round(float(offset[i]), 4)})
+    return rows
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def fold_metrics(rows: Sequence[dict[str, Any]], slip_boxes: dict[str, np.ndarray],
+                 image_sizes: dict[str, tuple[int, int]],
+                 template: tuple[float, float, float, float]) -> dict[str, Any]:
+    """Metrics of one fold's out-of-fold rows (module docstring); probabilities uncalibrated
+    (calibration is monotone per label: AUC and AP do not change)."""
+    t = np.array([r["targets"] for r in rows], np.float64).reshape(-1, len(LABELS))
+    p = _sigmoid(np.array([r["logits"] for r in rows], np.float64).reshape(-1, len(LABELS)))
+    out: dict[str, Any] = {"discs": len(rows)}
+    for k, lab in enumerate(LABELS):
+        out[f"auc_{lab}"] = auc(p[:, k], t[:, k] > 0)
+        out[f"n_{lab}"] = int((t[:, k] > 0).sum())
+    ks = LABELS.index("spondylolisthesis")
+    images = sorted({r["image"] for r in rows})
+    img_score = {im: 0.0 for im in images}
+    for r, pr in zip(rows, p[:, ks]):
+        img_score[r["image"]] = max(img_score[r["image"]], float(pr))
+    img_pos = np.array([len(slip_boxes.get(im, ())) > 0 for im in images])
+    img_s = np.array([img_score[im] for im in images])
+    out["image_auc_spondylolisthesis"] = auc(img_s, img_pos)
+    out["image_sens_at_spec90_spondylolisthesis"] = sensitivity_at_specificity(img_s, img_pos)
+    out["images"] = len(images)
+    out["images_with_slip"] = int(img_pos.sum())
+    out["disc_sens_at_spec90_spondylolisthesis"] = sensitivity_at_specificity(
+        p[:, ks], t[:, ks] > 0)
+    # AP@0.5 of template boxes.
+    dx, dy, bw, bh = template
+    by_image: dict[str, list[tuple[list[float], float]]] = {im: [] for im in images}
+    for r, pr in zip(rows, p[:, ks]):
+        cx, cy, sp = r["frame"][0], r["frame"][1], r["frame"][6]
+        x, y = cx + dx * sp, cy + dy * sp
+        by_image[r["image"]].append(([x - bw * sp / 2, y - bh * sp / 2, x + bw * sp / 2,
+                                      y + bh * sp / 2], float(pr)))
+    gts, dts = [], []
+    for im in images:
+        w, h = image_sizes[im]
+        gb = np.asarray(slip_boxes.get(im, np.zeros((0, 4))), np.float32).reshape(-1, 4)
+        gts.append(GroundTruth(im, w, h, gb, np.zeros(len(gb), np.int64)))
+        bb = by_image[im]
+        boxes = np.array([b for b, _ in bb], np.float32).reshape(-1, 4)
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+        dts.append(Prediction(boxes, np.array([s for _, s in bb], np.float32),
+                              np.zeros(len(bb), np.int64)))
+    out["ap50_spondylolisthesis"] = float(coco_evaluate(gts, dts, ["spondylolisthesis"]).ap50[0]) \
+        if img_pos.any() else math.nan
+    kh = LABELS.index("herniation")
+    abn = (t[:, kh] > 0) | (t[:, ks] > 0)
+    out["auc_abnormal"] = auc(np.maximum(p[:, kh], p[:, ks]), abn)
+    # Offsets: synthetic truth is not in these rows; report the real slips' median offset.
+    off = np.array([r["offset"] for r in rows])
+    out["offset_median_slip"] = float(np.median(off[t[:, ks] > 0])) if (t[:, ks] > 0).any() \
+        else math.nan
+    out["offset_median_other"] = float(np.median(off[t[:, ks] == 0]))
+    return out
+
+
+def nested_disc_level(fold_rows: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Disc-level sensitivity/specificity (positive: herniated or slipped), each fold called at
+    the Youden threshold of the other folds' out-of-fold discs."""
+    kh, ks = LABELS.index("herniation"), LABELS.index("spondylolisthesis")
+
+    def arrays(rows: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        t = np.array([r["targets"] for r in rows], np.float64).reshape(-1, len(LABELS))
+        p = _sigmoid(np.array([r["logits"] for r in rows], np.float64).reshape(-1, len(LABELS)))
+        return np.maximum(p[:, kh], p[:, ks]), (t[:, kh] > 0) | (t[:, ks] > 0)
+
+    per_fold, tp, fn, tn, fp = {}, 0, 0, 0, 0
+    for k, rows in sorted(fold_rows.items()):
+        others = [r for j, rr in fold_rows.items() if j != k for r in rr]
+        if not others:
+            continue
+        s_o, y_o = arrays(others)
+        thr = youden_threshold(s_o, y_o)
+        s, y = arrays(rows)
+        call = s >= thr
+        a, b = int((call & y).sum()), int((~call & y).sum())
+        c, d = int((~call & ~y).sum()), int((call & ~y).sum())
+        tp, fn, tn, fp = tp + a, fn + b, tn + c, fp + d
+        per_fold[k] = {"threshold": thr, "sensitivity": a / max(a + b, 1),
+                       "specificity": c / max(c + d, 1)}
+    return {"sensitivity": tp / max(tp + fn, 1), "specificity": tn / max(tn + fp, 1),
+            "tp": tp, "fn": fn, "tn": tn, "fp": fp, "folds": per_fold}
+
+
+def run_fold(items: Sequence[SegmentItem], folds: dict[str, int], k: int, cfg: SegmentTraining,
+             out: Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Train on folds != ``k``, predict fold ``k``; write weights and predictions under
+    ``out/fold<k>`` (reused when already there)."""
+    d = out / f"fold{k}"
+    pred_path = d / "predictions.json"
+    if pred_path.exists():
+        return json.loads(pred_path.read_text())["rows"]
+    train = [it for it in items if folds.get(it.image_id, -1) not in (k, -1)]
+    test = [it for it in items if folds.get(it.image_id, -1) == k]
+    log(f"fold {k}: {len(train)} training images, {len(test)} held out")
+    model = train_segment_reader(train, cfg, log=lambda m: log(f"fold {k}: {m}"))
+    d.mkdir(parents=True, exist_ok=True)
+    import io
+
+    buf = io.BytesIO()
+    ck = model.checkpoint()
+    ck["training"] = {key: v for key, v in asdict(cfg).items() if key != "config"}
+    torch.save(ck, buf)
+    atomic_write_bytes(d / "segment_reader.pt", buf.getvalue())
+    rows = rows_for(test, predict_items(model, test))
+    atomic_write_text(pred_path, json.dumps({"fold": k, "template": slip_box_template(train),
+                                             "rows": rows}))
+    return rows
+
+
+def summarise(out: Path, items: Sequence[SegmentItem], folds: dict[str, int]
+              ) -> dict[str, Any]:
+    """Per-fold metrics, their mean/SD/95% t-interval, and the nested disc-level point."""
+    slip_boxes = {it.image_id: it.slip_boxes for it in items}
+    sizes = {it.image_id: (int(it.planes.shape[2]), int(it.planes.shape[1])) for it in items}
+    fold_rows, per_fold = {}, []
+    for d in sorted(out.glob("fold*/predictions.json")):
+        raw = json.loads(d.read_text())
+        k = int(raw["fold"])
+        fold_rows[k] = raw["rows"]
+        m = fold_metrics(raw["rows"], slip_boxes, sizes, tuple(raw["template"]))
+        per_fold.append({"fold": k, **m})
+    keys = [key for key in (per_fold[0] if per_fold else {})
+            if key != "fold" and isinstance(per_fold[0][key], float)]
+    mean = {key: asdict(fold_stat([f[key] for f in per_fold])) for key in keys}
+    return {"folds": per_fold, "mean": mean, "disc_level": nested_disc_level(fold_rows)}

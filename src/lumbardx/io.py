@@ -102,6 +102,12 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8",
     return atomic_write_bytes(path, text.encode(encoding), mode)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a dataset text file (annotations, class lists: UTF-8, line ends as given, mode
+    ``0o644`` so that other tools and users can read it) atomically: :func:`atomic_write_text`."""
+    atomic_write_text(path, text, mode=0o644)
+
+
 def atomic_copy(src: str | Path, dst: str | Path) -> Path:
     """Copy the file ``src`` to ``dst`` atomically, with its permission bits and times
     (as :func:`shutil.copy2`); returns ``dst`` as a Path.

@@ -22,6 +22,7 @@ from typing import Any
 from lumbardx.data.boxes import Box, ImageAnnotation
 from lumbardx.data.errors import AnnotationError
 from lumbardx.data.validate import DEFAULT_TOLERANCE_PX, annotation_problems
+from lumbardx.io import write_text_atomic
 
 
 @dataclass
@@ -230,7 +231,5 @@ def write_coco(
     file_names: Sequence[str] | None = None,
 ) -> None:
     """Write :func:`to_coco_dict` as JSON to ``path`` atomically."""
-    from lumbardx.data.convert import write_text_atomic
-
     data = to_coco_dict(annotations, class_names, category_ids, file_names)
     write_text_atomic(Path(path), json.dumps(data, indent=1, ensure_ascii=False) + "\n")

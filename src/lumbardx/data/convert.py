@@ -42,7 +42,7 @@ from lumbardx.data import coco, voc, yolo
 from lumbardx.data.boxes import ImageAnnotation
 from lumbardx.data.errors import AnnotationError, InputError
 from lumbardx.data.validate import annotation_problems
-from lumbardx.io import atomic_copy, atomic_write_text
+from lumbardx.io import atomic_copy, write_text_atomic
 
 Format = Literal["voc", "yolo", "coco"]
 FORMATS: tuple[str, ...] = ("voc", "yolo", "coco")
@@ -111,12 +111,6 @@ class ConvertSummary:
 
 
 # -- atomic file writes ----------------------------------------------------------------------
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a dataset text file (UTF-8, line ends as given, mode ``0o644``) atomically:
-    :func:`lumbardx.io.atomic_write_text`."""
-    atomic_write_text(path, text, mode=0o644)
 
 
 # -- finding files ---------------------------------------------------------------------------

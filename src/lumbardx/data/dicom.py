@@ -34,7 +34,7 @@ from pydicom.pixels import apply_color_lut, apply_rescale, apply_voi_lut, get_de
 from pydicom.pixels import pixel_array as decode_pixels
 
 from lumbardx.data.errors import ImageReadError
-from lumbardx.data.images import (
+from lumbardx.data.medical_image import (
     MAX_PIXELS,
     MedicalImage,
     luminance,

@@ -13,32 +13,23 @@ naming the file.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image
 
+from lumbardx.data.dicom import dicom_size, read_dicom, read_header
 from lumbardx.data.errors import ImageReadError
-
-if TYPE_CHECKING:
-    import pydicom
-
-ImageKind = Literal["png", "jpeg", "dicom"]
-
-#: Largest image accepted, in pixels (rows x columns). Lumbar MRI slices are at most about
-#: 1024 x 1024 and exported screenshots a few megapixels; 50 megapixels leaves ample room while
-#: stopping decompression bombs. Override per call (``max_pixels=``) or for the whole process
-#: with the environment variable ``LUMBARDX_MAX_PIXELS``.
-MAX_PIXELS: int = int(os.environ.get("LUMBARDX_MAX_PIXELS", 50_000_000))
-
-#: Percentiles of the robust display window used when a file carries no window of its own.
-DISPLAY_PERCENTILES: tuple[float, float] = (0.5, 99.5)
-
-#: ITU-R BT.601 luma weights (the weights Pillow's ``convert("L")`` uses) for RGB -> gray.
-LUMA_WEIGHTS: tuple[float, float, float] = (0.299, 0.587, 0.114)
+from lumbardx.data.medical_image import (  # noqa: F401 - the image type is public here too
+    DISPLAY_PERCENTILES,
+    LUMA_WEIGHTS,
+    MAX_PIXELS,
+    ImageKind,
+    MedicalImage,
+    luminance,
+    percentile_display,
+    window_to_uint8,
+)
 
 DICOM_EXTENSIONS: frozenset[str] = frozenset({".dcm", ".dicom", ".dic", ".ima", ""})
 
@@ -53,91 +44,6 @@ _OTHER_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\x1f\x8b", "a gzip archive (unpack it first)"),
     (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 file"),
 )
-
-
-@dataclass
-class MedicalImage:
-    """One 2-D grayscale image ready for detection and display.
-
-    Attributes:
-        pixels: float32 ``[H, W]`` raw grayscale intensities: for DICOM the stored values after
-            the modality transform (Rescale Slope / Intercept or Modality LUT), not inverted for
-            MONOCHROME1; for PNG / JPEG the stored gray values, RGB converted to BT.601 luminance
-            (alpha ignored).
-        display: uint8 ``[H, W]`` display image, dark = low signal as in MONOCHROME2. DICOM:
-            the file's VOI LUT or window centre / width, else a robust 0.5-99.5 percentile
-            window, MONOCHROME1 inverted. 8-bit PNG / JPEG: the gray values as stored. 16-bit
-            PNG: the 0.5-99.5 percentile window.
-        pixel_spacing: ``(row, column)`` spacing in millimetres (DICOM Pixel Spacing), or
-            ``None`` when unknown (always ``None`` for PNG / JPEG: their DPI is not anatomy).
-        source: the file read.
-        kind: ``"png"``, ``"jpeg"`` or ``"dicom"``.
-        header: for DICOM, the data set without its pixel data (for referencing in DICOM SR or
-            Secondary Capture output); ``None`` otherwise.
-        bits: bits per sample as stored (DICOM Bits Stored; 8 or 16 for PNG; 1 for bilevel).
-        frame: 0-based frame index inside a multi-frame DICOM file, else ``None``.
-    """
-
-    pixels: np.ndarray
-    display: np.ndarray
-    pixel_spacing: tuple[float, float] | None
-    source: Path
-    kind: ImageKind
-    header: pydicom.Dataset | None = None
-    bits: int = 8
-    frame: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.pixels.ndim != 2 or self.pixels.dtype != np.float32:
-            raise ValueError(f"pixels must be float32 [H, W], got {self.pixels.dtype} "
-                             f"{self.pixels.shape}")
-        if self.display.shape != self.pixels.shape or self.display.dtype != np.uint8:
-            raise ValueError(f"display must be uint8 {self.pixels.shape}, got "
-                             f"{self.display.dtype} {self.display.shape}")
-
-    @property
-    def height(self) -> int:
-        """Number of rows."""
-        return int(self.pixels.shape[0])
-
-    @property
-    def width(self) -> int:
-        """Number of columns."""
-        return int(self.pixels.shape[1])
-
-
-def window_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Map ``values`` linearly so that ``low`` -> 0 and ``high`` -> 255, clipped, as uint8.
-
-    ``high < low`` gives an inverted ramp; ``high == low`` gives a threshold at ``low``.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    if high == low:
-        return np.where(values > low, 255, 0).astype(np.uint8)
-    scaled = (values - low) * (255.0 / (high - low))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
-def percentile_display(
-    pixels: np.ndarray, percentiles: tuple[float, float] = DISPLAY_PERCENTILES
-) -> np.ndarray:
-    """uint8 ``[H, W]`` display of ``pixels`` windowed between two percentiles.
-
-    Falls back to the min-max range when the percentiles coincide (e.g. mostly background).
-    """
-    finite = pixels[np.isfinite(pixels)]
-    if finite.size == 0:
-        return np.zeros(pixels.shape, dtype=np.uint8)
-    low, high = np.percentile(finite, percentiles)
-    if high <= low:
-        low, high = float(finite.min()), float(finite.max())
-    return window_to_uint8(np.nan_to_num(pixels, nan=low), float(low), float(high))
-
-
-def luminance(rgb: np.ndarray) -> np.ndarray:
-    """float32 ``[H, W]`` BT.601 luminance of an RGB(A) array ``[H, W, 3 or 4]`` (alpha dropped)."""
-    rgb = rgb[..., :3].astype(np.float32)
-    return (rgb @ np.asarray(LUMA_WEIGHTS, dtype=np.float32)).astype(np.float32)
 
 
 def _check_file(path: Path) -> bytes:
@@ -264,8 +170,6 @@ def read_image(
     path = Path(path)
     kind = sniff_kind(path)
     if kind == "dicom" or (kind is None and path.suffix.lower() in DICOM_EXTENSIONS):
-        from lumbardx.data.dicom import read_dicom  # dicom.py imports this module
-
         return read_dicom(path, max_pixels=max_pixels, require_mr=require_mr)
     if kind is None:
         raise _unknown_format(path)
@@ -284,8 +188,6 @@ def image_dimensions(path: str | Path) -> tuple[int, int, int]:
     path = Path(path)
     kind = sniff_kind(path)
     if kind == "dicom" or (kind is None and path.suffix.lower() in DICOM_EXTENSIONS):
-        from lumbardx.data.dicom import dicom_size, read_header
-
         width, height = dicom_size(path)  # checks Rows / Columns
         return width, height, int(read_header(path).get("SamplesPerPixel") or 1)
     if kind is None:

@@ -51,6 +51,7 @@ from pathlib import Path
 from lumbardx.data.boxes import Box, ImageAnnotation
 from lumbardx.data.errors import AnnotationError
 from lumbardx.data.validate import DEFAULT_TOLERANCE_PX, check_annotation
+from lumbardx.io import write_text_atomic
 
 _COORDS = ("xmin", "ymin", "xmax", "ymax")
 
@@ -274,6 +275,4 @@ def write_voc(ann: ImageAnnotation, path: Path) -> None:
     for i, box in enumerate(ann.boxes, start=1):
         if not all(math.isfinite(v) for v in box.xyxy()):
             raise AnnotationError(path, f"object {i} ({box.label!r}): coordinate is not finite")
-    from lumbardx.data.convert import write_text_atomic
-
     write_text_atomic(Path(path), format_voc(ann))

@@ -24,6 +24,7 @@ from lumbardx.data.boxes import Box, ImageAnnotation
 from lumbardx.data.errors import AnnotationError
 from lumbardx.data.images import image_dimensions
 from lumbardx.data.validate import DEFAULT_TOLERANCE_PX, check_annotation
+from lumbardx.io import write_text_atomic
 
 DEFAULT_DECIMALS: int = 6  # six decimals, as Ultralytics and the yolospine labels write them
 
@@ -84,8 +85,6 @@ def format_data_yaml(class_names: Sequence[str]) -> str:
 
 def write_data_yaml(path: Path, class_names: Sequence[str]) -> None:
     """Write :func:`format_data_yaml` to ``path`` atomically."""
-    from lumbardx.data.convert import write_text_atomic
-
     write_text_atomic(Path(path), format_data_yaml(class_names))
 
 
@@ -243,6 +242,4 @@ def write_yolo(
     decimals: int = DEFAULT_DECIMALS,
 ) -> None:
     """Write :func:`format_yolo` of ``ann`` to ``path`` atomically."""
-    from lumbardx.data.convert import write_text_atomic
-
     write_text_atomic(Path(path), format_yolo(ann, class_names, decimals))

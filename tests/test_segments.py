@@ -128,7 +128,8 @@ def test_segment_labels_and_ground_truth_per_level() -> None:
     item = item_from_sample(sample, names)
     assert item.planes.shape == (2, 320, 256)
     assert item.frames.shape == (6, 7) and item.targets.shape == (6, len(LABELS))
-    assert item.targets[4].tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
+    assert item.targets[4].tolist() == [0.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    assert item.targets[:, LABELS.index("lumbosacral")].tolist() == [0, 0, 0, 0, 0, 1]
     assert item.slip_boxes.shape == (1, 4)
     dx, dy, w, h = slip_box_template([item])
     assert (dx, dy) == pytest.approx((2.5 / 40, 0.0), abs=1e-6)
@@ -199,3 +200,27 @@ def test_reader_trains_predicts_and_round_trips() -> None:
     torch.testing.assert_close(prob[:, k], torch.sigmoid(0.5 * p2[0][0][:, k] - 1.0))
     with pytest.raises(ValueError, match="segment reader"):
         load_segment_reader({"kind": "detector"})
+
+
+def test_miscounts_at_the_bottom_of_the_spine() -> None:
+    from lumbardx.engine.segment_crossval import level_check_metrics
+    from lumbardx.engine.segment_training import with_extra_below, without_lowest
+
+    sample = Sample(np.zeros((320, 256), np.uint8),
+                    np.array([b.xyxy() for b in _disc_boxes()], np.float32),
+                    np.ones(6, np.int64), "img", "p1")
+    item = item_from_sample(sample, CLASSES)
+    k = LABELS.index("lumbosacral")
+    missed = without_lowest(item)
+    assert missed.frames.shape[0] == 5 and missed.targets[:, k].sum() == 0
+    extra = with_extra_below(item)
+    assert extra.frames.shape[0] == 7
+    assert extra.targets[:, k].tolist() == [0, 0, 0, 0, 0, 1, 0]
+    # the false disc sits one spacing below the lowest: x 100, y 240 + 40
+    assert extra.frames[-1, :2].tolist() == pytest.approx([100.0, 280.0], abs=0.5)
+    rows = [{"right": 2.0, "missed": -1.0, "extra": -3.0, "extra_true": 1.0},
+            {"right": -0.5, "missed": 0.5, "extra": -2.0, "extra_true": 1.0}]
+    m = level_check_metrics(rows)
+    assert m["right_flagged"] == 0.5 and m["missed_unflagged"] == 0.5
+    assert m["extra_unflagged"] == 0.0
+    assert m["auc_level_check"] == pytest.approx(3 / 4 + 1 / 8)  # 2.0 beats 4; -0.5 beats 2

@@ -18,7 +18,11 @@ discs a perfect disc detector would give; :mod:`lumbardx.engine.segment_training
 * disc level as the model card counts it (a disc is positive when herniated or slipped; its
   score the larger of the two probabilities): AUC, and sensitivity/specificity at a threshold
   chosen on the *other* folds' out-of-fold discs (Youden's J), so no fold is scored at a
-  threshold fitted to it (:func:`summarise`).
+  threshold fitted to it (:func:`summarise`);
+* the level check (:func:`level_check_rows`): every held-out image is read three times, as
+  annotated, without its lowest disc and with a false disc below it; ``lumbosacral`` of the
+  lowest disc should be high only in the first reading. AUC of that separation, and at 0.5 the
+  share of right counts flagged and of miscounts not flagged.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ import torch
 from lumbardx.clinical.findings import SLIP, study_class
 from lumbardx.engine.metrics import GroundTruth, Prediction, coco_evaluate
 from lumbardx.engine.segment_training import (SegmentItem, SegmentTraining, predict_items,
-                                              train_segment_reader)
+                                              train_segment_reader, with_extra_below,
+                                              without_lowest)
 from lumbardx.engine.table1 import fold_stat
 from lumbardx.io import atomic_write_bytes, atomic_write_text
 from lumbardx.models.segment_reader import LABELS
@@ -119,8 +124,44 @@ def rows_for(items: Sequence[SegmentItem], preds: Sequence[tuple[torch.Tensor, t
     return rows
 
 
+def level_check_rows(model: torch.nn.Module, items: Sequence[SegmentItem]
+                     ) -> list[dict[str, Any]]:
+    """Per image with at least three discs, the ``lumbosacral`` logit of the lowest disc as
+    annotated (``right``), without the lowest disc (``missed``) and with a false disc below
+    (``extra``; and the true L5-S1's logit then, ``extra_true``)."""
+    k = LABELS.index("lumbosacral")
+    use = [it for it in items if it.frames.shape[0] >= 3]
+    right = predict_items(model, use)
+    missed = predict_items(model, [without_lowest(it) for it in use])
+    extra = predict_items(model, [with_extra_below(it) for it in use])
+    return [{"image": it.image_id, "right": float(a[0][-1, k]), "missed": float(b[0][-1, k]),
+             "extra": float(c[0][-1, k]), "extra_true": float(c[0][-2, k])}
+            for it, a, b, c in zip(use, right, missed, extra)]
+
+
+def level_check_metrics(rows: Sequence[dict[str, Any]], cut: float = 0.0) -> dict[str, Any]:
+    """AUC of right vs miscounted lowest discs, and flag rates at logit ``cut`` (0 = p 0.5)."""
+    if not rows:
+        return {}
+    right = np.array([r["right"] for r in rows])
+    wrong = np.array([r["missed"] for r in rows] + [r["extra"] for r in rows])
+    return {"auc_level_check": auc(np.concatenate([right, wrong]),
+                                   np.r_[np.ones(len(right)), np.zeros(len(wrong))] > 0),
+            "right_flagged": float((right < cut).mean()),
+            "missed_unflagged": float((np.array([r["missed"] for r in rows]) >= cut).mean()),
+            "extra_unflagged": float((np.array([r["extra"] for r in rows]) >= cut).mean())}
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
+
+
+def _arrays(rows: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Targets and probabilities ``[N, K]`` of prediction rows (``K`` the labels they have:
+    the first ``K`` of :data:`LABELS`)."""
+    k = len(rows[0]["targets"]) if rows else len(LABELS)
+    t = np.array([r["targets"] for r in rows], np.float64).reshape(-1, k)
+    return t, _sigmoid(np.array([r["logits"] for r in rows], np.float64).reshape(-1, k))
 
 
 def fold_metrics(rows: Sequence[dict[str, Any]], slip_boxes: dict[str, np.ndarray],
@@ -128,10 +169,9 @@ def fold_metrics(rows: Sequence[dict[str, Any]], slip_boxes: dict[str, np.ndarra
                  template: tuple[float, float, float, float]) -> dict[str, Any]:
     """Metrics of one fold's out-of-fold rows (module docstring); probabilities uncalibrated
     (calibration is monotone per label: AUC and AP do not change)."""
-    t = np.array([r["targets"] for r in rows], np.float64).reshape(-1, len(LABELS))
-    p = _sigmoid(np.array([r["logits"] for r in rows], np.float64).reshape(-1, len(LABELS)))
+    t, p = _arrays(rows)
     out: dict[str, Any] = {"discs": len(rows)}
-    for k, lab in enumerate(LABELS):
+    for k, lab in enumerate(LABELS[:t.shape[1]]):
         out[f"auc_{lab}"] = auc(p[:, k], t[:, k] > 0)
         out[f"n_{lab}"] = int((t[:, k] > 0).sum())
     ks = LABELS.index("spondylolisthesis")
@@ -185,8 +225,7 @@ def nested_disc_level(fold_rows: dict[int, list[dict[str, Any]]]) -> dict[str, A
     kh, ks = LABELS.index("herniation"), LABELS.index("spondylolisthesis")
 
     def arrays(rows: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-        t = np.array([r["targets"] for r in rows], np.float64).reshape(-1, len(LABELS))
-        p = _sigmoid(np.array([r["logits"] for r in rows], np.float64).reshape(-1, len(LABELS)))
+        t, p = _arrays(rows)
         return np.maximum(p[:, kh], p[:, ks]), (t[:, kh] > 0) | (t[:, ks] > 0)
 
     per_fold, tp, fn, tn, fp = {}, 0, 0, 0, 0
@@ -229,7 +268,8 @@ def run_fold(items: Sequence[SegmentItem], folds: dict[str, int], k: int, cfg: S
     atomic_write_bytes(d / "segment_reader.pt", buf.getvalue())
     rows = rows_for(test, predict_items(model, test))
     atomic_write_text(pred_path, json.dumps({"fold": k, "template": slip_box_template(train),
-                                             "rows": rows}))
+                                             "rows": rows,
+                                             "level_check": level_check_rows(model, test)}))
     return rows
 
 
@@ -244,6 +284,7 @@ def summarise(out: Path, items: Sequence[SegmentItem], folds: dict[str, int]
         k = int(raw["fold"])
         fold_rows[k] = raw["rows"]
         m = fold_metrics(raw["rows"], slip_boxes, sizes, tuple(raw["template"]))
+        m.update(level_check_metrics(raw.get("level_check", [])))
         per_fold.append({"fold": k, **m})
     keys = [key for key in (per_fold[0] if per_fold else {})
             if key != "fold" and isinstance(per_fold[0][key], float)]

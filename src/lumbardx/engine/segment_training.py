@@ -7,11 +7,14 @@ canal behind the disc, off the disc centre: they do not enter the grouping and a
 the disc nearest along the spine curve (within half a spacing). A level's targets
 (:data:`lumbardx.models.segment_reader.LABELS`) are the classes of its boxes:
 normal (``Normal IVD``), herniation (lumbar or thoracic bulge), spondylolisthesis, stenosis
-(``Spinal Stenosis``), degeneration (``Degenerative Disc Disease``).
+(``Spinal Stenosis``), degeneration (``Degenerative Disc Disease``); and ``lumbosacral`` for the
+lowest annotated disc (L5-S1 in every slice of the level truth set, ``bench/levels/``).
 
 **Training** (:func:`train_segment_reader`): per step a batch of images; every disc is
 resampled (:mod:`lumbardx.engine.segments`) with random jitter of centre, angle and scale,
-intensities jittered per plane, and one plane sometimes standing for both (a single slice).
+intensities jittered per plane, and one plane sometimes standing for both (a single slice);
+some images lose their lowest disc or gain a false one below it (the miscounts at the bottom
+of the spine, :func:`without_lowest`, :func:`with_extra_below`).
 With probability :attr:`SegmentTraining.synthetic_slip` a disc not labelled as slipped gets a
 synthetic slip of ``U(slip_min, slip_max)`` spacings: target spondylolisthesis 1 and offset the
 shift. Real discs without slip have offset target 0; real slips, whose size is unknown, train
@@ -24,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -94,14 +97,18 @@ def truth_spine(boxes: Sequence[Box], image_size: tuple[int, int]
 
 
 def item_from_sample(sample: Sample, class_names: Sequence[str],
-                     anterior_left: bool = True) -> SegmentItem:
+                     anterior_left: bool = True, lumbosacral_lowest: bool = True
+                     ) -> SegmentItem:
     """A :class:`SegmentItem` from a dataset sample (``image`` ``[H, W]`` or ``[2, H, W]``)
-    with ground-truth targets."""
+    with ground-truth targets; ``lumbosacral_lowest``: the lowest annotated disc is L5-S1 (so in
+    every yolospine-dev slice checked by eye, ``bench/levels/``)."""
     img = sample.image if sample.image.ndim == 3 else np.stack([sample.image] * 2)
     h, w = img.shape[1:]
     boxes = [Box(class_names[int(lab)], *map(float, bx))
              for bx, lab in zip(sample.boxes, sample.labels)]
     spine, labels = truth_spine(boxes, (w, h))
+    if labels and lumbosacral_lowest:
+        labels[-1].add("lumbosacral")
     frames = frame_tensor(segment_frames(spine, anterior_left))
     targets = torch.tensor([[float(k in lab) for k in LABELS] for lab in labels],
                            dtype=torch.float32).reshape(len(labels), len(LABELS))
@@ -124,6 +131,10 @@ class SegmentTraining:
         single_sequence: probability of reading one plane as both.
         offset_weight: weight of the offset loss.
         slip_weight: weight of the spondylolisthesis label in the classification loss.
+        drop_lowest, extra_below: probabilities per image of reading it without its lowest
+            disc (:func:`without_lowest`) or with a false disc below it
+            (:func:`with_extra_below`): the two miscounts at the bottom of the spine, so that
+            the ``lumbosacral`` head learns the sacrum's look, not the disc's position.
     """
 
     epochs: int = 30
@@ -140,7 +151,26 @@ class SegmentTraining:
     single_sequence: float = 0.25
     offset_weight: float = 4.0
     slip_weight: float = 2.0
+    drop_lowest: float = 0.2
+    extra_below: float = 0.1
     config: SegmentReaderConfig = field(default_factory=SegmentReaderConfig)
+
+
+def without_lowest(item: SegmentItem) -> SegmentItem:
+    """The item as a detector that missed its lowest disc would give it (the next disc up is
+    then the lowest, and nothing is labelled L5-S1)."""
+    return replace(item, frames=item.frames[:-1], targets=item.targets[:-1])
+
+
+def with_extra_below(item: SegmentItem) -> SegmentItem:
+    """The item with a false disc one spacing below its lowest one (inside the sacrum, where a
+    detector may put an extra box), labelled with nothing."""
+    if item.frames.shape[0] == 0:
+        return item
+    f = item.frames[-1].clone()
+    f[0:2] = f[0:2] + f[6] * f[2:4]
+    return replace(item, frames=torch.cat([item.frames, f[None]]),
+                   targets=torch.cat([item.targets, torch.zeros(1, item.targets.shape[1])]))
 
 
 def _normalise(planes: Tensor) -> Tensor:
@@ -199,6 +229,11 @@ def _batch(items: Sequence[SegmentItem], cfg: SegmentTraining, g: torch.Generato
     crops, targets, offsets, known = [], [], [], []
     k_slip = LABELS.index("spondylolisthesis")
     for it in items:
+        u = float(torch.rand(1, generator=g))
+        if u < cfg.drop_lowest and it.frames.shape[0] > 2:
+            it = without_lowest(it)
+        elif u < cfg.drop_lowest + cfg.extra_below:
+            it = with_extra_below(it)
         n = it.frames.shape[0]
         t = it.targets.clone()
         real_slip = t[:, k_slip] > 0

@@ -10,7 +10,8 @@ Input: the crops of one image's discs, top to bottom (:mod:`lumbardx.engine.segm
    its neighbours (a slip reads as a step in the column; a level's expected look depends on
    where it is), masked so padding contributes nothing.
 3. **Heads**: one logit per label of :data:`LABELS` (independent, a disc can be herniated and
-   slipped) and the anterior offset of the upper vertebra in spacings (the slip measurement;
+   slipped; ``lumbosacral`` says whether the disc is L5-S1, the check on the level count) and
+   the anterior offset of the upper vertebra in spacings (the slip measurement;
    trained on synthetic slips of exact size and on normal segments, 0).
 
 Probabilities are calibrated by Platt scaling per label (``a * logit + b``), fitted on
@@ -27,7 +28,10 @@ import torch
 from torch import Tensor, nn
 
 LABELS: tuple[str, ...] = ("normal", "herniation", "spondylolisthesis", "stenosis",
-                           "degeneration")
+                           "degeneration", "lumbosacral")
+#: Labels that are findings of a disc; ``lumbosacral`` (the disc is L5-S1: the vertebra below
+#: it is the sacrum) checks the level count instead.
+FINDING_LABELS: tuple[str, ...] = LABELS[:5]
 N_FEATURES = 3
 
 

@@ -12,8 +12,12 @@ from lumbardx.study import SCHEMA
 
 MODEL_KEYS = {"name", "version", "weights_sha256", "classes", "image_size", "backend",
               "training_data", "inputs"}
-DISC_KEYS = {"level", "level_uncertain", "label", "score", "box", "findings", "severity"}
-SEVERITY_KEYS = {"slip_percent", "meyerding_grade", "herniation_extent_mm", "estimate_note"}
+DISC_KEYS = {"level", "level_uncertain", "label", "score", "box", "findings", "severity",
+             "probabilities"}
+SEVERITY_KEYS = {"slip_percent", "meyerding_grade", "slip_method", "herniation_extent_mm",
+                 "estimate_note"}
+SEGMENT_LABELS = {"normal", "herniation", "spondylolisthesis", "stenosis", "degeneration",
+                  "lumbosacral"}
 
 
 def check_findings_schema(doc: dict) -> None:
@@ -37,7 +41,10 @@ def check_findings_schema(doc: dict) -> None:
     for disc in doc["findings"]:
         assert set(disc) == DISC_KEYS
         assert isinstance(disc["level_uncertain"], bool)
-        assert isinstance(disc["label"], str) and disc["label"] in doc["model"]["classes"]
+        assert isinstance(disc["label"], str)
+        # the detector's classes, or a segment reader's finding (stenosis, degeneration)
+        assert disc["label"] in doc["model"]["classes"] or (
+            doc["segment_reader"] is not None and disc["label"] in SEGMENT_LABELS)
         assert disc["score"] is None or 0.0 <= disc["score"] <= 1.0
         assert len(disc["box"]) == 4 and all(isinstance(v, float) for v in disc["box"])
         x1, y1, x2, y2 = disc["box"]
@@ -45,4 +52,11 @@ def check_findings_schema(doc: dict) -> None:
         assert all(set(f) == {"label", "score", "box"} and len(f["box"]) == 4
                    for f in disc["findings"])
         assert set(disc["severity"]) == SEVERITY_KEYS
+        probs = disc["probabilities"]
+        assert (probs is None) == (doc["segment_reader"] is None)
+        if probs is not None:
+            assert set(probs) <= SEGMENT_LABELS and all(0.0 <= v <= 1.0 for v in probs.values())
     assert all(isinstance(v, float) for v in doc["timings_ms"].values())
+    reader = doc["segment_reader"]
+    assert reader is None or (isinstance(reader["version"], str)
+                              and set(reader) == {"version", "weights_sha256"})

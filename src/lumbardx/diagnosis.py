@@ -10,7 +10,8 @@ Steps of :meth:`Diagnoser.diagnose`, each a module of :mod:`lumbardx.stages` and
 ``Study.timings_ms`` (milliseconds, ``time.perf_counter``): ``read``
 (:mod:`~lumbardx.stages.read`), the model and partner slice (:mod:`~lumbardx.stages.pair`),
 ``preprocess`` and ``detect`` (:mod:`~lumbardx.stages.detect`), ``findings``
-(:mod:`~lumbardx.stages.findings`), ``severity`` (:mod:`~lumbardx.stages.severity`).
+(:mod:`~lumbardx.stages.findings`), ``segments`` (:mod:`~lumbardx.stages.segments`, when a
+segment reader is loaded), ``severity`` (:mod:`~lumbardx.stages.severity`).
 ``overlay`` and ``reports`` are timed by :meth:`Diagnoser.write_outputs`.
 """
 
@@ -35,6 +36,7 @@ from lumbardx.stages.findings import find
 from lumbardx.stages.outputs import write_outputs
 from lumbardx.stages.pair import choose_reader
 from lumbardx.stages.read import read_study
+from lumbardx.stages.segments import SegmentStage, shipped_segment_reader
 from lumbardx.stages.severity import SEVERITY_NOTE, anterior_left, estimate_severity
 from lumbardx.study import ModelInfo, Study, pixel_key
 
@@ -95,6 +97,11 @@ class Diagnoser:
             backend and device). ``None`` with shipped weights takes the shipped ``"single"``
             choice when installed (:func:`~lumbardx.models.pretrained.shipped_single_slice`).
             Ignored for a model that reads single slices.
+        segments: the segment reader (:mod:`lumbardx.stages.segments`): a weights file, a
+            loaded :class:`~lumbardx.stages.segments.SegmentStage`, ``None`` (with shipped
+            weights, the shipped ``segments.pt`` when installed) or ``False`` (none).
+        extra_findings: call stenosis and degeneration as findings (``--classes all``); their
+            probabilities are reported either way.
 
     Raises:
         NoShippedWeightsError, InputError: as :func:`lumbardx.models.pretrained.load_detector`.
@@ -111,6 +118,8 @@ class Diagnoser:
         thresholds: Mapping[str, float] | str | Path | None = None,
         loaded: LoadedModel | None = None,
         single_slice: str | Path | LoadedModel | None = None,
+        segments: str | Path | SegmentStage | bool | None = None,
+        extra_findings: bool = False,
     ) -> None:
         if threads is not None:
             if threads < 1:
@@ -136,6 +145,13 @@ class Diagnoser:
                 raise InputError(self.single_slice.source, "the single-slice model's classes "
                                  f"{self.single_slice.class_names} differ from the pair "
                                  f"model's {self.loaded.class_names}")
+        if segments is None and weights is None and loaded is None:
+            segments = shipped_segment_reader()
+        #: The segment reader, or ``None``.
+        self.segments: SegmentStage | None = (
+            segments if isinstance(segments, SegmentStage)
+            else SegmentStage.load(segments) if isinstance(segments, (str, Path)) else None)
+        self.extra_findings = extra_findings
         if isinstance(thresholds, (str, Path)):
             from lumbardx.clinical.thresholds import load_thresholds
 
@@ -164,6 +180,8 @@ class Diagnoser:
         (kernel selection, allocations) are not counted in the first study's timings."""
         for m in self.models:
             detect_stage.warmup(m)
+        if self.segments is not None:
+            self.segments.warmup()
 
     def detect(self, display: np.ndarray) -> list[Box]:
         """Boxes of the main model on one ``uint8 [H, W]`` image, in its pixels (xyxy), scores
@@ -191,13 +209,21 @@ class Diagnoser:
         with clock("findings"):
             spine, warnings = find(boxes, image, m)
         warnings += reader.warnings
+        anterior = anterior_left(image)
+        if self.segments is not None and spine.discs:
+            with clock("segments"):
+                planes = np.stack(reader.planes if reader.planes is not None
+                                  else (image.display, image.display))
+                readings = self.segments.read(planes, spine, anterior)
+                warnings += self.segments.apply(spine, readings, self.extra_findings)
         with clock("severity"):
-            warnings += estimate_severity(image, spine, anterior_left(image))
+            warnings += estimate_severity(image, spine, anterior)
         return Study(source=Path(source) if source is not None else image.source, image=image,
                      findings=spine, model=m.info, study_key=pixel_key(image.pixels),
                      slice_index=slice_index, n_slices=n_slices,
                      partner_series=reader.partner_series,
-                     timings_ms=clock.ms, warnings=warnings, severity_note=SEVERITY_NOTE)
+                     timings_ms=clock.ms, warnings=warnings, severity_note=SEVERITY_NOTE,
+                     segment_reader=None if self.segments is None else self.segments.summary)
 
     def diagnose(self, path: str | Path) -> Study:
         """Diagnose one study: an image file, a DICOM file or a study folder.

@@ -5,7 +5,7 @@
 .. code-block:: text
 
     {
-      "schema": "lumbardx.findings/1",
+      "schema": "lumbardx.findings/2",
       "source": str,                 # input file or folder name (no directories: paths often
                                      # carry patient names)
       "study_key": str,              # de-identified key: sha256 of the analysed pixels (16 hex)
@@ -21,8 +21,13 @@
          "box": [x1, y1, x2, y2],    # pixels of the analysed image, 0-based continuous
          "findings": [{"label": str, "score": float | null, "box": [x1, y1, x2, y2]}],
          "severity": {"slip_percent": float | null, "meyerding_grade": str | null,
-                      "herniation_extent_mm": float | null, "estimate_note": str}}
+                      "slip_method": str | null,   # how slip_percent was measured
+                      "herniation_extent_mm": float | null, "estimate_note": str},
+         "probabilities": {"normal": float, "herniation": float, "spondylolisthesis": float,
+                           "stenosis": float, "degeneration": float, "lumbosacral": float}
+                          | null}   # the segment reader's, calibrated; null without one
       ],
+      "segment_reader": {"version": str, "weights_sha256": str | null} | null,
       "timings_ms": {"read": float, "detect": float, "findings": float, "overlay": float, ...},
       "warnings": [str],
       "disclaimer": str
@@ -42,7 +47,7 @@ from lumbardx.clinical.findings import SpineFindings
 from lumbardx.data.boxes import Box
 from lumbardx.data.images import MedicalImage
 
-SCHEMA = "lumbardx.findings/1"
+SCHEMA = "lumbardx.findings/2"  # 2: per-level probabilities, slip method, segment reader
 PAIR_INPUTS = "T1+T2"  # ModelInfo.inputs of a detector that reads T1 and T2 together
 DISCLAIMER = (
     "Decision support for research and teaching; not a diagnosis. Findings must be confirmed "
@@ -108,6 +113,9 @@ class Study:
         timings_ms: wall time of each step in milliseconds.
         warnings: anything the reader should know (e.g. level naming uncertain).
         outputs: files written for this study (name -> path).
+        severity_note: how the severity estimates were validated (shown with them).
+        segment_reader: the segment reader that read the discs (``version``,
+            ``weights_sha256``), or ``None``.
     """
 
     source: Path
@@ -122,6 +130,7 @@ class Study:
     warnings: list[str] = field(default_factory=list)
     outputs: dict[str, Path] = field(default_factory=dict)
     severity_note: str = ""
+    segment_reader: dict[str, Any] | None = None
 
     @property
     def positive(self) -> bool:
@@ -149,9 +158,11 @@ class Study:
                 "severity": {
                     "slip_percent": d.slip_percent,
                     "meyerding_grade": d.meyerding_grade,
+                    "slip_method": d.slip_method,
                     "herniation_extent_mm": d.herniation_extent_mm,
                     "estimate_note": self.severity_note,
                 },
+                "probabilities": None if d.probabilities is None else dict(d.probabilities),
             })
         return {
             "schema": SCHEMA,
@@ -166,6 +177,7 @@ class Study:
                       "image_size": self.model.image_size, "backend": self.model.backend,
                       "training_data": self.model.training_data,
                       "inputs": self.model.inputs},
+            "segment_reader": self.segment_reader,
             "sacrum_recognised": self.findings.sacrum_recognised,
             "sacrum_reason": self.findings.sacrum_reason,
             "findings": discs,

@@ -77,6 +77,10 @@ class DiscFindings:
         spacing: local inter-disc spacing along the curve (pixels; ``nan`` with one disc).
         slip_percent, meyerding_grade, herniation_extent_mm: severity estimates (see
             :mod:`lumbardx.clinical.severity`), ``None`` until estimated or when not measurable.
+        slip_method: how ``slip_percent`` was measured (``None``: not measured, or the vertebral
+            body corners of :func:`lumbardx.clinical.severity.estimate_slip`).
+        probabilities: the segment reader's calibrated probability per label
+            (:mod:`lumbardx.stages.segments`), ``None`` when no segment reader ran.
     """
 
     level: str
@@ -93,6 +97,8 @@ class DiscFindings:
     slip_percent: float | None = None
     meyerding_grade: str | None = None
     herniation_extent_mm: float | None = None
+    slip_method: str | None = None
+    probabilities: dict[str, float] | None = None
 
     def has(self, label: str) -> bool:
         """Whether ``label`` (or a source name of that study class) is among the findings."""

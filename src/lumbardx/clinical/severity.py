@@ -437,9 +437,10 @@ def annotate_severity(image: np.ndarray, spine: SpineFindings,
                       anterior_left: bool = True) -> SpineFindings:
     """Fill ``slip_percent`` / ``meyerding_grade`` of discs with a spondylolisthesis finding
     and ``herniation_extent_mm`` of discs with a herniation finding, in place; returns ``spine``.
-    Estimates that cannot be made stay ``None``."""
+    Estimates that cannot be made stay ``None``; a slip already measured by another method
+    (``disc.slip_method`` set, e.g. by the segment reader) is kept."""
     for i, disc in enumerate(spine.discs):
-        if disc.has(SLIP):
+        if disc.has(SLIP) and disc.slip_method is None:
             est = estimate_slip(image, spine, i, anterior_left)
             if est is not None:
                 disc.slip_percent = round(est.percent, 1)

@@ -1,0 +1,231 @@
+"""Stage ``segments``: every motion segment read by the segment reader.
+
+After the detector's boxes are grouped into discs (stage ``findings``), each disc's motion
+segment (upper vertebra, disc, lower vertebra) is resampled along the spine curve from the T1
+and T2 slices (the one slice twice without a pair; :mod:`lumbardx.engine.segments`) and read
+with its neighbours as context (:class:`lumbardx.models.segment_reader.SegmentReader`). Per
+disc this gives calibrated probabilities of normal, herniation, spondylolisthesis, stenosis and
+degeneration, the measured anterior offset of the upper vertebra, and whether the disc looks
+like L5-S1. What changes in the findings (:meth:`SegmentStage.apply`):
+
+* **spondylolisthesis** is called by the reader: a disc is slipped when its probability reaches
+  the threshold chosen on the cross-validation's out-of-fold discs (the detector's own slip
+  boxes are replaced; its scores did not separate slipped from normal segments). The box is the
+  slip-box template of the training data placed on the disc. The reported ``slip_percent`` is
+  the measured offset over the lower body's depth (one inter-disc spacing,
+  :data:`lumbardx.engine.segments.DEPTH_PER_SPACING`), ``slip_method`` says so;
+* **stenosis** and **degeneration** become findings (box: the disc's) when ``extra_findings``
+  is on (``lumbardx diagnose --classes all``); their probabilities are always reported;
+* **herniation** and **normal** stay the detector's calls (its herniation AP is the better
+  measured); the reader's probabilities are reported beside them;
+* **levels**: when the lowest disc found does not look like L5-S1, every level is flagged
+  uncertain and the warning says which miscount is likely (a disc missed at the bottom or a
+  view ending above the sacrum; or an extra disc below a disc that does look like L5-S1).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lumbardx.clinical.findings import (NORMAL, SLIP, DiscFindings, Finding, SpineFindings,
+                                        priority_order)
+from lumbardx.clinical.severity import meyerding_grade
+from lumbardx.data.boxes import Box
+from lumbardx.data.errors import InputError
+from lumbardx.engine.segments import DEPTH_PER_SPACING, frame_tensor, segment_frames
+from lumbardx.engine.segment_training import SegmentItem, predict_items
+from lumbardx.models.segment_reader import SegmentReader, load_segment_reader
+
+#: The shipped segment reader's file in the weights folder.
+SHIPPED_FILE = "segments.pt"
+#: Labels that become findings only with ``extra_findings`` (``--classes all``).
+EXTRA_LABELS: tuple[str, ...] = ("stenosis", "degeneration")
+SLIP_METHOD = ("segment reader: anterior offset of the upper vertebral body over the lower "
+               "body's depth (taken as one inter-disc spacing), learned from real segments "
+               "with synthetic slips of known size")
+#: Offsets (spacings) below this are reported as no measurable slip.
+MIN_OFFSET = 0.03
+
+
+@dataclass
+class SegmentReading:
+    """What the reader says about one disc.
+
+    Attributes:
+        probabilities: calibrated probability per label (findings and ``lumbosacral``).
+        offset: anterior offset of the upper vertebra, in inter-disc spacings.
+        box: the slip-box template placed on the disc (xyxy pixels).
+    """
+
+    probabilities: dict[str, float]
+    offset: float
+    box: Box
+
+
+def shipped_segment_reader() -> Path | None:
+    """The shipped segment reader (``segments.pt`` in the weights folder), or ``None``."""
+    from lumbardx.models.pretrained import weights_folder
+
+    path = weights_folder() / SHIPPED_FILE
+    return path if path.is_file() else None
+
+
+class SegmentStage:
+    """A loaded segment reader with its decision thresholds.
+
+    Args:
+        reader: the network (eval mode).
+        thresholds: label -> decision threshold on the calibrated probability.
+        slip_box: ``(dx, dy, w, h)`` of the slip-box template, in spacings.
+        level_cut: the lowest disc is taken as L5-S1 when its ``lumbosacral`` probability is
+            at least this.
+        source: where it was loaded from (for messages), and ``info`` its metadata.
+    """
+
+    def __init__(self, reader: SegmentReader, thresholds: dict[str, float],
+                 slip_box: tuple[float, float, float, float], level_cut: float = 0.5,
+                 source: Path | None = None, info: dict[str, Any] | None = None) -> None:
+        self.reader = reader.eval()
+        self.thresholds = dict(thresholds)
+        self.slip_box = slip_box
+        self.level_cut = level_cut
+        self.source = source
+        self.info = dict(info or {})
+
+    @classmethod
+    def load(cls, path: str | Path) -> SegmentStage:
+        """Read a segment checkpoint (``torch.load(weights_only=True)``).
+
+        Raises:
+            InputError: naming the file when it is not a segment reader checkpoint.
+        """
+        path = Path(path)
+        try:
+            raw = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu",
+                             weights_only=True)
+            reader = load_segment_reader(raw)
+        except FileNotFoundError as exc:
+            raise InputError(path, "segment reader weights not found") from exc
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
+            raise InputError(path, f"not a segment reader checkpoint ({exc})") from exc
+        thresholds = {k: float(v) for k, v in dict(raw.get("thresholds", {})).items()}
+        box = tuple(float(v) for v in raw.get("slip_box", (0.0, 0.0, 1.7, 1.25)))
+        from lumbardx.models.pretrained import sha256_file
+
+        info = {k: raw[k] for k in ("tag", "training_data") if k in raw}
+        info["weights_sha256"] = sha256_file(path)
+        return cls(reader, thresholds, box, float(raw.get("level_cut", 0.5)), path, info)
+
+    def warmup(self) -> None:
+        """Run the reader once on blank crops (start-up costs off the first study's clock)."""
+        c = self.reader.config
+        with torch.inference_mode():
+            self.reader(torch.zeros(1, 1, c.channels, *c.size), torch.ones(1, 1, dtype=torch.bool),
+                        torch.zeros(1, 1, 3))
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """``{"version", "weights_sha256"}`` for ``findings.json``."""
+        return {"version": str(self.info.get("tag", "segment reader")),
+                "weights_sha256": self.info.get("weights_sha256")}
+
+    def read(self, planes: np.ndarray, spine: SpineFindings, anterior_left: bool = True
+             ) -> list[SegmentReading]:
+        """Read every disc of ``spine`` on ``planes`` (``uint8 [2, H, W]``: T1, T2, or one
+        slice twice)."""
+        frames = frame_tensor(segment_frames(spine, anterior_left))
+        if frames.shape[0] == 0:
+            return []
+        item = SegmentItem("", "", planes, spine, frames,
+                           torch.zeros(frames.shape[0], len(self.reader.config.labels)),
+                           np.zeros((0, 4), np.float32))
+        with torch.inference_mode():
+            logits, offset = predict_items(self.reader, [item])[0]
+            probs = self.reader.calibrated(logits)
+        labels = self.reader.config.labels
+        dx, dy, bw, bh = self.slip_box
+        out = []
+        for i in range(frames.shape[0]):
+            cx, cy, sp = (float(frames[i, 0]), float(frames[i, 1]), float(frames[i, 6]))
+            x = cx + (dx if anterior_left else -dx) * sp
+            y = cy + dy * sp
+            w, h = spine.image_size
+            box = Box(SLIP, max(0.0, x - bw * sp / 2), max(0.0, y - bh * sp / 2),
+                      min(float(w), x + bw * sp / 2), min(float(h), y + bh * sp / 2))
+            out.append(SegmentReading({k: round(float(probs[i, j]), 4)
+                                       for j, k in enumerate(labels)},
+                                      float(offset[i]), box))
+        return out
+
+    def apply(self, spine: SpineFindings, readings: list[SegmentReading],
+              extra_findings: bool = False) -> list[str]:
+        """Update ``spine`` in place with the readings (module docstring); returns warnings."""
+        if not readings:
+            return []
+        for disc, rd in zip(spine.discs, readings):
+            disc.probabilities = {k: v for k, v in rd.probabilities.items()}
+            found = [f for f in disc.findings if f.label != SLIP]
+            p_slip = rd.probabilities.get(SLIP, 0.0)
+            if p_slip >= self.thresholds.get(SLIP, 0.5):
+                found.append(Finding(SLIP, p_slip, rd.box))
+                pct = 100.0 * rd.offset / DEPTH_PER_SPACING
+                if rd.offset >= MIN_OFFSET:
+                    disc.slip_percent = round(pct, 1)
+                    disc.meyerding_grade = meyerding_grade(pct)
+                else:
+                    disc.slip_percent, disc.meyerding_grade = None, None
+                disc.slip_method = SLIP_METHOD
+            if extra_findings:
+                for label in EXTRA_LABELS:
+                    p = rd.probabilities.get(label, 0.0)
+                    if p >= self.thresholds.get(label, 0.5):
+                        found.append(Finding(label, p, disc.box))
+            if not found:  # a disc made of a slip box only, and the reader sees no slip
+                found.append(Finding(NORMAL, rd.probabilities.get(NORMAL), disc.box))
+            _set_findings(disc, found)
+        return self._check_levels(spine, readings)
+
+    def _check_levels(self, spine: SpineFindings, readings: list[SegmentReading]) -> list[str]:
+        ls = [rd.probabilities.get("lumbosacral") for rd in readings]
+        if ls[-1] is None or ls[-1] >= self.level_cut or len(ls) < 2:
+            return []
+        names = [d.level for d in spine.discs]
+        looks = [i for i in range(len(ls) - 1) if (ls[i] or 0.0) >= self.level_cut]
+        if looks:
+            i = looks[-1]
+            n = len(ls) - 1 - i
+            why = (f"levels uncertain: the disc named {names[i]} looks like L5-S1 (sacrum below "
+                   f"it) and {n} disc(s) were found below it: an extra disc at the bottom, or "
+                   "transitional anatomy")
+        else:
+            why = (f"levels uncertain: the lowest disc found (named {names[-1]}) does not look "
+                   "like L5-S1 (no sacrum below it): a disc missed at the bottom, or a view "
+                   "that ends above the sacrum")
+        for d in spine.discs:
+            d.level_uncertain = True
+        spine.level_reasons.append(why)
+        return [why]
+
+
+def _set_findings(disc: DiscFindings, found: list[Finding]) -> None:
+    """Replace ``disc``'s findings, keeping rule 5 of :mod:`lumbardx.clinical.findings` (one
+    finding per label, priority order, status = first, its score and box)."""
+    best: dict[str, Finding] = {}
+    for f in found:
+        if f.label not in best or (f.score or 0.0) > (best[f.label].score or 0.0):
+            best[f.label] = f
+    if not best:
+        return
+    order = priority_order(list(best))
+    disc.findings = [best[k] for k in order if k in best]
+    disc.status = disc.findings[0].label
+    disc.confidence = disc.findings[0].score
+    disc.box = disc.findings[0].box
+    disc.scores = {k: 1.0 if f.score is None else float(f.score) for k, f in best.items()}
+

@@ -1,0 +1,140 @@
+"""The segment stage in diagnosis: what the reader's readings change in the findings, the level
+check's warnings, findings.json, and a Diagnoser with a segment reader end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from findings_schema import check_findings_schema
+
+from lumbardx.clinical.findings import SLIP, build_findings
+from lumbardx.data.boxes import Box
+from lumbardx.models.segment_reader import LABELS, SegmentReader, SegmentReaderConfig
+from lumbardx.stages.segments import SLIP_METHOD, SegmentReading, SegmentStage
+
+
+def _spine(slip_box: bool = False):
+    boxes = [Box("normal", 75, 30 + 40 * i, 125, 50 + 40 * i, score=0.9) for i in range(6)]
+    boxes[3] = Box("herniation", 75, 150, 125, 170, score=0.8)
+    if slip_box:
+        boxes.append(Box(SLIP, 60, 170, 140, 230, score=0.6))
+    return build_findings(boxes, (256, 320), {"normal": 0.3, "herniation": 0.3, SLIP: 0.3})
+
+
+def _stage() -> SegmentStage:
+    reader = SegmentReader(SegmentReaderConfig(width=4, embed=8, size=(16, 16)))
+    return SegmentStage(reader, {SLIP: 0.5, "stenosis": 0.5, "degeneration": 0.5},
+                        (0.0, 0.0, 1.7, 1.25), level_cut=0.5)
+
+
+def _readings(spine, slip=None, stenosis=(), lumbosacral=None, offset=0.2):
+    out = []
+    n = len(spine.discs)
+    for i, d in enumerate(spine.discs):
+        p = {k: 0.05 for k in LABELS}
+        p["normal"] = 0.9
+        p[SLIP] = 0.8 if i == slip else 0.1
+        p["stenosis"] = 0.7 if i in stenosis else 0.1
+        p["lumbosacral"] = (0.9 if i == n - 1 else 0.02) if lumbosacral is None else lumbosacral[i]
+        x, y = d.centre
+        out.append(SegmentReading(p, offset if i == slip else 0.0,
+                                  Box(SLIP, x - 30, y - 25, x + 30, y + 25)))
+    return out
+
+
+def test_reader_calls_the_slip_and_measures_it() -> None:
+    spine = _spine(slip_box=True)
+    assert spine.discs[4].has(SLIP)  # the detector's slip box sits on disc 4
+    warnings = _stage().apply(spine, _readings(spine, slip=2, offset=0.18))
+    assert warnings == []
+    d2, d4 = spine.discs[2], spine.discs[4]
+    assert d2.status == SLIP and d2.confidence == pytest.approx(0.8)
+    assert d2.slip_percent == pytest.approx(18.0) and d2.meyerding_grade == "I"
+    assert d2.slip_method == SLIP_METHOD
+    assert not d4.has(SLIP) and d4.status == "normal"  # the reader sees no slip there
+    assert spine.discs[3].status == "herniation"  # the detector's herniation call stays
+    assert spine.discs[0].probabilities["normal"] == pytest.approx(0.9)
+
+
+def test_small_offset_is_not_graded_and_extra_findings_need_asking() -> None:
+    spine = _spine()
+    _stage().apply(spine, _readings(spine, slip=1, stenosis=(3, 5), offset=0.01))
+    assert spine.discs[1].status == SLIP and spine.discs[1].slip_percent is None
+    assert not any(d.has("stenosis") for d in spine.discs)
+    spine = _spine()
+    _stage().apply(spine, _readings(spine, stenosis=(3, 5)), extra_findings=True)
+    assert spine.discs[5].status == "stenosis" and spine.discs[5].has("normal")
+    assert spine.discs[3].status == "herniation" and spine.discs[3].has("stenosis")
+
+
+def test_level_check_flags_a_missed_or_extra_disc_at_the_bottom() -> None:
+    spine = _spine()
+    assert not any(d.level_uncertain for d in spine.discs)
+    ls = [0.02] * 6
+    warnings = _stage().apply(spine, _readings(spine, lumbosacral=ls))
+    assert len(warnings) == 1 and "does not look like L5-S1" in warnings[0]
+    assert "missed at the bottom" in warnings[0]
+    assert all(d.level_uncertain for d in spine.discs)
+    assert warnings[0] in spine.level_reasons
+    spine = _spine()
+    ls = [0.02, 0.02, 0.02, 0.02, 0.95, 0.1]
+    warnings = _stage().apply(spine, _readings(spine, lumbosacral=ls))
+    assert "named L4-L5 looks like L5-S1" in warnings[0] and "1 disc(s)" in warnings[0]
+    assert all(d.level_uncertain for d in spine.discs)
+
+
+def test_stage_reads_every_disc_and_round_trips(tmp_path) -> None:
+    stage = _stage()
+    spine = _spine()
+    planes = np.random.default_rng(0).integers(0, 255, (2, 320, 256), dtype=np.uint8)
+    readings = stage.read(planes, spine)
+    assert len(readings) == 6
+    assert all(set(r.probabilities) == set(LABELS) for r in readings)
+    b = readings[2].box
+    assert 0 <= b.x1 < b.x2 <= 256 and 0 <= b.y1 < b.y2 <= 320
+    path = tmp_path / "segments.pt"
+    torch.save({**stage.reader.checkpoint(), "thresholds": stage.thresholds,
+                "slip_box": list(stage.slip_box), "level_cut": 0.4, "tag": "test-reader"}, path)
+    again = SegmentStage.load(path)
+    assert again.level_cut == 0.4 and again.summary["version"] == "test-reader"
+    assert len(again.summary["weights_sha256"]) == 64
+    r2 = again.read(planes, spine)
+    assert [r.probabilities for r in r2] == [r.probabilities for r in readings]
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    from lumbardx.data.errors import InputError
+
+    with pytest.raises(InputError, match="not a segment reader checkpoint"):
+        SegmentStage.load(bad)
+
+
+def test_diagnoser_with_a_segment_reader_writes_probabilities(tmp_path) -> None:
+    from checkpoints import random_checkpoint
+
+    from PIL import Image
+
+    from lumbardx.diagnosis import Diagnoser, write_outputs
+    from lumbardx.synth import generate_case
+
+    case = generate_case(np.random.default_rng(3))
+    png = tmp_path / "slice.png"
+    Image.fromarray(case.image).save(png)
+    ckpt = random_checkpoint(tmp_path / "det.pt")
+    stage = _stage()
+    dx = Diagnoser(ckpt, backend="torch", segments=stage, extra_findings=True,
+                   thresholds={"normal": 0.0, "herniation": 0.0, SLIP: 0.0})
+    dx.warmup()
+    study = dx.diagnose(png)
+    assert study.segment_reader == stage.summary
+    out = write_outputs(study, tmp_path / "out", pdf=False)
+    doc = json.loads(out["findings"].read_text())
+    check_findings_schema(doc)
+    assert doc["findings"], "a random detector at threshold 0 finds boxes"
+    assert all(d["probabilities"] is not None for d in doc["findings"])
+    assert "segments" in doc["timings_ms"]
+    plain = Diagnoser(ckpt, backend="torch", segments=False).diagnose(png)
+    assert plain.segment_reader is None
+    assert all(d.probabilities is None for d in plain.findings.discs)

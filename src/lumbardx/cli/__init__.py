@@ -42,6 +42,7 @@ def _register() -> None:
     from lumbardx.cli import pacs as pacs_cli
     from lumbardx.cli import reads as reads_cli
     from lumbardx.cli import readerstudy as readerstudy_cli
+    from lumbardx.cli import segments as segments_cli
     from lumbardx.cli import serve as serve_cli
     from lumbardx.cli import synth as synth_cli
     from lumbardx.cli import train as train_cli
@@ -63,6 +64,8 @@ def _register() -> None:
     )
     app.add_typer(verifier_cli.app, name="verifier",
                   help="Spondylolisthesis second stage: train it, cross-validate it.")
+    app.add_typer(segments_cli.app, name="segments",
+                  help="Segment reader: per-level findings, slip measured, levels checked.")
     app.command("export", help="Export a trained checkpoint to ONNX.")(export_cli.export)
     app.command("serve", help="Run the clinic web app (viewer, corrections, PACS, teaching).")(
         serve_cli.serve

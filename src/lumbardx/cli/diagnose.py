@@ -166,6 +166,15 @@ def diagnose(
         None, "--single-slice-weights", help="For a model trained on T1+T2 pairs: the model "
         "for images and studies without a pair (default: the shipped single-slice model with "
         "shipped weights, else the pair model alone)."),
+    segments_weights: Path | None = typer.Option(
+        None, "--segments-weights", help="Segment reader weights (per-level probabilities, "
+        "slip call and measurement, level check); default: the shipped reader with shipped "
+        "weights."),
+    segments: bool = typer.Option(True, "--segments/--no-segments", help="Read every motion "
+                                  "segment with the segment reader."),
+    classes: str = typer.Option("study", "--classes", help="study (normal, herniation, "
+                                "spondylolisthesis) or all (also stenosis and disc "
+                                "degeneration as findings)."),
     backend: str = typer.Option("auto", "--backend", help="auto|torch|onnx."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1..."),
     dicom_outputs: bool = typer.Option(True, "--dicom-outputs/--no-dicom-outputs",
@@ -186,9 +195,15 @@ def diagnose(
     if not found.studies:
         console.print("nothing to do: no study found in the paths given")
         raise typer.Exit(2)
+    if classes not in ("study", "all"):
+        console.print(f"[red]--classes {classes!r}:[/red] use study or all")
+        raise typer.Exit(2)
     try:
         dx = Diagnoser(weights, model=model, backend=backend, device=device,
-                       single_slice=single_slice_weights)
+                       single_slice=single_slice_weights,
+                       segments=(segments_weights if segments_weights is not None else None)
+                       if segments else False,
+                       extra_findings=classes == "all")
     except (LumbardxError, ValueError) as exc:
         console.print(f"[red]cannot load the model:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -199,6 +214,8 @@ def diagnose(
         alone = (f"{dx.single_slice.info.name} ({dx.single_slice.info.version})"
                  if dx.single_slice is not None else "the same model, less accurate")
         console.print(f"reads T1 and T2 together; slices without a pair: {alone}")
+    if dx.segments is not None:
+        console.print(f"segment reader {dx.segments.summary['version']}")
 
     results: list[tuple[Result, Path | None]] = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -81,7 +81,8 @@ class SegmentStage:
 
     Args:
         reader: the network (eval mode).
-        thresholds: label -> decision threshold on the calibrated probability.
+        thresholds: label -> decision threshold on the calibrated probability; a label
+            without one is never called (only its probability is reported).
         slip_box: ``(dx, dy, w, h)`` of the slip-box template, in spacings.
         level_cut: the lowest disc is taken as L5-S1 when its ``lumbosacral`` probability is
             at least this.
@@ -172,7 +173,7 @@ class SegmentStage:
             disc.probabilities = {k: v for k, v in rd.probabilities.items()}
             found = [f for f in disc.findings if f.label != SLIP]
             p_slip = rd.probabilities.get(SLIP, 0.0)
-            if p_slip >= self.thresholds.get(SLIP, 0.5):
+            if SLIP in self.thresholds and p_slip >= self.thresholds[SLIP]:
                 found.append(Finding(SLIP, p_slip, rd.box))
                 pct = 100.0 * rd.offset / DEPTH_PER_SPACING
                 if rd.offset >= MIN_OFFSET:
@@ -184,7 +185,7 @@ class SegmentStage:
             if extra_findings:
                 for label in EXTRA_LABELS:
                     p = rd.probabilities.get(label, 0.0)
-                    if p >= self.thresholds.get(label, 0.5):
+                    if label in self.thresholds and p >= self.thresholds[label]:
                         found.append(Finding(label, p, disc.box))
             if not found:  # a disc made of a slip box only, and the reader sees no slip
                 found.append(Finding(NORMAL, rd.probabilities.get(NORMAL), disc.box))

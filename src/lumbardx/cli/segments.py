@@ -1,0 +1,139 @@
+"""``lumbardx segments crossval | train``: the segment reader
+(:mod:`lumbardx.models.segment_reader`, stage :mod:`lumbardx.stages.segments`).
+
+``crossval`` trains the reader on k-1 patient-grouped folds and scores the held-out fold, for
+every fold (out-of-fold predictions and weights under ``--out``; resumable fold by fold);
+``train`` trains it on the whole dataset and writes the checkpoint diagnosis loads, with the
+calibration, decision thresholds and level-check cut taken from a finished ``crossval``
+folder (:mod:`lumbardx.engine.segment_release`).
+
+Exit codes: 0 done; 2 nothing done (unusable input).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import warnings
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from lumbardx.cli.train import _input_errors
+
+app = typer.Typer(no_args_is_help=True)
+
+_EPOCHS = typer.Option(25, "--epochs", min=1, help="Training epochs.")
+_SEED = typer.Option(0, "--seed", help="Random seed.")
+_THREADS = typer.Option(None, "--threads", min=1, help="CPU threads (torch.set_num_threads).")
+
+
+def _items(data: Path, console: Console) -> list:
+    """Every image of ``data`` (all classes, T1/T2 partners paired) as segment items."""
+    from lumbardx.data.dataset import LumbarDataset
+    from lumbardx.data.pairs import SequencePairs
+    from lumbardx.engine.segment_training import item_from_sample
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = LumbarDataset(data, classes="all", cache=True)
+    pairs = SequencePairs(ds)
+    items = [item_from_sample(pairs[i], ds.class_names) for i in range(len(ds))]
+    n_discs = sum(int(it.frames.shape[0]) for it in items)
+    console.print(f"{len(items)} images ({pairs.paired} with a T1/T2 partner), {n_discs} discs")
+    return items
+
+
+@app.command("crossval")
+def crossval(
+    data: Path = typer.Argument(..., help="Annotated dataset (all classes are used)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the folds' weights and "
+                             "predictions (resumed when present)."),
+    folds_csv: Path = typer.Option(..., "--folds-csv", help="Patient-grouped folds "
+                                   "(lumbardx data folds)."),
+    folds: str = typer.Option("", "--folds", help="Comma-separated folds to run (default all)."),
+    epochs: int = _EPOCHS,
+    seed: int = _SEED,
+    threads: int | None = _THREADS,
+) -> None:
+    """Cross-validate the segment reader; writes OUT/summary.json."""
+    import torch
+
+    from lumbardx.engine.segment_crossval import run_fold, summarise
+    from lumbardx.engine.segment_training import SegmentTraining
+    from lumbardx.io import atomic_write_text
+
+    console = Console()
+    if threads:
+        torch.set_num_threads(threads)
+    with _input_errors(console):
+        items = _items(data, console)
+        with folds_csv.open(newline="") as fh:
+            assignment = {r["image"]: int(r["fold"]) for r in csv.DictReader(fh)}
+        ks = sorted(set(assignment.values())) if not folds else \
+            [int(x) for x in folds.split(",")]
+        cfg = replace(SegmentTraining(), epochs=epochs, seed=seed)
+        for k in ks:
+            run_fold(items, assignment, k, cfg, out,
+                     log=lambda m: console.print(m, markup=False, highlight=False))
+        summary = summarise(out, items, assignment)
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=float))
+    for key in ("image_auc_spondylolisthesis", "auc_spondylolisthesis", "ap50_spondylolisthesis",
+                "auc_herniation", "auc_stenosis", "auc_degeneration", "auc_level_check"):
+        m = summary["mean"].get(key)
+        if m:
+            console.print(f"{key:32s} {m['mean']:.3f} (SD {m['sd']:.3f}, n {m['n']})")
+    console.print(f"summary: {out / 'summary.json'}")
+
+
+@app.command("train")
+def train(
+    data: Path = typer.Argument(..., help="Annotated dataset (all classes are used)."),
+    out: Path = typer.Option(..., "--out", help="Segment reader checkpoint to write."),
+    crossval_dir: Path = typer.Option(..., "--crossval", help="A finished 'lumbardx segments "
+                                      "crossval' folder: calibration, thresholds, level cut."),
+    epochs: int = _EPOCHS,
+    seed: int = _SEED,
+    threads: int | None = _THREADS,
+    tag: str = typer.Option("segment-reader", "--tag", help="Version tag shown in reports."),
+    training_data: str = typer.Option("", "--training-data", help="What it was trained on."),
+) -> None:
+    """Train the segment reader on all of DATA and write a checkpoint for diagnosis."""
+    import numpy as np
+    import torch
+
+    from lumbardx.engine.segment_release import load_out_of_fold, release_settings
+    from lumbardx.engine.segment_training import SegmentTraining, train_segment_reader
+    from lumbardx.io import atomic_write_bytes
+
+    console = Console()
+    if threads:
+        torch.set_num_threads(threads)
+    with _input_errors(console):
+        try:
+            rows, checks, templates = load_out_of_fold(crossval_dir)
+        except FileNotFoundError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+        settings = release_settings(rows, checks)
+        items = _items(data, console)
+        cfg = replace(SegmentTraining(), epochs=epochs, seed=seed)
+        model = train_segment_reader(
+            items, cfg, log=lambda m: console.print(m, markup=False, highlight=False))
+        model.config.calibration = settings["calibration"]
+        ck = model.checkpoint()
+        ck.update({"thresholds": settings["thresholds"],
+                   "slip_box": [float(v) for v in np.median(np.array(templates), axis=0)],
+                   "level_cut": settings["level_cut"], "tag": tag,
+                   "training_data": training_data or str(data.name),
+                   "training": {k: v for k, v in asdict(cfg).items() if k != "config"},
+                   "evidence": {k: v for k, v in settings.items()
+                                if k not in ("calibration", "thresholds", "level_cut")}})
+        buf = io.BytesIO()
+        torch.save(ck, buf)
+        atomic_write_bytes(out, buf.getvalue())
+    console.print(f"thresholds {settings['thresholds']}, level cut {settings['level_cut']:.3f}")
+    console.print(f"written: {out}")

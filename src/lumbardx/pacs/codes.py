@@ -12,10 +12,12 @@ Finding types (checked against published SNOMED CT value sets):
   also takes disc *bulges* from sources that label them apart (yolospine-dev ``Lumbar Disc Bulge
   (LDB)``, see :mod:`lumbardx.data.classes`); the code follows the class, not the NASS/ASSR
   distinction between bulge and herniation. (SCT 76107001, sometimes quoted for lumbar disc
-  herniation, is "Spinal stenosis" and is not used.)
+  herniation, is "Spinal stenosis", used for ``stenosis`` below.)
 * ``spondylolisthesis`` -> SCT 274152003 "Spondylolisthesis".
 * ``normal`` -> local ``NORMAL-DISC``: no herniation or slip detected on the disc. SNOMED's
   "Normal" (17621005) is a qualifier, not a finding of a disc, so it is not used here.
+* ``stenosis`` (segment reader, ``--classes all``) -> SCT 76107001 "Spinal stenosis";
+  ``degeneration`` -> local ``DISC-DEGEN``.
 * any other detector class -> local ``CLS-<8 hex>`` (a hash of the class name) with the class
   name as meaning.
 
@@ -54,10 +56,17 @@ def _sct(value: str, meaning: str) -> CodedConcept:
 HERNIATION_CODE = _sct("73589001", "Herniation of intervertebral disc")
 SPONDYLOLISTHESIS_CODE = _sct("274152003", "Spondylolisthesis")
 NORMAL_DISC_CODE = local("NORMAL-DISC", "Disc without detected herniation or spondylolisthesis")
+#: The segment reader's further findings (``--classes all``): canal stenosis at the level, and
+#: a degenerated disc (the dev set's "Degenerative Disc Disease" boxes; no SNOMED concept is
+#: asserted for it here).
+STENOSIS_CODE = _sct("76107001", "Spinal stenosis")
+DEGENERATION_CODE = local("DISC-DEGEN", "Degenerated intervertebral disc")
 FINDING_CODES: dict[str, CodedConcept] = {
     NORMAL: NORMAL_DISC_CODE,
     HERNIATION: HERNIATION_CODE,
     SLIP: SPONDYLOLISTHESIS_CODE,
+    "stenosis": STENOSIS_CODE,
+    "degeneration": DEGENERATION_CODE,
 }
 
 # --- Procedure reported (TID 1500 row 3) ---------------------------------------------------

@@ -449,6 +449,43 @@ def test_identifiers_from_a_dicom_header() -> None:
     assert "Doe" not in logging.Formatter().format(record)
 
 
+def test_uvicorn_access_log_keeps_working_with_redaction() -> None:
+    """uvicorn's AccessFormatter unpacks ``record.args`` (client, method, path, version,
+    status): redaction must keep that tuple, status an int, while removing identifiers."""
+    import io
+
+    from uvicorn.logging import AccessFormatter
+
+    from lumbardx.app.phi import install
+
+    red = PhiRedactor()
+    red.register({"Doe^Jane", "ID-12345"})
+    install(red)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s',
+                                         use_colors=False))
+    logger = logging.getLogger("test.uvicorn.access")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        for path in ("/api/studies?q=Doe^Jane", "/api/studies/ID-12345", "/healthz"):
+            logger.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", path, "1.1", 200)
+    finally:
+        logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3, stream.getvalue()
+    assert lines[0] == '127.0.0.1:5000 - "GET /api/studies?q=[redacted] HTTP/1.1" 200 OK'
+    assert lines[1].endswith('"GET /api/studies/[redacted] HTTP/1.1" 200 OK')
+    assert lines[2] == '127.0.0.1:5000 - "GET /healthz HTTP/1.1" 200 OK'
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "%s %d %s",
+                               ("Doe^Jane", 3, Path("/data/Doe^Jane/a.dcm")), None)
+    PhiFilter(red).filter(record)
+    assert record.args == ("[redacted]", 3, "/data/[redacted]/a.dcm")
+    assert record.getMessage() == "[redacted] 3 /data/[redacted]/a.dcm"
+
+
 def test_no_patient_name_or_id_in_logs(app, alice, dicom_file: Path,
                                        caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
     client, csrf = alice

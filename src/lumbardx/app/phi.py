@@ -4,8 +4,10 @@ The app itself logs studies by ``study_key`` only. As a second line of defence, 
 identifier read from an uploaded or pulled DICOM header (Patient's Name and its components,
 Patient ID, Other Patient IDs, Accession Number, Patient's Birth Date) is registered with a
 :class:`PhiRedactor`, and :func:`install` makes every log record of the process pass through
-it: the message is formatted, each registered identifier is replaced by ``[redacted]``, and the
-record keeps no arguments. It works for every logger and handler (uvicorn's included) because
+it: each registered identifier is replaced by ``[redacted]`` in the message template and in the
+arguments, which keep their shape (a tuple stays a tuple, numbers stay numbers), so formatters
+that read ``record.args`` themselves (uvicorn's access log unpacks the client, method, path,
+HTTP version and status code) keep working. It works for every logger and handler (uvicorn's included) because
 it hooks :func:`logging.setLogRecordFactory` (tracebacks are formatted and redacted at
 the same time). :class:`PhiFilter` does the same as a :class:`logging.Filter` for handlers a
 deployment adds through its own logging configuration.
@@ -17,7 +19,7 @@ import logging
 import re
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from pydicom.dataset import Dataset
 
@@ -86,6 +88,46 @@ def _redact_all(text: str) -> str:
     return text
 
 
+_PLAIN = (int, float, bool, type(None))
+
+
+def _redact_value(value: object, redact: Callable[[str], str]) -> object:
+    """A log argument with identifiers replaced: strings redacted, numbers kept, anything
+    else kept when its text holds no identifier and replaced by the redacted text otherwise."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, _PLAIN):
+        return value
+    text = str(value)
+    clean = redact(text)
+    return value if clean == text else clean
+
+
+def redact_record(record: logging.LogRecord, redact: Callable[[str], str]) -> None:
+    """Redact ``record`` in place: its template, its arguments (same shape) and its traceback
+    text. A record whose message cannot be formatted is left as it is."""
+    try:
+        record.getMessage()
+    except Exception:  # noqa: BLE001 - a bad format string stays as it was
+        return
+    if isinstance(record.msg, str):
+        record.msg = redact(record.msg)
+    if isinstance(record.args, tuple):
+        record.args = tuple(_redact_value(a, redact) for a in record.args)
+    elif isinstance(record.args, Mapping):
+        record.args = {k: _redact_value(v, redact) for k, v in record.args.items()}
+    elif record.args is not None:
+        record.args = _redact_value(record.args, redact)  # type: ignore[assignment]
+    try:
+        record.getMessage()
+    except Exception:  # noqa: BLE001 - redaction changed a value a format spec needs
+        record.msg, record.args = redact(str(record.msg)), None
+    if record.exc_info and not record.exc_text:  # tracebacks can quote values too
+        record.exc_text = _FORMATTER.formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = redact(record.exc_text)
+
+
 def install(redactor: PhiRedactor) -> None:
     """Route every log record of the process through ``redactor`` (and through every other
     installed redactor still alive: several apps may run in one process)."""
@@ -98,17 +140,8 @@ def install(redactor: PhiRedactor) -> None:
 
         def factory(*args: object, **kwargs: object) -> logging.LogRecord:
             record = base(*args, **kwargs)
-            if not any(r._pattern is not None for r in list(_active)):
-                return record
-            try:
-                message = record.getMessage()
-            except Exception:  # noqa: BLE001 - a bad format string stays as it was
-                return record
-            record.msg, record.args = _redact_all(message), None
-            if record.exc_info and not record.exc_text:  # tracebacks can quote values too
-                record.exc_text = _FORMATTER.formatException(record.exc_info)
-            if record.exc_text:
-                record.exc_text = _redact_all(record.exc_text)
+            if any(r._pattern is not None for r in list(_active)):
+                redact_record(record, _redact_all)
             return record
 
         logging.setLogRecordFactory(factory)
@@ -124,13 +157,5 @@ class PhiFilter(logging.Filter):
         self.redactor = redactor
 
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001
-            return True
-        record.msg, record.args = self.redactor.redact(message), None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = _FORMATTER.formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = self.redactor.redact(record.exc_text)
+        redact_record(record, self.redactor.redact)
         return True

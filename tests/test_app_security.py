@@ -221,17 +221,44 @@ def test_bad_password_and_rate_limit(tmp_path: Path, diagnoser, static_dir: Path
     assert r.status_code == 401 and r.json()["detail"] == "wrong user name or password"
     assert login(client, user="nobody", password="wrong password!").json()["detail"] == \
         "wrong user name or password"  # unknown users get the same answer
-    for _ in range(3):
+    for _ in range(4):
         assert login(client, password="wrong password!").status_code == 401
-    r = login(client)  # 5 failures from this address: even the right password waits
+    r = login(client)  # 5 failures on this account: even the right password waits
     assert r.status_code == 429 and 0 < int(r.headers["Retry-After"]) <= 901
+    assert login(client, user="root").status_code == 200  # another account, same address
     assert "lumbardx_session" not in r.headers.get("set-cookie", "")
     now[0] += 901.0
     assert login(client).status_code == 200
     actions = [json.loads(x)["action"] for x in
                (tmp_path / "data" / "audit.jsonl").read_text().splitlines()]
-    assert actions.count("login_failed") == 5 and "login_refused_rate_limit" in actions
+    assert actions.count("login_failed") == 6 and "login_refused_rate_limit" in actions
     assert actions[-1] == "login"
+
+
+def test_lockout_backs_off_per_account_and_spraying_blocks_the_address() -> None:
+    now = [0.0]
+    lim = LoginLimiter(3, 100.0, clock=lambda: now[0], address_factor=2)
+    for _ in range(3):
+        lim.failed("Alice", "10.0.0.1")
+    assert lim.retry_after("alice", "10.0.0.2") == pytest.approx(100.0)  # the account is locked
+    assert lim.retry_after("bob", "10.0.0.1") == 0.0  # a colleague behind the same address
+    now[0] = 101.0
+    assert lim.retry_after("alice", "10.0.0.1") == 0.0
+    lim.failed("alice", "10.0.0.1")  # one more failure: the lock doubles
+    assert lim.retry_after("alice", "10.0.0.1") == pytest.approx(200.0)
+    now[0] = 400.0
+    lim.succeeded("alice")
+    lim.failed("alice", "10.0.0.1")  # a new run starts from one failure
+    assert lim.retry_after("alice", "10.0.0.1") == 0.0
+    lim.failed("bob", "10.0.0.9")
+    now[0] = 600.0  # bob's single failure is older than the window: it does not add up
+    lim.failed("bob", "10.0.0.9")
+    lim.failed("bob", "10.0.0.9")
+    assert lim.retry_after("bob", "10.0.0.9") == 0.0
+    for user in ("u1", "u2", "u3", "u4", "u5", "u6"):  # spraying: 2 x 3 failures, 6 accounts
+        lim.failed(user, "10.6.6.6")
+    assert lim.retry_after("carol", "10.6.6.6") > 0  # the spraying address waits
+    assert lim.retry_after("carol", "10.0.0.1") == 0.0
 
 
 def test_csrf_token_required_for_state_changes(app, alice) -> None:  # noqa: ANN001

@@ -48,7 +48,8 @@ def login_token(request: Request, response: Response,
 @router.post("/auth/login")
 def login(body: LoginBody, request: Request, response: Response,
           c: AppContext = Depends(ctx)) -> dict[str, Any]:
-    """Check the password and start a session (rate limited per user name and address)."""
+    """Check the password and start a session (failures lock the account, with back-off;
+    an address spraying many accounts waits)."""
     if not c.sessions.check_login_token(request.cookies.get(LOGIN_CSRF_COOKIE),
                                         request.headers.get(CSRF_HEADER)):
         raise HTTPException(403, "CSRF token missing or invalid: reload the login page")

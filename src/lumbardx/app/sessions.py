@@ -9,6 +9,7 @@ HttpOnly, SameSite=Strict cookie. A session ends ``idle_s`` seconds after its la
 
 from __future__ import annotations
 
+import math
 import secrets
 import threading
 import time
@@ -136,41 +137,60 @@ class SessionStore:
 
 
 class LoginLimiter:
-    """Refuses logins after ``max_failures`` failures within ``window_s`` seconds, counted
-    separately per user name and per client address (a sliding window)."""
+    """Locks the account being attacked, not everyone behind the attacker's address.
+
+    * **Per account** (user name, case-insensitive): after ``max_failures`` failed logins in a
+      row (a run ends with a success, or when ``window_s`` passes without a failure before the
+      lock), the account is locked for ``window_s`` seconds after the last failure; each further
+      failure doubles the lock (back-off), up to ``max_lock_s``. A success clears the run.
+    * **Per client address**: failed logins on any account within a sliding ``window_s`` are
+      counted, and the address waits only when they reach ``address_factor`` x
+      ``max_failures`` (password spraying across accounts), so colleagues behind one clinic
+      address keep signing in while one account is locked.
+    """
 
     def __init__(self, max_failures: int, window_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, address_factor: int = 10,
+                 max_lock_s: float = 24 * 3600.0) -> None:
         self.max_failures, self.window_s, self.clock = max_failures, window_s, clock
-        self._failures: dict[str, deque[float]] = {}
+        self.address_limit = address_factor * max_failures
+        self.max_lock_s = max_lock_s
+        self._accounts: dict[str, tuple[int, float]] = {}  # user -> (failures in a row, last)
+        self._addresses: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
-    def _keys(self, username: str, client: str) -> list[str]:
-        return [f"user:{username.lower()}", f"addr:{client}"]
+    def _account_wait(self, user: str, now: float) -> float:
+        count, last = self._accounts.get(user, (0, -math.inf))
+        if count < self.max_failures:
+            return 0.0
+        lock = min(self.window_s * 2.0 ** (count - self.max_failures), self.max_lock_s)
+        return max(0.0, last + lock - now)
 
     def retry_after(self, username: str, client: str) -> float:
-        """Seconds until a login may be tried again (0 when allowed now)."""
+        """Seconds until a login to ``username`` from ``client`` may be tried (0: now)."""
         now = self.clock()
-        wait = 0.0
         with self._lock:
-            for key in self._keys(username, client):
-                q = self._failures.get(key)
-                if not q:
-                    continue
+            wait = self._account_wait(username.lower(), now)
+            q = self._addresses.get(client)
+            if q:
                 while q and now - q[0] > self.window_s:
                     q.popleft()
-                if len(q) >= self.max_failures:
+                if len(q) >= self.address_limit:
                     wait = max(wait, q[0] + self.window_s - now)
         return wait
 
     def failed(self, username: str, client: str) -> None:
         """Record a failed login."""
         now = self.clock()
+        user = username.lower()
         with self._lock:
-            for key in self._keys(username, client):
-                self._failures.setdefault(key, deque()).append(now)
+            count, last = self._accounts.get(user, (0, -math.inf))
+            if count < self.max_failures and now - last > self.window_s:
+                count = 0  # an old run of failures that never locked the account
+            self._accounts[user] = (count + 1, now)
+            self._addresses.setdefault(client, deque()).append(now)
 
     def succeeded(self, username: str) -> None:
-        """Clear the user name's failures after a successful login."""
+        """Clear the account's run of failures after a successful login."""
         with self._lock:
-            self._failures.pop(f"user:{username.lower()}", None)
+            self._accounts.pop(username.lower(), None)

@@ -49,9 +49,11 @@ class AppSettings:
         session_max_s: a session ends this long after login whatever happens.
         secure_cookies: always mark cookies ``Secure`` (else only for https requests, e.g.
             behind a TLS proxy started with ``--proxy-headers``).
-        login_max_failures: failed logins per user name or client address within
-            ``login_window_s`` before login is refused with 429.
-        login_window_s: the rate-limit window.
+        login_max_failures: failed logins in a row that lock an account (429 with
+            Retry-After; the lock doubles with each further failure); a client address waits
+            after ten times as many failures on any accounts within ``login_window_s``
+            (:class:`lumbardx.app.sessions.LoginLimiter`).
+        login_window_s: the first lock's length and the address window.
         analyse_in_background: run the detector after answering the upload (the worklist shows
             ``new`` meanwhile); ``False`` analyses before answering (scripts, tests).
         teaching_folders: name -> labelled folder offered in teaching mode.

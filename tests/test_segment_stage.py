@@ -138,3 +138,29 @@ def test_diagnoser_with_a_segment_reader_writes_probabilities(tmp_path) -> None:
     plain = Diagnoser(ckpt, backend="torch", segments=False).diagnose(png)
     assert plain.segment_reader is None
     assert all(d.probabilities is None for d in plain.findings.discs)
+
+
+def test_reports_show_the_segment_reader() -> None:
+    from lumbardx.report.html import SEGMENT_METHOD, finding_rows, limits, render_html_report
+
+    spine = _spine()
+    _stage().apply(spine, _readings(spine, slip=2, stenosis=(4,), offset=0.2),
+                   extra_findings=True)
+
+    from pathlib import Path
+
+    from lumbardx.data.images import MedicalImage
+    from lumbardx.study import ModelInfo, Study
+
+    img = np.zeros((320, 256), np.uint8)
+    study = Study(Path("case.png"), MedicalImage(img.astype(np.float32), img, None,
+                                                  Path("case.png"), "png"), spine,
+                  ModelInfo("yolov5n", "test", None, ["normal", "herniation", SLIP], 384),
+                  "0" * 16, segment_reader={"version": "r1", "weights_sha256": None})
+    rows = finding_rows(study)
+    assert rows[2].status == SLIP and rows[2].reader.startswith("slip 0.80")
+    assert rows[4].status == "stenosis" and "stenosis 0.70" in rows[4].reader
+    assert SEGMENT_METHOD in limits(study)
+    html = render_html_report(study, b"\x89PNG")
+    assert "Segment reader (probability)" in html and "calibrated probability" in html
+    assert "slip ~20% (Meyerding grade I)" in html

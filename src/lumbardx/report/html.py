@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from pydicom.multival import MultiValue
 
 from lumbardx import __version__
-from lumbardx.clinical.findings import NORMAL
+from lumbardx.clinical.findings import NORMAL, DiscFindings
 from lumbardx.data.errors import InputError
 from lumbardx.report.overlay import (class_colours, extent_text, level_label, slip_text,
                                      write_bytes_atomic)
@@ -44,7 +44,8 @@ NO_TRAINING_RECORD = "not recorded with these weights (see the model card that c
 class FindingRow:
     """One table row: ``level`` as shown (``"L4-L5?"`` when uncertain), ``status``,
     ``confidence`` (``"0.87"``, or ``"reference"`` for ground-truth boxes), ``other`` findings
-    on the disc, ``severity`` estimates (empty when none)."""
+    on the disc, ``severity`` estimates (empty when none), ``reader`` the segment reader's
+    probabilities of slip, stenosis and degeneration (empty without a reader)."""
 
     level: str
     uncertain: bool
@@ -52,6 +53,21 @@ class FindingRow:
     confidence: str
     other: str
     severity: str
+    reader: str = ""
+
+
+#: The segment reader's probabilities shown per level, with their short names.
+READER_SHOWN: tuple[tuple[str, str], ...] = (("spondylolisthesis", "slip"),
+                                             ("stenosis", "stenosis"),
+                                             ("degeneration", "degeneration"))
+
+
+def reader_text(disc: DiscFindings) -> str:
+    """``"slip 0.12, stenosis 0.71, degeneration 0.30"`` from the segment reader, or ``""``."""
+    if not disc.probabilities:
+        return ""
+    return ", ".join(f"{short} {disc.probabilities[k]:.2f}" for k, short in READER_SHOWN
+                     if k in disc.probabilities)
 
 
 def identifiers(study: Study) -> list[str]:
@@ -126,7 +142,8 @@ def finding_rows(study: Study) -> list[FindingRow]:
                   if f.label != d.status and f.label != NORMAL]
         sev = [t for t in (slip_text(d, long=True), extent_text(d, long=True)) if t]
         rows.append(FindingRow(level_label(d), d.level_uncertain, d.status,
-                               _confidence(d.confidence), ", ".join(others), "; ".join(sev)))
+                               _confidence(d.confidence), ", ".join(others), "; ".join(sev),
+                               reader_text(d)))
     return rows
 
 
@@ -169,6 +186,15 @@ def report_warnings(study: Study) -> list[str]:
     return [redact(w, study) for w in dict.fromkeys(out)]
 
 
+SEGMENT_METHOD = (
+    "Segment reader: each motion segment (vertebra, disc, vertebra) is resampled along the "
+    "spine from the T1 and T2 slices and read with its neighbours; it calls spondylolisthesis "
+    "(its calibrated probability is the confidence shown), measures the slip as the upper "
+    "body's offset over one inter-disc spacing, reports the probability of canal stenosis and "
+    "disc degeneration at each level (presence, not grade) and checks that the lowest disc "
+    "looks like L5-S1.")
+
+
 def limits(study: Study, training_data: str | None = None) -> list[str]:
     """The method-and-limits statements printed in every report."""
     m = study.model
@@ -190,7 +216,7 @@ def limits(study: Study, training_data: str | None = None) -> list[str]:
         "disc degeneration grade (Pfirrmann)"
         + (" (extra classes of this model, when present, are shown as found)."
            if set(m.class_names) - {"normal", "herniation", "spondylolisthesis"} else "."),
-    ]
+    ] + ([SEGMENT_METHOD] if study.segment_reader else [])
 
 
 _CSS = """
@@ -248,18 +274,24 @@ def render_html_report(study: Study, overlay_png: bytes, *, analysed_at: datetim
     p += [f"<li>{_e(s)}</li>" for s in summary_lines(study)]
     p += ["</ul></section>", "<section><h2>Findings by level</h2>"]
     if rows:
+        reader = any(r.reader for r in rows)
         p.append("<table><thead><tr><th>Level</th><th>Status</th><th>Confidence</th>"
-                 "<th>Also found</th><th>Severity</th></tr></thead><tbody>")
+                 "<th>Also found</th><th>Severity</th>"
+                 + ("<th>Segment reader (probability)</th>" if reader else "")
+                 + "</tr></thead><tbody>")
         for r in rows:
             lvl = (f'<span class="unc" title="level name uncertain">{_e(r.level)}</span>'
                    if r.uncertain else _e(r.level))
             sev = f'{_e(r.severity)}<span class="est">estimate</span>' if r.severity else "-"
             cls = "" if r.status == NORMAL else ' class="abn"'
+            extra = f"<td>{_e(r.reader or '-')}</td>" if reader else ""
             p.append(f"<tr{cls}><td>{lvl}</td><td>{_chip(r.status, colours)}</td>"
-                     f"<td>{_e(r.confidence)}</td><td>{_e(r.other or '-')}</td><td>{sev}</td></tr>")
+                     f"<td>{_e(r.confidence)}</td><td>{_e(r.other or '-')}</td><td>{sev}</td>"
+                     f"{extra}</tr>")
         p.append("</tbody></table>")
         notes = ["Confidence is the detector's score for the status (0-1), not a probability "
-                 "of disease."]
+                 "of disease" + ("; for spondylolisthesis, stenosis and degeneration it is the "
+                                 "segment reader's calibrated probability." if reader else ".")]
         if any(r.uncertain for r in rows):
             notes.append("A level marked ? may be misnamed (see Warnings).")
         if study.severity_note:

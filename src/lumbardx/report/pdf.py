@@ -230,7 +230,9 @@ def build_report_pages(study: Study, overlay: np.ndarray, *, analysed_at: dateti
     # Overlay (left) and summary (right).
     h_px, w_px = overlay.shape[:2]
     rows = finding_rows(study)
-    cells = [[r.level, r.status, r.confidence, r.other or "-", r.severity or "-"] for r in rows]
+    cells = [[r.level, r.status, r.confidence,
+              "; ".join(x for x in (r.other, r.reader and f"reader: {r.reader}") if x) or "-",
+              r.severity or "-"] for r in rows]
     # Shrink the overlay (down to 3.2 in tall) so that the findings table fits on page 1.
     table_h = 0.9 + _table_height(cells, FINDING_COLUMNS, f.width)
     img_w = 4.6

@@ -224,3 +224,21 @@ def test_miscounts_at_the_bottom_of_the_spine() -> None:
     assert m["right_flagged"] == 0.5 and m["missed_unflagged"] == 0.5
     assert m["extra_unflagged"] == 0.0
     assert m["auc_level_check"] == pytest.approx(3 / 4 + 1 / 8)  # 2.0 beats 4; -0.5 beats 2
+
+
+def test_slip_measurement_rows_and_metrics() -> None:
+    from lumbardx.engine.segment_crossval import slip_measure_metrics, slip_measure_rows
+
+    items = _toy_items(2, 1)
+    cfg = SegmentTraining(epochs=1, batch=2,
+                          config=SegmentReaderConfig(width=4, embed=8, size=(16, 16)))
+    model = train_segment_reader(items, cfg)
+    rows = slip_measure_rows(model, items)
+    free = sum(int((it.targets[:, LABELS.index("spondylolisthesis")] == 0).sum()) for it in items)
+    assert len(rows) == free  # every disc without a slip label is shifted once
+    assert {r["shift"] for r in rows} <= {0.1, 0.2, 0.3, 0.45}
+    exact = [{**r, "offset": r["shift"]} for r in rows]
+    m = slip_measure_metrics(exact, [])
+    assert m["slip_mae_points"] == 0.0 and m["slip_grade_agreement"] == 1.0
+    off = [{**r, "offset": r["shift"] + 0.05} for r in rows]
+    assert slip_measure_metrics(off, [])["slip_bias_points"] == pytest.approx(5.0)

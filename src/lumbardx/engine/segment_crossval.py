@@ -19,6 +19,9 @@ discs a perfect disc detector would give; :mod:`lumbardx.engine.segment_training
   score the larger of the two probabilities): AUC, and sensitivity/specificity at a threshold
   chosen on the *other* folds' out-of-fold discs (Youden's J), so no fold is scored at a
   threshold fitted to it (:func:`summarise`);
+* the slip measurement (:func:`slip_measure_rows`): synthetic slips of known size on the
+  held-out real segments, the measured offset's error in percentage points and the grade
+  agreement;
 * the level check (:func:`level_check_rows`): every held-out image is read three times, as
   annotated, without its lowest disc and with a false disc below it; ``lumbosacral`` of the
   lowest disc should be high only in the first reading. AUC of that separation, and at 0.5 the
@@ -137,6 +140,63 @@ def level_check_rows(model: torch.nn.Module, items: Sequence[SegmentItem]
     return [{"image": it.image_id, "right": float(a[0][-1, k]), "missed": float(b[0][-1, k]),
              "extra": float(c[0][-1, k]), "extra_true": float(c[0][-2, k])}
             for it, a, b, c in zip(use, right, missed, extra)]
+
+
+MEASURE_SHIFTS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.45)  # spacings ~ Meyerding fraction
+
+
+@torch.no_grad()
+def slip_measure_rows(model: torch.nn.Module, items: Sequence[SegmentItem]
+                      ) -> list[dict[str, Any]]:
+    """Synthetic slips of known size on held-out real segments: in three passes per image,
+    every third disc without a slip label gets a shift of :data:`MEASURE_SHIFTS` (cycling);
+    one row per shifted disc with the true shift, the measured offset and the slip logit."""
+    from lumbardx.engine.segment_training import collate, crops_for
+
+    k_slip = LABELS.index("spondylolisthesis")
+    model.eval()
+    rows: list[dict[str, Any]] = []
+    for it in items:
+        n = it.frames.shape[0]
+        if n == 0:
+            continue
+        free = it.targets[:, k_slip] == 0
+        for phase in range(3):
+            shift = torch.zeros(n)
+            for i in range(n):
+                if i % 3 == phase and bool(free[i]):
+                    shift[i] = MEASURE_SHIFTS[(i + phase) % len(MEASURE_SHIFTS)]
+            if not bool((shift > 0).any()):
+                continue
+            x, mask, feats = collate([crops_for(it, model.config, shift=shift)])
+            logits, offset = model(x, mask, feats)
+            for i in torch.nonzero(shift > 0).flatten().tolist():
+                rows.append({"image": it.image_id, "disc": i, "shift": round(float(shift[i]), 4),
+                             "offset": round(float(offset[0, i]), 4),
+                             "logit": round(float(logits[0, i, k_slip]), 4)})
+    return rows
+
+
+def slip_measure_metrics(rows: Sequence[dict[str, Any]],
+                         others: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Error of the measured slip (percentage points of body depth, one spacing per depth) on
+    synthetic slips, Meyerding grade agreement, and the AUC of their slip logits against the
+    real discs without a slip (``others``: prediction rows)."""
+    if not rows:
+        return {}
+    from lumbardx.clinical.severity import meyerding_grade
+    from lumbardx.engine.segments import DEPTH_PER_SPACING
+
+    true = 100 * np.array([r["shift"] for r in rows]) / DEPTH_PER_SPACING
+    meas = 100 * np.array([r["offset"] for r in rows]) / DEPTH_PER_SPACING
+    neg = [r["logits"][LABELS.index("spondylolisthesis")] for r in others
+           if r["targets"][LABELS.index("spondylolisthesis")] == 0]
+    z = np.r_[[r["logit"] for r in rows], neg]
+    return {"slip_mae_points": float(np.mean(np.abs(meas - true))),
+            "slip_bias_points": float(np.mean(meas - true)),
+            "slip_grade_agreement": float(np.mean([meyerding_grade(a) == meyerding_grade(b)
+                                                   for a, b in zip(true, meas)])),
+            "auc_synthetic_slip": auc(z, np.r_[np.ones(len(rows)), np.zeros(len(neg))] > 0)}
 
 
 def level_check_metrics(rows: Sequence[dict[str, Any]], cut: float = 0.0) -> dict[str, Any]:
@@ -269,7 +329,8 @@ def run_fold(items: Sequence[SegmentItem], folds: dict[str, int], k: int, cfg: S
     rows = rows_for(test, predict_items(model, test))
     atomic_write_text(pred_path, json.dumps({"fold": k, "template": slip_box_template(train),
                                              "rows": rows,
-                                             "level_check": level_check_rows(model, test)}))
+                                             "level_check": level_check_rows(model, test),
+                                             "slip_measure": slip_measure_rows(model, test)}))
     return rows
 
 
@@ -285,6 +346,7 @@ def summarise(out: Path, items: Sequence[SegmentItem], folds: dict[str, int]
         fold_rows[k] = raw["rows"]
         m = fold_metrics(raw["rows"], slip_boxes, sizes, tuple(raw["template"]))
         m.update(level_check_metrics(raw.get("level_check", [])))
+        m.update(slip_measure_metrics(raw.get("slip_measure", []), raw["rows"]))
         per_fold.append({"fold": k, **m})
     keys = [key for key in (per_fold[0] if per_fold else {})
             if key != "fold" and isinstance(per_fold[0][key], float)]

@@ -2,7 +2,8 @@
 
 What is timed per image (``time.perf_counter``, milliseconds): ``read`` (file -> image),
 ``preprocess`` (letterbox, tensor), ``detect`` (network + NMS, boxes mapped back), ``findings``
-(levels, statuses), ``severity`` and ``overlay`` (the annotated RGB image rendered in memory);
+(levels, statuses), ``segments`` (the segment reader, when the diagnoser has one: its cost is
+reported against the same studies without it), ``severity`` and ``overlay`` (the annotated RGB image rendered in memory);
 writing reports and DICOM is left out. Warm-up images are run first and not counted. Reported:
 median and 90th percentile of the per-image total, and the ratio of Ke et al.'s 14.5 s per case
 (PP-YOLOv2, "speed" in their Table) to our median.
@@ -144,6 +145,11 @@ def _summary(dx: Diagnoser, studies: list[Study], steps: dict[str, list[float]],
            "steps_ms": {k: statistics.median(v) for k, v in steps.items()},
            "ratio_study_over_ours": STUDY_SECONDS_PER_CASE * 1000.0 / float(np.median(totals))}
     model_ms = stats([a + b for a, b in zip(steps["preprocess"], steps["detect"])])
+    if "segments" in steps:  # the segment stage against the same pipeline without it
+        without = [t - s.timings_ms.get("segments", 0.0) for t, s in zip(totals, studies)]
+        out["segment_stage"] = {
+            "segments_ms": stats(steps["segments"]), "total_without_ms": stats(without),
+            "ratio_total_with_over_without": float(np.median(totals)) / float(np.median(without))}
     versus = {}
     if peer_ms:
         versus = {"peer_predict_ms": stats(peer_ms),
@@ -301,6 +307,10 @@ def main() -> None:
         print(f"[{backend}] {described}: median {r['total_ms']['median']:.1f} ms, p90 "
               f"{r['total_ms']['p90']:.1f} ms per image; study/ours = "
               f"{r['ratio_study_over_ours']:.1f}x")
+        if "segment_stage" in r:
+            seg = r["segment_stage"]
+            print(f"[{backend}] segment stage median {seg['segments_ms']['median']:.1f} ms; "
+                  f"with/without = {seg['ratio_total_with_over_without']:.2f}")
         if studies:
             rs = time_studies(dx, studies, args.warmup, peer)
             result.setdefault("dicom_studies", {})[backend] = rs
@@ -308,6 +318,10 @@ def main() -> None:
                   f"{rs['inputs']}, {rs['read_as_pairs']}/{rs['studies']} read as pairs): "
                   f"median {rs['total_ms']['median']:.1f} ms per study (read "
                   f"{rs['steps_ms']['read']:.1f} ms)")
+            if "segment_stage" in rs:
+                print(f"[{backend}] DICOM studies: segment stage median "
+                      f"{rs['segment_stage']['segments_ms']['median']:.1f} ms; with/without = "
+                      f"{rs['segment_stage']['ratio_total_with_over_without']:.2f}")
             if "peer_predict_ms" in rs:
                 print(f"[{backend}] DICOM studies: YOLO11n predict median "
                       f"{rs['peer_predict_ms']['median']:.1f} ms vs our preprocess+detect "

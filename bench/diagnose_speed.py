@@ -3,8 +3,8 @@
 What is timed per image (``time.perf_counter``, milliseconds): ``read`` (file -> image),
 ``preprocess`` (letterbox, tensor), ``detect`` (network + NMS, boxes mapped back), ``findings``
 (levels, statuses), ``segments`` (the segment reader, when the diagnoser has one: its cost is
-reported against the same studies without it), ``severity`` and ``overlay`` (the annotated RGB image rendered in memory);
-writing reports and DICOM is left out. Warm-up images are run first and not counted. Reported:
+reported against the same studies without it), ``severity`` and ``overlay`` (the annotated
+RGB image rendered in memory); writing reports and DICOM is left out. Warm-up images are run first and not counted. Reported:
 median and 90th percentile of the per-image total, and the ratio of Ke et al.'s 14.5 s per case
 (PP-YOLOv2, "speed" in their Table) to our median.
 

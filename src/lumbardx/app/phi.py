@@ -8,8 +8,8 @@ it: each registered identifier is replaced by ``[redacted]`` in the message temp
 arguments, which keep their shape (a tuple stays a tuple, numbers stay numbers), so formatters
 that read ``record.args`` themselves (uvicorn's access log unpacks the client, method, path,
 HTTP version and status code) keep working. It works for every logger and handler (uvicorn's
-included) because it hooks :func:`logging.setLogRecordFactory` (tracebacks are formatted and redacted at
-the same time). :class:`PhiFilter` does the same as a :class:`logging.Filter` for handlers a
+included) because it hooks :func:`logging.setLogRecordFactory` (tracebacks are formatted and
+redacted at the same time). :class:`PhiFilter` does the same as a :class:`logging.Filter` for handlers a
 deployment adds through its own logging configuration.
 """
 

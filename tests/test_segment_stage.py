@@ -164,3 +164,47 @@ def test_reports_show_the_segment_reader() -> None:
     html = render_html_report(study, b"\x89PNG")
     assert "Segment reader (probability)" in html and "calibrated probability" in html
     assert "slip ~20% (Meyerding grade I)" in html
+
+
+def test_cli_classes_and_segment_reader(tmp_path) -> None:
+    import typer
+    from checkpoints import random_checkpoint
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from lumbardx.cli.diagnose import diagnose as diagnose_command
+    from lumbardx.synth import generate_case
+
+    app = typer.Typer()
+    app.command()(diagnose_command)
+    case = generate_case(np.random.default_rng(4))
+    png = tmp_path / "slice.png"
+    Image.fromarray(case.image).save(png)
+    ckpt = random_checkpoint(tmp_path / "det.pt")
+    raw = torch.load(ckpt, weights_only=True)  # a random detector: count every box
+    torch.save({**raw, "thresholds": {"normal": 0.001, "herniation": 0.001, SLIP: 0.001}}, ckpt)
+    stage = _stage()
+    reader = tmp_path / "segments.pt"
+    torch.save({**stage.reader.checkpoint(), "thresholds": {"stenosis": 0.0},
+                "slip_box": [0.0, 0.0, 1.7, 1.25], "tag": "cli-reader"}, reader)
+    args = [str(png), "--weights", str(ckpt), "--backend", "torch", "--no-pdf"]
+    r = CliRunner().invoke(app, [*args, "--segments-weights", str(reader), "--classes", "all",
+                                 "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    assert "segment reader cli-reader" in r.output
+    doc = json.loads(next((tmp_path / "a").rglob("findings.json")).read_text())
+    check_findings_schema(doc)
+    assert doc["segment_reader"]["version"] == "cli-reader"
+    # stenosis threshold 0: every disc is called with stenosis under --classes all
+    assert doc["findings"] and all(any(f["label"] == "stenosis" for f in d["findings"])
+                                   for d in doc["findings"])
+    r = CliRunner().invoke(app, [*args, "--segments-weights", str(reader),
+                                 "--out", str(tmp_path / "b")])
+    doc = json.loads(next((tmp_path / "b").rglob("findings.json")).read_text())
+    assert not any(f["label"] == "stenosis" for d in doc["findings"] for f in d["findings"])
+    assert all(d["probabilities"] is not None for d in doc["findings"])
+    r = CliRunner().invoke(app, [*args, "--no-segments", "--out", str(tmp_path / "c")])
+    doc = json.loads(next((tmp_path / "c").rglob("findings.json")).read_text())
+    assert doc["segment_reader"] is None
+    r = CliRunner().invoke(app, [*args, "--classes", "some", "--out", str(tmp_path / "d")])
+    assert r.exit_code == 2 and "use study or all" in r.output

@@ -58,5 +58,8 @@ def check_findings_schema(doc: dict) -> None:
             assert set(probs) <= SEGMENT_LABELS and all(0.0 <= v <= 1.0 for v in probs.values())
     assert all(isinstance(v, float) for v in doc["timings_ms"].values())
     reader = doc["segment_reader"]
-    assert reader is None or (isinstance(reader["version"], str)
-                              and set(reader) == {"version", "weights_sha256"})
+    assert reader is None or (isinstance(reader["version"], str) and set(reader) == {
+        "version", "weights_sha256", "slip_call", "slip_measure"})
+    if reader is not None:
+        assert reader["slip_call"] in ("reader", "detector")
+        assert reader["slip_measure"] in ("reader", "corners")

@@ -161,7 +161,7 @@ def test_reports_show_the_segment_reader() -> None:
     assert rows[2].status == SLIP and rows[2].reader.startswith("slip 0.80")
     assert rows[4].status == "stenosis" and "stenosis 0.70" in rows[4].reader
     assert SEGMENT_METHOD in limits(study)
-    html = render_html_report(study, b"\x89PNG")
+    html = render_html_report(study, b"\x89PNG")  # summary without slip_call: detector
     assert "Segment reader (probability)" in html and "calibrated probability" in html
     assert "slip ~20% (Meyerding grade I)" in html
 
@@ -208,3 +208,16 @@ def test_cli_classes_and_segment_reader(tmp_path) -> None:
     assert doc["segment_reader"] is None
     r = CliRunner().invoke(app, [*args, "--classes", "some", "--out", str(tmp_path / "d")])
     assert r.exit_code == 2 and "use study or all" in r.output
+
+
+def test_detector_keeps_the_slip_call_when_the_reader_is_not_trusted_with_it() -> None:
+    spine = _spine(slip_box=True)
+    stage = _stage()
+    stage.slip_call, stage.slip_measure = "detector", "corners"
+    stage.apply(spine, _readings(spine, slip=2, offset=0.18))
+    assert spine.discs[4].status == SLIP and spine.discs[4].confidence == pytest.approx(0.6)
+    assert spine.discs[4].slip_method is None  # measured later from the vertebral corners
+    assert not spine.discs[2].has(SLIP)
+    assert spine.discs[2].probabilities[SLIP] == pytest.approx(0.8)  # reported, not called
+    with pytest.raises(ValueError, match="slip_call"):
+        SegmentStage(stage.reader, {}, (0, 0, 1, 1), slip_call="both")

@@ -27,7 +27,9 @@
                            "stenosis": float, "degeneration": float, "lumbosacral": float}
                           | null}   # the segment reader's, calibrated; null without one
       ],
-      "segment_reader": {"version": str, "weights_sha256": str | null} | null,
+      "segment_reader": {"version": str, "weights_sha256": str | null,
+                         "slip_call": "reader"|"detector",     # who calls spondylolisthesis
+                         "slip_measure": "reader"|"corners"} | null,
       "timings_ms": {"read": float, "detect": float, "findings": float, "overlay": float, ...},
       "warnings": [str],
       "disclaimer": str

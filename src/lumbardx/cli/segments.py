@@ -100,6 +100,12 @@ def train(
     threads: int | None = _THREADS,
     tag: str = typer.Option("segment-reader", "--tag", help="Version tag shown in reports."),
     training_data: str = typer.Option("", "--training-data", help="What it was trained on."),
+    slip_call: str = typer.Option("detector", "--slip-call", help="Who calls "
+                                  "spondylolisthesis in diagnosis: detector (the reader's "
+                                  "probability is reported beside it) or reader."),
+    slip_measure: str = typer.Option("corners", "--slip-measure", help="slip_percent from the "
+                                     "vertebral corners (corners) or the reader's offset "
+                                     "(reader)."),
 ) -> None:
     """Train the segment reader on all of DATA and write a checkpoint for diagnosis."""
     import numpy as np
@@ -110,6 +116,10 @@ def train(
     from lumbardx.io import atomic_write_bytes
 
     console = Console()
+    if slip_call not in ("detector", "reader") or slip_measure not in ("corners", "reader"):
+        console.print("[red]error:[/red] --slip-call detector|reader, --slip-measure "
+                      "corners|reader")
+        raise typer.Exit(2)
     if threads:
         torch.set_num_threads(threads)
     with _input_errors(console):
@@ -128,6 +138,7 @@ def train(
         ck.update({"thresholds": settings["thresholds"],
                    "slip_box": [float(v) for v in np.median(np.array(templates), axis=0)],
                    "level_cut": settings["level_cut"], "tag": tag,
+                   "slip_call": slip_call, "slip_measure": slip_measure,
                    "training_data": training_data or str(data.name),
                    "training": {k: v for k, v in asdict(cfg).items() if k != "config"},
                    "evidence": {k: v for k, v in settings.items()

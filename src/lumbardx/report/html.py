@@ -188,11 +188,9 @@ def report_warnings(study: Study) -> list[str]:
 
 SEGMENT_METHOD = (
     "Segment reader: each motion segment (vertebra, disc, vertebra) is resampled along the "
-    "spine from the T1 and T2 slices and read with its neighbours; it calls spondylolisthesis "
-    "(its calibrated probability is the confidence shown), measures the slip as the upper "
-    "body's offset over one inter-disc spacing, reports the probability of canal stenosis and "
-    "disc degeneration at each level (presence, not grade) and checks that the lowest disc "
-    "looks like L5-S1.")
+    "spine from the T1 and T2 slices and read with its neighbours; it reports at each level "
+    "the calibrated probability of spondylolisthesis, canal stenosis and disc degeneration "
+    "(presence, not grade) and checks that the lowest disc looks like L5-S1.")
 
 
 def limits(study: Study, training_data: str | None = None) -> list[str]:
@@ -289,9 +287,12 @@ def render_html_report(study: Study, overlay_png: bytes, *, analysed_at: datetim
                      f"<td>{_e(r.confidence)}</td><td>{_e(r.other or '-')}</td><td>{sev}</td>"
                      f"{extra}</tr>")
         p.append("</tbody></table>")
+        by_reader = "stenosis and degeneration"
+        if study.segment_reader and study.segment_reader.get("slip_call") == "reader":
+            by_reader = "spondylolisthesis, " + by_reader
         notes = ["Confidence is the detector's score for the status (0-1), not a probability "
-                 "of disease" + ("; for spondylolisthesis, stenosis and degeneration it is the "
-                                 "segment reader's calibrated probability." if reader else ".")]
+                 "of disease" + (f"; for {by_reader} it is the segment reader's calibrated "
+                                 "probability." if reader else ".")]
         if any(r.uncertain for r in rows):
             notes.append("A level marked ? may be misnamed (see Warnings).")
         if study.severity_note:

@@ -8,12 +8,15 @@ disc this gives calibrated probabilities of normal, herniation, spondylolisthesi
 degeneration, the measured anterior offset of the upper vertebra, and whether the disc looks
 like L5-S1. What changes in the findings (:meth:`SegmentStage.apply`):
 
-* **spondylolisthesis** is called by the reader: a disc is slipped when its probability reaches
-  the threshold chosen on the cross-validation's out-of-fold discs (the detector's own slip
-  boxes are replaced; its scores did not separate slipped from normal segments). The box is the
-  slip-box template of the training data placed on the disc. The reported ``slip_percent`` is
-  the measured offset over the lower body's depth (one inter-disc spacing,
-  :data:`lumbardx.engine.segments.DEPTH_PER_SPACING`), ``slip_method`` says so;
+* **spondylolisthesis**: with ``slip_call = "reader"`` the reader calls it (a disc is slipped
+  when its probability reaches the threshold chosen on the cross-validation's out-of-fold
+  discs; the detector's slip boxes are replaced, the box is the slip-box template of the
+  training data placed on the disc); with ``"detector"`` the detector's call stands and the
+  reader's probability is reported beside it. Which one a checkpoint uses is chosen at release
+  from the cross-validation (``docs/segments.md``). With ``slip_measure = "reader"`` a called
+  slip's ``slip_percent`` is the measured offset over the lower body's depth (one inter-disc
+  spacing, :data:`lumbardx.engine.segments.DEPTH_PER_SPACING`), ``slip_method`` says so;
+  with ``"corners"`` the severity stage measures it from the vertebral body corners;
 * **stenosis** and **degeneration** become findings (box: the disc's) when ``extra_findings``
   is on (``lumbardx diagnose --classes all``); their probabilities are always reported;
 * **herniation** and **normal** stay the detector's calls (its herniation AP is the better
@@ -86,12 +89,20 @@ class SegmentStage:
         slip_box: ``(dx, dy, w, h)`` of the slip-box template, in spacings.
         level_cut: the lowest disc is taken as L5-S1 when its ``lumbosacral`` probability is
             at least this.
+        slip_call: ``"reader"`` or ``"detector"``: who calls spondylolisthesis.
+        slip_measure: ``"reader"`` (the measured offset) or ``"corners"`` (the severity
+            stage's vertebral-corner estimate) for ``slip_percent``.
         source: where it was loaded from (for messages), and ``info`` its metadata.
     """
 
     def __init__(self, reader: SegmentReader, thresholds: dict[str, float],
                  slip_box: tuple[float, float, float, float], level_cut: float = 0.5,
-                 source: Path | None = None, info: dict[str, Any] | None = None) -> None:
+                 source: Path | None = None, info: dict[str, Any] | None = None,
+                 slip_call: str = "reader", slip_measure: str = "reader") -> None:
+        if slip_call not in ("reader", "detector") or slip_measure not in ("reader", "corners"):
+            raise ValueError(f"slip_call {slip_call!r} / slip_measure {slip_measure!r}: use "
+                             "reader|detector and reader|corners")
+        self.slip_call, self.slip_measure = slip_call, slip_measure
         self.reader = reader.eval()
         self.thresholds = dict(thresholds)
         self.slip_box = slip_box
@@ -121,7 +132,11 @@ class SegmentStage:
 
         info = {k: raw[k] for k in ("tag", "training_data") if k in raw}
         info["weights_sha256"] = sha256_file(path)
-        return cls(reader, thresholds, box, float(raw.get("level_cut", 0.5)), path, info)
+        try:
+            return cls(reader, thresholds, box, float(raw.get("level_cut", 0.5)), path, info,
+                       str(raw.get("slip_call", "reader")), str(raw.get("slip_measure", "reader")))
+        except ValueError as exc:
+            raise InputError(path, str(exc)) from exc
 
     def warmup(self) -> None:
         """Run the reader once on blank crops (start-up costs off the first study's clock)."""
@@ -132,9 +147,11 @@ class SegmentStage:
 
     @property
     def summary(self) -> dict[str, Any]:
-        """``{"version", "weights_sha256"}`` for ``findings.json``."""
+        """``{"version", "weights_sha256", "slip_call", "slip_measure"}`` for
+        ``findings.json``."""
         return {"version": str(self.info.get("tag", "segment reader")),
-                "weights_sha256": self.info.get("weights_sha256")}
+                "weights_sha256": self.info.get("weights_sha256"),
+                "slip_call": self.slip_call, "slip_measure": self.slip_measure}
 
     def read(self, planes: np.ndarray, spine: SpineFindings, anterior_left: bool = True
              ) -> list[SegmentReading]:
@@ -171,10 +188,13 @@ class SegmentStage:
             return []
         for disc, rd in zip(spine.discs, readings):
             disc.probabilities = {k: v for k, v in rd.probabilities.items()}
-            found = [f for f in disc.findings if f.label != SLIP]
-            p_slip = rd.probabilities.get(SLIP, 0.0)
-            if SLIP in self.thresholds and p_slip >= self.thresholds[SLIP]:
-                found.append(Finding(SLIP, p_slip, rd.box))
+            found = list(disc.findings)
+            if self.slip_call == "reader":
+                found = [f for f in found if f.label != SLIP]
+                p_slip = rd.probabilities.get(SLIP, 0.0)
+                if SLIP in self.thresholds and p_slip >= self.thresholds[SLIP]:
+                    found.append(Finding(SLIP, p_slip, rd.box))
+            if self.slip_measure == "reader" and any(f.label == SLIP for f in found):
                 pct = 100.0 * rd.offset / DEPTH_PER_SPACING
                 if rd.offset >= MIN_OFFSET:
                     disc.slip_percent = round(pct, 1)

@@ -189,3 +189,48 @@ def test_train_from_weights_without_validation(run: Path, data: Path, tmp_path: 
     assert (out / "last.pt").is_file() and not (out / "best.pt").exists()
     info = json.loads((out / "run.json").read_text())
     assert info["weights"] == str(run / "best.pt") and info["val_images"] == 0
+
+
+def _model_tensors(path: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(path, weights_only=True)
+    return {f"{k}.{n}": t for k in ("model", "ema") if isinstance(ckpt.get(k), dict)
+            for n, t in ckpt[k].items() if isinstance(t, torch.Tensor)}
+
+
+def test_train_killed_mid_epoch_resumes_to_the_same_weights(data: Path, tmp_path: Path) -> None:
+    """``lumbardx train`` killed (SIGKILL) during its second epoch leaves a readable ``last.pt``
+    of the first, and ``--resume`` ends with the weights of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def command(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "lumbardx", "train", str(data), "--model", "yolov5n",
+                "--epochs", "3", "--imgsz", "64", "--batch", "4", "--workers", "0",
+                "--device", "cpu", "--out", str(out), "--no-autoanchor", "--seed", "3", *extra]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    full = subprocess.run(command(tmp_path / "full"), env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert full.returncode == 0, full.stdout + full.stderr
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(command(cut), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not (cut / "last.pt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first epoch ends by writing last.pt; the second starts
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    first = torch.load(cut / "last.pt", weights_only=True)  # readable: written atomically
+    assert first["epoch"] in (0, 1)
+    resumed = subprocess.run(command(cut, "--resume"), env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    a, b = _model_tensors(tmp_path / "full" / "last.pt"), _model_tensors(cut / "last.pt")
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -212,6 +212,7 @@ def train_and_evaluate(
     names = list(train_set.class_names)
     pairs = recipe.sequence_pairs
     train_set, val_set = input_view(train_set, pairs), input_view(val_set, pairs)
+    torch.manual_seed(seed)  # the initial weights too are a function of the seed
     model = build_detector(model_name, len(names), recipe.image_size)
     report = None
     if weights is not None and not resume:  # before AutoAnchor, as YOLOv5 train.py

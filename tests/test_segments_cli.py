@@ -35,12 +35,17 @@ def test_release_settings_flag_every_simulated_miscount() -> None:
         rows.append({"targets": t, "logits": z})
     checks = [{"right": float(rng.normal(3, 1)), "missed": float(rng.normal(-3, 1)),
                "extra": float(rng.normal(-4, 1)), "extra_true": 1.0} for _ in range(50)]
-    s = release_settings(rows, checks)
+    checks.append({"right": 3.0, "missed": 9.0, "extra": -4.0, "extra_true": 1.0})  # an outlier
+    s = release_settings(rows, checks, max_unflagged=0.01)
     assert set(s["thresholds"]) == {"spondylolisthesis", "degeneration"}
     assert "not called" in s["threshold_evidence"]["stenosis"]["note"]
     assert 0.0 < s["thresholds"]["spondylolisthesis"] < 1.0
-    assert s["level_evidence"]["miscounts_unflagged"] == 0.0
+    # one of 102 simulated miscounts may pass (<= 1%): the outlier does not set the cut
+    assert s["level_evidence"]["miscounts_unflagged"] == pytest.approx(1 / 102)
     assert s["level_evidence"]["right_flagged"] < 0.1
+    strict = release_settings(rows, checks, max_unflagged=0.0)
+    assert strict["level_evidence"]["miscounts_unflagged"] == 0.0
+    assert strict["level_evidence"]["right_flagged"] > 0.9  # every right count flagged
 
 
 @pytest.fixture(scope="module")

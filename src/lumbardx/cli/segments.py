@@ -103,6 +103,9 @@ def train(
     slip_call: str = typer.Option("detector", "--slip-call", help="Who calls "
                                   "spondylolisthesis in diagnosis: detector (the reader's "
                                   "probability is reported beside it) or reader."),
+    max_unflagged: float = typer.Option(0.01, "--max-unflagged", min=0.0, max=1.0,
+                                        help="Level cut: the share of the cross-validation's "
+                                        "simulated miscounts allowed to pass unflagged."),
     slip_measure: str = typer.Option("corners", "--slip-measure", help="slip_percent from the "
                                      "vertebral corners (corners) or the reader's offset "
                                      "(reader)."),
@@ -128,7 +131,7 @@ def train(
         except FileNotFoundError as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from None
-        settings = release_settings(rows, checks)
+        settings = release_settings(rows, checks, max_unflagged=max_unflagged)
         items = _items(data, console)
         cfg = replace(SegmentTraining(), epochs=epochs, seed=seed)
         model = train_segment_reader(

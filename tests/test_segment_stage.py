@@ -221,3 +221,36 @@ def test_detector_keeps_the_slip_call_when_the_reader_is_not_trusted_with_it() -
     assert spine.discs[2].probabilities[SLIP] == pytest.approx(0.8)  # reported, not called
     with pytest.raises(ValueError, match="slip_call"):
         SegmentStage(stage.reader, {}, (0, 0, 1, 1), slip_call="both")
+
+
+def test_shipped_reader_on_real_slices_finds_the_labelled_slips(yolospine_dev) -> None:
+    """On dev images with a spondylolisthesis box, the shipped reader's highest slip
+    probability is at the labelled disc in most images, its lowest disc reads as L5-S1, and
+    the stenosis probability is higher at stenosis-labelled discs (images it was trained on:
+    a check that the shipped weights are the trained ones, not a validation)."""
+    from lumbardx.data.dataset import LumbarDataset
+    from lumbardx.data.pairs import SequencePairs
+    from lumbardx.engine.segment_training import item_from_sample
+    from lumbardx.stages.segments import shipped_segment_reader
+
+    path = shipped_segment_reader()
+    if path is None:
+        pytest.skip("lumbardx/weights/segments.pt is not installed")
+    stage = SegmentStage.load(path)
+    ds = LumbarDataset(yolospine_dev, classes="all")
+    pairs = SequencePairs(ds)
+    slip_images = [i for i, r in enumerate(ds.records)
+                   if "Spondylolisthesis" in [ds.class_names[int(k)] for k in r.labels]][:30]
+    k_slip, k_sten = LABELS.index(SLIP), LABELS.index("stenosis")
+    top, lowest, sten_pos, sten_neg = 0, 0, [], []
+    for i in slip_images:
+        item = item_from_sample(pairs[i], ds.class_names)
+        readings = stage.read(item.planes, item.spine)
+        p_slip = [r.probabilities[SLIP] for r in readings]
+        top += int(item.targets[int(np.argmax(p_slip)), k_slip] > 0)
+        lowest += int(readings[-1].probabilities["lumbosacral"] >= stage.level_cut)
+        for r, t in zip(readings, item.targets[:, k_sten]):
+            (sten_pos if t > 0 else sten_neg).append(r.probabilities["stenosis"])
+    assert top >= 0.6 * len(slip_images), (top, len(slip_images))
+    assert lowest >= 0.7 * len(slip_images), (lowest, len(slip_images))
+    assert np.median(sten_pos) > np.median(sten_neg) + 0.2

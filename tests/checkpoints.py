@@ -40,11 +40,13 @@ def random_checkpoint(path: Path, *, pairs: bool = False, class_names: list[str]
                       image_size: int = 64) -> Path:
     """Save a randomly initialised YOLOv5n (seed 0) with the least a checkpoint needs: model
     name, classes, weights and a recipe (``sequence_pairs`` set to ``pairs``: a model trained
-    on T1/T2 pairs, or on single slices)."""
+    on T1/T2 pairs, or on single slices), and decision thresholds of 0.001, so that its boxes
+    count and make discs (diagnosis refuses an image without any disc)."""
     names = list(class_names or CLASSES)
     torch.manual_seed(0)
     model = build_detector("yolov5n", len(names), image_size)
     torch.save({"model_name": "yolov5n", "class_names": names, "model": model.state_dict(),
-                "recipe": {"name": "test", "image_size": image_size, "sequence_pairs": pairs}},
+                "recipe": {"name": "test", "image_size": image_size, "sequence_pairs": pairs},
+                "thresholds": {n: 0.001 for n in names}},
                path)
     return path

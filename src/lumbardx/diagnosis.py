@@ -35,6 +35,7 @@ from lumbardx.stages import detect as detect_stage
 from lumbardx.stages.findings import find
 from lumbardx.stages.outputs import write_outputs
 from lumbardx.stages.pair import choose_reader
+from lumbardx.stages.plausibility import NO_DISC, image_problem, spine_problem
 from lumbardx.stages.read import read_study
 from lumbardx.stages.segments import SegmentStage, shipped_segment_reader
 from lumbardx.stages.severity import SEVERITY_NOTE, anterior_left, estimate_severity
@@ -44,6 +45,10 @@ if TYPE_CHECKING:
     from lumbardx.data.series import StudyPair
 
 __all__ = ["Diagnoser", "Result", "diagnose", "write_outputs"]
+
+#: Why an image in which the detector finds no disc is refused
+#: (:mod:`lumbardx.stages.plausibility`).
+NOT_A_SPINE = NO_DISC
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +107,10 @@ class Diagnoser:
             weights, the shipped ``segments.pt`` when installed) or ``False`` (none).
         extra_findings: call stenosis and degeneration as findings (``--classes all``); their
             probabilities are reported either way.
+        refuse_without_discs: refuse (:class:`~lumbardx.data.errors.InputError`, "not a
+            sagittal lumbar spine MRI: <reason>") a uniform image, pixel noise, or an image in
+            which no disc is found, rather than report it without findings
+            (:mod:`lumbardx.stages.plausibility`).
 
     Raises:
         NoShippedWeightsError, InputError: as :func:`lumbardx.models.pretrained.load_detector`.
@@ -120,6 +129,7 @@ class Diagnoser:
         single_slice: str | Path | LoadedModel | None = None,
         segments: str | Path | SegmentStage | bool | None = None,
         extra_findings: bool = False,
+        refuse_without_discs: bool = True,
     ) -> None:
         if threads is not None:
             if threads < 1:
@@ -152,6 +162,7 @@ class Diagnoser:
             segments if isinstance(segments, SegmentStage)
             else SegmentStage.load(segments) if isinstance(segments, (str, Path)) else None)
         self.extra_findings = extra_findings
+        self.refuse_without_discs = refuse_without_discs
         if isinstance(thresholds, (str, Path)):
             from lumbardx.clinical.thresholds import load_thresholds
 
@@ -199,6 +210,10 @@ class Diagnoser:
         detector trained on T1/T2 pairs the co-registered slice of the other sequence."""
         clock = Clock()
         clock.ms.update(timings or {})
+        where = Path(source) if source is not None else image.source
+        problem = image_problem(image.display) if self.refuse_without_discs else None
+        if problem:
+            raise InputError(where, problem)
         reader = choose_reader(self.loaded, self.single_slice, pair, source)
         m = reader.model
         with torch.inference_mode():
@@ -208,6 +223,9 @@ class Diagnoser:
                 boxes = detect_stage.detect(m, x, geo)
         with clock("findings"):
             spine, warnings = find(boxes, image, m)
+        problem = spine_problem(spine) if self.refuse_without_discs else None
+        if problem:
+            raise InputError(where, problem)
         warnings += reader.warnings
         anterior = anterior_left(image)
         if self.segments is not None and spine.discs:

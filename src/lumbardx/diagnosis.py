@@ -11,7 +11,9 @@ Steps of :meth:`Diagnoser.diagnose`, each a module of :mod:`lumbardx.stages` and
 (:mod:`~lumbardx.stages.read`), the model and partner slice (:mod:`~lumbardx.stages.pair`),
 ``preprocess`` and ``detect`` (:mod:`~lumbardx.stages.detect`), ``findings``
 (:mod:`~lumbardx.stages.findings`), ``segments`` (:mod:`~lumbardx.stages.segments`, when a
-segment reader is loaded), ``severity`` (:mod:`~lumbardx.stages.severity`).
+segment reader is loaded), ``severity`` (:mod:`~lumbardx.stages.severity`). Before detection
+and after the findings, :mod:`~lumbardx.stages.plausibility` refuses what cannot be a sagittal
+lumbar spine MRI (uniform image, pixel noise, no disc found).
 ``overlay`` and ``reports`` are timed by :meth:`Diagnoser.write_outputs`.
 """
 

@@ -11,6 +11,9 @@
 6. :mod:`~lumbardx.stages.severity` -- slip grade and herniation extent on the raw pixels;
 7. :mod:`~lumbardx.stages.outputs` -- overlay, ``findings.json``, reports, DICOM results.
 
+:mod:`~lumbardx.stages.plausibility` refuses, before detection and after the findings, what
+cannot be a sagittal lumbar spine MRI.
+
 Each stage's wall time is recorded in ``Study.timings_ms`` (:class:`Clock`).
 """
 

@@ -291,7 +291,7 @@ def test_cli_reads_an_image_file_with_the_single_slice_model(study: Path,
     app = typer.Typer()
     app.command()(diagnose_command)
     png = tmp_path / "slice.png"
-    Image.fromarray(np.full((96, 80), 90, np.uint8)).save(png)
+    Image.fromarray(np.tile(np.linspace(40, 200, 80), (96, 1)).astype(np.uint8)).save(png)
     out = tmp_path / "out"
     result = CliRunner().invoke(app, [
         str(png), "--out", str(out), "--backend", "torch", "--no-pdf",

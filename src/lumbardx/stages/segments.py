@@ -112,7 +112,8 @@ class SegmentStage:
 
     @classmethod
     def load(cls, path: str | Path) -> SegmentStage:
-        """Read a segment checkpoint (``torch.load(weights_only=True)``).
+        """Read a segment checkpoint (``torch.load(weights_only=True)``); one that does not say
+        who calls the slip leaves it to the detector and the corners.
 
         Raises:
             InputError: naming the file when it is not a segment reader checkpoint.
@@ -134,7 +135,8 @@ class SegmentStage:
         info["weights_sha256"] = sha256_file(path)
         try:
             return cls(reader, thresholds, box, float(raw.get("level_cut", 0.5)), path, info,
-                       str(raw.get("slip_call", "reader")), str(raw.get("slip_measure", "reader")))
+                       str(raw.get("slip_call", "detector")),
+                       str(raw.get("slip_measure", "corners")))
         except ValueError as exc:
             raise InputError(path, str(exc)) from exc
 

@@ -218,22 +218,25 @@ def ultralytics_peer(image_size: int) -> tuple[Callable[[np.ndarray], None], dic
 
 def load(args: argparse.Namespace, backend: str) -> tuple[Diagnoser, str]:
     """The diagnoser for ``backend``, built as ``lumbardx diagnose`` builds it (a model trained
-    on T1/T2 pairs comes with its single-slice model), and a description of the weights."""
+    on T1/T2 pairs comes with its single-slice model; an image without discs is timed, not
+    refused), and a description of the weights."""
     if args.weights is not None:
-        dx = Diagnoser(args.weights, backend=backend, single_slice=args.single_slice_weights)
+        dx = Diagnoser(args.weights, backend=backend, single_slice=args.single_slice_weights,
+                       refuse_without_discs=False)
         described = f"weights {args.weights} (sha256 {dx.info.weights_sha256[:12]})"
     else:
         try:
             path = shipped_weights("default")
-            dx = Diagnoser(model="default", backend=backend)
+            dx = Diagnoser(model="default", backend=backend, refuse_without_discs=False)
             described = f"shipped default weights {path.name}"
         except NoShippedWeightsError:
             torch.manual_seed(0)
             net = build_model(args.arch, 3)
             loaded = from_detector(net, ["normal", "herniation", "spondylolisthesis"],
                                    args.image_size, backend=backend)
-            return Diagnoser(loaded=loaded), (f"randomly initialised {args.arch} (no shipped "
-                                              "weights installed; findings are not meaningful)")
+            return Diagnoser(loaded=loaded, refuse_without_discs=False), (
+                f"randomly initialised {args.arch} (no shipped weights installed; findings are "
+                "not meaningful)")
     if dx.single_slice is not None:
         described += (f", reading T1+T2 pairs; single slices read by "
                       f"{getattr(dx.single_slice.source, 'name', 'a model in memory')} (sha256 "

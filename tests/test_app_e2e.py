@@ -11,8 +11,8 @@ the reason when either is missing.
 Everything the page does goes through the documented REST contract (docs/api.md); the test
 checks the page's effect both on screen (overlay marks, table rows, save state) and on the
 server (review object, the LabelImg VOC file written from the corrections, the PDF download).
-Set ``LUMBARDX_E2E_SCREENSHOT`` to a path to keep a screenshot of the viewer (default
-``/tmp/lumbardx_viewer.png``).
+Screenshots of the viewer and the quiz score go to the test's temporary folder; set
+``LUMBARDX_E2E_SCREENSHOT_DIR`` to a folder to keep them.
 """
 
 from __future__ import annotations
@@ -34,7 +34,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 USER, PASSWORD = "reader1", "correct-horse-battery"
 CLASSES = ["normal", "herniation", "spondylolisthesis"]
 HERNIATION_RGB = "#D55E00"
-SCREENSHOT = Path(os.environ.get("LUMBARDX_E2E_SCREENSHOT", "/tmp/lumbardx_viewer.png"))
+
+
+def _shot(tmp_path: Path, name: str) -> Path:
+    """Where screenshot ``name`` goes: ``$LUMBARDX_E2E_SCREENSHOT_DIR`` or the test's tmp."""
+    folder = os.environ.get("LUMBARDX_E2E_SCREENSHOT_DIR")
+    return (Path(folder) if folder else tmp_path) / name
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed (run scripts/install-test-deps.sh)")
@@ -135,7 +140,7 @@ def _wait_saved(page: Any) -> None:
 
 
 def test_sign_in_upload_review_export_sign_out(server: dict[str, Any], page: Any,
-                                               dicom_study: list[Path]) -> None:
+                                               dicom_study: list[Path], tmp_path: Path) -> None:
     from lumbardx.data.voc import read_voc
 
     base, expect = server["url"], sync_api.expect
@@ -226,7 +231,7 @@ def test_sign_in_upload_review_export_sign_out(server: dict[str, Any], page: Any
         assert next(b for b in after["boxes"] if b["id"] == others[0]["id"])["decision"] == "rejected"
 
     page.locator(f"svg.overlay g.mark[data-box-id='{first['id']}']").wait_for()
-    page.screenshot(path=str(SCREENSHOT))
+    page.screenshot(path=str(_shot(tmp_path, "lumbardx_viewer.png")))
 
     # Complete the review (accepting the boxes left pending): the VOC file holds the corrections.
     page.once("dialog", lambda d: d.accept())
@@ -261,7 +266,8 @@ def test_sign_in_upload_review_export_sign_out(server: dict[str, Any], page: Any
     assert not page.problems, page.problems
 
 
-def test_teaching_quiz_scores_the_learner(server: dict[str, Any], page: Any) -> None:
+def test_teaching_quiz_scores_the_learner(server: dict[str, Any], page: Any,
+                                          tmp_path: Path) -> None:
     """A two-case synthetic quiz: call every level, see the truth, get the score with CIs."""
     base, expect = server["url"], sync_api.expect
     _sign_in(page, base)
@@ -294,5 +300,5 @@ def test_teaching_quiz_scores_the_learner(server: dict[str, Any], page: Any) -> 
     if truth["positive_discs"]:
         assert truth["sensitivity"]["estimate"] == pytest.approx(0.0)
     expect(score).to_contain_text(f"({truth['specificity']['successes']}/{truth['specificity']['total']})")
-    page.screenshot(path=str(SCREENSHOT.with_name("lumbardx_quiz_score.png")))
+    page.screenshot(path=str(_shot(tmp_path, "lumbardx_quiz_score.png")))
     assert not page.problems, page.problems

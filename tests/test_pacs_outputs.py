@@ -282,3 +282,21 @@ def test_header_helpers(series_study: Study) -> None:
     assert evidence.PatientSex == "" and header.PatientSex == "MALE"  # source left untouched
     assert evidence.StudyDate == "" and "StudyDate" not in header
     assert character_set(evidence) is None  # ASCII text, default repertoire
+
+
+def test_sr_carries_the_segment_readers_findings(tmp_path: Path) -> None:
+    """Stenosis and degeneration called by the segment reader (``--classes all``) are coded in
+    the SR: stenosis as SCT 76107001, degeneration as the local DISC-DEGEN."""
+    write_series(tmp_path / "series", n=5, shape=SHAPE, pixel_spacing=(0.8, 0.75))
+    boxes = [Box("normal", 30, 20, 60, 30, score=0.9),
+             Box("normal", 32.5, 50, 62, 60.5, score=0.8),
+             Box("stenosis", 34, 80, 64, 90, score=0.7),
+             Box("degeneration", 30, 20, 60, 30, score=0.6)]
+    study = _study(load_study(tmp_path / "series")[0], boxes)
+    study.segment_reader = {"version": "r", "weights_sha256": None, "slip_call": "detector",
+                            "slip_measure": "corners"}
+    out = write_dicom_outputs(study, _overlay(study.image), tmp_path / "out")
+    sr = hd.sr.srread(out["sr"])
+    groups = sr.content.get_planar_roi_measurement_groups()
+    types = [(g.finding_type.value, g.finding_type.scheme_designator) for g in groups]
+    assert ("DISC-DEGEN", "99LUMBARDX") in types and ("76107001", "SCT") in types

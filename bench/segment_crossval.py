@@ -10,7 +10,8 @@ Usage::
 
     python bench/segment_crossval.py ../shared/data/yolospine-dev --out runs/segcv-synth \
         --results bench/results/segment_crossval_synth.json [--set synthetic_slip=0] \
-        [--epochs 20] [--folds 0,1,2,3,4] [--compare bench/results/segment_crossval_real.json]
+        [--epochs 20] [--folds 0,1,2,3,4] [--compare bench/results/segment_crossval_real.json] \
+        [--single-slice]
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--compare", type=Path, action="append", default=[])
     ap.add_argument("--limit", type=int, default=None, help="first N images only (dry runs)")
+    ap.add_argument("--single-slice", action="store_true",
+                    help="train and score on each image's own slice alone (no T1+T2 pairs)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = parse_set(SegmentTraining(), args.overrides)
@@ -89,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         ds = LumbarDataset(args.data, classes="all", cache=True)
     pairs = SequencePairs(ds)
     n = len(ds) if args.limit is None else min(args.limit, len(ds))
-    items = [item_from_sample(pairs[i], ds.class_names) for i in range(n)]
+    source = ds if args.single_slice else pairs  # a lone slice fills both planes
+    items = [item_from_sample(source[i], ds.class_names) for i in range(n)]
     with args.folds_csv.open(newline="") as fh:
         folds = {r["image"]: int(r["fold"]) for r in csv.DictReader(fh)}
     t0 = time.perf_counter()
@@ -99,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     summary.update({"data": args.data.name, "folds_csv": args.folds_csv.name,
                     "training": {k: v for k, v in asdict(cfg).items() if k != "config"},
                     "reader": asdict(cfg.config), "images": n,
+                    "inputs": "slice" if args.single_slice else "T1+T2",
                     "wall_s_this_run": round(time.perf_counter() - t0, 1),
                     "machine": {"cpu": cpu_name(), "threads": args.threads}})
     for other in args.compare:

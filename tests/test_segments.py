@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from lumbardx.clinical.findings import build_findings
+from lumbardx.clinical.thresholds import choose_threshold
 from lumbardx.data.boxes import Box, Sample
 from lumbardx.engine.segment_crossval import (auc, sensitivity_at_specificity,
-                                              slip_box_template, youden_threshold)
+                                              slip_box_template)
 from lumbardx.engine.segment_training import (SegmentTraining, item_from_sample, predict_items,
                                               segment_label, train_segment_reader, truth_spine)
 from lumbardx.engine.segments import (frame_tensor, resample_segments, segment_frames,
@@ -149,7 +150,7 @@ def test_roc_helpers() -> None:
     assert math.isnan(auc(s, np.ones(6, bool)))
     assert sensitivity_at_specificity(s, y, 0.9) == pytest.approx(2 / 3)  # cut 0.8
     assert sensitivity_at_specificity(s, y, 0.6) == pytest.approx(1.0)  # cut 0.3, spec 2/3
-    assert youden_threshold(s, y) == pytest.approx(0.75)
+    assert choose_threshold(s, y, criterion="youden").threshold == pytest.approx(0.75)
 
 
 def _toy_items(n: int, seed: int) -> list:

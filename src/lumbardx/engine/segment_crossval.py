@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from lumbardx.clinical.findings import SLIP, study_class
+from lumbardx.clinical.thresholds import choose_threshold
 from lumbardx.engine.metrics import GroundTruth, Prediction, coco_evaluate
 from lumbardx.engine.segment_training import (SegmentItem, SegmentTraining, predict_items,
                                               train_segment_reader, with_extra_below,
@@ -78,22 +79,6 @@ def sensitivity_at_specificity(scores: np.ndarray, positive: np.ndarray,
         if float((~call[~pos]).mean()) >= specificity:
             best = max(best, float(call[pos].mean()))
     return best
-
-
-def youden_threshold(scores: np.ndarray, positive: np.ndarray) -> float:
-    """The cut maximising sensitivity + specificity - 1 (ties: the highest cut), placed midway
-    to the next lower distinct score."""
-    s = np.asarray(scores, np.float64)
-    pos = np.asarray(positive, bool)
-    cuts = np.unique(s)[::-1]
-    best, best_j = float(cuts[0]), -1.0
-    for c in cuts:
-        call = s >= c
-        j = float(call[pos].mean()) + float((~call[~pos]).mean()) - 1.0
-        if j > best_j + 1e-12:
-            best, best_j = float(c), j
-    lower = s[s < best]
-    return (best + float(lower.max())) / 2 if len(lower) else best
 
 
 def slip_box_template(items: Sequence[SegmentItem]) -> tuple[float, float, float, float]:
@@ -294,7 +279,7 @@ def nested_disc_level(fold_rows: dict[int, list[dict[str, Any]]]) -> dict[str, A
         if not others:
             continue
         s_o, y_o = arrays(others)
-        thr = youden_threshold(s_o, y_o)
+        thr = choose_threshold(s_o, y_o, criterion="youden").threshold
         s, y = arrays(rows)
         call = s >= thr
         a, b = int((call & y).sum()), int((~call & y).sum())

@@ -47,7 +47,7 @@ from lumbardx.diagnosis import Diagnoser
 from lumbardx.engine.metrics import GroundTruth, Prediction, coco_evaluate
 from lumbardx.engine.segment_crossval import auc
 from lumbardx.engine.segment_training import SegmentItem, predict_items
-from lumbardx.engine.segments import frame_tensor, segment_frames
+from lumbardx.engine.segments import frame_tensor, segment_frames, template_boxes
 from lumbardx.engine.table1 import fold_stat
 from lumbardx.io import atomic_write_text
 from lumbardx.models.segment_reader import LABELS, load_segment_reader
@@ -110,13 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                                np.zeros((0, 4), np.float32))
             logits, _ = predict_items(readers[k], [item])[0]
             scores = torch.sigmoid(logits[:, k_slip]).numpy().astype(np.float32)
-            dx_, dy_, bw, bh = templates[k]
-            f = frames.numpy()
-            cx, cy, sp = f[:, 0] + dx_ * f[:, 6], f[:, 1] + dy_ * f[:, 6], f[:, 6]
-            boxes_out = np.stack([cx - bw * sp / 2, cy - bh * sp / 2, cx + bw * sp / 2,
-                                  cy + bh * sp / 2], 1).astype(np.float32)
-            boxes_out[:, [0, 2]] = boxes_out[:, [0, 2]].clip(0, w)
-            boxes_out[:, [1, 3]] = boxes_out[:, [1, 3]].clip(0, h)
+            boxes_out = template_boxes(frames, templates[k], (w, h)).astype(np.float32)
         d = per_fold[k]
         d["gts"].append(GroundTruth(rec.image_id, w, h, slips, np.zeros(len(slips), np.int64)))
         d["dts"].append(Prediction(boxes_out, scores, np.zeros(len(scores), np.int64)))

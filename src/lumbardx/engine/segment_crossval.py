@@ -43,6 +43,7 @@ import torch
 from lumbardx.clinical.findings import SLIP, study_class
 from lumbardx.clinical.thresholds import choose_threshold
 from lumbardx.engine.metrics import GroundTruth, Prediction, coco_evaluate
+from lumbardx.engine.segments import template_boxes
 from lumbardx.engine.segment_training import (SegmentItem, SegmentTraining, predict_items,
                                               train_segment_reader, with_extra_below,
                                               without_lowest)
@@ -233,24 +234,18 @@ def fold_metrics(rows: Sequence[dict[str, Any]], slip_boxes: dict[str, np.ndarra
     out["disc_sens_at_spec90_spondylolisthesis"] = sensitivity_at_specificity(
         p[:, ks], t[:, ks] > 0)
     # AP@0.5 of template boxes.
-    dx, dy, bw, bh = template
-    by_image: dict[str, list[tuple[list[float], float]]] = {im: [] for im in images}
-    for r, pr in zip(rows, p[:, ks]):
-        cx, cy, sp = r["frame"][0], r["frame"][1], r["frame"][6]
-        x, y = cx + dx * sp, cy + dy * sp
-        by_image[r["image"]].append(([x - bw * sp / 2, y - bh * sp / 2, x + bw * sp / 2,
-                                      y + bh * sp / 2], float(pr)))
+    rows_of: dict[str, list[int]] = {im: [] for im in images}
+    for i, r in enumerate(rows):
+        rows_of[r["image"]].append(i)
     gts, dts = [], []
     for im in images:
         w, h = image_sizes[im]
         gb = np.asarray(slip_boxes.get(im, np.zeros((0, 4))), np.float32).reshape(-1, 4)
         gts.append(GroundTruth(im, w, h, gb, np.zeros(len(gb), np.int64)))
-        bb = by_image[im]
-        boxes = np.array([b for b, _ in bb], np.float32).reshape(-1, 4)
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
-        dts.append(Prediction(boxes, np.array([s for _, s in bb], np.float32),
-                              np.zeros(len(bb), np.int64)))
+        idx = rows_of[im]
+        boxes = template_boxes([rows[i]["frame"] for i in idx], template, (w, h))
+        dts.append(Prediction(boxes.astype(np.float32), p[idx, ks].astype(np.float32),
+                              np.zeros(len(idx), np.int64)))
     out["ap50_spondylolisthesis"] = float(coco_evaluate(gts, dts, ["spondylolisthesis"]).ap50[0]) \
         if img_pos.any() else math.nan
     kh = LABELS.index("herniation")

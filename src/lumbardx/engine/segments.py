@@ -120,6 +120,31 @@ def frame_tensor(frames: Sequence[SegmentFrame]) -> Tensor:
                         dtype=torch.float32)
 
 
+def template_boxes(frames: Tensor | np.ndarray, template: Sequence[float],
+                   image_size: tuple[int, int], anterior_left: bool = True) -> np.ndarray:
+    """The slip-box template placed on each segment: ``float64 [L, 4]`` xyxy pixels, clipped
+    to the image.
+
+    Args:
+        frames: ``[L, 7]`` (:func:`frame_tensor`).
+        template: ``(dx, dy, w, h)`` in spacings, ``dx`` toward the image right for a patient
+            facing left (mirrored otherwise), ``dy`` down
+            (:func:`lumbardx.engine.segment_crossval.slip_box_template`).
+        image_size: ``(width, height)`` pixels.
+        anterior_left: the patient faces image left.
+    """
+    f = np.asarray(frames, np.float64).reshape(-1, 7)
+    dx, dy, bw, bh = (float(v) for v in template)
+    sp = f[:, 6]
+    x = f[:, 0] + (dx if anterior_left else -dx) * sp
+    y = f[:, 1] + dy * sp
+    boxes = np.stack([x - bw * sp / 2, y - bh * sp / 2, x + bw * sp / 2, y + bh * sp / 2], 1)
+    w, h = image_size
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+    return boxes
+
+
 def segment_grid(frames: Tensor, image_size: tuple[int, int], size: tuple[int, int] = SIZE,
                  extent: tuple[float, float, float, float] = EXTENT,
                  shift: Tensor | None = None, jitter: Tensor | None = None) -> Tensor:

@@ -41,7 +41,8 @@ from lumbardx.clinical.findings import (NORMAL, SLIP, DiscFindings, Finding, Spi
 from lumbardx.clinical.severity import meyerding_grade
 from lumbardx.data.boxes import Box
 from lumbardx.data.errors import InputError
-from lumbardx.engine.segments import DEPTH_PER_SPACING, frame_tensor, segment_frames
+from lumbardx.engine.segments import (DEPTH_PER_SPACING, frame_tensor, segment_frames,
+                                      template_boxes)
 from lumbardx.engine.segment_training import SegmentItem, predict_items
 from lumbardx.models.segment_reader import SegmentReader, load_segment_reader
 
@@ -169,19 +170,10 @@ class SegmentStage:
             logits, offset = predict_items(self.reader, [item])[0]
             probs = self.reader.calibrated(logits)
         labels = self.reader.config.labels
-        dx, dy, bw, bh = self.slip_box
-        out = []
-        for i in range(frames.shape[0]):
-            cx, cy, sp = (float(frames[i, 0]), float(frames[i, 1]), float(frames[i, 6]))
-            x = cx + (dx if anterior_left else -dx) * sp
-            y = cy + dy * sp
-            w, h = spine.image_size
-            box = Box(SLIP, max(0.0, x - bw * sp / 2), max(0.0, y - bh * sp / 2),
-                      min(float(w), x + bw * sp / 2), min(float(h), y + bh * sp / 2))
-            out.append(SegmentReading({k: round(float(probs[i, j]), 4)
-                                       for j, k in enumerate(labels)},
-                                      float(offset[i]), box))
-        return out
+        boxes = template_boxes(frames, self.slip_box, spine.image_size, anterior_left)
+        return [SegmentReading({k: round(float(probs[i, j]), 4) for j, k in enumerate(labels)},
+                               float(offset[i]), Box(SLIP, *map(float, boxes[i])))
+                for i in range(frames.shape[0])]
 
     def apply(self, spine: SpineFindings, readings: list[SegmentReading],
               extra_findings: bool = False) -> list[str]:

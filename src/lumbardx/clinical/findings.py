@@ -31,7 +31,7 @@ Severity fields are filled later by :mod:`lumbardx.clinical.severity`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -166,6 +166,16 @@ def priority_order(labels: Sequence[str]) -> list[str]:
     return sorted(names, key=lambda x: rank[study_class(x)])  # stable: extras keep their order
 
 
+def best_per_label(found: Iterable[Finding], order: Sequence[str]) -> list[Finding]:
+    """Rule 5: the best-scored finding of each label (a ground-truth finding, score ``None``,
+    counts as 1; the first wins a tie), listed in ``order`` (a :func:`priority_order`)."""
+    best: dict[str, Finding] = {}
+    for f in found:
+        if f.label not in best or (f.score or 1.0) > (best[f.label].score or 1.0):
+            best[f.label] = f
+    return [best[lab] for lab in order if lab in best]
+
+
 def build_findings(boxes: Sequence[Box], image_size: tuple[int, int],
                    thresholds: Mapping[str, float] | None = None, default_threshold: float = 0.0,
                    sacrum: bool | None = None, lowest: str = "L5-S1",
@@ -258,16 +268,11 @@ def build_findings(boxes: Sequence[Box], image_size: tuple[int, int],
     prio = priority_order([*classes, *(b.label for m in disc_members for b in m)])
     discs: list[DiscFindings] = []
     for i, m in enumerate(disc_members):
-        best: dict[str, Box] = {}
-        for b in m:
-            if b.label not in best or (b.score or 1.0) > (best[b.label].score or 1.0):
-                best[b.label] = b
-        found = [Finding(lab, best[lab].score, best[lab]) for lab in prio if lab in best]
-        status = found[0].label
+        found = best_per_label((Finding(b.label, b.score, b) for b in m), prio)
         discs.append(DiscFindings(
-            level=naming.names[i], level_uncertain=naming.uncertain[i], status=status,
+            level=naming.names[i], level_uncertain=naming.uncertain[i], status=found[0].label,
             confidence=found[0].score, box=found[0].box, findings=found,
-            scores={lab: 1.0 if b.score is None else float(b.score) for lab, b in best.items()},
+            scores={f.label: 1.0 if f.score is None else float(f.score) for f in found},
             boxes=list(m), centre=(float(disc_c[i][0]), float(disc_c[i][1])), s=disc_s[i],
             spacing=float(spacing[i])))
     return SpineFindings(discs, recognised, reason, naming.reasons, naming.missing, off, curve,

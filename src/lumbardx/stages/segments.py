@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from lumbardx.clinical.findings import (NORMAL, SLIP, DiscFindings, Finding, SpineFindings,
-                                        priority_order)
+                                        best_per_label, priority_order)
 from lumbardx.clinical.severity import meyerding_grade
 from lumbardx.data.boxes import Box
 from lumbardx.data.errors import InputError
@@ -231,16 +231,10 @@ class SegmentStage:
 def _set_findings(disc: DiscFindings, found: list[Finding]) -> None:
     """Replace ``disc``'s findings, keeping rule 5 of :mod:`lumbardx.clinical.findings` (one
     finding per label, priority order, status = first, its score and box)."""
-    best: dict[str, Finding] = {}
-    for f in found:
-        if f.label not in best or (f.score or 0.0) > (best[f.label].score or 0.0):
-            best[f.label] = f
-    if not best:
+    ranked = best_per_label(found, priority_order([f.label for f in found]))
+    if not ranked:
         return
-    order = priority_order(list(best))
-    disc.findings = [best[k] for k in order if k in best]
-    disc.status = disc.findings[0].label
-    disc.confidence = disc.findings[0].score
-    disc.box = disc.findings[0].box
-    disc.scores = {k: 1.0 if f.score is None else float(f.score) for k, f in best.items()}
+    disc.findings = ranked
+    disc.status, disc.confidence, disc.box = ranked[0].label, ranked[0].score, ranked[0].box
+    disc.scores = {f.label: 1.0 if f.score is None else float(f.score) for f in ranked}
 

@@ -47,10 +47,14 @@ def test_frames_point_down_the_spine_and_anteriorly() -> None:
         assert abs(float(t @ a)) < 1e-6 and math.isclose(float(np.linalg.norm(t)), 1.0)
         np.testing.assert_allclose(t, np.array([0.3, 1.0]) / math.hypot(0.3, 1.0), atol=0.02)
         assert f.spacing == pytest.approx(40.0 * math.hypot(0.3, 1.0), rel=0.03)
-        # segment <-> image coordinates round trip; one spacing down is the next disc
-        uv = np.array([[0.3, -0.7], [-1.0, 0.2]])
-        np.testing.assert_allclose(f.to_segment(f.to_image(uv[:, 0], uv[:, 1])), uv, atol=1e-9)
-    nxt = frames[2].to_image(1.0, 0.0)
+        # the sample at u = 0.3 (down), v = -0.7 (anterior) lies there in the image
+        g = segment_grid(frame_tensor([f]), (256, 320), (1, 1), (0.2, 0.4, -0.8, -0.6))[0, 0, 0]
+        xy = (g.numpy().astype(float) + 1) / 2 * np.array([256, 320])
+        np.testing.assert_allclose(xy, np.array(f.centre) + f.spacing * (0.3 * t + 0.7 * a),
+                                   atol=1e-3)
+    # one spacing down the spine is the next disc
+    g = segment_grid(frame_tensor(frames[2:3]), (256, 320), (1, 1), (0.5, 1.5, -0.5, 0.5))
+    nxt = (g[0, 0, 0].numpy().astype(float) + 1) / 2 * np.array([256, 320])
     np.testing.assert_allclose(nxt, frames[3].centre, atol=1.5)
     right = segment_frames(spine, anterior_left=False)
     assert right[0].anterior[0] > 0

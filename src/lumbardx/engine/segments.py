@@ -61,17 +61,6 @@ class SegmentFrame:
     anterior: tuple[float, float]
     spacing: float
 
-    def to_image(self, u: np.ndarray | float, v: np.ndarray | float) -> np.ndarray:
-        """Pixel ``(x, y)`` of segment coordinates ``u, v`` (spacings); shape ``[..., 2]``."""
-        u, v = np.asarray(u, dtype=float), np.asarray(v, dtype=float)
-        c, t, a = (np.asarray(self.centre), np.asarray(self.axis), np.asarray(self.anterior))
-        return c + self.spacing * (u[..., None] * t - v[..., None] * a)
-
-    def to_segment(self, xy: np.ndarray) -> np.ndarray:
-        """Segment coordinates ``(u, v)`` (spacings) of pixels ``xy [..., 2]``."""
-        d = (np.asarray(xy, dtype=float) - np.asarray(self.centre)) / self.spacing
-        return np.stack([d @ np.asarray(self.axis), -(d @ np.asarray(self.anterior))], axis=-1)
-
 
 def fallback_spacing(spine: SpineFindings) -> float:
     """Inter-disc spacing (pixels) where the local one is undefined (one disc): twice the

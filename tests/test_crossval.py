@@ -13,6 +13,7 @@ import pytest
 import torch
 import typer
 from typer.testing import CliRunner
+from synth_data import two_per_patient
 
 from lumbardx.data.errors import InputError
 from lumbardx.engine import crossval as cv
@@ -222,13 +223,7 @@ def test_read_comparison_takes_peers_and_earlier_tables(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """8 synthetic 128-px images, two per patient (4 patients)."""
-    from lumbardx.synth import SynthConfig, generate_dataset
-
-    root = tmp_path_factory.mktemp("synth")
-    generate_dataset(root, 8, seed=3, config=SynthConfig(image_sizes=(128,)))
-    (root / "patients.csv").write_text(
-        "image,patient\n" + "".join(f"case_{i:05d}.png,p{i // 2}\n" for i in range(8)))
-    return root
+    return two_per_patient(tmp_path_factory.mktemp("synth"), seed=3)
 
 
 def test_bad_inputs_are_refused_before_training(tmp_path: Path, synth_data: Path) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
+from synth_data import two_per_patient
 
 from lumbardx.engine.segment_release import fit_platt, release_settings
 from lumbardx.models.segment_reader import LABELS
@@ -51,12 +52,7 @@ def test_release_settings_flag_every_simulated_miscount() -> None:
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """8 synthetic 128-px images, two per patient, and a 2-fold folds file."""
-    from lumbardx.synth import SynthConfig, generate_dataset
-
-    root = tmp_path_factory.mktemp("seg")
-    generate_dataset(root, 8, seed=5, config=SynthConfig(image_sizes=(128,), p_listhesis=0.7))
-    (root / "patients.csv").write_text(
-        "image,patient\n" + "".join(f"case_{i:05d}.png,p{i // 2}\n" for i in range(8)))
+    root = two_per_patient(tmp_path_factory.mktemp("seg"), p_listhesis=0.7)
     images = sorted(p.relative_to(root).as_posix() for p in root.rglob("case_*.png"))
     (root / "folds.csv").write_text("image,patient,fold\n" + "".join(
         f"{im},p{i // 2},{(i // 2) % 2}\n" for i, im in enumerate(images)))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from typer.testing import CliRunner
+from synth_data import two_per_patient
 
 from lumbardx.data.errors import InputError
 from lumbardx.engine import crossval as cv
@@ -131,13 +132,7 @@ def test_checkpoint_round_trip_keeps_the_verifier(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def slip_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """8 synthetic 128-px images with many slipped levels, two per patient (4 patients)."""
-    from lumbardx.synth import SynthConfig, generate_dataset
-
-    root = tmp_path_factory.mktemp("slip")
-    generate_dataset(root, 8, seed=5, config=SynthConfig(image_sizes=(128,), p_listhesis=1.0))
-    (root / "patients.csv").write_text(
-        "image,patient\n" + "".join(f"case_{i:05d}.png,p{i // 2}\n" for i in range(8)))
-    return root
+    return two_per_patient(tmp_path_factory.mktemp("slip"), p_listhesis=1.0)
 
 
 def test_crossval_of_the_verifier_changes_only_its_class(tmp_path: Path, slip_data: Path) -> None:

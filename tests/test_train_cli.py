@@ -11,6 +11,7 @@ import pytest
 import torch
 import typer
 from typer.testing import CliRunner
+from synth_data import two_per_patient
 
 from dicom_factory import write_mr
 from lumbardx.cli.train import evaluate, predict, train
@@ -32,13 +33,7 @@ def invoke(*args: object) -> object:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """8 synthetic 128-px images, two per patient."""
-    from lumbardx.synth import SynthConfig, generate_dataset
-
-    root = tmp_path_factory.mktemp("synth")
-    generate_dataset(root, 8, seed=5, config=SynthConfig(image_sizes=(128,)))
-    (root / "patients.csv").write_text(
-        "image,patient\n" + "".join(f"case_{i:05d}.png,p{i // 2}\n" for i in range(8)))
-    return root
+    return two_per_patient(tmp_path_factory.mktemp("synth"))
 
 
 @pytest.fixture(scope="module")

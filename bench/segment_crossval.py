@@ -34,7 +34,8 @@ from machine_info import cpu_name
 from lumbardx.data.dataset import LumbarDataset
 from lumbardx.data.pairs import SequencePairs
 from lumbardx.engine.segment_crossval import run_fold, summarise
-from lumbardx.engine.segment_training import SegmentTraining, item_from_sample
+from lumbardx.engine.segment_training import (SegmentTraining, item_from_sample,
+                                              training_settings)
 from lumbardx.engine.table1 import fold_stat
 from lumbardx.io import atomic_write_text
 
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         run_fold(items, folds, k, cfg, args.out, log=lambda m: print(m, flush=True))
     summary = summarise(args.out, items, folds)
     summary.update({"data": args.data.name, "folds_csv": args.folds_csv.name,
-                    "training": {k: v for k, v in asdict(cfg).items() if k != "config"},
+                    "training": training_settings(cfg),
                     "reader": asdict(cfg.config), "images": n,
                     "inputs": "slice" if args.single_slice else "T1+T2",
                     "wall_s_this_run": round(time.perf_counter() - t0, 1),

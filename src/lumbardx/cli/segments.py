@@ -13,10 +13,9 @@ Exit codes: 0 done; 2 nothing done (unusable input).
 from __future__ import annotations
 
 import csv
-import io
 import json
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -115,8 +114,9 @@ def train(
     import torch
 
     from lumbardx.engine.segment_release import load_out_of_fold, release_settings
-    from lumbardx.engine.segment_training import SegmentTraining, train_segment_reader
-    from lumbardx.io import atomic_write_bytes
+    from lumbardx.engine.segment_training import (SegmentTraining, train_segment_reader,
+                                                  training_settings)
+    from lumbardx.engine.checkpoint import save_checkpoint
 
     console = Console()
     if slip_call not in ("detector", "reader") or slip_measure not in ("corners", "reader"):
@@ -143,11 +143,9 @@ def train(
                    "level_cut": settings["level_cut"], "tag": tag,
                    "slip_call": slip_call, "slip_measure": slip_measure,
                    "training_data": training_data or str(data.name),
-                   "training": {k: v for k, v in asdict(cfg).items() if k != "config"},
+                   "training": training_settings(cfg),
                    "evidence": {k: v for k, v in settings.items()
                                 if k not in ("calibration", "thresholds", "level_cut")}})
-        buf = io.BytesIO()
-        torch.save(ck, buf)
-        atomic_write_bytes(out, buf.getvalue())
+        save_checkpoint(ck, out)
     console.print(f"thresholds {settings['thresholds']}, level cut {settings['level_cut']:.3f}")
     console.print(f"written: {out}")

@@ -43,12 +43,13 @@ import torch
 from lumbardx.clinical.findings import SLIP, study_class
 from lumbardx.clinical.thresholds import choose_threshold
 from lumbardx.engine.metrics import GroundTruth, Prediction, coco_evaluate
+from lumbardx.engine.checkpoint import save_checkpoint
 from lumbardx.engine.segments import template_boxes
 from lumbardx.engine.segment_training import (SegmentItem, SegmentTraining, predict_items,
-                                              train_segment_reader, with_extra_below,
-                                              without_lowest)
+                                              train_segment_reader, training_settings,
+                                              with_extra_below, without_lowest)
 from lumbardx.engine.table1 import fold_stat
-from lumbardx.io import atomic_write_bytes, atomic_write_text
+from lumbardx.io import atomic_write_text
 from lumbardx.models.segment_reader import LABELS
 
 SPEC_TARGET = 0.90
@@ -299,13 +300,8 @@ def run_fold(items: Sequence[SegmentItem], folds: dict[str, int], k: int, cfg: S
     log(f"fold {k}: {len(train)} training images, {len(test)} held out")
     model = train_segment_reader(train, cfg, log=lambda m: log(f"fold {k}: {m}"))
     d.mkdir(parents=True, exist_ok=True)
-    import io
-
-    buf = io.BytesIO()
-    ck = model.checkpoint()
-    ck["training"] = {key: v for key, v in asdict(cfg).items() if key != "config"}
-    torch.save(ck, buf)
-    atomic_write_bytes(d / "segment_reader.pt", buf.getvalue())
+    save_checkpoint({**model.checkpoint(), "training": training_settings(cfg)},
+                    d / "segment_reader.pt")
     rows = rows_for(test, predict_items(model, test))
     atomic_write_text(pred_path, json.dumps({"fold": k, "template": slip_box_template(train),
                                              "rows": rows,

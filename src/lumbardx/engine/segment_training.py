@@ -27,7 +27,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -171,6 +173,12 @@ def with_extra_below(item: SegmentItem) -> SegmentItem:
     f[0:2] = f[0:2] + f[6] * f[2:4]
     return replace(item, frames=torch.cat([item.frames, f[None]]),
                    targets=torch.cat([item.targets, torch.zeros(1, item.targets.shape[1])]))
+
+
+def training_settings(cfg: SegmentTraining) -> dict[str, Any]:
+    """The hyper-parameters of ``cfg`` without the network's configuration (JSON-able), as
+    checkpoints and results record them."""
+    return {k: v for k, v in asdict(cfg).items() if k != "config"}
 
 
 def _normalise(planes: Tensor) -> Tensor:

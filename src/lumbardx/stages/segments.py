@@ -28,6 +28,7 @@ like L5-S1. What changes in the findings (:meth:`SegmentStage.apply`):
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,8 +122,8 @@ class SegmentStage:
         """
         path = Path(path)
         try:
-            raw = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu",
-                             weights_only=True)
+            data = path.read_bytes()
+            raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             reader = load_segment_reader(raw)
         except FileNotFoundError as exc:
             raise InputError(path, "segment reader weights not found") from exc
@@ -130,10 +131,8 @@ class SegmentStage:
             raise InputError(path, f"not a segment reader checkpoint ({exc})") from exc
         thresholds = {k: float(v) for k, v in dict(raw.get("thresholds", {})).items()}
         box = tuple(float(v) for v in raw.get("slip_box", (0.0, 0.0, 1.7, 1.25)))
-        from lumbardx.models.pretrained import sha256_file
-
         info = {k: raw[k] for k in ("tag", "training_data") if k in raw}
-        info["weights_sha256"] = sha256_file(path)
+        info["weights_sha256"] = hashlib.sha256(data).hexdigest()  # the bytes just read
         try:
             return cls(reader, thresholds, box, float(raw.get("level_cut", 0.5)), path, info,
                        str(raw.get("slip_call", "detector")),

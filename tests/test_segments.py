@@ -207,6 +207,21 @@ def test_reader_trains_predicts_and_round_trips() -> None:
         load_segment_reader({"kind": "detector"})
 
 
+def test_repeat_sampling_lists_slipped_images_more_often() -> None:
+    from lumbardx.engine.segment_training import repeat_slips
+
+    items = _toy_items(6, 1)  # odd-numbered images carry a slip box
+    k = LABELS.index("spondylolisthesis")
+    slipped = [bool(it.targets[:, k].any()) for it in items]
+    assert slipped == [False, True] * 3
+    out = repeat_slips(items, 3)
+    assert len(out) == 3 + 3 * 3
+    assert [out.count(it) for it in items] == [1, 3] * 3
+    assert repeat_slips(items, 1) == items
+    with pytest.raises(ValueError, match="slip_repeat"):
+        repeat_slips(items, 0)
+
+
 def test_miscounts_at_the_bottom_of_the_spine() -> None:
     from lumbardx.engine.segment_crossval import level_check_metrics
     from lumbardx.engine.segment_training import with_extra_below, without_lowest

@@ -137,6 +137,8 @@ class SegmentTraining:
             disc (:func:`without_lowest`) or with a false disc below it
             (:func:`with_extra_below`): the two miscounts at the bottom of the spine, so that
             the ``lumbosacral`` head learns the sacrum's look, not the disc's position.
+        slip_repeat: repeat sampling: an image with a real (annotated) slip is drawn this many
+            times per epoch (1: once, like every other image); the epoch grows accordingly.
     """
 
     epochs: int = 30
@@ -155,6 +157,7 @@ class SegmentTraining:
     slip_weight: float = 2.0
     drop_lowest: float = 0.2
     extra_below: float = 0.1
+    slip_repeat: int = 1
     config: SegmentReaderConfig = field(default_factory=SegmentReaderConfig)
 
 
@@ -272,12 +275,25 @@ def _batch(items: Sequence[SegmentItem], cfg: SegmentTraining, g: torch.Generato
         pad([k.float() for k in known], 0.0).bool()
 
 
+def repeat_slips(items: Sequence[SegmentItem], times: int) -> list[SegmentItem]:
+    """``items`` with every image that has an annotated slip listed ``times`` times (repeat
+    sampling of the rare class; each copy is augmented independently during training)."""
+    if times < 1:
+        raise ValueError(f"slip_repeat must be >= 1, got {times}")
+    k = LABELS.index("spondylolisthesis")
+    out: list[SegmentItem] = []
+    for it in items:
+        n = times if it.targets.shape[0] and bool(it.targets[:, k].any()) else 1
+        out.extend([it] * n)
+    return out
+
+
 def train_segment_reader(items: Sequence[SegmentItem], cfg: SegmentTraining,
                          log: Callable[[str], None] | None = None) -> SegmentReader:
     """Train a :class:`SegmentReader` on ``items`` (images with at least one disc)."""
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
-    items = [it for it in items if it.frames.shape[0] > 0]
+    items = repeat_slips([it for it in items if it.frames.shape[0] > 0], cfg.slip_repeat)
     model = SegmentReader(cfg.config)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(items) / cfg.batch))

@@ -10,18 +10,42 @@ Which studies a PATH holds (the rule printed in ``--help``):
   each loose PNG / JPEG file is a study (other files are ignored).
 
 A study that fails (unreadable file, no sagittal series, CT...) is reported with the file and
-the reason and the batch goes on. Exit code: 0 all studies diagnosed, 1 any failed, 2 nothing
-to do (no study found).
+the reason and the batch goes on. Exit code: 0 all studies diagnosed (a study skipped as done
+earlier counts as diagnosed), 1 any failed, 2 nothing to do (no study found).
+
+Resuming. A batch may be killed at any point (even ``SIGKILL``) and run again with the same
+arguments; it then skips the studies already done and diagnoses the rest:
+
+* each study's outputs are written into a hidden sibling ``OUT/.<name>.partial-<pid>``, ending
+  with ``complete.json`` (the resolved input path, its :func:`fingerprint`, the
+  :func:`output_options` and the output file names), and the folder is renamed to
+  ``OUT/<name>`` only then (an earlier folder of the same name is renamed aside, the new one
+  renamed in, the old one deleted: :func:`lumbardx.stages.outputs.publish_outputs`); a visible
+  study folder is therefore always complete;
+* at the start the work folders left by a killed run are deleted, and ``OUT/*/complete.json``
+  is read and indexed by input path (the output folder's name holds the study key, which is
+  only known after reading the study); a study whose record has the same fingerprint and
+  options, with all its files present, is skipped and its summary row says ``done earlier
+  (complete.json)``; otherwise it is diagnosed again and its earlier folder replaced. A failed
+  study has no record, so it is tried again. ``--redo`` diagnoses every study again;
+* ``OUT/summary.csv`` is rewritten atomically after every study, so a killed run leaves a valid
+  summary of what it did.
+
+Two runs must not write into the same OUT at the same time.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import os
 import re
 from dataclasses import dataclass, field
+from io import StringIO
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -29,6 +53,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from lumbardx.data.errors import InputError, LumbardxError
+
+if TYPE_CHECKING:
+    from lumbardx.diagnosis import Diagnoser, Result
+    from lumbardx.study import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -143,21 +171,212 @@ def findings_text(study: object) -> str:
     return "; ".join(parts) if parts else "no abnormal finding"
 
 
-def _write_summary(out: Path, rows: list[dict[str, str]]) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "summary.csv"
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, ["input", "status", "folder", "discs", "findings",
-                                     "time_s", "reason"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+def fingerprint(path: Path) -> dict[str, Any]:
+    """What identifies an input's content without reading it, to tell whether a study finished
+    earlier must be redone: for a file its size and ``mtime_ns``; for a folder the number of
+    its files and a sha256 of their sorted (relative path, size, ``mtime_ns``)."""
+    if path.is_file():
+        st = path.stat()
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    entries = []
+    for root, _, names in os.walk(path):
+        for name in names:
+            file = Path(root) / name
+            if not file.is_file():  # a broken link or a socket: not part of the study
+                continue
+            st = file.stat()
+            entries.append((file.relative_to(path).as_posix(), st.st_size, st.st_mtime_ns))
+    digest = hashlib.sha256(json.dumps(sorted(entries)).encode("utf-8")).hexdigest()
+    return {"files": len(entries), "sha256": digest}
+
+
+def _model_identity(info: ModelInfo) -> dict[str, Any]:
+    """The fields of a loaded detector that decide what it finds."""
+    return {"name": info.name, "version": info.version, "weights_sha256": info.weights_sha256,
+            "backend": info.backend}
+
+
+def output_options(dx: Diagnoser, classes: str, dicom_outputs: bool,
+                   pdf: bool) -> dict[str, Any]:
+    """The settings that change a study's outputs (models and their backend, segment reader,
+    ``--classes``, ``--dicom-outputs``, ``--pdf``), as stored in ``complete.json`` (a JSON
+    round trip, so that the stored and the current settings compare equal)."""
+    options = {
+        "model": _model_identity(dx.info),
+        "single_slice": None if dx.single_slice is None else
+        _model_identity(dx.single_slice.info),
+        "segments": None if dx.segments is None else dx.segments.summary,
+        "classes": classes, "dicom_outputs": dicom_outputs, "pdf": pdf}
+    return json.loads(json.dumps(options))
+
+
+@dataclass
+class Finished:
+    """An output folder that an earlier run completed: the folder and its ``complete.json``."""
+
+    folder: Path
+    record: dict[str, Any]
+
+    def matches(self, fingerprint: dict[str, Any], options: dict[str, Any]) -> bool:
+        """Whether it was made from this input content with these options and all its files
+        are still there."""
+        files = self.record.get("files")
+        return (self.record.get("fingerprint") == fingerprint
+                and self.record.get("options") == options and isinstance(files, list)
+                and all((self.folder / str(f)).is_file() for f in files))
+
+
+def input_key(path: Path) -> str:
+    """How ``complete.json`` names its input: the resolved path."""
+    return str(path.resolve())
+
+
+def finished_folders(out: Path) -> dict[str, list[Finished]]:
+    """The completed output folders in ``out`` (``OUT/*/complete.json``, hidden folders
+    skipped), by :func:`input_key`; an unreadable record counts as not finished."""
+    from lumbardx.stages.outputs import COMPLETE_RECORD
+
+    found: dict[str, list[Finished]] = {}
+    for path in sorted(out.glob(f"*/{COMPLETE_RECORD}")):
+        if path.parent.name.startswith("."):
+            continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("input"), str):
+            found.setdefault(record["input"], []).append(Finished(path.parent, record))
+    return found
+
+
+SUMMARY_COLUMNS = ["input", "status", "folder", "discs", "findings", "time_s", "reason"]
+
+
+def _ok_row(path: Path, folder: Path, discs: object, findings: object, time_s: str,
+            reason: str = "") -> dict[str, str]:
+    """The summary row of a study diagnosed now (``time_s`` its pipeline time) or earlier
+    (``reason`` saying so)."""
+    return {"input": str(path), "status": "ok", "folder": str(folder), "discs": str(discs),
+            "findings": str(findings), "time_s": time_s, "reason": reason}
+
+
+def _failed_row(path: Path, reason: str) -> dict[str, str]:
+    """The summary row of an input that failed, with the reason."""
+    return {"input": str(path), "status": "failed", "folder": "", "discs": "", "findings": "",
+            "time_s": "", "reason": reason}
+
+
+def _failure(res: Result) -> str:
+    """Why ``res`` failed, naming the file inside a study folder when that is where."""
+    where = getattr(res.error, "path", None)
+    if where is None or Path(where) == res.path:
+        return res.reason
+    return f"{where}: {res.reason}"
+
+
+@dataclass
+class Batch:
+    """What decides, per study, whether an earlier run finished it, and writes the others.
+
+    Attributes:
+        out: the output folder.
+        options: :func:`output_options` of this run.
+        fingerprints: :func:`fingerprint` of every study, taken before diagnosing (a study
+            changed while diagnosed is redone next time).
+        finished: :func:`finished_folders` of ``out`` at the start.
+        dicom, pdf: ``--dicom-outputs``, ``--pdf``.
+    """
+
+    out: Path
+    options: dict[str, Any]
+    fingerprints: dict[Path, dict[str, Any]]
+    finished: dict[str, list[Finished]]
+    dicom: bool
+    pdf: bool
+
+    def done_earlier(self, study: Path) -> dict[str, str] | None:
+        """The summary row of ``study`` when an earlier run finished it from the same input
+        content with the same options (its other folders are then deleted), else ``None``."""
+        from lumbardx.stages.outputs import COMPLETE_RECORD
+
+        earlier = self.finished.get(input_key(study), [])
+        done = next((f for f in earlier if f.matches(self.fingerprints[study], self.options)),
+                    None)
+        if done is None:
+            return None
+        self._discard_others(study, done.folder)
+        return _ok_row(study, done.folder, done.record.get("discs", ""),
+                       done.record.get("findings", ""), "", f"done earlier ({COMPLETE_RECORD})")
+
+    def settle(self, res: Result) -> dict[str, str]:
+        """Publish a diagnosed study's folder (:func:`~lumbardx.stages.outputs.publish_outputs`,
+        then delete the input's other folders) and return its summary row; the failed row
+        when diagnosing or writing failed."""
+        from lumbardx.diagnosis import Result
+        from lumbardx.stages.outputs import publish_outputs
+
+        if res.study is not None:
+            folder = output_folder(self.out, res.path, res.study.study_key)
+            text = findings_text(res.study)
+            discs = len(res.study.findings.discs)
+            record = {"input": input_key(res.path), "fingerprint": self.fingerprints[res.path],
+                      "options": self.options, "discs": discs, "findings": text}
+            try:
+                publish_outputs(res.study, folder, record, dicom=self.dicom, pdf=self.pdf)
+            except (LumbardxError, OSError, ValueError) as exc:
+                log.exception("%s: writing outputs failed", res.path)
+                res = Result(res.path, error=InputError(folder, f"writing outputs failed: "
+                                                                f"{exc}"))
+            else:
+                self._discard_others(res.path, folder)
+                secs = sum(res.study.timings_ms.values()) / 1000.0
+                return _ok_row(res.path, folder, discs, text, f"{secs:.3f}")
+        return _failed_row(res.path, _failure(res))
+
+    def _discard_others(self, study: Path, keep: Path) -> None:
+        """Delete the output folders of ``study`` other than ``keep`` (made with an earlier
+        study key, or left by a run killed between publishing a new folder and deleting the
+        old one)."""
+        from lumbardx.stages.outputs import discard_folder
+
+        for f in self.finished.get(input_key(study), []):
+            if f.folder != keep and f.folder.exists():
+                discard_folder(f.folder)
+
+
+def write_summary(out: Path, rows: list[dict[str, str]]) -> Path:
+    """Write ``OUT/summary.csv`` (:data:`SUMMARY_COLUMNS`, one row per input) atomically, so
+    that a run killed at any point leaves a valid summary of what it did."""
+    from lumbardx.io import atomic_write_text
+
+    text = StringIO()
+    writer = csv.DictWriter(text, SUMMARY_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(out / "summary.csv", text.getvalue())
+
+
+def _print_table(console: Console, out: Path, rows: list[dict[str, str]]) -> None:
+    """The summary rows as a terminal table: study folder, discs, findings, time."""
+    table = Table(title=f"lumbardx diagnose -> {out}")
+    for col in ("study", "discs", "findings by level", "time (s)"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        if row["status"] == "failed":
+            table.add_row(Path(row["input"]).name or row["input"], "-",
+                          f"[red]failed: {row['reason']}[/red]", "-")
+        else:
+            note = f" [dim]({row['reason']})[/dim]" if row["reason"] else ""
+            table.add_row(Path(row["folder"]).name, row["discs"], row["findings"] + note,
+                          row["time_s"] or "-")
+    console.print(table)
 
 
 def diagnose(
     paths: list[Path] = typer.Argument(..., help=HELP_PATHS, show_default=False),
     out: Path = typer.Option(Path("lumbardx-out"), "--out", help="Output folder; one "
-                             "subfolder per study: OUT/<input name>-<study key>/."),
+                             "subfolder per study: OUT/<input name>-<study key>/, ending with "
+                             "complete.json; OUT/summary.csv, one row per input."),
     weights: Path | None = typer.Option(None, "--weights", help="Trained checkpoint (.pt) or "
                                         "ONNX export; default: the shipped weights."),
     model: str = typer.Option("default", "--model", help="default|best|single (shipped "
@@ -181,12 +400,23 @@ def diagnose(
                                        help="For DICOM input, also write SR (TID 1500) and a "
                                        "Secondary Capture of the overlay."),
     pdf: bool = typer.Option(True, "--pdf/--no-pdf", help="Write report.pdf."),
+    redo: bool = typer.Option(False, "--redo", help="Diagnose every study again. Without "
+                              "it, a batch run again (e.g. after being killed) skips the "
+                              "studies finished earlier into OUT from the same input content "
+                              "with the same options (their complete.json) and diagnoses the "
+                              "rest."),
 ) -> None:
     """Find discs, disc herniation and spondylolisthesis on sagittal lumbar MRI studies.
 
+    A batch can be stopped at any point and run again with the same arguments: the studies
+    finished earlier into OUT (same input content and options) are skipped, the rest are
+    diagnosed; --redo diagnoses them all. A study's folder appears complete or not at all.
+    Exit code: 0 all studies diagnosed (or done earlier), 1 any failed, 2 nothing to do.
+
     Decision support for research and teaching; not a diagnosis.
     """
-    from lumbardx.diagnosis import Diagnoser, Result, write_outputs
+    from lumbardx.diagnosis import Diagnoser
+    from lumbardx.stages.outputs import remove_work_folders
 
     console = Console()
     found = discover(list(paths))
@@ -207,7 +437,6 @@ def diagnose(
     except (LumbardxError, ValueError) as exc:
         console.print(f"[red]cannot load the model:[/red] {exc}")
         raise typer.Exit(1) from None
-    dx.warmup()
     console.print(f"model {dx.info.name} ({dx.info.version}; {dx.info.backend}), "
                   f"{len(found.studies)} stud{'y' if len(found.studies) == 1 else 'ies'}")
     if dx.info.reads_pairs:
@@ -217,50 +446,42 @@ def diagnose(
     if dx.segments is not None:
         console.print(f"segment reader {dx.segments.summary['version']}")
 
-    results: list[tuple[Result, Path | None]] = []
+    stale = remove_work_folders(out)
+    if stale:
+        console.print(f"removed {len(stale)} unfinished output folder(s) of an interrupted run")
+    batch = Batch(out, output_options(dx, classes, dicom_outputs, pdf),
+                  {s: fingerprint(s) for s in found.studies}, finished_folders(out),
+                  dicom_outputs, pdf)
+    rows: dict[Path, dict[str, str]] = {}
+    if not redo:
+        for study in found.studies:
+            row = batch.done_earlier(study)
+            if row is not None:
+                rows[study] = row
+        if rows:
+            console.print(f"{len(rows)} done earlier in {out}, skipped (--redo to redo them)")
+    todo = [s for s in found.studies if s not in rows]
+
+    def summary_rows() -> list[dict[str, str]]:
+        return ([_failed_row(p, r) for p, r in found.problems]
+                + [rows[s] for s in found.studies if s in rows])
+
+    if todo:
+        dx.warmup()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True,
-                  disable=len(found.studies) < 2) as bar:
-        task = bar.add_task("diagnosing", total=len(found.studies))
-        for res in dx.diagnose_many(found.studies):
-            folder = None
-            if res.study is not None:
-                folder = output_folder(out, res.path, res.study.study_key)
-                try:
-                    write_outputs(res.study, folder, dicom=dicom_outputs, pdf=pdf)
-                except (LumbardxError, OSError, ValueError) as exc:
-                    log.exception("%s: writing outputs failed", res.path)
-                    res = Result(res.path, error=InputError(folder, f"writing outputs failed: "
-                                                                    f"{exc}"))
-                    folder = None
-            if res.error is not None:
-                where = getattr(res.error, "path", None) or res.path
-                bar.console.print(f"[red]failed[/red] {where}: {res.reason}")
-            results.append((res, folder))
+                  disable=len(todo) < 2) as bar:
+        task = bar.add_task("diagnosing", total=len(todo))
+        for res in dx.diagnose_many(todo):
+            rows[res.path] = row = batch.settle(res)
+            if row["status"] == "failed":
+                bar.console.print(f"[red]failed[/red] {res.path}: {row['reason']}")
+            write_summary(out, summary_rows())
             bar.advance(task)
 
-    table = Table(title=f"lumbardx diagnose -> {out}")
-    for col in ("study", "discs", "findings by level", "time (s)"):
-        table.add_column(col, overflow="fold")
-    rows = [{"input": str(p), "status": "failed", "folder": "", "discs": "", "findings": "",
-             "time_s": "", "reason": r} for p, r in found.problems]
-    for p, r in found.problems:
-        table.add_row(p.name or str(p), "-", f"[red]failed: {r}[/red]", "-")
-    for res, folder in results:
-        if res.study is None:
-            table.add_row(res.path.name, "-", f"[red]failed: {res.reason}[/red]", "-")
-            rows.append({"input": str(res.path), "status": "failed", "folder": "", "discs": "",
-                         "findings": "", "time_s": "", "reason": res.reason})
-            continue
-        secs = sum(res.study.timings_ms.values()) / 1000.0
-        text = findings_text(res.study)
-        table.add_row(str(folder.name if folder else res.path.name),
-                      str(len(res.study.findings.discs)), text, f"{secs:.2f}")
-        rows.append({"input": str(res.path), "status": "ok", "folder": str(folder),
-                     "discs": str(len(res.study.findings.discs)), "findings": text,
-                     "time_s": f"{secs:.3f}", "reason": ""})
-    console.print(table)
-    summary = _write_summary(out, rows)
-    failed = sum(r["status"] == "failed" for r in rows)
-    console.print(f"{len(rows) - failed} diagnosed, {failed} failed; summary: {summary}")
+    final = summary_rows()
+    _print_table(console, out, final)
+    summary = write_summary(out, final)
+    failed = sum(r["status"] == "failed" for r in final)
+    console.print(f"{len(final) - failed} diagnosed, {failed} failed; summary: {summary}")
     raise typer.Exit(1 if failed else 0)

@@ -53,7 +53,10 @@ def check_findings_schema(doc: dict) -> None:
                    for f in disc["findings"])
         assert set(disc["severity"]) == SEVERITY_KEYS
         probs = disc["probabilities"]
-        assert (probs is None) == (doc["segment_reader"] is None)
+        if doc["review"] is None:  # a reviewed disc the reader drew may have none
+            assert (probs is None) == (doc["segment_reader"] is None)
+        else:
+            assert probs is None or doc["segment_reader"] is not None
         if probs is not None:
             assert set(probs) <= SEGMENT_LABELS and all(0.0 <= v <= 1.0 for v in probs.values())
     assert all(isinstance(v, float) for v in doc["timings_ms"].values())
@@ -63,3 +66,11 @@ def check_findings_schema(doc: dict) -> None:
     if reader is not None:
         assert reader["slip_call"] in ("reader", "detector")
         assert reader["slip_measure"] in ("reader", "corners")
+    review = doc["review"]
+    if review is not None:
+        assert review["state"] in ("open", "complete")
+        assert set(review) == {"state", "reviewer", "reviewed_at", "summary", "counts", "boxes"}
+        for b in review["boxes"]:
+            assert b["origin"] in ("model", "reader")
+            assert b["decision"] in ("pending", "accepted", "rejected", "edited", "added")
+            assert len(b["box"]) == 4 and isinstance(b["action"], str)

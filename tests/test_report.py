@@ -214,21 +214,28 @@ def test_html_escapes_file_name_and_uncertain_levels(case, tmp_path):
     assert not (tmp_path / "r2.html").exists()
 
 
-def test_patient_identifiers_never_printed(case, tmp_path):
+def test_patient_id_only_in_the_report_header(case, tmp_path):
+    """The Patient ID identifies the report (its header field, so a printed report is not
+    misfiled); the patient's name and the ID are redacted everywhere else (source file name,
+    warnings), and findings.json's findings carry neither."""
     ds = Dataset()
     ds.PatientName = "Zyxwort^Quenby^Q"
     ds.PatientID = "PID-48213"
     st = make_study(case, source="/pacs/Zyxwort_Quenby_PID-48213_sag.dcm", header=ds, kind="dicom")
+    st.warnings.append("note about PID-48213")
     text = render_html_report(st, b"\x89PNG\r\n\x1a\n")
-    for ident in ("Zyxwort", "Quenby", "PID-48213"):
+    for ident in ("Zyxwort", "Quenby"):
         assert ident.lower() not in text.lower()
+    assert text.count("PID-48213") == 1
+    assert "<dt>Patient ID</dt><dd>PID-48213</dd>" in text
     assert "[redacted]" in text and "_sag.dcm" in text
     pages = build_report_pages(st, np.zeros((40, 30, 3), np.uint8))
     printed = " ".join(t.get_text() for fig in pages for t in fig.findobj(
         lambda a: hasattr(a, "get_text")))
     assert "_sag.dcm" in printed and st.study_key in printed
-    for ident in ("Zyxwort", "Quenby", "PID-48213"):
+    for ident in ("Zyxwort", "Quenby"):
         assert ident.lower() not in printed.lower()
+    assert printed.count("PID-48213") == 1
     doc = json.loads(write_findings_json(st, tmp_path / "f.json").read_text())
     assert "Quenby" not in json.dumps(doc["findings"]) and "PID" not in doc["study_key"]
 

@@ -5,7 +5,7 @@
 .. code-block:: text
 
     {
-      "schema": "lumbardx.findings/2",
+      "schema": "lumbardx.findings/3",
       "source": str,                 # input file or folder name (no directories: paths often
                                      # carry patient names)
       "study_key": str,              # de-identified key: sha256 of the analysed pixels (16 hex)
@@ -32,8 +32,19 @@
                          "slip_measure": "reader"|"corners"} | null,
       "timings_ms": {"read": float, "detect": float, "findings": float, "overlay": float, ...},
       "warnings": [str],
+      "review": null                 # model output nobody reviewed, or the reader's review:
+        | {"state": "open"|"complete", "reviewer": str | null, "reviewed_at": str | null,
+           "summary": str, "counts": {"confirmed": int, "changed": int, ...},
+           "boxes": [{"id": str, "label": str, "box": [x1, y1, x2, y2],
+                      "origin": "model"|"reader", "decision": str, "action": str,
+                      "level": str | null, "score": float | null,     # null: reader's call
+                      "model_label": str | null, "model_box": [...] | null,
+                      "model_score": float | null}]},
       "disclaimer": str
     }
+
+With a complete review, ``findings`` are the reviewed findings (the boxes the reader kept,
+:mod:`lumbardx.clinical.reviewed`); a disc the reader drew may have ``probabilities`` null.
 """
 
 from __future__ import annotations
@@ -46,10 +57,12 @@ from typing import Any
 import numpy as np
 
 from lumbardx.clinical.findings import SpineFindings
+from lumbardx.clinical.reviewed import ReviewRecord
 from lumbardx.data.boxes import Box
 from lumbardx.data.images import MedicalImage
 
-SCHEMA = "lumbardx.findings/2"  # 2: per-level probabilities, slip method, segment reader
+SCHEMA = "lumbardx.findings/3"  # 2: per-level probabilities, slip method, segment reader;
+# 3: the reader's review
 PAIR_INPUTS = "T1+T2"  # ModelInfo.inputs of a detector that reads T1 and T2 together
 DISCLAIMER = (
     "Decision support for research and teaching; not a diagnosis. Findings must be confirmed "
@@ -118,6 +131,11 @@ class Study:
         severity_note: how the severity estimates were validated (shown with them).
         segment_reader: the segment reader that read the discs (``version``,
             ``weights_sha256``), or ``None``.
+        review: the reader's review (:class:`lumbardx.clinical.reviewed.ReviewRecord`), or
+            ``None`` for model output nobody reviewed.
+        source_label: what reports call the source when ``source``'s name means nothing to a
+            reader (e.g. the web app's stored upload, renamed ``file-000.dcm``...); ``None``:
+            ``source``'s name.
     """
 
     source: Path
@@ -133,6 +151,8 @@ class Study:
     outputs: dict[str, Path] = field(default_factory=dict)
     severity_note: str = ""
     segment_reader: dict[str, Any] | None = None
+    review: ReviewRecord | None = None
+    source_label: str | None = None
 
     @property
     def positive(self) -> bool:
@@ -185,5 +205,6 @@ class Study:
             "findings": discs,
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
             "warnings": list(self.warnings),
+            "review": None if self.review is None else self.review.to_dict(),
             "disclaimer": DISCLAIMER,
         }

@@ -3,8 +3,11 @@
 :class:`Analyser` loads the :class:`lumbardx.diagnosis.Diagnoser` on first use (or takes one
 already loaded), diagnoses ``studies/<key>/`` input, writes the outputs of
 :func:`lumbardx.diagnosis.write_outputs` into the study folder, starts the review and updates
-the worklist row (``new`` -> ``analysed`` or ``failed``). Background work runs on one worker
-thread so that studies queue instead of competing for the CPU.
+the worklist row (``new`` -> ``analysed`` or ``failed``). When a reader completes the review,
+:meth:`Analyser.write_reviewed` rewrites the overlay, ``findings.json``, reports and SR as
+reviewed (the model's ``findings.json`` kept as ``model_findings.json``); a study analysed
+again after its review keeps the reviewed record. Background work runs on one worker thread so
+that studies queue instead of competing for the CPU.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from lumbardx.app.accounts import utc_now
@@ -23,6 +27,34 @@ from lumbardx.app.studies import StudyStore
 from lumbardx.data.errors import InputError
 
 log = logging.getLogger(__name__)
+
+
+def source_label(meta: dict[str, Any], header: Any = None) -> str:
+    """What reports call a stored study's source (the store's own names, ``original/`` and
+    ``file-000.dcm``, mean nothing to a reader): the series for DICOM (description and number),
+    how it arrived and how many files it had."""
+    n = int(meta.get("n_files") or 1)
+    how = "pulled from PACS" if meta.get("origin") == "pacs" else "uploaded"
+    kind = str(meta.get("kind", "")).upper()
+    if header is None:
+        return f"{kind} image {how} to lumbardx".strip()
+    desc = str(header.get("SeriesDescription", "") or "").strip() or "unnamed series"
+    number = header.get("SeriesNumber")
+    series = f"{desc} (series {number})" if number not in (None, "") else desc
+    return f"{series}, {n} DICOM file{'s' if n != 1 else ''} {how} to lumbardx"
+
+
+def _write(study: Any, folder: Path) -> str | None:
+    """All outputs of ``study`` into ``folder``; returns why the DICOM ones could not be made
+    (the others are written anyway), or ``None``."""
+    from lumbardx.diagnosis import write_outputs
+
+    try:
+        write_outputs(study, folder, dicom=True, pdf=True)
+        return None
+    except InputError as exc:  # DICOM outputs impossible: keep the others
+        write_outputs(study, folder, dicom=False, pdf=True)
+        return exc.problem
 
 
 class Analyser:
@@ -64,29 +96,20 @@ class Analyser:
     def analyse(self, key: str) -> dict[str, Any]:
         """Diagnose one stored study; returns its updated worklist row (never raises for a
         study that fails: the row says ``failed`` with the reason)."""
-        from lumbardx.diagnosis import write_outputs
-
         folder = self.studies.folder(key)
         meta = self.studies.meta(key)
         try:
             with self._lock:
-                dx = self.diagnoser
-                study = dx.diagnose(folder / meta["input"])
-                if study.study_key != key:
-                    raise InputError(None, "the stored files no longer give the analysed slice "
-                                           f"(key {study.study_key} instead of {key})")
-                try:
-                    write_outputs(study, folder, dicom=True, pdf=True)
-                    dicom_error = None
-                except InputError as exc:  # DICOM outputs impossible: keep the others
-                    write_outputs(study, folder, dicom=False, pdf=True)
-                    dicom_error = exc.problem
-            findings = read_json(folder / "findings.json")
-            discs = findings["findings"]
-            positive = [d["level"] for d in discs if d["label"] != "normal"]
+                study = self._diagnose(key, meta)
+                dicom_error = _write(study, folder)
             review_path = folder / "review.json"
-            if not review_path.exists() or read_json(review_path).get("state") != "complete":
-                write_json(review_path, initial_review(findings, dx.info.class_names))
+            if review_path.exists() and read_json(review_path).get("state") == "complete":
+                self.write_reviewed(key)  # the record stays the reviewed one
+            else:
+                write_json(review_path, initial_review(read_json(folder / "findings.json"),
+                                                       study.model.class_names))
+            discs = read_json(folder / "findings.json")["findings"]
+            positive = [d["level"] for d in discs if d["label"] != "normal"]
             meta = self.studies.update(
                 key, status="analysed", analysed_at=utc_now(), error=None,
                 n_discs=len(discs), n_findings=len(positive), levels_with_findings=positive,
@@ -104,6 +127,52 @@ class Analyser:
         if self.on_done is not None:
             self.on_done(key, meta)
         return meta
+
+    def _diagnose(self, key: str, meta: dict[str, Any]) -> Any:
+        """Diagnose the stored input of ``key`` (the model's reading; caller holds the lock)."""
+        study = self.diagnoser.diagnose(self.studies.folder(key) / meta["input"])
+        if study.study_key != key:
+            raise InputError(None, "the stored files no longer give the analysed slice "
+                                   f"(key {study.study_key} instead of {key})")
+        study.source_label = source_label(meta, study.image.header)
+        return study
+
+    def submit_reviewed(self, key: str) -> Future[None] | None:
+        """Rewrite ``key``'s outputs from its complete review, now or in the background."""
+        if self.settings.analyse_in_background:
+            return self._pool.submit(self._write_reviewed_logged, key)
+        self.write_reviewed(key)
+        return None
+
+    def _write_reviewed_logged(self, key: str) -> None:
+        try:
+            self.write_reviewed(key)
+        except Exception:  # noqa: BLE001 - a background job must say why it failed
+            log.exception("study %s: writing the reviewed report failed", key)
+            self.studies.update(key, report_error="writing the reviewed report failed")
+
+    def write_reviewed(self, key: str) -> None:
+        """Rewrite the overlay, ``findings.json``, the reports and the DICOM SR of ``key`` as
+        its reader reviewed them (:func:`lumbardx.stages.reviewed.reviewed_study`); the
+        model's own ``findings.json`` (one without a review) is kept as
+        ``model_findings.json``.
+
+        Raises:
+            InputError: the stored input cannot be read again.
+        """
+        from lumbardx.clinical.reviewed import ReviewRecord
+        from lumbardx.stages.reviewed import reviewed_study
+
+        folder = self.studies.folder(key)
+        record = ReviewRecord.from_json(read_json(folder / "review.json"))
+        with self._lock:
+            study = reviewed_study(self._diagnose(key, self.studies.meta(key)), record)
+            current = folder / "findings.json"
+            if current.exists() and read_json(current).get("review") is None:
+                write_json(folder / "model_findings.json", read_json(current))  # the model's
+            _write(study, folder)
+        self.studies.update(key, report_error=None)
+        log.info("study %s: reviewed report written", key)
 
     def shutdown(self) -> None:
         """Stop the worker (queued studies stay ``new`` and can be analysed again)."""

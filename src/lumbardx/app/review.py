@@ -7,6 +7,13 @@ Boxes are ``[x1, y1, x2, y2]`` in pixels of the analysed image, 0-based continuo
 ``pending`` (not looked at), ``accepted``, ``rejected``, ``edited`` (edges or class changed),
 ``added`` (drawn by the reader). Training data (:func:`training_boxes`) is every box not
 ``pending`` or ``rejected``.
+
+A model box the reader changes keeps what the model said (``model_label``, ``model_box``,
+``model_score``); when its class changes, its ``score`` becomes ``null``: the class is the
+reader's call, not the model's. A box the reader draws (or a model box the reader moves) gets
+the disc ``level`` that the grouping of the model's boxes gives it among the boxes not
+rejected, named from the levels of the model's boxes (:func:`assign_levels`), updated after
+each change.
 """
 
 from __future__ import annotations
@@ -108,10 +115,15 @@ def apply(review: dict[str, Any], action: str, user: str, box_id: str | None = N
         if "box" not in body and "label" not in body:
             raise ReviewError(422, "give 'box' and/or 'label'")
         old = {"label": b["label"], "box": list(b["box"])}
+        if b["origin"] == "model" and "model_label" not in b:
+            b.update(model_label=b["label"], model_box=list(b["box"]), model_score=b["score"])
         if "box" in body:
             b["box"] = _check_box(new, body["box"])
         if "label" in body:
             b["label"] = _check_label(new, body["label"])
+        if b["origin"] == "model":
+            # the model's score stands only for the model's class
+            b["score"] = b["model_score"] if b["label"] == b["model_label"] else None
         if b["decision"] != "added":
             b["decision"] = "edited"
         detail.update(before=old, after={"label": b["label"], "box": b["box"]})
@@ -144,8 +156,27 @@ def apply(review: dict[str, Any], action: str, user: str, box_id: str | None = N
                   "training_boxes": len(training_boxes(new))}
     else:
         raise ValueError(f"unknown review action {action!r}")
+    assign_levels(new)
     new["updated_at"], new["updated_by"] = utc_now(), user
     return new, detail
+
+
+def assign_levels(review: dict[str, Any]) -> None:
+    """Set, in place, the ``level`` of every box not rejected whose level is not the model's
+    own (a reader's box, or a model box the reader moved): the boxes not rejected are grouped
+    into discs by the logic of the model's boxes and named from the levels of the model boxes
+    left where the model put them (:func:`lumbardx.clinical.reviewed.box_levels`)."""
+    from lumbardx.clinical.reviewed import box_levels
+
+    live = [b for b in review["boxes"] if b["decision"] != "rejected"]
+    anchor = [b["origin"] == "model" and b.get("model_box", b["box"]) == b["box"] for b in live]
+    levels = box_levels([Box(b["label"], *b["box"]) for b in live],
+                        (review["width"], review["height"]),
+                        [b["level"] if a else None for b, a in zip(live, anchor)],
+                        review["classes"])
+    for b, a, level in zip(live, anchor, levels):
+        if not a:
+            b["level"] = level
 
 
 def training_boxes(review: dict[str, Any]) -> list[Box]:

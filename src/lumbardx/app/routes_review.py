@@ -1,5 +1,6 @@
 """Corrections API: accept / reject / edit / add / delete boxes and complete the review; a
-completed review is written as training data (docs/api.md, "Corrections")."""
+completed review is written as training data (docs/api.md, "Corrections") and becomes the
+study's record: its overlay, findings.json, reports and SR are rewritten as reviewed."""
 
 from __future__ import annotations
 
@@ -72,6 +73,8 @@ def _act(c: AppContext, key: str, user: User, action: str, box_id: str | None = 
             if action == "complete":
                 c.studies.update(key, status="reviewed", reviewed_at=utc_now())
     c.audit.append(user.name, f"correction_{action}", key, **detail)
+    if review["state"] == "complete":  # the reports, SR and overlay now state the review
+        c.analyser.submit_reviewed(key)
     return review
 
 

@@ -84,6 +84,13 @@ MEYERDING_VALUES: dict[str, CodedConcept] = {
     g: local(f"MEYERDING-{g}", f"Meyerding grade {g}") for g in ("I", "II", "III", "IV", "V")
 }
 
+#: The reader's decision on a disc's status, in a reviewed report.
+READER_DECISION = local("READER-DECISION", "Reader's decision on the finding")
+READER_DECISION_VALUES: dict[str, CodedConcept] = {
+    "model": local("READER-CONFIRMED", "Model finding confirmed by the reader"),
+    "reader": local("READER-CALL", "Finding called or changed by the reader"),
+}
+
 # --- Measurements --------------------------------------------------------------------------
 CONFIDENCE = CodedConcept.from_code(codes.DCM.CertaintyOfFinding)
 SLIP_PERCENT = local("SLIP-PERCENT", "Vertebral slip, percent of endplate width")

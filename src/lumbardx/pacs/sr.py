@@ -30,7 +30,8 @@ box corners are written unchanged (``x`` = column, ``y`` = row), clipped to the 
 Header. Patient and study modules are copied from the source header (the point of results back
 to PACS: they file with the study); Type 2 attributes missing there are written empty. Series
 and SOP Instance UIDs are new. The report is marked PRELIMINARY, PARTIAL (one slice analysed),
-UNVERIFIED and Content Qualification RESEARCH.
+UNVERIFIED and Content Qualification RESEARCH; after a reader's complete review (the web app),
+FINAL and VERIFIED by the reviewer, with the reviewed findings (:func:`build_sr`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from highdicom.sr import (AlgorithmIdentification, DeviceObserverIdentifyingAttr
                           EnhancedSR, FindingSite, GraphicTypeValues, ImageRegion, Measurement,
                           MeasurementReport, MeasurementsAndQualitativeEvaluations,
                           ObservationContext, ObserverContext,
+                          PersonObserverIdentifyingAttributes,
                           PlanarROIMeasurementsAndQualitativeEvaluations, QualitativeEvaluation,
                           SourceImageForMeasurementGroup, SourceImageForRegion,
                           TrackingIdentifier)
@@ -66,6 +68,8 @@ log = logging.getLogger(__name__)
 SR_SERIES_NUMBER = 9901  # high, to sort after the scanner's series in a PACS browser
 SR_SERIES_DESCRIPTION = "lumbardx findings - decision support, not a diagnosis"
 DEFAULT_MANUFACTURER = "lumbardx"
+#: Verifying Organization of a reviewed report when the site does not name one.
+DEFAULT_ORGANIZATION = "not recorded"
 
 #: Type 2 attributes of the Patient / General Study modules that highdicom reads from the source.
 _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
@@ -177,8 +181,10 @@ def _algorithm(model: ModelInfo) -> AlgorithmIdentification:
 
 
 def disc_group(disc: DiscFindings, header: Dataset, frame: int | None, size: tuple[int, int],
-               model: ModelInfo) -> PlanarROIMeasurementsAndQualitativeEvaluations:
-    """The TID 1410 group of one disc (content listed in the module docstring)."""
+               model: ModelInfo, reviewed: bool = False
+               ) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+    """The TID 1410 group of one disc (content listed in the module docstring); ``reviewed``
+    adds the reader's decision on its status."""
     multi = number_of_frames(header) > 1
     source = SourceImageForRegion(
         referenced_sop_class_uid=str(header.SOPClassUID),
@@ -205,6 +211,10 @@ def disc_group(disc: DiscFindings, header: Dataset, frame: int | None, size: tup
                    for f in disc.findings if f.label != NORMAL or disc.status == NORMAL]
     evaluations.append(QualitativeEvaluation(lx.LEVEL_UNCERTAIN,
                                              lx.YES if disc.level_uncertain else lx.NO))
+    if reviewed:  # the status box: the model's score stands (confirmed) or the reader's call
+        evaluations.append(QualitativeEvaluation(
+            lx.READER_DECISION,
+            lx.READER_DECISION_VALUES["model" if disc.confidence is not None else "reader"]))
     if disc.meyerding_grade in lx.MEYERDING_VALUES:
         evaluations.append(QualitativeEvaluation(lx.MEYERDING_GRADE,
                                                  lx.MEYERDING_VALUES[disc.meyerding_grade]))
@@ -233,13 +243,29 @@ def no_disc_group(header: Dataset, frame: int | None, model: ModelInfo
         qualitative_evaluations=[QualitativeEvaluation(lx.DISC_DETECTED, lx.NO)])
 
 
+def reviewer_name(user: str | None) -> str:
+    """A reviewer's account name as a DICOM Person Name (PN: no backslash, at most 64
+    characters per component group; a single name is written as the family name, ``alice^``,
+    so it is not mistaken for a malformed name)."""
+    name = (user or "unknown reader").replace("\\", "/").replace("=", "-")[:63]
+    return name if "^" in name else name + "^"  # one component: the family name
+
+
 def build_sr(study: Study, *, manufacturer: str = DEFAULT_MANUFACTURER,
-             series_number: int = SR_SERIES_NUMBER, instance_number: int = 1) -> EnhancedSR:
+             series_number: int = SR_SERIES_NUMBER, instance_number: int = 1,
+             organization: str = DEFAULT_ORGANIZATION) -> EnhancedSR:
     """The TID 1500 Enhanced SR of ``study``'s findings, filed in the source study.
+
+    A study with a complete review (``study.review``) is reported as the reader reviewed it:
+    its findings are the reviewed ones, the reviewer is a person observer beside the device,
+    each disc group says whether its status is the model's finding confirmed or the reader's
+    call, and the document is VERIFIED (Verifying Observer = the reviewer, ``organization``)
+    and FINAL; without one it stays PRELIMINARY and UNVERIFIED.
 
     Args:
         study: a study read from DICOM (``study.image.header`` set).
         manufacturer: Manufacturer of the SR and of the observing device.
+        organization: Verifying Organization of a reviewed report.
         series_number, instance_number: Series / Instance Number of the new SR.
 
     Raises:
@@ -251,13 +277,20 @@ def build_sr(study: Study, *, manufacturer: str = DEFAULT_MANUFACTURER,
     evidence = evidence_dataset(header, frame)
     size = (study.image.width, study.image.height)
     try:
-        groups = [disc_group(d, header, frame, size, study.model)
+        review = study.review if study.review is not None and study.review.complete else None
+        groups = [disc_group(d, header, frame, size, study.model, review is not None)
                   for d in study.findings.discs] or [no_disc_group(header, frame, study.model)]
         device = DeviceObserverIdentifyingAttributes(
             uid=device_uid(manufacturer, study.model), name=f"lumbardx {__version__}",
             manufacturer_name=manufacturer, model_name=study.model.name)
-        context = ObservationContext(observer_device_context=ObserverContext(
-            observer_type=codes.cid270.Device, observer_identifying_attributes=device))
+        person = None if review is None else ObserverContext(
+            observer_type=codes.cid270.Person,
+            observer_identifying_attributes=PersonObserverIdentifyingAttributes(
+                name=reviewer_name(review.reviewer)))
+        context = ObservationContext(observer_person_context=person,
+                                     observer_device_context=ObserverContext(
+                                         observer_type=codes.cid270.Device,
+                                         observer_identifying_attributes=device))
         library = all(k in evidence for k in _LIBRARY_KEYWORDS)
         report = MeasurementReport(
             observation_context=context, procedure_reported=lx.PROCEDURE_CODE,
@@ -265,12 +298,16 @@ def build_sr(study: Study, *, manufacturer: str = DEFAULT_MANUFACTURER,
             referenced_images=[evidence] if library else None)
         extra = [*(d.level for d in study.findings.discs),
                  *(f.label for d in study.findings.discs for f in d.findings), study.model.name,
-                 manufacturer]
+                 manufacturer, *([] if review is None else [reviewer_name(review.reviewer),
+                                                             organization])]
         return EnhancedSR(
             evidence=[evidence], content=report[0], series_instance_uid=generate_uid(),
             series_number=series_number, sop_instance_uid=generate_uid(),
             instance_number=instance_number, manufacturer=manufacturer,
-            is_complete=False, is_final=False, is_verified=False,
+            is_complete=False, is_final=review is not None,
+            is_verified=review is not None,
+            verifying_observer_name=None if review is None else reviewer_name(review.reviewer),
+            verifying_organization=None if review is None else organization,
             specific_character_set=character_set(evidence, extra),
             series_description=SR_SERIES_DESCRIPTION, manufacturer_model_name=study.model.name,
             software_versions=f"lumbardx {__version__}", content_qualification="RESEARCH",

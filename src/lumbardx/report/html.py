@@ -27,6 +27,7 @@ from pydicom.multival import MultiValue
 
 from lumbardx import __version__
 from lumbardx.clinical.findings import NORMAL, DiscFindings
+from lumbardx.clinical.reviewed import NOT_REVIEWED
 from lumbardx.data.errors import InputError
 from lumbardx.report.overlay import (class_colours, extent_text, level_label, slip_text,
                                      write_bytes_atomic)
@@ -100,8 +101,38 @@ def redact(text: str, study: Study) -> str:
 
 
 def source_name(study: Study) -> str:
-    """The source's file (or folder) name without its path, identifiers redacted."""
-    return redact(Path(study.source).name, study)
+    """The source's file (or folder) name without its path (or the study's
+    ``source_label``), identifiers redacted."""
+    return redact(study.source_label or Path(study.source).name, study)
+
+
+def patient_id(study: Study) -> str:
+    """The DICOM Patient ID, for the report header only (never in logs or file names)."""
+    ds = study.image.header
+    value = "" if ds is None else str(ds.get("PatientID", "") or "").strip()
+    if value:
+        return value
+    return "not recorded (image file)" if ds is None else "not recorded in the DICOM header"
+
+
+def review_status(study: Study) -> str:
+    """``"not reviewed (...)"`` or who reviewed the findings, when, and what they changed."""
+    return NOT_REVIEWED if study.review is None else study.review.status_text()
+
+
+def review_rows(study: Study) -> list[tuple[str, str, str, str, str]]:
+    """``(level, finding, from, reader's action, model score)`` per box of a review, model
+    boxes first, then the reader's; empty without a review."""
+    if study.review is None:
+        return []
+    rows = []
+    for b in study.review.boxes:
+        found = b.label if b.model_label in (None, b.label) else f"{b.label} (model: " \
+                                                                  f"{b.model_label})"
+        score = b.model_score if b.model_score is not None else b.score
+        rows.append((b.level or "-", found, "reader" if b.origin == "reader" else "model",
+                     b.what, "-" if b.origin == "reader" or score is None else f"{score:.2f}"))
+    return rows
 
 
 def header_fields(study: Study, analysed_at: datetime | None = None) -> list[tuple[str, str]]:
@@ -114,8 +145,10 @@ def header_fields(study: Study, analysed_at: datetime | None = None) -> list[tup
                  else "single image")
     pairs = ", reads T1 and T2 together" if m.reads_pairs else ""
     fields = [
+        ("Patient ID", patient_id(study)),
         ("Study key (de-identified)", study.study_key),
-        ("Source file", source_name(study)),
+        ("Source", source_name(study)),
+        ("Review", review_status(study)),
         ("Image", f"{img.width} x {img.height} px, {img.kind.upper()}, pixel spacing {spacing}"),
         ("Slice analysed", slice_txt),
     ]
@@ -130,20 +163,23 @@ def header_fields(study: Study, analysed_at: datetime | None = None) -> list[tup
     ]
 
 
-def _confidence(score: float | None) -> str:
-    return "reference" if score is None else f"{score:.2f}"
+def _confidence(score: float | None, reviewed: bool = False) -> str:
+    if score is None:
+        return "reader's call" if reviewed else "reference"
+    return f"{score:.2f}"
 
 
 def finding_rows(study: Study) -> list[FindingRow]:
     """One row per disc, top to bottom (severity in long form, see :mod:`.overlay`)."""
     rows = []
+    reviewed = study.review is not None
     for d in study.findings.discs:
-        others = [f"{f.label} ({_confidence(f.score)})" for f in d.findings
+        others = [f"{f.label} ({_confidence(f.score, reviewed)})" for f in d.findings
                   if f.label != d.status and f.label != NORMAL]
         sev = [t for t in (slip_text(d, long=True), extent_text(d, long=True)) if t]
         rows.append(FindingRow(level_label(d), d.level_uncertain, d.status,
-                               _confidence(d.confidence), ", ".join(others), "; ".join(sev),
-                               reader_text(d)))
+                               _confidence(d.confidence, reviewed), ", ".join(others),
+                               "; ".join(sev), reader_text(d)))
     return rows
 
 
@@ -254,6 +290,25 @@ def _chip(label: str, colours: dict[str, tuple[int, int, int]]) -> str:
     return f'<span class="chip" style="background:rgb({r},{g},{b})">{_e(label)}</span>'
 
 
+def review_section(study: Study) -> list[str]:
+    """The "Reader's review" section: every box, where it came from and what the reader did
+    (nothing without a review: the header says "not reviewed")."""
+    rows = review_rows(study)
+    if study.review is None:
+        return []
+    p = ["</section>", "<section><h2>Reader's review</h2>",
+         f"<p>{_e(study.review.status_text())}.</p>"]
+    if rows:
+        p.append("<table><thead><tr><th>Level</th><th>Finding</th><th>From</th>"
+                 "<th>Reader's action</th><th>Model score</th></tr></thead><tbody>")
+        p += ["<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows]
+        p.append("</tbody></table>")
+    p.append('<p class="note">Findings by level above are the reviewed findings: the boxes the '
+             "reader confirmed, changed or added, grouped and named by the same rules as the "
+             "model's; a rejected box is listed here only.</p>")
+    return p
+
+
 def render_html_report(study: Study, overlay_png: bytes, *, analysed_at: datetime | None = None,
                        training_data: str | None = None) -> str:
     """The report as an HTML string (``overlay_png``: the PNG file's bytes, embedded)."""
@@ -300,12 +355,14 @@ def render_html_report(study: Study, overlay_png: bytes, *, analysed_at: datetim
         p.append(f'<p class="note">{_e(" ".join(notes))}</p>')
     else:
         p.append("<p>No discs detected.</p>")
+    p += review_section(study)
     b64 = base64.b64encode(overlay_png).decode("ascii")
     p += ["</section>", "<section><h2>Overlay</h2><figure>",
           f'<img src="data:image/png;base64,{b64}" alt="analysed slice with detected discs, '
           'levels and findings">',
-          "<figcaption>Boxes: detector output in the colour of the class; level names on one "
-          "side, findings, confidence and severity estimates on the other.</figcaption>",
+          f"<figcaption>Boxes: {'the reviewed findings' if study.review else 'detector output'}"
+          " in the colour of the class; level names on one side, findings, confidence and "
+          "severity estimates on the other.</figcaption>",
           "</figure></section>", "<section><h2>Warnings</h2><ul>"]
     warnings = report_warnings(study)
     p += [f"<li>{_e(w)}</li>" for w in warnings] or ["<li>None.</li>"]

@@ -29,7 +29,7 @@ from lumbardx import __version__
 from lumbardx.clinical.findings import NORMAL
 from lumbardx.data.errors import InputError
 from lumbardx.report.html import (NOT_A_DIAGNOSIS, TITLE, finding_rows, header_fields, limits,
-                                  report_warnings, summary_lines)
+                                  report_warnings, review_rows, summary_lines)
 from lumbardx.report.fonts import load_font
 from lumbardx.report.overlay import class_colours, write_bytes_atomic
 
@@ -42,6 +42,9 @@ INK, GREY, RULE = "#1b1f24", "#57606a", "#c9ced4"
 BANNER_EDGE, BANNER_FACE = "#d55e00", "#fff4e5"
 UNCERTAIN = "#b35900"
 FINDING_COLUMNS: tuple[float, ...] = (0.11, 0.24, 0.12, 0.2, 0.33)  # fractions of text width
+REVIEW_COLUMNS: tuple[float, ...] = (0.12, 0.3, 0.1, 0.34, 0.14)
+#: Smallest type on the page (points): footers and notes.
+FOOTER_PT = 8.0
 _PAD = 0.05  # table cell padding, inches
 _MEASURE_SCALE = 10  # measure text with a font of 10 px per point
 
@@ -273,6 +276,18 @@ def build_report_pages(study: Study, overlay: np.ndarray, *, analysed_at: dateti
     else:
         f.paragraph("No discs detected.")
 
+    if study.review is not None:
+        f.heading("Reader's review")
+        f.paragraph(f"{study.review.status_text()}.", 9)
+        rows_r = review_rows(study)
+        if rows_r:
+            _table(f, ["Level", "Finding", "From", "Reader's action", "Model score"],
+                   [list(r) for r in rows_r], REVIEW_COLUMNS)
+        f.y += 0.06
+        f.paragraph("Findings by level are the reviewed findings: the boxes the reader "
+                    "confirmed, changed or added; a rejected box is listed here only.", 8,
+                    color=GREY)
+
     f.heading("Warnings")
     for w in report_warnings(study) or ["None."]:
         f.paragraph(f"- {w}", 9)
@@ -290,10 +305,15 @@ def build_report_pages(study: Study, overlay: np.ndarray, *, analysed_at: dateti
 
     n = len(f.pages)
     for i, fig in enumerate(f.pages, 1):
-        fig.text(MARGIN_IN / A4_IN[0], 0.35 / A4_IN[1],
-                 f"lumbardx {__version__} - study {study.study_key} - {NOT_A_DIAGNOSIS}",
-                 fontsize=7.5, color=GREY, parse_math=False)
-        fig.text(1 - MARGIN_IN / A4_IN[0], 0.35 / A4_IN[1], f"page {i} of {n}", fontsize=7.5,
+        page = f"page {i} of {n}"
+        room = f.width - text_width(page, FOOTER_PT) - 0.2
+        lines = _wrap(f"lumbardx {__version__} - study {study.study_key} - {NOT_A_DIAGNOSIS}",
+                      room, FOOTER_PT)
+        for li, line in enumerate(lines):  # wrapped, never cut: the footnote stays whole
+            fig.text(MARGIN_IN / A4_IN[0],
+                     (0.35 + (len(lines) - 1 - li) * FOOTER_PT * 1.3 / 72) / A4_IN[1], line,
+                     fontsize=FOOTER_PT, color=GREY, parse_math=False)
+        fig.text(1 - MARGIN_IN / A4_IN[0], 0.35 / A4_IN[1], page, fontsize=FOOTER_PT,
                  color=GREY, ha="right")
     return f.pages
 

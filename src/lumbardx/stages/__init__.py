@@ -11,6 +11,9 @@
 6. :mod:`~lumbardx.stages.severity` -- slip grade and herniation extent on the raw pixels;
 7. :mod:`~lumbardx.stages.outputs` -- overlay, ``findings.json``, reports, DICOM results.
 
+:mod:`~lumbardx.stages.reviewed` turns a study into the record of a reader's review (the
+reviewed findings the outputs then state).
+
 :mod:`~lumbardx.stages.plausibility` refuses, before detection and after the findings, what
 cannot be a sagittal lumbar spine MRI.
 

@@ -4,7 +4,10 @@ slice, ``meta.json`` (worklist row) and, once analysed, the outputs of
 
 ``study_key`` is :func:`lumbardx.study.pixel_key` of the analysed slice's pixels, computed when
 the files arrive (the same key the diagnosis writes into ``findings.json``), so a study sent
-twice is recognised. Files that cannot be read as a study are moved to
+twice is recognised. A study that comes back with more series than it had (the T1 series
+after the T2 alone; :func:`grows`) is not a duplicate: it is upgraded in place -- the earlier
+upload, outputs and review kept in ``history/<n>/`` and listed in ``meta.json`` ``history``
+-- and analysed again, e.g. as a T1+T2 pair. Files that cannot be read as a study are moved to
 ``DATA_DIR/quarantine/<id>/`` with ``reason.json``; they are never read with ``force=True``.
 """
 
@@ -91,6 +94,31 @@ def png_bytes(gray: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(gray), mode="L").save(buf, format="PNG")
     return buf.getvalue()
+
+
+def series_uids(files: list[Path]) -> set[str]:
+    """Series Instance UIDs of the DICOM files among ``files`` (headers only; files that are
+    not DICOM or have none are skipped)."""
+    from lumbardx.data.dicom import read_header
+
+    uids = set()
+    for f in files:
+        try:
+            uid = str(read_header(f).get("SeriesInstanceUID", "") or "")
+        except InputError:
+            continue
+        if uid:
+            uids.add(uid)
+    return uids
+
+
+def grows(stored: Path, files: list[Path]) -> bool:
+    """Whether an upload of ``files`` whose analysed slice is a stored study's (same key)
+    holds series the stored files (folder ``stored``) lack while keeping all of theirs: the
+    study grows (a T1 series after the T2 alone) rather than arriving twice."""
+    before = series_uids(sorted(p for p in stored.rglob("*") if p.is_file()))
+    after = series_uids(files)
+    return bool(before) and before < after
 
 
 class StudyStore:
@@ -197,8 +225,12 @@ class StudyStore:
         with self._lock:
             folder = self.root / key
             if (folder / "meta.json").is_file():
+                if not grows(folder / "original", staged.files):
+                    shutil.rmtree(staging, ignore_errors=True)
+                    return self.meta(key), True
+                meta = self._upgrade(key, staged, image, user, origin)
                 shutil.rmtree(staging, ignore_errors=True)
-                return self.meta(key), True
+                return meta, False
             shutil.rmtree(folder, ignore_errors=True)  # a half-made folder of a crash
             private_dir(folder)
             analysed = Path(image.source).name  # staging is flat (uploads.py)
@@ -224,6 +256,36 @@ class StudyStore:
             write_json(folder / "meta.json", meta)
         log.info("study %s stored (%s, %d files)", key, image.kind, len(staged.files))
         return meta, False
+
+    def _upgrade(self, key: str, staged: StagedStudy, image: MedicalImage, user: str | None,
+                 origin: str) -> dict[str, Any]:
+        """Replace ``key``'s files by a staged upload that holds more series of the same study
+        (e.g. T1+T2 after T2 alone): the earlier files and every output and review move to
+        ``history/<n>/``, the new files become ``original/``, and the study is ``new`` again
+        (analysed anew, e.g. as a T1+T2 pair; a fresh review). Caller holds the lock."""
+        folder = self.root / key
+        meta = self.meta(key)
+        history = folder / "history"
+        history.mkdir(exist_ok=True)
+        past = private_dir(history / str(len(meta.get("history", [])) + 1))
+        for item in sorted(folder.iterdir()):
+            if item.name not in ("history", "meta.json", "image.png", "pixels.npy"):
+                shutil.move(str(item), past / item.name)
+        analysed = Path(image.source).name
+        shutil.move(str(staged.folder), folder / "original")
+        record = {"time": utc_now(), "by": user, "origin": origin, "folder": f"history/{past.name}",
+                  "n_files": meta.get("n_files"), "status": meta.get("status"),
+                  "reviewed_at": meta.get("reviewed_at")}
+        meta.update(status="new", analysed_at=None, reviewed_at=None, error=None,
+                    n_discs=None, n_findings=None, levels_with_findings=[],
+                    n_files=len(staged.files), analysed_file=f"original/{analysed}",
+                    input="original" if len(staged.files) > 1 else f"original/{analysed}",
+                    frame=image.frame, upgraded_at=record["time"],
+                    history=[*meta.get("history", []), record])
+        write_json(folder / "meta.json", meta)
+        log.info("study %s upgraded: %d files now (earlier upload in %s)", key,
+                 len(staged.files), record["folder"])
+        return meta
 
     # -- images ---------------------------------------------------------------------------------
     def pixels(self, key: str) -> np.ndarray:

@@ -116,6 +116,32 @@ def test_overlay_shape_and_class_colours(study):
     assert np.all(corner[..., 0] == corner[..., 1]) and np.all(corner[..., 1] == corner[..., 2])
 
 
+def _relative_luminance(rgb) -> float:  # noqa: ANN001
+    c = np.asarray(rgb, float) / 255.0
+    lin = np.where(c <= 0.03928, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return float(lin @ [0.2126, 0.7152, 0.0722])
+
+
+def test_overlay_labels_sit_on_plates_legible_on_bright_and_dark(study):
+    """Every label has a dark translucent plate: over a white canal and over black bone the
+    label colours keep a WCAG contrast of at least 3:1 (large text) against the plate."""
+    from lumbardx.report.overlay import PLATE_ALPHA, text_colour
+
+    for value in (255, 0):
+        img = np.full_like(study.image.display, value)
+        out = render_overlay(img, study.findings, scale=2)
+        plate = round(value * (1 - PLATE_ALPHA))
+        area = out[: 2 * img.shape[0]]
+        on_plate = np.all(np.abs(area.astype(int) - plate) <= 1, axis=-1)
+        if value == 255:  # plates are the only grey on a white image: one per label at least
+            assert on_plate.sum() > 200 * 2 * len(study.findings.discs)
+        colours = class_colours(["normal", "herniation", "spondylolisthesis"])
+        for rgb in [(255, 255, 255), *(text_colour(c) for c in colours.values())]:
+            lighter = max(_relative_luminance(rgb), _relative_luminance([plate] * 3))
+            darker = min(_relative_luminance(rgb), _relative_luminance([plate] * 3))
+            assert (lighter + 0.05) / (darker + 0.05) >= 3.0, (value, rgb)
+
+
 def test_overlay_without_discs_and_bad_input(study):
     empty = SpineFindings([], False, "no boxes", image_size=(384, 384))
     out = render_overlay(study.image.display, empty, scale=1)

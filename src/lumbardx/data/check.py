@@ -292,7 +292,7 @@ def check_dataset(
                 else:
                     boxes[target] += 1
         try:
-            image = read_image(rec.image_path)
+            image = read_image(rec.image_path, max_side=None)  # boxes: full-size pixels
         except ImageReadError as err:
             if rec.image_path not in reported_unreadable:
                 add(Problem("error", UNREADABLE_IMAGE, rec.image_path, err.problem))

@@ -205,7 +205,7 @@ class LumbarDataset:
         image = self._images.get(rec.image_id)
         spacing = self._spacing.get(rec.image_id)
         if image is None:
-            medical = read_image(rec.image_path)
+            medical = read_image(rec.image_path, max_side=None)  # boxes: full-size pixels
             image = medical.display
             spacing = medical.pixel_spacing
             if image.shape != (rec.height, rec.width):

@@ -15,24 +15,48 @@ Rules:
   without it a multi-frame file is refused (``load_study`` picks the mid-sagittal frame).
   Per-frame and shared functional groups are flattened into the frame's header view
   (:func:`frame_header`), so spacing, orientation, rescale and window come from the frame.
-* Compressed transfer syntaxes are decoded by pydicom's pixel plugins (pylibjpeg with
-  openjpeg and rle; pydicom's own RLE decoder).
+* Compressed (encapsulated) transfer syntaxes are decoded by pydicom's pixel plugins (pylibjpeg
+  with openjpeg and rle, GDCM, pydicom's own RLE decoder) in a child process
+  (:func:`lumbardx.data.decode.run_isolated`): a native decoder that aborts, hangs or exhausts
+  memory on damaged data gives an :class:`ImageReadError`, and the caller lives on. Native
+  (uncompressed) pixel data is read in the process.
+* Headers are checked before any pixel data is read (:func:`check_header`): Rows / Columns
+  present, positive and at most :data:`MAX_SIDE`, Bits Allocated 8, 16 or 32, Bits Stored at
+  most Bits Allocated, Samples per Pixel 1 or 3, Number of Frames positive, one frame at most
+  :data:`MAX_FRAME_BYTES`, a file at most :data:`MAX_FILE_BYTES`; native Pixel Data must hold
+  exactly what they declare; Rescale Slope must be finite and non-zero. A Pixel Spacing that is
+  not two positive finite numbers is treated as unknown (``None``, as when absent) with a
+  warning; a window whose width is not positive and finite is ignored (percentile window) with a
+  warning.
+* Images longer than ``max_side`` (default :data:`~lumbardx.data.decode.MAX_DISPLAY_SIDE`) on
+  a side are reduced on read by the mean of ``step x step`` blocks of stored values; the pixel
+  spacing is multiplied by ``step``. The header keeps the file's Rows / Columns.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.datadict import dictionary_description
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_rescale, apply_voi_lut, get_decoder
 from pydicom.pixels import pixel_array as decode_pixels
+from pydicom.uid import UID
 
+from lumbardx.data.decode import (
+    MAX_DISPLAY_SIDE,
+    DecoderFailed,
+    block_mean,
+    reduction_step,
+    run_isolated,
+)
 from lumbardx.data.errors import ImageReadError
 from lumbardx.data.medical_image import (
     MAX_PIXELS,
@@ -48,6 +72,17 @@ log = logging.getLogger(__name__)
 #: slice to count as sagittal. Lumbar sagittal series are often planned slightly oblique to the
 #: spine; 20 degrees accepts those and rejects coronal / axial planes (90 degrees away).
 SAGITTAL_TOL_DEG: float = 20.0
+
+#: Largest Rows or Columns accepted. MR slices have at most 1024; digitised films and
+#: mammograms reach about 5000. A header claiming more is refused before any pixel data is read.
+MAX_SIDE: int = 8192
+#: Largest decoded frame accepted, in bytes (Rows x Columns x Samples x Bits Allocated / 8):
+#: 50 megapixels of 16-bit gray or 8-bit RGB fit, and no header makes the reader allocate more.
+MAX_FRAME_BYTES: int = 256 * 2**20
+#: Largest DICOM file read: pydicom reads the whole file into memory. An MR series stored as
+#: one multi-frame file is tens of megabytes.
+MAX_FILE_BYTES: int = 384 * 2**20
+ALLOWED_BITS_ALLOCATED: frozenset[int] = frozenset({8, 16, 32})
 
 PIXEL_DATA_KEYWORDS: tuple[str, ...] = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _PIXEL_DATA_TAG_LE = b"\xe0\x7f\x10\x00"  # (7FE0,0010) as written in little endian files
@@ -71,8 +106,12 @@ def read_header(path: str | Path, *, force: bool = False) -> Dataset:
 def _dcmread(path: Path, *, stop_before_pixels: bool, force: bool) -> Dataset:
     if not path.is_file():
         raise ImageReadError(path, "file does not exist" if not path.exists() else "is a folder")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise ImageReadError(path, "file is empty (0 bytes)")
+    if not stop_before_pixels and size > MAX_FILE_BYTES:
+        raise ImageReadError(path, f"file is {size / 2**20:,.0f} MiB, above the limit of "
+                                   f"{MAX_FILE_BYTES / 2**20:,.0f} MiB for one DICOM image")
     try:
         return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=force)
     except InvalidDicomError as exc:
@@ -83,6 +122,12 @@ def _dcmread(path: Path, *, stop_before_pixels: bool, force: bool) -> Dataset:
 
 def _why_not_dicom(path: Path) -> str:
     """Explain a missing ``DICM`` marker; a forced read is used only to word the message."""
+    from lumbardx.data.images import sniff_kind  # images imports this module
+
+    kind = sniff_kind(path)
+    if kind in ("png", "jpeg"):
+        return (f"holds a {kind.upper()} image, not DICOM (whatever its name says); read it as "
+                "an image (read_image and load_study go by the content)")
     try:
         probe = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         looks_dicom = "SOPClassUID" in probe or ("Rows" in probe and "Columns" in probe)
@@ -241,7 +286,10 @@ def _display_gray(values: np.ndarray, view: Dataset, path: Path) -> np.ndarray:
             return window_to_uint8(out, float(low), float(high))
         if has_window:
             centre = float(_first(view.WindowCenter))
-            width = abs(float(_first(view.WindowWidth)))
+            width = float(_first(view.WindowWidth))
+            if not (math.isfinite(centre) and math.isfinite(width) and width > 0):
+                raise ValueError(f"Window Center / Width {centre:g} / {width:g}: the width "
+                                 "must be positive and both finite")
             far = np.asarray([centre - 50 * width - 1, centre + 50 * width + 1])
             low, high = apply_voi_lut(far, view, prefer_lut=False)
             out = apply_voi_lut(values.astype(np.float64), view, prefer_lut=False)
@@ -273,24 +321,188 @@ def _first(value: object) -> object:
     return value[0] if isinstance(value, (list, tuple, MultiValue)) else value
 
 
+def check_header(path: Path, header: Dataset, max_pixels: int = MAX_PIXELS) -> int:
+    """Refuse an image header that contradicts itself or claims more than the limits, before
+    any pixel data is read (rules: module docstring); returns the number of frames.
+
+    Raises:
+        ImageReadError: naming the file and the field.
+    """
+    rows, cols = _header_int(path, header, "Rows"), _header_int(path, header, "Columns")
+    if rows is None or cols is None:
+        sop = getattr(header.get("SOPClassUID"), "name", "unknown SOP class")
+        raise ImageReadError(path, f"holds no image (no Rows / Columns; SOP class: {sop})")
+    for keyword, value in (("Rows", rows), ("Columns", cols)):
+        if value <= 0:
+            raise ImageReadError(path, f"{keyword} is {value}: the header describes an image "
+                                       "without pixels")
+        if value > MAX_SIDE:
+            raise ImageReadError(path, f"{keyword} is {value:,}, above the limit of "
+                                       f"{MAX_SIDE:,} pixels a side")
+    if rows * cols > max_pixels:
+        raise ImageReadError(path, f"image is {cols} x {rows} = {rows * cols:,} pixels, above "
+                                   f"the limit of {max_pixels:,} pixels")
+    samples = _header_int(path, header, "SamplesPerPixel", 1)
+    if samples not in (1, 3):
+        raise ImageReadError(path, f"Samples per Pixel is {samples}: images have 1 (gray) or "
+                                   "3 (colour)")
+    bits = _header_int(path, header, "BitsAllocated")
+    if bits not in ALLOWED_BITS_ALLOCATED:
+        raise ImageReadError(path, f"Bits Allocated is {'missing' if bits is None else bits}: "
+                                   "lumbardx reads 8, 16 or 32 bits per sample")
+    stored = _header_int(path, header, "BitsStored", bits)
+    assert bits is not None and stored is not None
+    if not 1 <= stored <= bits:
+        raise ImageReadError(path, f"Bits Stored is {stored}, outside 1 to Bits Allocated "
+                                   f"({bits})")
+    frames = _header_int(path, header, "NumberOfFrames", 1)
+    assert frames is not None
+    if frames < 1:
+        raise ImageReadError(path, f"Number of Frames is {frames}: a file with pixel data "
+                                   "holds at least one frame")
+    frame_bytes = rows * cols * samples * bits // 8
+    if frame_bytes > MAX_FRAME_BYTES:
+        raise ImageReadError(path, f"one frame of {cols} x {rows} x {samples} samples of "
+                                   f"{bits} bits is {frame_bytes / 2**20:,.0f} MiB, above the "
+                                   f"limit of {MAX_FRAME_BYTES / 2**20:,.0f} MiB")
+    return frames
+
+
+def _header_int(path: Path, header: Dataset, keyword: str, default: int | None = None
+                ) -> int | None:
+    """``header``'s ``keyword`` as an int, ``default`` when absent or empty."""
+    value = header.get(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        return int(_first(value))  # type: ignore[call-overload]
+    except (TypeError, ValueError) as exc:
+        raise ImageReadError(path, f"{dictionary_description(keyword)} is {value!r}, not a "
+                                   "whole number") from exc
+
+
+def _check_rescale(path: Path, view: Dataset) -> None:
+    """Refuse a Rescale Slope that is 0 or not finite (every pixel would get one value, or
+    none), and a Rescale Intercept that is not finite."""
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        value = view.get(keyword)
+        if value is None or value == "":
+            continue
+        try:
+            number = float(_first(value))  # type: ignore[arg-type]
+        except (TypeError, ValueError) as exc:
+            raise ImageReadError(path, f"{dictionary_description(keyword)} is {value!r}, not a "
+                                       "number") from exc
+        if not math.isfinite(number) or (keyword == "RescaleSlope" and number == 0):
+            raise ImageReadError(path, f"{dictionary_description(keyword)} is {number:g}: the "
+                                       "modality transform needs a finite"
+                                       + (", non-zero" if keyword == "RescaleSlope" else "")
+                                       + " value")
+
+
+def _check_native_length(path: Path, ds: Dataset, frames: int) -> None:
+    """Refuse native (uncompressed) pixel data whose length differs from what Rows x Columns
+    x Samples x Bits Allocated x Frames declare: the header does not describe the data, and
+    decoding would misplace or invent pixels. Trailing zero bytes are padding (some writers
+    add them; pydicom ignores them) and only logged."""
+    element = next(ds[k] for k in PIXEL_DATA_KEYWORDS if k in ds)
+    data = element.value or b""
+    actual = len(data)
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    samples = 2 if photometric == "YBR_FULL_422" else int(ds.get("SamplesPerPixel", 1) or 1)
+    expected = int(ds.Rows) * int(ds.Columns) * samples * int(ds.BitsAllocated) // 8 * frames
+    declared = (f"Rows {int(ds.Rows)} x Columns {int(ds.Columns)} x {samples} samples x "
+                f"{int(ds.BitsAllocated)} bits x {frames} frame(s) = {expected:,} bytes")
+    if actual < expected:
+        raise ImageReadError(path, f"damaged or truncated pixel data: Pixel Data holds "
+                                   f"{actual:,} bytes, the header declares {declared}")
+    if actual > expected + expected % 2:  # beyond the byte that pads to an even length
+        if np.frombuffer(data, np.uint8, offset=expected).any():
+            raise ImageReadError(path, f"Pixel Data holds {actual:,} bytes, more than the "
+                                       f"header declares ({declared}): Rows, Columns or Bits "
+                                       "Allocated are wrong")
+        log.warning("%s: Pixel Data ends with %d zero padding bytes beyond the %s; ignored",
+                    path, actual - expected, declared)
+
+
+def _check_decoder(path: Path, ts: UID) -> None:
+    """Refuse a transfer syntax no installed pixel decoder handles, before starting one."""
+    if not ts.is_transfer_syntax:
+        raise ImageReadError(path, f"Transfer Syntax UID {ts} is not a known transfer syntax")
+    try:
+        available = get_decoder(ts).is_available
+    except NotImplementedError:  # a transfer syntax pydicom has no decoder for at all
+        available = False
+    if not available:
+        raise ImageReadError(path, f"pixel data is compressed as {ts.name}, which no "
+                                   "installed decoder handles (JPEG needs pylibjpeg-libjpeg "
+                                   "or python-gdcm)")
+
+
 def _decode(path: Path, ds: Dataset, frame: int | None) -> np.ndarray:
     """The pixel array of ``ds`` (one frame when ``frame`` is given), errors named by cause."""
-    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if ts is not None and ts.is_compressed:
-        try:
-            available = get_decoder(ts).is_available
-        except NotImplementedError:  # a transfer syntax pydicom has no decoder for at all
-            available = False
-        if not available:
-            raise ImageReadError(path, f"pixel data is compressed as {ts.name}, which no "
-                                       "installed decoder handles (JPEG needs pylibjpeg-libjpeg "
-                                       "or python-gdcm)")
     try:
         if frame is None:
             return ds.pixel_array
         return decode_pixels(ds, index=frame)
+    except MemoryError:
+        raise
     except Exception as exc:  # short pixel data, bad fragments, corrupt compressed stream
-        raise ImageReadError(path, f"damaged or truncated pixel data: {exc}") from exc
+        reason = " ".join(str(exc).split())  # one line: pydicom lists each plugin's failure
+        raise ImageReadError(path, f"damaged or truncated pixel data: {reason}") from exc
+
+
+def _reduced_pixels(path: Path, ds: Dataset, frame: int | None, step: int) -> np.ndarray:
+    """Stored values of ``frame`` (``[rows, cols]``, or ``[rows, cols, 3]`` for colour; a
+    palette mapped to RGB first, as indices cannot be averaged), reduced by ``step``
+    (:func:`~lumbardx.data.decode.block_mean`)."""
+    arr = _decode(path, ds, frame)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR":
+        try:
+            arr = apply_color_lut(arr, ds)
+        except (ValueError, TypeError, IndexError, AttributeError, KeyError) as exc:
+            raise ImageReadError(path, f"unusable Palette Color lookup table: {exc}") from exc
+    if arr.ndim not in (2, 3):
+        raise ImageReadError(path, f"pixel data has shape {arr.shape}, expected one 2-D frame")
+    return block_mean(arr, step)
+
+
+def _decode_file(path: Path, frame: int | None, step: int, force: bool) -> np.ndarray | str:
+    """In the decoder process (:func:`~lumbardx.data.decode.run_isolated`): the file's
+    :func:`_reduced_pixels`, or why they cannot be decoded (returned, not raised: the decoder
+    process hands back return values, and exceptions only as text)."""
+    try:
+        return _reduced_pixels(path, _dcmread(path, stop_before_pixels=False, force=force),
+                               frame, step)
+    except ImageReadError as exc:
+        return exc.problem
+
+
+def _decode_isolated(path: Path, frame: int | None, step: int, force: bool) -> np.ndarray:
+    """:func:`_decode_file` in the decoder process; its death, time-out or out-of-memory is an
+    :class:`ImageReadError` like any damaged file."""
+    try:
+        result = run_isolated(_decode_file, path, frame, step, force)
+    except DecoderFailed as exc:
+        raise ImageReadError(path, "compressed pixel data could not be decoded "
+                                   f"({exc.reason})") from None
+    if isinstance(result, str):
+        raise ImageReadError(path, result)
+    return result
+
+
+def _spacing(path: Path, header: Dataset, frame: int | None, step: int
+             ) -> tuple[float, float] | None:
+    """Pixel Spacing of the returned (possibly reduced by ``step``) image in mm, ``None`` when
+    unknown; a stated spacing that is unusable (zero, negative, NaN) is logged."""
+    spacing = pixel_spacing(header, frame)
+    if spacing is None:
+        stated = frame_header(header, frame).get("PixelSpacing")
+        if stated not in (None, ""):
+            log.warning("%s: Pixel Spacing %s is not two positive finite numbers; spacing is "
+                        "unknown, nothing is measured in mm", path, stated)
+        return None
+    return spacing[0] * step, spacing[1] * step
 
 
 def read_dicom(
@@ -300,6 +512,7 @@ def read_dicom(
     require_mr: bool = False,
     max_pixels: int = MAX_PIXELS,
     force: bool = False,
+    max_side: int | None = MAX_DISPLAY_SIDE,
 ) -> MedicalImage:
     """Read one DICOM image (see the module docstring for the rules).
 
@@ -309,28 +522,26 @@ def read_dicom(
         require_mr: refuse files whose Modality is not MR.
         max_pixels: largest accepted Rows x Columns, checked before the pixel data is read.
         force: read a file that lacks the DICOM preamble (explicit opt-in).
+        max_side: longest side of the returned image in pixels; larger images are reduced by
+            an integer step and their pixel spacing multiplied by it (``None``: full size).
 
     Raises:
-        ImageReadError: not DICOM, damaged / truncated, no pixel data, wrong modality, too
-            large, multi-frame without ``frame``, undecodable compression.
+        ImageReadError: not DICOM, damaged / truncated, contradictory header, no pixel data,
+            wrong modality, too large, multi-frame without ``frame``, undecodable compression,
+            decoder crash / time-out / out of memory.
     """
     path = Path(path)
     header = _dcmread(path, stop_before_pixels=True, force=force)
     check_modality(header, path, require_mr)
-    rows, cols = int(header.get("Rows", 0) or 0), int(header.get("Columns", 0) or 0)
-    if rows <= 0 or cols <= 0:
-        sop = getattr(header.get("SOPClassUID"), "name", "unknown SOP class")
-        raise ImageReadError(path, f"holds no image (no Rows / Columns; SOP class: {sop})")
-    if rows * cols > max_pixels:
-        raise ImageReadError(path, f"image is {cols} x {rows} = {rows * cols:,} pixels, above "
-                                   f"the limit of {max_pixels:,} pixels")
-    n_frames = number_of_frames(header)
+    n_frames = check_header(path, header, max_pixels)
     if n_frames > 1 and frame is None:
         raise ImageReadError(path, f"holds {n_frames} frames; choose one with frame=0.."
                                    f"{n_frames - 1}, or use load_study to take the "
                                    "mid-sagittal frame")
     if frame is not None and not 0 <= frame < n_frames:
         raise ImageReadError(path, f"has {n_frames} frame(s); frame {frame} does not exist")
+    view = frame_header(header, frame)
+    _check_rescale(path, view)
 
     ds = _dcmread(path, stop_before_pixels=False, force=force)
     if not any(k in ds for k in PIXEL_DATA_KEYWORDS):
@@ -339,30 +550,41 @@ def read_dicom(
             raise ImageReadError(path, "damaged or truncated pixel data: the Pixel Data "
                                        "element could not be read to its end")
         raise ImageReadError(path, "has no pixel data (Pixel Data element missing)")
-    arr = _decode(path, ds, frame if n_frames > 1 else None)
-    view = frame_header(header, frame)
+    step = reduction_step(int(header.Rows), int(header.Columns), max_side)
+    index = frame if n_frames > 1 else None
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None and (not ts.is_transfer_syntax or ts.is_compressed):
+        _check_decoder(path, ts)
+        del ds  # the decoder process reads the file itself
+        arr = _decode_isolated(path, index, step, force)
+    else:
+        _check_native_length(path, ds, n_frames)
+        arr = _reduced_pixels(path, ds, index, step)
+        del ds
     photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    bits = _header_int(path, header, "BitsStored", int(header.BitsAllocated))
+    assert bits is not None
 
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
         if arr.ndim != 2:
             raise ImageReadError(path, f"{photometric} pixel data has shape {arr.shape}, "
                                        "expected one 2-D frame")
-        values = apply_rescale(arr, view)
+        try:
+            values = apply_rescale(arr, view)
+        except (ValueError, TypeError, IndexError, AttributeError, KeyError) as exc:
+            raise ImageReadError(path, f"unusable Modality LUT: {exc}") from exc
         pixels = np.asarray(values, dtype=np.float32)
         display = _display_gray(np.asarray(values), view, path)
         if photometric == "MONOCHROME1":
             display = 255 - display
     else:
-        if photometric == "PALETTE COLOR":
-            arr = apply_color_lut(arr, header)
         if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
             raise ImageReadError(path, f"{photometric} pixel data has shape {arr.shape}, "
                                        "expected [rows, columns, 3]")
         pixels = luminance(arr)
-        peak = 255.0 if arr.dtype == np.uint8 else float(2 ** int(header.BitsStored) - 1)
+        peak = 255.0 if arr.dtype == np.uint8 else float(2 ** bits - 1)
         display = window_to_uint8(pixels, 0.0, peak)
 
-    return MedicalImage(pixels=pixels, display=display, pixel_spacing=pixel_spacing(header, frame),
-                        source=path, kind="dicom", header=header,
-                        bits=int(header.get("BitsStored", 8) or 8),
-                        frame=frame if n_frames > 1 else None)
+    return MedicalImage(pixels=pixels, display=display,
+                        pixel_spacing=_spacing(path, header, frame, step), source=path,
+                        kind="dicom", header=header, bits=bits, frame=index)

@@ -5,19 +5,25 @@ display image (``display``, uint8 ``[H, W]``) that detectors and overlays use. P
 columns are kept as stored in the file (no EXIF rotation, no flipping), so boxes drawn on the
 file by annotation tools such as LabelImg stay valid.
 
-The file type is found from the file's first bytes, not its extension. Sizes are checked from the
-header before anything is decoded: an image with more than ``max_pixels`` pixels (default
-:data:`MAX_PIXELS`) is refused. Every problem raises :class:`~lumbardx.data.errors.ImageReadError`
-naming the file.
+The file type is found from the file's first bytes, not its extension (a PNG or JPEG named
+``.dcm`` is read as what it is, with a warning). Sizes are checked from the header before anything
+is decoded: an image with more than ``max_pixels`` pixels (default :data:`MAX_PIXELS`) is
+refused. An image longer than ``max_side`` (default
+:data:`~lumbardx.data.decode.MAX_DISPLAY_SIDE`) on a side is reduced on read by an integer step
+(JPEG: decoded at 1/2, 1/4 or 1/8 scale by libjpeg first, ``draft``), so that the float copies
+made from it stay small whatever the file's size. Every problem raises
+:class:`~lumbardx.data.errors.ImageReadError` naming the file.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from lumbardx.data.decode import MAX_DISPLAY_SIDE, reduction_step
 from lumbardx.data.dicom import dicom_size, read_dicom, read_header
 from lumbardx.data.errors import ImageReadError
 from lumbardx.data.medical_image import (  # noqa: F401 - the image type is public here too
@@ -31,7 +37,14 @@ from lumbardx.data.medical_image import (  # noqa: F401 - the image type is publ
     window_to_uint8,
 )
 
+log = logging.getLogger(__name__)
+
 DICOM_EXTENSIONS: frozenset[str] = frozenset({".dcm", ".dicom", ".dic", ".ima", ""})
+# Bits per sample of Pillow modes (MedicalImage.bits); modes not listed have 8.
+_MODE_BITS: dict[str, int] = {"1": 1, "I": 16, "I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16}
+# Modes Image.reduce averages meaningfully; others are converted first (palette indices and
+# bilevel pixels cannot be averaged, Pillow does not reduce 16-bit modes).
+_REDUCIBLE_MODES: frozenset[str] = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "I", "F"})
 
 # Leading bytes of formats users may hand in by mistake, for a helpful message.
 _OTHER_SIGNATURES: tuple[tuple[bytes, str], ...] = (
@@ -112,32 +125,46 @@ def _open_pil(path: Path, kind: ImageKind, max_pixels: int) -> Image.Image:
     return img
 
 
-def _pil_arrays(img: Image.Image) -> tuple[np.ndarray, np.ndarray, int]:
-    """``(pixels float32 [H, W], display uint8 [H, W], bits)`` from a decoded Pillow image."""
+def _pil_arrays(img: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """``(pixels float32 [H, W], display uint8 [H, W])`` from a decoded Pillow image."""
     mode = img.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         pixels = np.asarray(img).astype(np.float32)
-        return pixels, percentile_display(pixels), 16
-    if mode == "L":
-        display = np.asarray(img, dtype=np.uint8).copy()
-        return display.astype(np.float32), display, 8
-    if mode == "1":
-        display = np.asarray(img.convert("L"), dtype=np.uint8).copy()
-        return display.astype(np.float32), display, 1
+        return pixels, percentile_display(pixels)
+    if mode in ("L", "1"):
+        display = np.asarray(img.convert("L") if mode == "1" else img, dtype=np.uint8).copy()
+        return display.astype(np.float32), display
     if mode == "LA":
         display = np.asarray(img, dtype=np.uint8)[..., 0].copy()
-        return display.astype(np.float32), display, 8
+        return display.astype(np.float32), display
     if mode in ("RGB", "RGBA", "RGBX"):
         rgb = np.asarray(img, dtype=np.uint8)
     else:  # P, PA, CMYK, YCbCr, LAB, HSV: through Pillow's RGB conversion
         rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
     pixels = luminance(rgb)
-    return pixels, np.clip(np.rint(pixels), 0, 255).astype(np.uint8), 8
+    return pixels, np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
-def _read_pil(path: Path, kind: ImageKind, max_pixels: int) -> MedicalImage:
+def _reduced(img: Image.Image, max_side: int | None) -> Image.Image:
+    """The decoded ``img``, or a copy at most ``max_side`` pixels long: the mean of
+    ``step x step`` blocks (:func:`~lumbardx.data.decode.reduction_step`), as for DICOM."""
+    step = reduction_step(img.height, img.width, max_side)
+    if step == 1:
+        return img
+    if img.mode not in _REDUCIBLE_MODES:
+        img = img.convert("I" if img.mode.startswith("I;16") else
+                          "L" if img.mode == "1" else "RGB")
+    return img.reduce(step)
+
+
+def _read_pil(path: Path, kind: ImageKind, max_pixels: int, max_side: int | None
+              ) -> MedicalImage:
     img = _open_pil(path, kind, max_pixels)
     with img:
+        bits = _MODE_BITS.get(img.mode, 8)
+        step = reduction_step(img.height, img.width, max_side)
+        if kind == "jpeg" and step > 1:  # libjpeg decodes at 1/2, 1/4 or 1/8 scale directly
+            img.draft(img.mode, (-(-img.width // step), -(-img.height // step)))
         try:
             img.load()
         except Image.DecompressionBombError as exc:
@@ -145,21 +172,25 @@ def _read_pil(path: Path, kind: ImageKind, max_pixels: int) -> MedicalImage:
         except Exception as exc:  # truncated data, bad CRC, broken Huffman tables ...
             raise ImageReadError(path, f"damaged or truncated {kind.upper()} data: {exc}"
                                  ) from exc
-        pixels, display, bits = _pil_arrays(img)
+        pixels, display = _pil_arrays(_reduced(img, max_side))
     return MedicalImage(pixels=pixels, display=display, pixel_spacing=None, source=path,
                         kind=kind, header=None, bits=bits)
 
 
 def read_image(
-    path: str | Path, max_pixels: int = MAX_PIXELS, *, require_mr: bool = False
+    path: str | Path, max_pixels: int = MAX_PIXELS, *, require_mr: bool = False,
+    max_side: int | None = MAX_DISPLAY_SIDE,
 ) -> MedicalImage:
     """Read a PNG, JPEG or single-frame DICOM file.
 
     Args:
         path: the file; its type is found from its content (a file named ``.dcm`` that is not
-            DICOM is refused with a clear message).
+            DICOM is refused with a clear message; one that holds a PNG or JPEG is read as
+            such, with a warning).
         max_pixels: largest accepted rows x columns, checked from the header before decoding.
         require_mr: for DICOM, refuse files whose Modality is not ``MR``.
+        max_side: longest side of the returned image in pixels; larger images are reduced
+            by an integer step (DICOM pixel spacing scaled by it; ``None``: full size).
 
     Returns:
         The image (see :class:`MedicalImage` for the arrays and their units).
@@ -170,10 +201,15 @@ def read_image(
     path = Path(path)
     kind = sniff_kind(path)
     if kind == "dicom" or (kind is None and path.suffix.lower() in DICOM_EXTENSIONS):
-        return read_dicom(path, max_pixels=max_pixels, require_mr=require_mr)
+        return read_dicom(path, max_pixels=max_pixels, require_mr=require_mr,
+                          max_side=max_side)
     if kind is None:
         raise _unknown_format(path)
-    return _read_pil(path, kind, max_pixels)
+    if path.suffix and path.suffix.lower() in DICOM_EXTENSIONS:
+        log.warning("%s: named like a DICOM file but holds a %s image; reading it as %s "
+                    "(no DICOM header: no pixel spacing, no patient data)", path,
+                    kind.upper(), kind.upper())
+    return _read_pil(path, kind, max_pixels, max_side)
 
 
 def image_dimensions(path: str | Path) -> tuple[int, int, int]:

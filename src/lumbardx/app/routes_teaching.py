@@ -68,7 +68,7 @@ def list_sessions(user: User = Depends(current_user), c: AppContext = Depends(ct
 @router.get("/sessions/{sid}")
 def get_session(sid: str, user: User = Depends(current_user), c: AppContext = Depends(ctx)
                 ) -> dict[str, Any]:
-    """One session: cases answered and the next one."""
+    """One session: cases answered, levels called right and the next case."""
     return _run(c.teaching.get, user.name, sid)
 
 
@@ -92,6 +92,13 @@ def answer(sid: str, index: int, body: Answer, user: User = Depends(current_user
            c: AppContext = Depends(ctx)) -> dict[str, Any]:
     """Record the learner's calls; returns the truth and the time taken."""
     return _run(c.teaching.answer, user.name, sid, index, body.calls)
+
+
+@router.get("/sessions/{sid}/review")
+def review(sid: str, user: User = Depends(current_user), c: AppContext = Depends(ctx)
+           ) -> dict[str, Any]:
+    """The answered cases: the learner's call, the truth and right / wrong per level."""
+    return _run(c.teaching.review, user.name, sid)
 
 
 @router.get("/sessions/{sid}/score")

@@ -69,8 +69,8 @@ def create_app(settings: AppSettings, *, diagnoser: Any = None) -> FastAPI:
             ``settings`` when the first study is analysed).
     """
     from lumbardx import __version__
-    from lumbardx.app import (pages, routes_auth, routes_pacs, routes_review, routes_studies,
-                              routes_teaching)
+    from lumbardx.app import (pages, routes_auth, routes_pacs, routes_review, routes_slices,
+                              routes_studies, routes_teaching)
 
     context = build_context(settings, diagnoser)
 
@@ -82,8 +82,8 @@ def create_app(settings: AppSettings, *, diagnoser: Any = None) -> FastAPI:
     app = FastAPI(title="lumbardx", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url=None, lifespan=lifespan)
     app.state.ctx = context
-    for module in (routes_auth, routes_studies, routes_review, routes_pacs, routes_teaching,
-                   pages):
+    for module in (routes_auth, routes_studies, routes_slices, routes_review, routes_pacs,
+                   routes_teaching, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=settings.static_dir, check_dir=False),
               name="static")

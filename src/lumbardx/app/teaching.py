@@ -13,6 +13,12 @@ The score is :func:`lumbardx.clinical.readerstudy_analysis.run_reader_study` on 
 READS (``reader,case,site,call,seconds``; the case's time on its first row) against TRUTH
 (``case,site,truth``) over the answered cases, both written into the session folder
 (``DATA_DIR/teaching/<session_id>/reads.csv`` and ``truth.csv``).
+
+The history of a learner's quizzes counts, per session, the cases answered (``n_answered`` of
+``n_cases``; ``finished`` when none is left) and the levels called exactly right
+(``discs_correct`` of ``discs_answered``). The review (:meth:`TeachingStore.review`) lists each
+answered case with the call, the truth and right / wrong per level, and the same tallies per
+true finding; the truth of a case not yet answered is never in it.
 """
 
 from __future__ import annotations
@@ -163,19 +169,31 @@ class TeachingStore:
                           "discs": discs, "served_at": None, "seconds": None, "calls": None})
         session = {"session_id": sid, "user": user, "source": source, "folder": folder,
                    "seed": seed, "n_cases": len(cases), "created_at": utc_now(),
-                   "cases": cases}
+                   "created_ts": time.time(), "cases": cases}
         self._save(session)
         return session
 
     @staticmethod
-    def overview(session: dict[str, Any]) -> dict[str, Any]:
-        """Public view of a session (no truth)."""
-        answered = [c["case"] for c in session["cases"] if c["calls"] is not None]
+    def _marked(case: dict[str, Any]) -> list[tuple[dict[str, Any], str, bool]]:
+        """``(disc, call, right)`` for each level of an answered case."""
+        return [(d, case["calls"][d["level"]], case["calls"][d["level"]] == d["truth"])
+                for d in case["discs"]]
+
+    @classmethod
+    def overview(cls, session: dict[str, Any]) -> dict[str, Any]:
+        """Public view of a session: the cases answered (their indices in ``answered``, how
+        many in ``n_answered``), whether it is ``finished``, and the levels of the answered
+        cases called exactly right (``discs_correct`` of ``discs_answered``). No truth of a
+        case not yet answered."""
+        done = [c for c in session["cases"] if c["calls"] is not None]
         pending = [c["case"] for c in session["cases"] if c["calls"] is None]
+        marks = [right for c in done for _, _, right in cls._marked(c)]
         return {"session_id": session["session_id"], "source": session["source"],
                 "folder": session["folder"], "seed": session["seed"],
                 "n_cases": session["n_cases"], "created_at": session["created_at"],
-                "answered": answered, "next_case": pending[0] if pending else None}
+                "answered": [c["case"] for c in done], "n_answered": len(done),
+                "finished": not pending, "next_case": pending[0] if pending else None,
+                "discs_answered": len(marks), "discs_correct": sum(marks)}
 
     def sessions(self, user: str) -> list[dict[str, Any]]:
         """The user's sessions, newest first."""
@@ -183,8 +201,9 @@ class TeachingStore:
         for path in self.root.glob("*/session.json"):
             session = read_json(path)
             if session["user"] == user:
-                out.append(self.overview(session))
-        return sorted(out, key=lambda s: s["created_at"], reverse=True)
+                out.append((session.get("created_ts", 0.0), self.overview(session)))
+        out.sort(key=lambda x: (x[1]["created_at"], x[0]), reverse=True)
+        return [o for _, o in out]
 
     def get(self, user: str, sid: str) -> dict[str, Any]:
         """Overview of one of the user's sessions."""
@@ -241,6 +260,35 @@ class TeachingStore:
         truth = {d["level"]: d["truth"] for d in case["discs"]}
         return {"seconds": case["seconds"], "truth": truth,
                 "correct": {lv: case["calls"][lv] == truth[lv] for lv in levels}}
+
+    def review(self, user: str, sid: str) -> dict[str, Any]:
+        """The answered cases with the learner's call, the truth and right / wrong per level,
+        and the levels called right over all of them and per true finding (module docstring)."""
+        session = self._load(user, sid)
+        cases, tally = [], {c: [0, 0] for c in CHOICES}
+        for case in session["cases"]:
+            if case["calls"] is None:
+                continue
+            levels = []
+            for disc, call, right in self._marked(case):
+                levels.append({"level": disc["level"], "centre": disc["centre"], "call": call,
+                               "truth": disc["truth"], "correct": right})
+                counts = tally.setdefault(disc["truth"], [0, 0])
+                counts[0] += 1
+                counts[1] += int(right)
+            cases.append({"case": case["case"], "width": case["width"],
+                          "height": case["height"], "seconds": case["seconds"],
+                          "image_url": f"/api/teaching/sessions/{sid}/cases/{case['case']}"
+                                       "/image.png",
+                          "discs": len(levels), "correct": sum(lv["correct"] for lv in levels),
+                          "levels": levels})
+        view = self.overview(session)
+        return {"session_id": sid, "source": session["source"], "n_cases": session["n_cases"],
+                "finished": view["finished"], "cases_answered": len(cases),
+                "discs": view["discs_answered"], "discs_correct": view["discs_correct"],
+                "per_finding": [{"finding": f, "discs": n, "correct": k}
+                                for f, (n, k) in tally.items() if n],
+                "choices": list(CHOICES), "cases": cases}
 
     # -- score ----------------------------------------------------------------------------------
     def write_tables(self, session: dict[str, Any]) -> tuple[Path, Path]:

@@ -1,5 +1,6 @@
 // Pointer interactions on the viewer stage:
-//   wheel              zoom about the pointer
+//   wheel              next / previous slice when the series has several (ctx.scroll), else
+//                      zoom about the pointer; Ctrl + wheel (and a trackpad pinch) always zooms
 //   left-drag          pan (on empty image), move a selected box (inside it), or move an edge
 //                      or corner of a box (within 8 px of it)
 //   middle-drag        pan
@@ -10,6 +11,7 @@
 import { cursorFor, hitTest } from "./overlay.js";
 
 const CLICK_SLOP = 3;   // px: a press that moves less than this is a click
+const WHEEL_STEP = 40;  // px of wheel travel per slice (a mouse notch is about 100)
 
 /** Round a box to whole pixel corners inside the image, at least 1 px wide and high. */
 export function clampBox(box, width, height) {
@@ -29,7 +31,9 @@ export function clampBox(box, width, height) {
  * @param {import("./viewer.js").SliceView} view
  * @param {object} ctx {visibleBoxes(): boxes, store: ReviewStore|null, selected(): id|null,
  *   select(id|null), mode(): "select"|"draw", drawLabel(): string, setDraft(box|null),
- *   getWindow(): {center,width}, setWindow(win), range(): [lo, hi], redraw(), onPointer(x, y)}.
+ *   getWindow(): {center,width}, setWindow(win), range(): [lo, hi], redraw(), onPointer(x, y),
+ *   canScroll(): boolean and scroll(step) (optional: whether the series has other slices, and
+ *   show the next (+1) / previous (-1) one; without them the wheel zooms)}.
  * @returns {() => void} detach.
  */
 export function attachEditor(stage, view, ctx) {
@@ -137,11 +141,19 @@ export function attachEditor(stage, view, ctx) {
     move(e);
   }
 
+  let wheelSum = 0;     // trackpads send many small deltas: one slice per WHEEL_STEP px
   function wheel(e) {
     e.preventDefault();
     const [sx, sy] = local(e);
     const unit = e.deltaMode === 1 ? 33 : e.deltaMode === 2 ? 400 : 1;
-    view.zoomBy(Math.exp(-e.deltaY * unit * 0.0015), sx, sy);
+    const dy = e.deltaY * unit;
+    if (!e.ctrlKey && !e.metaKey && ctx.canScroll && ctx.canScroll()) {
+      if (Math.sign(dy) !== Math.sign(wheelSum)) wheelSum = 0;
+      wheelSum += dy;
+      if (Math.abs(wheelSum) >= WHEEL_STEP) { ctx.scroll(Math.sign(wheelSum)); wheelSum = 0; }
+      return;
+    }
+    view.zoomBy(Math.exp(-dy * 0.0015), sx, sy);
   }
 
   const menu = (e) => e.preventDefault();

@@ -83,6 +83,14 @@ export function drawOverlay(root, view, model) {
   for (const l of spread(right)) labels.append(haloText(l.x, l.y, l.text, { fill: l.fill, class: l.cls }));
   for (const l of spread(left)) labels.append(haloText(l.x, l.y, l.text, { fill: l.fill, class: l.cls, anchor: "end" }));
   root.append(marks, labels);
+  // A label that would run off the stage (a box at the border of an image that fills the stage's
+  // width, as on a narrow screen) is pulled back inside it.
+  for (const t of labels.children) {
+    const x = Number(t.getAttribute("x"));
+    const len = t.getComputedTextLength();
+    if (t.getAttribute("text-anchor") === "end") { if (x - len < 2) t.setAttribute("x", Math.min(w - 2, len + 2)); }
+    else if (x + len > w - 2) t.setAttribute("x", Math.max(2, w - 2 - len));
+  }
   if (model.draft) {
     const [x1, y1, x2, y2] = screenRect(view, model.draft);
     const colour = classColour(model.draftLabel, model.classes);

@@ -1,4 +1,8 @@
 // The viewer page (#/study/<study_key>): toolbar, the slice with findings, side panel, keyboard.
+// A DICOM study's series can be browsed (GET /api/studies/{key}/series): wheel, arrow keys or
+// the slider over the stage go through the slices, and a T1 / T2 switch shows the other
+// sequence at the same place (served on the analysed slice's pixel grid, so the marks stay put;
+// they belong to the analysed slice and are dimmed on the others).
 
 import { api } from "./api.js";
 import { h, isTyping, replace, toast, when } from "./dom.js";
@@ -52,7 +56,7 @@ export function mountStudy(root, key) {
     if (store) store.onRename = (from, to) => { if (state.selected === from) state.selected = to; };
     const discs = findings ? findings.findings : [];
 
-    const stage = h("div.stage", { tabindex: 0, "aria-label": "Image viewer: wheel to zoom, drag to pan, right-drag for window and level" });
+    const stage = h("div.stage", { tabindex: 0, "aria-label": "Image viewer: wheel for the next slice (Ctrl + wheel zooms), drag to pan, right-drag for window and level" });
     const overlay = document.createElementNS("http://www.w3.org/2000/svg", "svg");
     overlay.classList.add("overlay");
     overlay.setAttribute("aria-hidden", "true");
@@ -67,9 +71,104 @@ export function mountStudy(root, key) {
     let win = null;
     let pointer = null;
 
-    const view = new SliceView(stage, `/api/studies/${key}/image.png`, image.width, image.height);
+    const analysedUrl = `/api/studies/${key}/image.png`;
+    stage.style.setProperty("--aspect", (image.height / image.width).toFixed(4));  // CSSOM (CSP)
+    const view = new SliceView(stage, analysedUrl, image.width, image.height);
     cleanups.push(() => view.destroy());
     const wl = windowControls(presets, range, base, (next) => setWindow(next, false));
+
+    // -- slices and sequences ---------------------------------------------------------------
+    // stack.list: the series of GET /api/studies/{key}/series; the view shows slice
+    // stack.slice of series stack.series; each series keeps its own window (T1 and T2 values
+    // differ), restored when the reader comes back to it.
+    const stack = { list: [], analysed: null, series: null, slice: null, wins: new Map() };
+    const seqSwitch = h("div.segmented.sequence-switch", { id: "sequence-switch", role: "group", "aria-label": "Sequence (T)" });
+    const sliceLabel = h("label.slice-label.num", { for: "slice-slider" });
+    const sliceSlider = h("input", { type: "range", id: "slice-slider", min: 0, max: 0, step: 1, value: 0,
+      "aria-label": "Slice (wheel, \u2191 \u2193)" });
+    const backButton = h("button", { type: "button", id: "slice-analysed", title: "Back to the analysed slice (Home)",
+      onclick: () => showSlice(stack.analysed, stack.list[stack.analysed].analysed_slice) }, "Analysed slice");
+    const sliceNote = h("span.slice-note.small", { hidden: true }, "Marks are from the analysed slice");
+    const stageBar = h("div.stage-bar", { hidden: true, role: "group", "aria-label": "Slices and sequences" },
+      seqSwitch, h("div.slice-control", {}, sliceLabel, sliceSlider), backButton, sliceNote);
+    sliceSlider.addEventListener("input", () => showSlice(stack.series, Number(sliceSlider.value)));
+
+    const onAnalysed = () => stack.series === stack.analysed
+      && stack.slice === stack.list[stack.analysed].analysed_slice;
+    const canScroll = () => stack.series !== null && stack.list[stack.series].n_slices > 1;
+    const seriesName = (s) => (stack.list.filter((x) => x.weighting === s.weighting).length > 1 || s.weighting === "unknown"
+      ? `${s.weighting === "unknown" ? "Series" : s.weighting} ${s.series_number ?? s.index + 1}` : s.weighting);
+
+    function sliceUrl(s, k) {
+      return s === stack.analysed && k === stack.list[s].analysed_slice ? analysedUrl
+        : `/api/studies/${key}/slices/${k}.png?series=${s}`;
+    }
+
+    function syncStageBar() {
+      const s = stack.list[stack.series];
+      const n = s.n_slices;
+      sliceSlider.max = String(n - 1);
+      sliceSlider.value = String(stack.slice);
+      sliceSlider.disabled = n < 2;
+      sliceLabel.textContent = `Slice ${stack.slice + 1} / ${n}`;
+      for (const b of seqSwitch.children) b.setAttribute("aria-pressed", String(Number(b.dataset.series) === stack.series));
+      backButton.disabled = onAnalysed();
+      sliceNote.hidden = onAnalysed();
+      stage.classList.toggle("off-slice", !onAnalysed());
+      stage.dataset.series = String(stack.series);
+      stage.dataset.slice = String(stack.slice);
+    }
+
+    /** Show slice `k` of series `s` (clamped); returns whether it changed. */
+    function showSlice(s, k) {
+      if (stack.series === null || !stack.list[s]) return false;
+      k = Math.min(stack.list[s].n_slices - 1, Math.max(0, k));
+      if (s === stack.series && k === stack.slice) return false;
+      if (s !== stack.series) {
+        stack.wins.set(stack.series, win);
+        win = stack.wins.has(s) ? stack.wins.get(s) : null;
+        wl.show(win);
+      }
+      stack.series = s;
+      stack.slice = k;
+      view.setSource(sliceUrl(s, k), win);
+      syncStageBar();
+      redraw();
+      return true;
+    }
+
+    /** The slice of series `s` nearest to where the reader is now. */
+    function switchSeries(s) {
+      if (s === stack.series || !stack.list[s]) return;
+      const here = stack.list[stack.series].positions[stack.slice];
+      const pos = stack.list[s].positions;
+      let best = 0;
+      for (let k = 1; k < pos.length; k += 1) if (Math.abs(pos[k] - here) < Math.abs(pos[best] - here)) best = k;
+      showSlice(s, best);
+    }
+
+    async function loadSeries() {
+      if (study.kind !== "dicom") return;
+      let body;
+      try { body = await api("GET", `/api/studies/${key}/series`); } catch (e) {
+        if (!stopped) toast(`The other slices of the series cannot be listed: ${e.message}`, "error");
+        return;
+      }
+      if (stopped || body.analysed_series === null || !body.series.length) return;
+      stack.list = body.series;
+      stack.analysed = body.analysed_series;
+      stack.series = stack.analysed;
+      stack.slice = body.series[stack.analysed].analysed_slice;
+      replace(seqSwitch, ...(stack.list.length > 1 ? stack.list.map((s) => h("button", { type: "button",
+        dataset: { series: s.index, weighting: s.weighting }, title: `${s.description || seriesName(s)} (${s.n_slices} slices)`,
+        onclick: () => switchSeries(s.index) }, seriesName(s))) : []));
+      seqSwitch.hidden = stack.list.length < 2;
+      const multi = stack.list.some((s) => s.n_slices > 1);
+      sliceSlider.closest(".slice-control").hidden = !multi;
+      stageBar.hidden = !multi && stack.list.length < 2;
+      syncStageBar();
+      hud();
+    }
 
     function setWindow(next, fromDrag = true) {
       win = next;
@@ -80,7 +179,9 @@ export function mountStudy(root, key) {
 
     function hud() {
       const w = win || base;
-      const parts = [`Zoom ${Math.round(view.scale * 100)}%`, `W ${Math.round(w.width)} L ${Math.round(w.center)}`];
+      const auto = !win && stack.series !== null && stack.series !== stack.analysed;  // its own display window
+      const parts = [`Zoom ${Math.round(view.scale * 100)}%`, auto ? "W/L auto" : `W ${Math.round(w.width)} L ${Math.round(w.center)}`];
+      if (stack.series !== null) parts.unshift(`${seriesName(stack.list[stack.series])} ${stack.slice + 1}/${stack.list[stack.series].n_slices}`);
       if (pointer) parts.push(`x ${pointer[0].toFixed(0)} y ${pointer[1].toFixed(0)}`);
       readout.textContent = parts.join("  \u00b7  ");
     }
@@ -157,8 +258,8 @@ export function mountStudy(root, key) {
     const zoom = (f) => view.zoomBy(f);
     const toolbar = h("div.toolbar.study-toolbar", {},
       h("a.button", { href: "#/", title: "Back to the worklist" }, "\u2190 Worklist"),
-      h("h2.study-id", { title: `Study key ${key}` }, study.display_id), chipHost,
-      h("span.meta", {}, `${(study.kind || "").toUpperCase()} \u00b7 analysed ${when(study.analysed_at)}`),
+      h("h2.study-id", { title: `Study key ${key}; ${(study.kind || "").toUpperCase()}, analysed ${when(study.analysed_at)}` }, study.display_id), chipHost,
+      h("span.meta", { title: `Analysed ${when(study.analysed_at)}` }, `${(study.kind || "").toUpperCase()} \u00b7 ${when(study.analysed_at)}`),
       h("span.sep"),
       wl.element,
       h("div.group", { role: "group", "aria-label": "Zoom" },
@@ -181,12 +282,15 @@ export function mountStudy(root, key) {
           try { await api("POST", `/api/studies/${key}/analyse`); load(); } catch (e) { toast(e.message, "error"); }
         } }, "Analyse again")));
     }
-    replace(root, h("section.study-page", {}, toolbar, idHost, h("div.study-body", {}, stage, side)));
+    replace(root, h("section.study-page", {}, toolbar, idHost,
+      h("div.study-body", {}, h("div.stage-column", {}, stageBar, stage), side)));
     drawFindings();
     drawReview();
     view.load().then(redraw).catch((e) => {
       stage.append(h("p.stage-error", { role: "alert" }, `The slice cannot be shown: ${e.message}.`));
     });
+    loadSeries();
+    const slicing = { canScroll, scroll: (step) => showSlice(stack.series, stack.slice + step) };
 
     if (store) {
       cleanups.push(attachEditor(stage, view, {
@@ -194,13 +298,13 @@ export function mountStudy(root, key) {
         mode: () => state.mode, drawLabel: () => state.drawLabel, drawDone: () => setMode("select"),
         setDraft: (b) => { state.draft = b; redraw(); },
         getWindow: () => win || base, setWindow, range: () => range, redraw,
-        onPointer: (x, y) => { pointer = x === null ? null : [x, y]; hud(); },
+        onPointer: (x, y) => { pointer = x === null ? null : [x, y]; hud(); }, ...slicing,
       }));
     } else {
       cleanups.push(attachEditor(stage, view, { visibleBoxes: () => [], store: null, selected: () => null,
         select: () => {}, mode: () => "select", drawLabel: () => "", drawDone: () => {}, setDraft: () => {},
         getWindow: () => win || base, setWindow, range: () => range, redraw,
-        onPointer: (x, y) => { pointer = x === null ? null : [x, y]; hud(); } }));
+        onPointer: (x, y) => { pointer = x === null ? null : [x, y]; hud(); }, ...slicing }));
     }
 
     function onKey(e) {
@@ -213,6 +317,13 @@ export function mountStudy(root, key) {
       else if (k === "r" || k === "R") { view.fit(); handled(); }
       else if (k === "w" || k === "W") { setWindow(null); wl.show(null); handled(); }
       else if (k === "h" || k === "H") { state.hidden = !state.hidden; redraw(); handled(); }
+      else if ((k === "ArrowUp" || k === "ArrowDown" || k === "PageUp" || k === "PageDown") && canScroll()
+        && e.target.tagName !== "INPUT") {
+        showSlice(stack.series, stack.slice + (k === "ArrowUp" || k === "PageUp" ? -1 : 1)); handled();
+      } else if (k === "Home" && stack.series !== null && e.target.tagName !== "INPUT") { backButton.click(); handled(); }
+      else if ((k === "t" || k === "T") && stack.list.length > 1) {
+        switchSeries((stack.series + 1) % stack.list.length); handled();
+      }
       else if (!store) return;
       else if (k === "n" || k === "N") { step(1); handled(); }
       else if (k === "p" || k === "P") { step(-1); handled(); }

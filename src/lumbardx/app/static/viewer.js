@@ -101,6 +101,17 @@ export class SliceView {
     if (!this.loading) this.fetchWanted();
   }
 
+  /**
+   * Show another slice on the same pixel grid (another slice of the series, or the other
+   * sequence resampled onto the analysed grid by the server): zoom and pan are kept.
+   * @param {string} imageUrl URL of the PNG (the window is added to its query).
+   * @param {({center:number,width:number}|null)} win window for it (null: its display image).
+   */
+  setSource(imageUrl, win = null) {
+    this.imageUrl = imageUrl;
+    this.setWindow(win);
+  }
+
   /** Resolves when the first image is on screen; rejects when it cannot be loaded. */
   load() {
     return new Promise((resolve, reject) => {
@@ -112,13 +123,14 @@ export class SliceView {
   fetchWanted() {
     const win = this.wanted;
     this.wanted = undefined;
-    const url = win ? `${this.imageUrl}?center=${win.center.toFixed(2)}&width=${Math.max(1e-3, win.width).toFixed(2)}`
+    const url = win ? `${this.imageUrl}${this.imageUrl.includes("?") ? "&" : "?"}center=${win.center.toFixed(2)}&width=${Math.max(1e-3, win.width).toFixed(2)}`
       : this.imageUrl;
     const img = new Image();
     this.loading = true;
     img.onload = () => {
       this.loading = false;
       this.image = img;
+      this.canvas.dataset.src = url;   // which slice and window is on screen (tests read it)
       this.draw();
       if (this.firstLoad) { this.firstLoad.resolve(); this.firstLoad = null; }
       if (this.wanted !== undefined) this.fetchWanted();

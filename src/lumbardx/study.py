@@ -1,6 +1,6 @@
 """The result of diagnosing one study: the analysed slice, findings per disc, model and timings.
 
-``Study.to_dict()`` is the ``findings.json`` schema (documented in the README):
+``Study.to_dict()`` is the ``findings.json`` schema (documented in docs/diagnose.md):
 
 .. code-block:: text
 

@@ -4,7 +4,11 @@
 #     DICOMweb plugin on loopback;
 #   - Debian chromium: tests/test_app_e2e.py drives the web app in headless Chromium through
 #     Playwright (the `test` extra of pyproject.toml), pointed at /usr/bin/chromium;
-#     `playwright install`, which downloads its own browsers, is never run.
+#     `playwright install`, which downloads its own browsers, is never run;
+#   - .venv-reference: the reference implementation the weight-import tests compare against
+#     (tests/test_reference_weights.py): the `yolov5` 7.0.14 package from PyPI in a virtual
+#     environment of its own (it sees this Python's torch through --system-site-packages, and
+#     its own dependencies stay out of the project's environment).
 # Idempotent and non-interactive: packages already installed are skipped; the package lists are
 # refreshed only when something is missing.
 #
@@ -128,5 +132,17 @@ if installed orthanc && { service_enabled || service_running; }; then
     echo "$SERVICE service disabled at boot and stopped (the tests start their own Orthanc)"
 elif installed orthanc; then
     echo "$SERVICE service: not enabled at boot, not running"
+fi
+# --- the reference implementation for the weight-import tests -----------------------------------
+REFERENCE_VENV="$(cd "$(dirname "$0")/.." && pwd)/.venv-reference"
+if [ -x "$REFERENCE_VENV/bin/python" ] && "$REFERENCE_VENV/bin/python" -c "import yolov5.models.yolo" 2>/dev/null; then
+    echo "already made: $REFERENCE_VENV (yolov5 7.0.14)"
+else
+    python3 -m venv --system-site-packages "$REFERENCE_VENV"
+    "$REFERENCE_VENV/bin/python" -m pip install --quiet --no-deps "yolov5==7.0.14" ultralytics
+    "$REFERENCE_VENV/bin/python" -m pip install --quiet psutil tqdm seaborn \
+        opencv-python-headless "setuptools<70"
+    "$REFERENCE_VENV/bin/python" -c "import yolov5.models.yolo"
+    echo "made: $REFERENCE_VENV (yolov5 7.0.14)"
 fi
 echo "done"

@@ -39,6 +39,7 @@ def _register() -> None:
     from lumbardx.cli import diagnose as diagnose_cli
     from lumbardx.cli import export as export_cli
     from lumbardx.cli import models as models_cli
+    from lumbardx.cli import import_weights as import_weights_cli
     from lumbardx.cli import pacs as pacs_cli
     from lumbardx.cli import reads as reads_cli
     from lumbardx.cli import readerstudy as readerstudy_cli
@@ -87,6 +88,8 @@ def _register() -> None:
     app.command("models", help="List the detectors with parameter counts and GFLOPs.")(
         models_cli.models
     )
+    app.command("import-weights", help="A reference checkpoint (Ultralytics YOLOv5 v7.0) as "
+                "lumbardx weights, for train --weights.")(import_weights_cli.import_weights)
 
 
 def main() -> None:

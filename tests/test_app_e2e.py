@@ -248,13 +248,36 @@ def test_sign_in_upload_review_export_sign_out(server: dict[str, Any], page: Any
     assert any(abs(b.x2 - round(edited["box"][2])) <= 1 for b in slip), (slip, edited["box"])
     assert any(b.label == "herniation" and abs(b.x1 - added[0]["box"][0]) <= 1 for b in ann.boxes)
 
-    # Export: the PDF downloads; the HTML report opens.
+    # The report follows the review: rewritten in the background once the review is complete,
+    # it names the reviewer and what the reader changed.
+    deadline = time.monotonic() + 90
+    while "reviewed by" not in (report := page.request.get(
+            f"{base}/api/studies/{key}/report.html").text()):
+        assert time.monotonic() < deadline, "the reviewed report was not written"
+        time.sleep(0.5)
+    assert f"reviewed by {USER}" in report and "added by the reader" in report
+    assert "box moved" in report and "not reviewed (model output" not in report
+    if first["label"] != "spondylolisthesis":
+        assert f"class changed from {first['label']}; box moved" in report
+    if others:
+        assert "rejected" in report
+
+    # Export: the PDF downloads; the HTML report opens in the browser, legible at 800 px.
     with page.expect_download() as dl:
         page.click("#report-pdf")
     pdf = Path(dl.value.path())
     assert pdf.read_bytes()[:5] == b"%PDF-"
     html = page.request.get(f"{base}/api/studies/{key}/report.html")
     assert html.ok and "not a diagnosis" in html.text()
+    viewer_url = page.url
+    page.set_viewport_size({"width": 800, "height": 900})
+    page.goto(f"{base}/api/studies/{key}/report.html")
+    expect(page.locator("h2", has_text="Reader's review")).to_be_visible()
+    expect(page.locator("dl.meta")).to_contain_text(f"reviewed by {USER}")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    page.screenshot(path=str(_shot(tmp_path, "lumbardx_report_800.png")), full_page=True)
+    page.set_viewport_size({"width": 1600, "height": 900})
+    page.goto(viewer_url)
 
     # Sign out: the session is gone; pages and the API refuse.
     page.click("#logout-button")

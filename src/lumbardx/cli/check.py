@@ -1,8 +1,15 @@
-"""``lumbardx data check DIR``: images, patients, boxes per class and every problem of a dataset."""
+"""``lumbardx data check DIR``: images, patients, boxes per class and every problem of a dataset.
+
+Everything that comes from the dataset (paths, class and sequence names, problem messages) is
+printed through :func:`printable`: as plain text, never as Rich markup, with control characters
+and bytes that are not UTF-8 shown as escapes, so that a hostile file name or class name can
+neither crash the output nor rewrite the terminal.
+"""
 
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 
 import typer
@@ -14,10 +21,26 @@ from lumbardx.data.check import CheckReport, check_dataset
 from lumbardx.data.errors import InputError
 
 
+def _escape(char: str) -> str:
+    """A control character or lone surrogate as an escape; a surrogate that stands for a byte of
+    a non-UTF-8 file name (Python's ``surrogateescape``) is shown as that byte, ``\\xff``."""
+    if 0xDC80 <= ord(char) <= 0xDCFF:
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    return ascii(char)[1:-1]
+
+
+def printable(text: object) -> Text:
+    """``str(text)`` as Rich text to print literally: no markup, and control characters (escape
+    sequences, line breaks) and text that is not valid Unicode written as escapes."""
+    return Text("".join(
+        _escape(c) if unicodedata.category(c) in ("Cc", "Cs") else c for c in str(text)
+    ))
+
+
 def report_tables(report: CheckReport) -> list[Table]:
     """Rich tables: summary, boxes per class, image sizes, sequences, problems by kind and the
     full problem list (one row per problem, with its file)."""
-    summary = Table("", "", title=f"Dataset {report.root}", show_header=False)
+    summary = Table("", "", title=printable(f"Dataset {report.root}"), show_header=False)
     summary.add_row("annotation format", report.format)
     summary.add_row("images", f"{report.images:,}")
     grouping = {"csv": "from patients table", "pattern": "from file names", "none": "unknown"}
@@ -28,9 +51,11 @@ def report_tables(report: CheckReport) -> list[Table]:
 
     classes = Table("class", "boxes", title="Boxes per class")
     for name, n in report.boxes_per_class.items():
-        classes.add_row(name, f"{n:,}")
+        classes.add_row(printable(name), f"{n:,}")
     for name, n in report.dropped_per_class.items():
-        classes.add_row(Text(f"{name} (dropped by the class mapping)", style="dim"), f"{n:,}")
+        dropped = printable(f"{name} (dropped by the class mapping)")
+        dropped.stylize("dim")
+        classes.add_row(dropped, f"{n:,}")
     tables.append(classes)
 
     sizes = Table("size (W x H, pixels)", "images", title="Image sizes")
@@ -41,7 +66,7 @@ def report_tables(report: CheckReport) -> list[Table]:
     if report.sequences:
         sequences = Table("sequence", "images", title="Sequences")
         for name, n in sorted(report.sequences.items()):
-            sequences.add_row(name, f"{n:,}")
+            sequences.add_row(printable(name), f"{n:,}")
         tables.append(sequences)
 
     if report.problems:
@@ -56,7 +81,8 @@ def report_tables(report: CheckReport) -> list[Table]:
         for p in report.problems:
             style = "red" if p.severity == "error" else "yellow"
             where = "" if p.path is None else _relative(p.path, report.root)
-            listing.add_row(Text(p.severity, style=style), p.kind, Text(where), Text(p.message))
+            listing.add_row(Text(p.severity, style=style), p.kind, printable(where),
+                            printable(p.message))
         tables.append(listing)
     return tables
 
@@ -96,14 +122,14 @@ def check(
                                patient_pattern=patient_pattern)
     except (InputError, ValueError) as err:
         console.print("[bold red]error:[/] ", end="")
-        console.print(str(err), markup=False, highlight=False, soft_wrap=True)
+        console.print(printable(err), highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
     for table in report_tables(report):
         console.print(table)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
-        console.print(f"Report written to {json_out}", markup=False, highlight=False)
+        console.print(printable(f"Report written to {json_out}"), highlight=False)
     failed = bool(report.errors) or (not allow_warnings and bool(report.warnings))
     if failed:
         console.print(f"[bold red]{len(report.errors)} error(s), {len(report.warnings)} "

@@ -142,7 +142,7 @@ class CheckReport:
 
 def _classify_box_problem(message: str) -> str:
     """Kind of a problem sentence from :func:`lumbardx.data.validate.annotation_problems`."""
-    if "unknown class" in message or "empty class name" in message:
+    if "unknown class" in message or "class name" in message:
         return UNKNOWN_CLASS
     if "zero width" in message or "zero height" in message:
         return ZERO_AREA

@@ -8,12 +8,22 @@ are read as boxes with ``difficult = True`` and written back as ``iscrowd = 1``:
 sub-folders; :class:`ImageAnnotation` keeps its base name in ``filename`` and the full value,
 the image id and the annotation ids in ``extra`` (``coco_file_name``, ``coco_image_id``,
 ``coco_annotation_ids``).
+
+The file is UTF-8 JSON (a byte order mark is accepted). Anything that breaks the file's
+structure makes the whole file unusable, named with the entry at fault: a missing or mistyped
+field, ids that are not integers (``NaN``, ``Infinity``, text, beyond 2**53) or are listed twice
+(images, categories, annotations), an annotation whose image is not listed, a category name that
+is not usable text (:func:`lumbardx.data.validate.name_problem`). An invalid box (non-finite,
+negative or zero size, out of the image) or an unknown ``category_id`` is a problem of that
+image's annotation, raised only when validating. Values quoted in messages are shortened, so
+an error stays one short line whatever the file holds.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -21,8 +31,16 @@ from typing import Any
 
 from lumbardx.data.boxes import Box, ImageAnnotation
 from lumbardx.data.errors import AnnotationError
-from lumbardx.data.validate import DEFAULT_TOLERANCE_PX, annotation_problems
+from lumbardx.data.validate import (
+    DEFAULT_TOLERANCE_PX,
+    annotation_problems,
+    name_problem,
+    read_utf8,
+)
 from lumbardx.io import write_text_atomic
+
+_MAX_ID = 2**53  # larger JSON integers lose precision in most JSON readers
+_TOP_LEVEL = ("images", "annotations", "categories")
 
 
 @dataclass
@@ -46,10 +64,38 @@ def _require(obj: dict[str, Any], key: str, where: str, path: Path) -> Any:
     return obj[key]
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)`` cut short (long lists, strings and numbers end in ``...``)."""
+    return reprlib.repr(value)
+
+
 def _int(value: Any, what: str, path: Path) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        raise AnnotationError(path, f"{what} must be an integer, got {value!r}")
+    """``value`` as an integer: a JSON integer, or a float with no fraction (``3.0``)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value != int(value)
+    ):
+        raise AnnotationError(path, f"{what} must be an integer, got {_shown(value)}")
+    if abs(value) > _MAX_ID:
+        raise AnnotationError(path, f"{what} must be an integer within ±2**53, got {_shown(value)}")
     return int(value)
+
+
+def _bbox(value: Any, where: str, path: Path) -> tuple[float, float, float, float]:
+    """``[x, y, w, h]`` as floats; non-finite floats are kept for validation to report."""
+    if (
+        isinstance(value, list)
+        and len(value) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
+        try:
+            x, y, w, h = (float(v) for v in value)
+            return x, y, w, h
+        except OverflowError:  # an integer beyond the float range
+            pass
+    raise AnnotationError(path, f"{where}: bbox must be 4 numbers [x, y, w, h], got {_shown(value)}")
 
 
 def _categories(data: dict[str, Any], path: Path) -> dict[int, str]:
@@ -58,7 +104,12 @@ def _categories(data: dict[str, Any], path: Path) -> dict[int, str]:
         if not isinstance(cat, dict):
             raise AnnotationError(path, f"categories[{i}] is not an object")
         cid = _int(_require(cat, "id", f"categories[{i}]", path), f"categories[{i}].id", path)
-        name = str(_require(cat, "name", f"categories[{i}]", path))
+        name = _require(cat, "name", f"categories[{i}]", path)
+        if not isinstance(name, str):
+            raise AnnotationError(path, f"categories[{i}].name must be a string, got {_shown(name)}")
+        problem = name_problem(name)
+        if problem is not None:
+            raise AnnotationError(path, f"categories[{i}].name {name!r}: {problem}")
         if cid in cats:
             raise AnnotationError(path, f"category id {cid} is listed twice")
         if name in cats.values():
@@ -74,12 +125,18 @@ def parse_coco(
     tolerance: float = DEFAULT_TOLERANCE_PX,
 ) -> CocoData:
     """Build :class:`CocoData` from decoded JSON; ``path`` names the file in errors."""
-    if not isinstance(data, dict) or not all(
-        isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
-    ):
+    if not isinstance(data, dict):
         raise AnnotationError(
-            path, "not a COCO instances file (needs lists 'images', 'annotations', 'categories')"
+            path, "not a COCO instances file: the top level must be an object holding lists "
+            "'images', 'annotations' and 'categories'"
         )
+    for key in _TOP_LEVEL:
+        if key not in data:
+            raise AnnotationError(
+                path, f"not a COCO instances file: missing required field {key!r}"
+            )
+        if not isinstance(data[key], list):
+            raise AnnotationError(path, f"not a COCO instances file: {key!r} must be a list")
     cats = _categories(data, path)
     images: dict[int, ImageAnnotation] = {}
     for i, img in enumerate(data["images"]):
@@ -89,33 +146,37 @@ def parse_coco(
         iid = _int(_require(img, "id", where, path), f"{where}.id", path)
         if iid in images:
             raise AnnotationError(path, f"image id {iid} is listed twice")
-        file_name = str(_require(img, "file_name", where, path))
+        file_name = _require(img, "file_name", where, path)
+        if not isinstance(file_name, str) or not file_name.strip():
+            raise AnnotationError(
+                path, f"{where}.file_name must be a non-empty string, got {_shown(file_name)}"
+            )
         images[iid] = ImageAnnotation(
             filename=PurePosixPath(file_name.replace("\\", "/")).name,
             width=_int(_require(img, "width", where, path), f"{where}.width", path),
             height=_int(_require(img, "height", where, path), f"{where}.height", path),
             extra={"coco_image_id": iid, "coco_file_name": file_name, "coco_annotation_ids": []},
         )
+    annotation_ids: set[int] = set()
     for i, obj in enumerate(data["annotations"]):
         where = f"annotations[{i}]"
         if not isinstance(obj, dict):
             raise AnnotationError(path, f"{where} is not an object")
+        if "id" in obj:
+            aid = _int(obj["id"], f"{where}.id", path)
+            if aid in annotation_ids:
+                raise AnnotationError(path, f"annotation id {aid} is listed twice")
+            annotation_ids.add(aid)
         iid = _int(_require(obj, "image_id", where, path), f"{where}.image_id", path)
         cid = _int(_require(obj, "category_id", where, path), f"{where}.category_id", path)
-        bbox = _require(obj, "bbox", where, path)
-        if not (
-            isinstance(bbox, list)
-            and len(bbox) == 4
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
-        ):
-            raise AnnotationError(
-                path, f"{where}: bbox must be 4 numbers [x, y, w, h], got {bbox!r}"
-            )
+        x, y, w, h = _bbox(_require(obj, "bbox", where, path), where, path)
+        iscrowd = obj.get("iscrowd", 0)
+        if iscrowd not in (0, 1):  # false/true read as 0/1
+            raise AnnotationError(path, f"{where}.iscrowd must be 0 or 1, got {_shown(iscrowd)}")
         if iid not in images:
             raise AnnotationError(path, f"{where}: image_id {iid} is not in 'images'")
         if cid not in cats and validate:
             raise AnnotationError(path, f"{where}: unknown category_id {cid}")
-        x, y, w, h = (float(v) for v in bbox)
         ann = images[iid]
         ann.boxes.append(
             Box(
@@ -124,7 +185,7 @@ def parse_coco(
                 y1=y,
                 x2=x + w,
                 y2=y + h,
-                difficult=bool(obj.get("iscrowd", 0)),
+                difficult=bool(iscrowd),
             )
         )
         ann.extra["coco_annotation_ids"].append(obj.get("id"))
@@ -136,6 +197,23 @@ def parse_coco(
                 raise AnnotationError(path, f"image {ann.extra['coco_file_name']!r}: {problems[0]}")
         result.annotations.append(ann)
     return result
+
+
+def load_json(path: Path) -> Any:
+    """The decoded JSON of ``path`` (UTF-8, a byte order mark accepted).
+
+    Raises:
+        AnnotationError: unreadable or not UTF-8 file, malformed JSON, nesting deeper than the
+            parser can follow, or an integer past Python's digit limit.
+    """
+    path = Path(path)
+    text = read_utf8(path)
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise AnnotationError(path, "malformed JSON: nested too deeply") from None
+    except ValueError as e:  # json.JSONDecodeError, or an integer past the digit limit
+        raise AnnotationError(path, f"malformed JSON: {e}") from None
 
 
 def read_coco(
@@ -151,18 +229,12 @@ def read_coco(
         tolerance: pixels a box may reach outside the image.
 
     Raises:
-        AnnotationError: unreadable or malformed JSON, a file that is not COCO instances, a
-            missing required field or a non-numeric value, always; invalid boxes when
+        AnnotationError: a file :func:`load_json` refuses, a file that is not COCO instances,
+            or a structural fault (see the module docstring), always; invalid boxes when
             ``validate``.
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise AnnotationError(path, f"cannot read the file: {e.strerror or e}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AnnotationError(path, f"malformed JSON: {e}") from None
-    return parse_coco(data, path, validate, tolerance)
+    return parse_coco(load_json(path), path, validate, tolerance)
 
 
 def to_coco_dict(

@@ -6,7 +6,9 @@ Layouts read (:func:`detect_format`, tried in this order):
   ``images/`` (else the root), sub-folders mirrored: ``images/a/x.png`` <-> ``labels/a/x.txt``.
   Class names from ``data.yaml``, else a LabelImg ``classes.txt`` (root or ``labels/``).
 * **coco** -- exactly one COCO instances ``.json`` in the root or in ``annotations/``;
-  ``file_name`` is relative to ``images/`` (else the root).
+  ``file_name`` is relative to ``images/`` (else the root). When no layout is found, a ``.json``
+  there that cannot be read, or holds some COCO fields but not ``images`` and ``annotations``,
+  is named with its problem (a truncated ``instances.json`` is the likely cause).
 * **voc** -- ``.xml`` files in ``Annotations/`` or ``annotations/`` with images in
   ``JPEGImages/`` or ``images/`` (else the root), or LabelImg's default of each ``.xml`` beside
   its image. An optional ``classes.txt`` in the root fixes the class order; other names follow in
@@ -24,14 +26,15 @@ Layouts written (:func:`write_dataset`); each reads back with :func:`scan_datase
 ``<rel>`` is the image path below the source's image folder, so sub-folders (e.g. ``train/``)
 are kept. Images whose label file is missing are copied without a label (a COCO file does not
 list them), so "not annotated" stays distinct from "annotated, no findings". Images whose
-annotation could not be used are not copied; they are reported. Every file is written
+annotation could not be used are not copied; they are reported, as are images a format cannot
+hold: a file name that is not UTF-8 (VOC and COCO store it as text) or a box whose class name is
+unusable (:func:`lumbardx.data.validate.name_problem`). Every file is written
 atomically (:mod:`lumbardx.io`: a temporary file in the target folder, moved into place with
 :func:`os.replace`).
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -41,7 +44,7 @@ from typing import Literal
 from lumbardx.data import coco, voc, yolo
 from lumbardx.data.boxes import ImageAnnotation
 from lumbardx.data.errors import AnnotationError, InputError
-from lumbardx.data.validate import annotation_problems
+from lumbardx.data.validate import annotation_problems, name_problem
 from lumbardx.io import atomic_copy, write_text_atomic
 
 Format = Literal["voc", "yolo", "coco"]
@@ -142,31 +145,43 @@ def _key(path: Path, base: Path) -> str:
     return path.relative_to(base).with_suffix("").as_posix()
 
 
-def _coco_candidates(root: Path) -> list[Path]:
-    found = []
+def _coco_candidates(root: Path) -> tuple[list[Path], list[InputError]]:
+    """The COCO instances files (JSON objects with ``images`` and ``annotations``) in ``root``
+    and ``root/annotations``, and the problems of the ``.json`` files there that are unreadable
+    or hold other COCO fields without those two (reported when no layout is found)."""
+    found: list[Path] = []
+    refused: list[InputError] = []
     for folder in (root, root / "annotations"):
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
+                data = coco.load_json(path)
+            except InputError as e:
+                refused.append(e)
                 continue
-            if isinstance(data, dict) and "images" in data and "annotations" in data:
+            if not isinstance(data, dict):
+                continue
+            missing = [key for key in ("images", "annotations") if key not in data]
+            if not missing:
                 found.append(path)
-    return found
+            elif len(missing) == 1 or "categories" in data:
+                refused.append(AnnotationError(
+                    path, f"not a COCO instances file: missing required field {missing[0]!r}"))
+    return found, refused
 
 
 def detect_format(root: Path) -> Format:
     """The annotation format of the dataset folder ``root`` (see the module docstring).
 
     Raises:
-        InputError: ``root`` is not a folder, holds several COCO files, or no annotations.
+        InputError: ``root`` is not a folder, holds several COCO files, or no annotations (the
+            error names a ``.json`` file that looks like a broken COCO file, if there is one).
     """
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "not a folder")
     if (root / "data.yaml").is_file() or _files(root / "labels", {".txt"}):
         return "yolo"
-    candidates = _coco_candidates(root)
+    candidates, refused = _coco_candidates(root)
     if len(candidates) > 1:
         names = ", ".join(str(p.relative_to(root)) for p in candidates)
         raise InputError(root, f"several COCO files ({names}); keep one per dataset folder")
@@ -175,6 +190,8 @@ def detect_format(root: Path) -> Format:
     ann_dir = _first_dir(root, _VOC_ANN_DIRS) or _image_dir(root)
     if _files(ann_dir, {".xml"}):
         return "voc"
+    if refused:
+        raise refused[0]
     raise InputError(
         root,
         "no annotations found: expected labels/*.txt or data.yaml (YOLO), an instances .json "
@@ -257,8 +274,8 @@ def _scan_voc(root: Path) -> ScanResult:
     def read(label: Path, image: Path) -> ImageAnnotation:
         ann = voc.read_voc(label, validate=False)
         for box in ann.boxes:  # class names in order of first appearance, each once
-            if box.label not in names:
-                names.append(box.label)
+            if box.label not in names and name_problem(box.label) is None:
+                names.append(box.label)  # an unusable name is left to validation to report
         return ann
 
     records, problems = _pair_labels(image_dir, ann_dir, labels, read)
@@ -266,7 +283,7 @@ def _scan_voc(root: Path) -> ScanResult:
 
 
 def _scan_coco(root: Path) -> ScanResult:
-    (path,) = _coco_candidates(root)
+    (path,), _ = _coco_candidates(root)
     image_dir = _image_dir(root)
     images = _files(image_dir, IMAGE_SUFFIXES)
     try:
@@ -361,6 +378,28 @@ def _relative_image_path(image: Path, root: Path | None) -> Path:
     return rel
 
 
+def _unwritable(shown: Path, rel: Path, ann: ImageAnnotation | None, to: str) -> str | None:
+    """Why format ``to`` cannot hold the annotation ``ann`` of the image ``rel`` (below
+    ``images/``), or ``None`` when it can (always when there is no annotation to write).
+
+    VOC stores the image's path (``shown``) and COCO its ``file_name`` (``rel``) as UTF-8 text,
+    which a file name holding other bytes (possible on Linux) cannot be written as. Every
+    format writes the class names, which must be usable (:func:`name_problem`).
+    """
+    if ann is None:
+        return None
+    text = str(shown.resolve()) if to == "voc" else rel.as_posix() if to == "coco" else ""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"its file name is not valid UTF-8, which a {to.upper()} file cannot hold"
+    for i, box in enumerate(ann.boxes, start=1):
+        problem = name_problem(box.label)
+        if problem is not None:
+            return f"object {i} ({box.label!r}): {problem}"
+    return None
+
+
 def write_dataset(
     scan: ScanResult,
     dst: Path,
@@ -380,8 +419,10 @@ def write_dataset(
         overwrite: allow a non-empty ``dst`` (files of the same name are replaced, others kept).
 
     Returns:
-        A :class:`ConvertSummary`; images with an unusable annotation (and label file names
-        that two images would share) are left out and listed in ``problems``.
+        A :class:`ConvertSummary`; images with an unusable annotation, those format ``to``
+        cannot hold (a file name that is not UTF-8 for VOC and COCO, a class name with control
+        characters) and label file names that two images would share are left out and listed in
+        ``problems``.
 
     Raises:
         InputError: unknown ``to``, or a refused destination.
@@ -390,10 +431,10 @@ def write_dataset(
         raise InputError(None, f"unknown annotation format {to!r}: use one of {', '.join(FORMATS)}")
     dst = Path(dst)
     _check_destination(scan.root, dst, overwrite)
-    names = list(dict.fromkeys(
+    names = [name for name in dict.fromkeys(
         [*scan.class_names]
         + [b.label for r in scan.records if r.annotation for b in r.annotation.boxes]
-    ))
+    ) if name_problem(name) is None]
     summary = ConvertSummary(scan.format, to, dst, names)
     image_out, seen = dst / "images", set()
     coco_anns: list[ImageAnnotation] = []
@@ -410,14 +451,18 @@ def write_dataset(
             summary.problems.append(InputError(
                 rec.image_path, f"left out: another image already uses the label name {key!r}"))
             continue
-        seen.add(key)
         target = image_out / rel
+        shown = target if copy_images else rec.image_path
+        problem = _unwritable(shown, rel, rec.annotation, to)
+        if problem is not None:
+            summary.problems.append(InputError(rec.image_path, f"left out: {problem}"))
+            continue
+        seen.add(key)
         if copy_images:
             atomic_copy(rec.image_path, target)
         summary.images += 1
         if rec.annotation is None:
             continue
-        shown = target if copy_images else rec.image_path
         ann = replace(rec.annotation, filename=rel.name, folder=shown.parent.name,
                       path=str(shown.resolve()), extra=dict(rec.annotation.extra))
         try:

@@ -32,9 +32,16 @@ LabelImg (``libs/pascal_voc_io.py``) writes, tab-indented, UTF-8, no XML declara
 Coordinates are **1-based inclusive pixel indices** (``xmin = 1`` is the first column); they
 become lumbardx boxes as ``x1 = xmin - 1, x2 = xmax`` and are written back as
 ``xmin = round(x1) + 1, xmax = round(x2)`` (see :mod:`lumbardx.data.boxes`). Readers accept float
-text (``"12.0"``, ``"12.5"``) as some tools write it; ``pose``, ``truncated``, ``difficult``,
-``segmented``, ``folder``, ``path``, ``source`` and ``depth`` are optional. Files with a DOCTYPE
-or entity declaration are rejected before parsing (no entity expansion, no external fetches).
+text (``"12.0"``, ``"12.5"``) as some tools write it, but only plain ASCII decimals
+(:func:`lumbardx.data.validate.parse_decimal`); ``pose``, ``truncated``, ``difficult``,
+``segmented``, ``folder``, ``path``, ``source`` and ``depth`` are optional. ``<filename>`` may
+name a sub-folder (some exporters write ``train/a.png``) but not an absolute path or ``..``.
+
+Files with a DOCTYPE or entity declaration are rejected by an expat pass that stops at the
+DOCTYPE, before any entity is declared, expanded or fetched: neither external entities (which
+would read local files or URLs) nor nested internal ones ("billion laughs") are ever resolved,
+whatever the expat version. LabelImg writes no DOCTYPE, so no genuine file is refused.
+
 The ``truncated`` and ``difficult`` flags are written from the boxes, so a file read and
 written again is unchanged; LabelImg's ``verified="yes"`` attribute is kept in
 ``ImageAnnotation.extra["verified"]``.
@@ -43,6 +50,7 @@ written again is unchanged; LabelImg's ``verified="yes"`` attribute is kept in
 from __future__ import annotations
 
 import math
+import re
 import xml.etree.ElementTree as ET
 import xml.parsers.expat
 from collections.abc import Sequence
@@ -50,10 +58,11 @@ from pathlib import Path
 
 from lumbardx.data.boxes import Box, ImageAnnotation
 from lumbardx.data.errors import AnnotationError
-from lumbardx.data.validate import DEFAULT_TOLERANCE_PX, check_annotation
+from lumbardx.data.validate import DEFAULT_TOLERANCE_PX, check_annotation, parse_decimal
 from lumbardx.io import write_text_atomic
 
 _COORDS = ("xmin", "ymin", "xmax", "ymax")
+_DRIVE = re.compile(r"[A-Za-z]:")
 
 
 class _Forbidden(Exception):
@@ -91,7 +100,7 @@ def _text(elem: ET.Element, tag: str, path: Path, where: str, required: bool) ->
 
 def _number(text: str, tag: str, path: Path, where: str) -> float:
     try:
-        return float(text)
+        return parse_decimal(text)
     except ValueError:
         raise AnnotationError(path, f"{where}<{tag}> is not a number: {text!r}") from None
 
@@ -101,6 +110,21 @@ def _integer(text: str, tag: str, path: Path, where: str) -> int:
     if not math.isfinite(value) or value != int(value):
         raise AnnotationError(path, f"{where}<{tag}> is not a whole number: {text!r}")
     return int(value)
+
+
+def _check_filename(filename: str, path: Path) -> None:
+    """Refuse a ``<filename>`` that reaches outside the annotation's image folder.
+
+    LabelImg writes the image's base name; a relative sub-folder is kept (some exporters write
+    one), but an absolute path, a Windows drive or a ``..`` part is no image of this dataset and
+    would lead any tool that joins it to a folder somewhere else on the disk.
+    """
+    parts = filename.replace("\\", "/").split("/")
+    if filename.startswith(("/", "\\")) or _DRIVE.match(filename) or ".." in parts:
+        raise AnnotationError(
+            path, f"<filename> {filename!r} points outside the image folder (an absolute path or "
+            "'..'); LabelImg writes the image's file name"
+        )
 
 
 def _flag(elem: ET.Element, tag: str, path: Path, where: str) -> bool:
@@ -123,7 +147,8 @@ def parse_voc(
         raise AnnotationError(path, f"malformed XML: {e}") from None
     if root.tag != "annotation":
         raise AnnotationError(path, f"root element is <{root.tag}>, expected <annotation>")
-    filename = _text(root, "filename", path, "", required=True)
+    filename = _text(root, "filename", path, "", required=True) or ""
+    _check_filename(filename, path)
     size = root.find("size")
     if size is None:
         raise AnnotationError(path, "missing required field <size>")
@@ -135,7 +160,7 @@ def parse_voc(
     source = root.find("source")
     database = _text(source, "database", path, "", False) if source is not None else None
     ann = ImageAnnotation(
-        filename=filename or "",
+        filename=filename,
         width=width,
         height=height,
         depth=depth,
@@ -202,8 +227,9 @@ def read_voc(
     Raises:
         AnnotationError: unreadable or malformed file, DOCTYPE/entity declarations, a missing
             required field (``filename``, ``size``/``width``/``height``, ``object/name``,
-            ``bndbox`` and its four coordinates) or a non-numeric value, always; invalid boxes
-            when ``validate``.
+            ``bndbox`` and its four coordinates), a ``filename`` outside the image folder or a
+            non-numeric value, always; invalid boxes (including unusable class names) when
+            ``validate``.
     """
     path = Path(path)
     try:

@@ -10,6 +10,10 @@ One label line is ``class_index cx cy w h`` with ``cx = (x1 + x2) / 2 / W``,
 lumbardx's continuous 0-based pixels with the image size, read from the image header without
 decoding the pixels (:func:`lumbardx.data.images.image_dimensions`). An empty or absent label
 file means an image without objects.
+
+Label files and class lists are UTF-8 (a byte order mark and Windows line ends are accepted);
+numbers are plain ASCII decimals (:func:`lumbardx.data.validate.parse_decimal`), and class names
+must be usable in every format (:func:`lumbardx.data.validate.name_problem`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,13 @@ import yaml
 from lumbardx.data.boxes import Box, ImageAnnotation
 from lumbardx.data.errors import AnnotationError
 from lumbardx.data.images import image_dimensions
-from lumbardx.data.validate import DEFAULT_TOLERANCE_PX, check_annotation
+from lumbardx.data.validate import (
+    DEFAULT_TOLERANCE_PX,
+    check_annotation,
+    name_problem,
+    parse_decimal,
+    read_utf8,
+)
 from lumbardx.io import write_text_atomic
 
 DEFAULT_DECIMALS: int = 6  # six decimals, as Ultralytics and the yolospine labels write them
@@ -34,9 +44,26 @@ DEFAULT_DECIMALS: int = 6  # six decimals, as Ultralytics and the yolospine labe
 read_image_size = image_dimensions
 
 
+_SCALAR = (str, int, float)
+
+
+def _checked(names: list[str], path: Path) -> list[str]:
+    """``names`` unchanged when each is a usable class name; the error gives the class index."""
+    for i, name in enumerate(names):
+        problem = name_problem(name)
+        if problem is not None:
+            raise AnnotationError(path, f"class {i} {name!r}: {problem}")
+    return names
+
+
 def parse_names(names: object, path: Path) -> list[str]:
-    """Class names from a ``names`` value: a list, or a mapping ``{0: a, 1: b, ...}``."""
-    if isinstance(names, Mapping):
+    """Class names from a ``names`` value: a list, or a mapping ``{0: a, 1: b, ...}``.
+
+    Every name must be a scalar (text or a number): anything else is refused without being
+    turned into text, as a YAML alias can make a small file stand for a nested list of 10**8
+    items.
+    """
+    if isinstance(names, Mapping) and all(isinstance(v, _SCALAR) for v in names.values()):
         try:
             by_index = {int(k): str(v) for k, v in names.items()}
         except (TypeError, ValueError):
@@ -45,31 +72,45 @@ def parse_names(names: object, path: Path) -> list[str]:
             raise AnnotationError(
                 path, f"'names' indices must be 0..{len(by_index) - 1}, got {sorted(by_index)}"
             )
-        return [by_index[i] for i in range(len(by_index))]
-    if isinstance(names, list) and all(isinstance(n, (str, int, float)) for n in names):
-        return [str(n) for n in names]
+        return _checked([by_index[i] for i in range(len(by_index))], path)
+    if isinstance(names, list) and all(isinstance(n, _SCALAR) for n in names):
+        return _checked([str(n) for n in names], path)
     raise AnnotationError(path, "'names' must be a list of class names or a mapping index: name")
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """One line saying what is wrong in the YAML and where (PyYAML's text spans lines)."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"{error.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(error).split())
 
 
 def read_data_yaml(path: Path) -> list[str]:
     """Class names (index = position) from a YOLO ``data.yaml``.
 
     Raises:
-        AnnotationError: unreadable YAML, no ``names``, malformed ``names``, or an ``nc`` that
-            disagrees with the number of names.
+        AnnotationError: unreadable or malformed YAML (including nesting deeper than the parser
+            can follow), no ``names``, malformed ``names`` or an unusable class name
+            (:func:`lumbardx.data.validate.name_problem`), or an ``nc`` that disagrees with the
+            number of names.
     """
     path = Path(path)
+    text = read_utf8(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise AnnotationError(path, f"cannot read the file: {e.strerror or e}") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise AnnotationError(path, f"malformed YAML: {e}") from None
+        raise AnnotationError(path, f"malformed YAML: {_yaml_problem(e)}") from None
+    except RecursionError:
+        raise AnnotationError(path, "malformed YAML: nested too deeply") from None
     if not isinstance(data, dict) or "names" not in data:
         raise AnnotationError(path, "missing required field 'names' (the class names)")
     names = parse_names(data["names"], path)
-    if "nc" in data and data["nc"] != len(names):
-        raise AnnotationError(path, f"'nc' is {data['nc']} but {len(names)} names are listed")
+    nc = data.get("nc", len(names))
+    if not isinstance(nc, int) or isinstance(nc, bool):
+        raise AnnotationError(path, f"'nc' must be the number of class names ({len(names)})")
+    if nc != len(names):
+        raise AnnotationError(path, f"'nc' is {nc} but {len(names)} names are listed")
     return names
 
 
@@ -89,18 +130,19 @@ def write_data_yaml(path: Path, class_names: Sequence[str]) -> None:
 
 
 def read_classes_txt(path: Path) -> list[str]:
-    """Class names from a LabelImg ``classes.txt`` (one per line, blank lines ignored)."""
+    """Class names from a LabelImg ``classes.txt`` (one per line, blank lines ignored).
+
+    Raises:
+        AnnotationError: unreadable file, not UTF-8, or a line holding control characters.
+    """
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise AnnotationError(path, f"cannot read the class list: {e}") from None
-    return [line.strip() for line in lines if line.strip()]
+    names = [line.strip() for line in read_utf8(path).splitlines() if line.strip()]
+    return _checked(names, path)
 
 
 def _class_index(token: str, path: Path, line_no: int) -> int:
     try:
-        value = float(token)
+        value = parse_decimal(token)
     except ValueError:
         raise AnnotationError(path, f"line {line_no}: class {token!r} is not a number") from None
     if not math.isfinite(value) or value != int(value) or value < 0:
@@ -130,7 +172,7 @@ def parse_yolo(
             )
         index = _class_index(parts[0], path, line_no)
         try:
-            cx, cy, w, h = (float(p) for p in parts[1:])
+            cx, cy, w, h = (parse_decimal(p) for p in parts[1:])
         except ValueError:
             raise AnnotationError(
                 path, f"line {line_no}: non-numeric box value in {line.strip()!r}"
@@ -182,8 +224,8 @@ def read_yolo(
         Boxes in continuous 0-based pixels, in line order.
 
     Raises:
-        AnnotationError: unreadable file, a line without 5 columns, a non-numeric value,
-            always; invalid boxes or unknown class indices when ``validate``.
+        AnnotationError: unreadable or not UTF-8 file, a line without 5 columns, a
+            non-numeric value, always; invalid boxes or unknown class indices when ``validate``.
         ImageReadError: the image size cannot be read.
     """
     path = Path(path)
@@ -196,11 +238,7 @@ def read_yolo(
     if image_path is not None:
         image_path = Path(image_path)
         filename, folder, image = image_path.name, image_path.parent.name, str(image_path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise AnnotationError(path, f"cannot read the file: {e}") from None
-    ann = parse_yolo(text, path, image_size, class_names, filename, validate, tolerance)
+    ann = parse_yolo(read_utf8(path), path, image_size, class_names, filename, validate, tolerance)
     ann.depth, ann.folder, ann.path = depth, folder, image
     return ann
 

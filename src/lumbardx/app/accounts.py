@@ -37,6 +37,10 @@ from lumbardx.data.errors import LumbardxError
 SCHEMA = "lumbardx.users/1"
 ROLES: tuple[str, ...] = ("clinician", "admin")
 MIN_PASSWORD_LENGTH = 10
+#: Password hashes computed at once at sign-in; more wait their turn. argon2id's "low memory"
+#: parameters take 64 MiB and several threads per hash, so a burst of sign-ins (or of an
+#: attacker's guesses) would otherwise take 64 MiB and the CPU per request in flight.
+CONCURRENT_HASHES = 2
 TOKEN_PREFIX = "lxd_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _TOKEN = re.compile(r"^lxd_([A-Za-z0-9_-]{6,32})\.([A-Za-z0-9_-]{20,128})$")
@@ -91,6 +95,7 @@ class UserStore:
         self.path = Path(path)
         self.hasher = hasher or PasswordHasher(type=Type.ID)
         self._lock = threading.RLock()
+        self._hashing = threading.BoundedSemaphore(CONCURRENT_HASHES)
         self._cache: tuple[float, dict[str, Any]] | None = None
         self._dummy = self.hasher.hash(secrets.token_urlsafe(16))  # equal time, unknown users
 
@@ -170,21 +175,32 @@ class UserStore:
 
     def verify_password(self, name: str, password: str) -> User | None:
         """The user when ``password`` is right, else ``None`` (same work for unknown names).
-        A hash made with weaker parameters than the hasher's is upgraded."""
+        A hash made with weaker parameters than the hasher's is upgraded.
+
+        The slow hash runs without the store's lock: every authenticated request reads the
+        store (:meth:`get`), and holding the lock through a hash would stall them all while
+        anyone signs in. At most :data:`CONCURRENT_HASHES` hashes run at once."""
         with self._lock:
-            doc = self._load()
-            entry = doc["users"].get(name)
+            entry = self._load()["users"].get(name)
             stored = entry["password"] if entry else self._dummy
+        with self._hashing:
             try:
                 self.hasher.verify(stored, password)
             except (VerifyMismatchError, VerificationError, InvalidHashError):
                 return None
             if entry is None:
                 return None
-            if self.hasher.check_needs_rehash(stored):
-                entry["password"] = self.hasher.hash(password)
+            upgraded = (self.hasher.hash(password) if self.hasher.check_needs_rehash(stored)
+                        else None)
+        with self._lock:  # the account may have been removed or its password changed meanwhile
+            doc = self._load()
+            current = doc["users"].get(name)
+            if current is None or current["password"] != stored:
+                return None
+            if upgraded is not None:
+                current["password"] = upgraded
                 self._save(doc)
-            return User(name, entry.get("role", "clinician"))
+            return User(name, current.get("role", "clinician"))
 
     # -- API tokens ---------------------------------------------------------------------------
     def create_token(self, name: str, label: str = "") -> str:

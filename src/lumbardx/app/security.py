@@ -7,7 +7,9 @@
    changing request with a session needs its CSRF token in ``X-CSRF-Token``. Unauthenticated:
    ``/api/...`` gets 401 JSON, every other path a 303 to ``/login``.
 3. :class:`BodyLimit` -- request bodies above the limit get 413 (from ``Content-Length``
-   before anything is read, and by counting the bytes of a chunked body).
+   before anything is read, and by counting the bytes of a chunked body), with
+   ``Connection: close`` so that the server closes the connection instead of reading the rest
+   of the body.
 
 The authenticated :class:`~lumbardx.app.accounts.User` is put in ``scope["state"]["user"]``
 (``request.state.user``), with ``auth`` (``"session"`` / ``"token"``) and ``session``.
@@ -160,8 +162,13 @@ class BodyTooLarge(Exception):
     Handlers that catch broad exceptions while reading a body must let it through."""
 
 
+#: Header of a 413 answer: the server then closes the connection (uvicorn does on this header)
+#: rather than go on receiving, and discarding, an oversize body for as long as it is sent.
+CLOSE = {"Connection": "close"}
+
+
 class BodyLimit:
-    """413 for request bodies above ``limit_for(path)`` bytes."""
+    """413 for request bodies above ``limit_for(path)`` bytes (with :data:`CLOSE`)."""
 
     def __init__(self, app: ASGIApp, limit_for: Callable[[str, str], int]) -> None:
         self.app, self.limit_for = app, limit_for
@@ -180,7 +187,7 @@ class BodyLimit:
                 await _send_json(send, 400, {"detail": "bad Content-Length"})
                 return
             if too_big:
-                await _send_json(send, 413, detail)
+                await _send_json(send, 413, detail, CLOSE)
                 return
         received = 0
         started = False
@@ -203,4 +210,4 @@ class BodyLimit:
             await self.app(scope, counted, watch)
         except BodyTooLarge:
             if not started:
-                await _send_json(send, 413, detail)
+                await _send_json(send, 413, detail, CLOSE)

@@ -203,12 +203,18 @@ def test_sign_in_upload_review_export_sign_out(server: dict[str, Any], page: Any
     assert edited["box"][2] < first["box"][2] - 1, (first["box"], edited["box"])
     assert edited["box"][0] == pytest.approx(first["box"][0], abs=1.0)
 
-    # Correction 2: change the class of that box with the keyboard (3 = spondylolisthesis);
-    # reject another with X; draw a new herniation box.
-    page.keyboard.press("3")
+    # Correction 2: change the class of that box with the keyboard (its number in the class
+    # list) to another class; reject another box with X; draw a new herniation box.
+    target = "spondylolisthesis" if first["label"] != "spondylolisthesis" else "normal"
+    page.keyboard.press(str(CLASSES.index(target) + 1))
     _wait_saved(page)
     expect(page.locator(f"svg.overlay g.mark[data-box-id='{first['id']}']")).to_have_attribute(
-        "data-label", "spondylolisthesis")
+        "data-label", target)
+    # the class is now the reader's call: the model's score no longer stands
+    expect(page.locator(f"table.boxes tr[data-box-id='{first['id']}'] td.num")).to_have_text(
+        "reader")
+    expect(page.locator(".selected-card")).to_contain_text("the reader's call")
+    expect(page.locator("svg.overlay text.finding-label", has_text="(reader)")).not_to_have_count(0)
     others = [b for b in review["boxes"] if b["id"] != first["id"]]
     if others:
         page.locator(f"table.boxes tr[data-box-id='{others[0]['id']}']").click()
@@ -244,7 +250,7 @@ def test_sign_in_upload_review_export_sign_out(server: dict[str, Any], page: Any
     final = _review(page, base, key)
     kept = [b for b in final["boxes"] if b["decision"] != "rejected"]
     assert len(ann.boxes) == len(kept)
-    slip = [b for b in ann.boxes if b.label == "spondylolisthesis"]
+    slip = [b for b in ann.boxes if b.label == target]
     assert any(abs(b.x2 - round(edited["box"][2])) <= 1 for b in slip), (slip, edited["box"])
     assert any(b.label == "herniation" and abs(b.x1 - added[0]["box"][0]) <= 1 for b in ann.boxes)
 
@@ -256,9 +262,8 @@ def test_sign_in_upload_review_export_sign_out(server: dict[str, Any], page: Any
         assert time.monotonic() < deadline, "the reviewed report was not written"
         time.sleep(0.5)
     assert f"reviewed by {USER}" in report and "added by the reader" in report
-    assert "box moved" in report and "not reviewed (model output" not in report
-    if first["label"] != "spondylolisthesis":
-        assert f"class changed from {first['label']}; box moved" in report
+    assert "not reviewed (model output" not in report
+    assert f"class changed from {first['label']}; box moved" in report
     if others:
         assert "rejected" in report
 

@@ -69,7 +69,8 @@ export function drawOverlay(root, view, model) {
       }
     }
     marks.append(g);
-    const score = b.score === null || b.score === undefined ? (b.origin === "reader" ? " (reader)" : "")
+    const readers = b.origin === "reader" || (b.model_label && b.model_label !== b.label);
+    const score = b.score === null || b.score === undefined ? (readers ? " (reader)" : "")
       : ` ${b.score.toFixed(2)}`;
     right.push({ x: x2 + 6, y: (y1 + y2) / 2, text: `${className(b.label)}${score}${DECISION_MARK[b.decision] || ""}`,
       fill: colour, cls: `finding-label${selected ? " selected" : ""}${b.decision === "rejected" ? " rejected" : ""}` });

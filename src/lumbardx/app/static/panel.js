@@ -129,7 +129,9 @@ export function renderReview(host, store, state, actions) {
   const selected = sel ? h("div.selected-card", { dataset: { boxId: sel.id } },
     h("div.sel-head", {}, h("strong", {}, sel.level || "No level"), " ",
       classChip(sel.label, classes),
-      h("span.muted", {}, sel.score === null || sel.score === undefined ? " drawn by a reader" : ` confidence ${sel.score.toFixed(2)}`),
+      h("span.muted", {}, sel.score !== null && sel.score !== undefined ? ` confidence ${sel.score.toFixed(2)}`
+        : sel.origin === "reader" ? " drawn by a reader"
+          : ` the reader's call (model: ${className(sel.model_label || sel.label)})`),
       h("span.decision", { dataset: { decision: sel.decision } }, DECISION_WORDS[sel.decision])),
     classButtons(sel.label, (c) => actions.setLabel(sel.id, c), "Class of the selected box"),
     h("div.sel-actions", {},

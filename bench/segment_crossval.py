@@ -111,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         summary.setdefault("paired", {})[other.stem] = compare(
             summary, json.loads(other.read_text()))
     atomic_write_text(args.results, json.dumps(summary, indent=1, default=float))
+    print_summary(summary)
+    return 0
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The headline metrics of a summary (mean ± SD over folds) and the nested disc level."""
     for key in ("auc_spondylolisthesis", "image_auc_spondylolisthesis",
                 "image_sens_at_spec90_spondylolisthesis", "ap50_spondylolisthesis",
                 "auc_herniation", "auc_stenosis", "auc_degeneration", "auc_abnormal"):
@@ -120,7 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     dl = summary["disc_level"]
     print(f"disc level (nested Youden): sensitivity {dl['sensitivity']:.3f} "
           f"specificity {dl['specificity']:.3f}")
-    return 0
 
 
 if __name__ == "__main__":

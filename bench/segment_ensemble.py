@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from segment_crossval import FOLDS, compare
+from segment_crossval import FOLDS, compare, print_summary
 
 from lumbardx.data.dataset import LumbarDataset
 from lumbardx.data.pairs import SequencePairs
@@ -86,13 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         summary.setdefault("paired", {})[other.stem] = compare(
             summary, json.loads(other.read_text()))
     atomic_write_text(args.results, json.dumps(summary, indent=1, default=float))
-    for key in ("image_auc_spondylolisthesis", "ap50_spondylolisthesis",
-                "auc_spondylolisthesis", "auc_herniation", "auc_stenosis", "auc_degeneration"):
-        m = summary["mean"][key]
-        print(f"{key:32s} {m['mean']:.3f} ± {m['sd']:.3f}")
-    dl = summary["disc_level"]
-    print(f"disc level (nested Youden): sensitivity {dl['sensitivity']:.3f} "
-          f"specificity {dl['specificity']:.3f}")
+    print_summary(summary)
     return 0
 
 

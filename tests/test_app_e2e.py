@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from live_server import live_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -48,12 +48,6 @@ pytest.importorskip("fastapi", reason="fastapi (web app dependency) is not insta
 if not CHROMIUM.is_file():
     pytest.skip(f"{CHROMIUM} is absent (Debian package chromium; run scripts/install-test-deps.sh)",
                 allow_module_level=True)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -84,19 +78,8 @@ def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     data_dir = tmp_path_factory.mktemp("appdata")
     UserStore(data_dir / "users.json").add(USER, PASSWORD, "clinician")
     app = create_app(AppSettings(data_dir=data_dir, weights=checkpoint, backend="torch"))
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                        access_log=False, lifespan="on"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the web app did not start within 30 s")
-        time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}", "data_dir": data_dir}
-    srv.should_exit = True
-    thread.join(timeout=15)
+    with live_server(app) as base:
+        yield {"url": base, "data_dir": data_dir}
 
 
 @pytest.fixture()

@@ -25,6 +25,7 @@ import httpx
 import numpy as np
 import pytest
 from bench_scripts import load_bench
+from live_server import live_server as serve_app
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from itsdangerous import Signer
@@ -338,8 +339,6 @@ def live_server(tmp_path: Path, static_dir: Path,  # noqa: F811
                 monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """The app on uvicorn (a thread, a free loopback port), upload limit 3 MiB, with its own
     temporary folder for spooled uploads; signed in as alice."""
-    import uvicorn
-
     spool = tmp_path / "spool"
     spool.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spool))
@@ -347,25 +346,16 @@ def live_server(tmp_path: Path, static_dir: Path,  # noqa: F811
     app = create_app(AppSettings(data_dir=data_dir, static_dir=static_dir,
                                  max_upload_bytes=3 * MiB))
     app.state.ctx.users.add("alice", PASSWORD)
-    port = load_bench("load_test").free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           access_log=False, lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}")
-    token = client.get("/api/auth/login-token").json()["csrf_token"]
-    r = client.post("/api/auth/login", json={"username": "alice", "password": PASSWORD},
-                    headers={"X-CSRF-Token": token})
-    yield {"port": port, "data_dir": data_dir, "spool": spool, "limit": 3 * MiB,
-           "client": client, "csrf": r.json()["csrf_token"],
-           "cookie": client.cookies[SESSION_COOKIE]}
-    client.close()
-    server.should_exit = True
-    thread.join(timeout=15)
+    with serve_app(app) as base:
+        port = int(base.rsplit(":", 1)[1])
+        client = httpx.Client(base_url=base)
+        token = client.get("/api/auth/login-token").json()["csrf_token"]
+        r = client.post("/api/auth/login", json={"username": "alice", "password": PASSWORD},
+                        headers={"X-CSRF-Token": token})
+        yield {"port": port, "data_dir": data_dir, "spool": spool, "limit": 3 * MiB,
+               "client": client, "csrf": r.json()["csrf_token"],
+               "cookie": client.cookies[SESSION_COOKIE]}
+        client.close()
 
 
 def _request_head(srv: dict[str, Any], framing: str) -> bytes:

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lumbardx.app import AppSettings, create_app
+
+from live_server import live_server
 
 PASSWORD = "correct horse battery"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -172,55 +171,35 @@ def test_review_of_a_finished_quiz_agrees_with_the_score(app) -> None:
 
 # -- in the browser ---------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture()
 def browser_page(tmp_path: Path) -> Iterator[tuple[Any, str, Any]]:
     """(page, base URL, app) with a signed-in learner ``alice``."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed "
                                    "(run scripts/install-test-deps.sh)")
-    uvicorn = pytest.importorskip("uvicorn", reason="uvicorn is not installed")
+    pytest.importorskip("uvicorn", reason="uvicorn is not installed")
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} is absent (Debian package chromium)")
     app = create_app(AppSettings(data_dir=tmp_path / "data"))
     app.state.ctx.users.add("alice", PASSWORD)
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                        access_log=False, lifespan="on"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the app did not start"
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
-                                        headless=True)
-            context = browser.new_context(viewport={"width": 1366, "height": 768})
-            context.set_default_timeout(20_000)
-            page = context.new_page()
-            problems: list[str] = []
-            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
-                    if m.type == "error" else None)
-            page.problems = problems
-            page.goto(f"{base}/login")
-            page.fill("#username", "alice")
-            page.fill("#password", PASSWORD)
-            page.click("#login-submit")
-            sync_api.expect(page).to_have_url(f"{base}/")
-            yield page, base, app
-            context.close()
-            browser.close()
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=15)
+    with live_server(app) as base, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                    headless=True)
+        context = browser.new_context(viewport={"width": 1366, "height": 768})
+        context.set_default_timeout(20_000)
+        page = context.new_page()
+        problems: list[str] = []
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
+                if m.type == "error" else None)
+        page.problems = problems
+        page.goto(f"{base}/login")
+        page.fill("#username", "alice")
+        page.fill("#password", PASSWORD)
+        page.click("#login-submit")
+        sync_api.expect(page).to_have_url(f"{base}/")
+        yield page, base, app
+        context.close()
+        browser.close()
 
 
 def _shot(tmp_path: Path, name: str) -> Path:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from live_server import live_server
 
 uvicorn = pytest.importorskip("uvicorn", reason="uvicorn (web app dependency) is not installed")
 httpx = pytest.importorskip("httpx", reason="httpx is not installed")
@@ -39,12 +39,6 @@ def _shot(tmp_path: Path, name: str) -> Path:
     """Where screenshot ``name`` goes: ``$LUMBARDX_E2E_SCREENSHOT_DIR`` or the test's tmp."""
     folder = os.environ.get("LUMBARDX_E2E_SCREENSHOT_DIR")
     return (Path(folder) if folder else tmp_path) / name
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _sign_in_client(base: str) -> tuple[Any, dict[str, str]]:
@@ -77,18 +71,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     data_dir.mkdir()
     UserStore(data_dir / "users.json").add(USER, PASSWORD, "clinician")
     app = create_app(AppSettings(data_dir=data_dir, weights=weights, backend="torch"))
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                        access_log=False, lifespan="on"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the web app did not start within 30 s")
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
-    try:
+    with live_server(app) as base:
         client, csrf = _sign_in_client(base)
         upload = [("files", (f"{p.parent.name}-{p.name}", p.read_bytes(), "application/dicom"))
                   for p in files]
@@ -102,9 +85,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         assert status == "analysed", client.get(f"/api/studies/{key}").json()["study"]
         client.close()
         yield {"url": base, "key": key, "data_dir": data_dir}
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=15)
 
 
 def _png(content: bytes) -> np.ndarray:

@@ -80,10 +80,12 @@ def test_crossval_then_train_writes_a_reader_diagnosis_loads(tmp_path: Path,
     out = tmp_path / "segments.pt"
     run = CliRunner().invoke(app, ["train", str(tiny_data), "--out", str(out),
                                    "--crossval", str(cv_dir), "--epochs", "1", "--threads", "1",
-                                   "--tag", "tiny", "--slip-call", "reader"])
+                                   "--tag", "tiny", "--slip-call", "reader",
+                                   "--slip-repeat", "2"])
     assert run.exit_code == 0, run.output
     raw = torch.load(out, weights_only=True)
     assert set(raw["config"]["calibration"]) == set(LABELS)
+    assert raw["training"]["slip_repeat"] == 2 and raw["training"]["epochs"] == 1
     stage = SegmentStage.load(out)
     assert stage.summary["version"] == "tiny" and 0 < stage.level_cut < 1
     assert (stage.slip_call, stage.slip_measure) == ("reader", "corners")

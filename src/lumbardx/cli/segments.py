@@ -28,6 +28,9 @@ app = typer.Typer(no_args_is_help=True)
 _EPOCHS = typer.Option(25, "--epochs", min=1, help="Training epochs.")
 _SEED = typer.Option(0, "--seed", help="Random seed.")
 _THREADS = typer.Option(None, "--threads", min=1, help="CPU threads (torch.set_num_threads).")
+_SLIP_REPEAT = typer.Option(1, "--slip-repeat", min=1, help="Repeat sampling: an image with an "
+                            "annotated slip is drawn this many times an epoch (measured: no "
+                            "gain alone, docs/segments.md).")
 
 
 def _items(data: Path, console: Console) -> list:
@@ -57,6 +60,7 @@ def crossval(
     epochs: int = _EPOCHS,
     seed: int = _SEED,
     threads: int | None = _THREADS,
+    slip_repeat: int = _SLIP_REPEAT,
 ) -> None:
     """Cross-validate the segment reader; writes OUT/summary.json."""
     import torch
@@ -74,7 +78,7 @@ def crossval(
             assignment = {r["image"]: int(r["fold"]) for r in csv.DictReader(fh)}
         ks = sorted(set(assignment.values())) if not folds else \
             [int(x) for x in folds.split(",")]
-        cfg = replace(SegmentTraining(), epochs=epochs, seed=seed)
+        cfg = replace(SegmentTraining(), epochs=epochs, seed=seed, slip_repeat=slip_repeat)
         for k in ks:
             run_fold(items, assignment, k, cfg, out,
                      log=lambda m: console.print(m, markup=False, highlight=False))
@@ -97,6 +101,7 @@ def train(
     epochs: int = _EPOCHS,
     seed: int = _SEED,
     threads: int | None = _THREADS,
+    slip_repeat: int = _SLIP_REPEAT,
     tag: str = typer.Option("segment-reader", "--tag", help="Version tag shown in reports."),
     training_data: str = typer.Option("", "--training-data", help="What it was trained on."),
     slip_call: str = typer.Option("detector", "--slip-call", help="Who calls "
@@ -133,7 +138,7 @@ def train(
             raise typer.Exit(2) from None
         settings = release_settings(rows, checks, max_unflagged=max_unflagged)
         items = _items(data, console)
-        cfg = replace(SegmentTraining(), epochs=epochs, seed=seed)
+        cfg = replace(SegmentTraining(), epochs=epochs, seed=seed, slip_repeat=slip_repeat)
         model = train_segment_reader(
             items, cfg, log=lambda m: console.print(m, markup=False, highlight=False))
         model.config.calibration = settings["calibration"]

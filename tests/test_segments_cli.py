@@ -1,5 +1,5 @@
-"""``lumbardx segments crossval`` and ``train`` end to end at tiny scale, and the release
-settings (calibration, thresholds, level cut) they rest on."""
+"""``lumbardx segments crossval``, ``train`` and ``ensemble`` end to end at tiny scale, and the
+release settings (calibration, thresholds, level cut) they rest on."""
 
 from __future__ import annotations
 
@@ -92,3 +92,49 @@ def test_crossval_then_train_writes_a_reader_diagnosis_loads(tmp_path: Path,
     missing = CliRunner().invoke(app, ["train", str(tiny_data), "--out",
                                        str(tmp_path / "x.pt"), "--crossval", str(tmp_path)])
     assert missing.exit_code == 2 and "predictions.json" in missing.output
+
+
+def test_ensemble_of_trained_readers_averages_them(tmp_path: Path, tiny_data: Path) -> None:
+    from lumbardx.cli.segments import app
+    from lumbardx.engine.segment_training import predict_items
+    from lumbardx.models.segment_reader import SegmentEnsemble, load_segment_reader
+    from lumbardx.stages.segments import SegmentStage
+
+    cv_dir = tmp_path / "cv"
+    run = CliRunner().invoke(app, ["crossval", str(tiny_data), "--out", str(cv_dir),
+                                   "--folds-csv", str(tiny_data / "folds.csv"),
+                                   "--epochs", "1", "--threads", "1"])
+    assert run.exit_code == 0, run.output
+    members = []
+    for seed in (0, 1):
+        members.append(tmp_path / f"m{seed}.pt")
+        run = CliRunner().invoke(app, ["train", str(tiny_data), "--out", str(members[-1]),
+                                       "--crossval", str(cv_dir), "--epochs", "1",
+                                       "--seed", str(seed), "--threads", "1"])
+        assert run.exit_code == 0, run.output
+    out = tmp_path / "ensemble.pt"
+    run = CliRunner().invoke(app, ["ensemble", *map(str, members), "--out", str(out),
+                                   "--crossval", str(cv_dir), "--tag", "tiny-ensemble"])
+    assert run.exit_code == 0, run.output
+    stage = SegmentStage.load(out)
+    assert isinstance(stage.reader, SegmentEnsemble) and len(stage.reader.members) == 2
+    assert stage.summary["version"] == "tiny-ensemble" and 0 < stage.level_cut < 1
+    readers = [load_segment_reader(torch.load(m, weights_only=True)) for m in members]
+    items = _tiny_items(tiny_data)
+    got = predict_items(stage.reader, items)
+    each = [predict_items(r, items) for r in readers]
+    for i, (logits, offset) in enumerate(got):
+        torch.testing.assert_close(logits, (each[0][i][0] + each[1][i][0]) / 2)
+        torch.testing.assert_close(offset, (each[0][i][1] + each[1][i][1]) / 2)
+    again = CliRunner().invoke(app, ["ensemble", str(out), str(members[0]), "--out",
+                                     str(tmp_path / "x.pt"), "--crossval", str(cv_dir)])
+    assert again.exit_code != 0 and "ensemble already" in " ".join(again.output.split())
+
+
+def _tiny_items(root: Path) -> list:
+    """Two images of the tiny dataset as segment items (ground-truth discs)."""
+    from lumbardx.data.dataset import LumbarDataset
+    from lumbardx.engine.segment_training import item_from_sample
+
+    ds = LumbarDataset(root, classes="all")
+    return [item_from_sample(ds[i], ds.class_names) for i in range(2)]

@@ -1,11 +1,13 @@
-"""``lumbardx segments crossval | train``: the segment reader
+"""``lumbardx segments crossval | train | ensemble``: the segment reader
 (:mod:`lumbardx.models.segment_reader`, stage :mod:`lumbardx.stages.segments`).
 
 ``crossval`` trains the reader on k-1 patient-grouped folds and scores the held-out fold, for
 every fold (out-of-fold predictions and weights under ``--out``; resumable fold by fold);
 ``train`` trains it on the whole dataset and writes the checkpoint diagnosis loads, with the
 calibration, decision thresholds and level-check cut taken from a finished ``crossval``
-folder (:mod:`lumbardx.engine.segment_release`).
+folder (:mod:`lumbardx.engine.segment_release`); ``ensemble`` writes several trained readers
+as one (:class:`~lumbardx.models.segment_reader.SegmentEnsemble`), released from their
+cross-validations' averaged out-of-fold predictions (``bench/segment_ensemble.py``).
 
 Exit codes: 0 done; 2 nothing done (unusable input).
 """
@@ -17,6 +19,7 @@ import json
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -115,13 +118,11 @@ def train(
                                      "(reader)."),
 ) -> None:
     """Train the segment reader on all of DATA and write a checkpoint for diagnosis."""
-    import numpy as np
     import torch
 
     from lumbardx.engine.segment_release import load_out_of_fold, release_settings
     from lumbardx.engine.segment_training import (SegmentTraining, train_segment_reader,
                                                   training_settings)
-    from lumbardx.engine.checkpoint import save_checkpoint
 
     console = Console()
     if slip_call not in ("detector", "reader") or slip_measure not in ("corners", "reader"):
@@ -141,16 +142,88 @@ def train(
         cfg = replace(SegmentTraining(), epochs=epochs, seed=seed, slip_repeat=slip_repeat)
         model = train_segment_reader(
             items, cfg, log=lambda m: console.print(m, markup=False, highlight=False))
-        model.config.calibration = settings["calibration"]
-        ck = model.checkpoint()
-        ck.update({"thresholds": settings["thresholds"],
-                   "slip_box": [float(v) for v in np.median(np.array(templates), axis=0)],
-                   "level_cut": settings["level_cut"], "tag": tag,
-                   "slip_call": slip_call, "slip_measure": slip_measure,
-                   "training_data": training_data or str(data.name),
-                   "training": training_settings(cfg),
-                   "evidence": {k: v for k, v in settings.items()
-                                if k not in ("calibration", "thresholds", "level_cut")}})
-        save_checkpoint(ck, out)
+        _release(model, settings, templates, out, tag=tag, slip_call=slip_call,
+                 slip_measure=slip_measure, training_data=training_data or str(data.name),
+                 training=training_settings(cfg))
     console.print(f"thresholds {settings['thresholds']}, level cut {settings['level_cut']:.3f}")
+    console.print(f"written: {out}")
+
+
+def _release(model: Any, settings: dict[str, Any], templates: list, out: Path, *,
+             training: Any, **meta: str) -> None:
+    """Write ``model`` (a reader or an ensemble) with its release settings
+    (:func:`lumbardx.engine.segment_release.release_settings`), the slip-box template (median
+    of the folds') and ``meta`` (tag, slip_call, slip_measure, training_data) as the
+    checkpoint diagnosis loads."""
+    import numpy as np
+
+    from lumbardx.engine.checkpoint import save_checkpoint
+
+    model.config.calibration = settings["calibration"]
+    ck = model.checkpoint()
+    ck.update({"thresholds": settings["thresholds"],
+               "slip_box": [float(v) for v in np.median(np.array(templates), axis=0)],
+               "level_cut": settings["level_cut"], "training": training, **meta,
+               "evidence": {k: v for k, v in settings.items()
+                            if k not in ("calibration", "thresholds", "level_cut")}})
+    save_checkpoint(ck, out)
+
+
+@app.command("ensemble")
+def ensemble(
+    members: list[Path] = typer.Argument(..., help="Segment reader checkpoints (lumbardx "
+                                         "segments train), one per member."),
+    out: Path = typer.Option(..., "--out", help="Ensemble checkpoint to write."),
+    crossval_dir: Path = typer.Option(..., "--crossval", help="The members' cross-validations "
+                                      "averaged (bench/segment_ensemble.py --out): "
+                                      "calibration, thresholds, level cut."),
+    tag: str = typer.Option("segment-reader-ensemble", "--tag", help="Version tag shown in "
+                            "reports."),
+    slip_call: str = typer.Option("detector", "--slip-call", help="detector|reader."),
+    slip_measure: str = typer.Option("corners", "--slip-measure", help="corners|reader."),
+    max_unflagged: float = typer.Option(0.01, "--max-unflagged", min=0.0, max=1.0,
+                                        help="Level cut: share of simulated miscounts left "
+                                        "unflagged."),
+) -> None:
+    """Read with several trained segment readers as one (their logits averaged) and write the
+    checkpoint diagnosis loads, released from the averaged out-of-fold predictions."""
+    import torch
+
+    from lumbardx.data.errors import InputError
+    from lumbardx.engine.segment_release import load_out_of_fold, release_settings
+    from lumbardx.models.segment_reader import (SegmentEnsemble, SegmentReader,
+                                                load_segment_reader)
+
+    console = Console()
+    if slip_call not in ("detector", "reader") or slip_measure not in ("corners", "reader"):
+        console.print("[red]error:[/red] --slip-call detector|reader, --slip-measure "
+                      "corners|reader")
+        raise typer.Exit(2)
+    with _input_errors(console):
+        try:
+            rows, checks, templates = load_out_of_fold(crossval_dir)
+        except FileNotFoundError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+        readers, trainings = [], []
+        for path in members:
+            try:
+                raw = torch.load(path, map_location="cpu", weights_only=True)
+                reader = load_segment_reader(raw)
+            except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
+                raise InputError(path, f"not a segment reader checkpoint ({exc})") from exc
+            if not isinstance(reader, SegmentReader):
+                raise InputError(path, "is an ensemble already: give its members")
+            readers.append(reader)
+            trainings.append(raw.get("training"))
+        try:
+            model = SegmentEnsemble(readers)
+        except ValueError as exc:
+            raise InputError(None, str(exc)) from exc
+        settings = release_settings(rows, checks, max_unflagged=max_unflagged)
+        _release(model, settings, templates, out, tag=tag, slip_call=slip_call,
+                 slip_measure=slip_measure, training_data=str(raw.get("training_data", "")),
+                 training=trainings)
+    console.print(f"{len(readers)} members; thresholds {settings['thresholds']}, "
+                  f"level cut {settings['level_cut']:.3f}")
     console.print(f"written: {out}")

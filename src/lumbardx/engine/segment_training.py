@@ -39,8 +39,8 @@ from torch import Tensor
 from lumbardx.clinical.findings import SLIP, SpineFindings, build_findings, study_class
 from lumbardx.data.boxes import Box, Sample
 from lumbardx.engine.segments import frame_tensor, resample_segments, segment_frames
-from lumbardx.models.segment_reader import (LABELS, SegmentReader, SegmentReaderConfig,
-                                            level_features)
+from lumbardx.models.segment_reader import (LABELS, SegmentEnsemble, SegmentReader,
+                                            SegmentReaderConfig, level_features)
 
 _STENOSIS = {"spinal stenosis (ss)", "spinal stenosis", "stenosis", "ss"}
 _DEGENERATION = {"degenerative disc disease (ddd)", "degenerative disc disease", "ddd",
@@ -332,8 +332,8 @@ def train_segment_reader(items: Sequence[SegmentItem], cfg: SegmentTraining,
 
 
 @torch.no_grad()
-def predict_items(model: SegmentReader, items: Sequence[SegmentItem], batch: int = 16
-                  ) -> list[tuple[Tensor, Tensor]]:
+def predict_items(model: SegmentReader | SegmentEnsemble, items: Sequence[SegmentItem],
+                  batch: int = 16) -> list[tuple[Tensor, Tensor]]:
     """Raw logits ``[L, K]`` and offsets ``[L]`` (spacings) per item, in order."""
     model.eval()
     out: list[tuple[Tensor, Tensor]] = []

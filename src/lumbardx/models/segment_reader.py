@@ -16,11 +16,12 @@ Input: the crops of one image's discs, top to bottom (:mod:`lumbardx.engine.segm
 
 Probabilities are calibrated by Platt scaling per label (``a * logit + b``), fitted on
 out-of-fold logits of the cross-validation (:attr:`SegmentReader.calibration`); the identity
-until fitted.
+until fitted. A :class:`SegmentEnsemble` reads with several readers and averages their logits.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -146,10 +147,59 @@ class SegmentReader(nn.Module):
                 "state_dict": self.state_dict()}
 
 
-def load_segment_reader(raw: dict[str, Any]) -> SegmentReader:
-    """A :class:`SegmentReader` in eval mode from :meth:`SegmentReader.checkpoint` output."""
+class SegmentEnsemble(nn.Module):
+    """Several :class:`SegmentReader` of one configuration read as one: the members' raw
+    logits and offsets are averaged (then calibrated as one reader's, with the calibration of
+    ``config``, fitted on the averaged out-of-fold logits of the members' cross-validations;
+    docs/segments.md measures what averaging gives). Same call and outputs as a reader.
+
+    Raises:
+        ValueError: fewer than two members, or members that read different crops or labels.
+    """
+
+    def __init__(self, members: Sequence[SegmentReader]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least two segment readers")
+        first = members[0].config
+        for m in members[1:]:
+            c = m.config
+            if (c.channels, c.size, c.extent, c.labels) != (first.channels, first.size,
+                                                            first.extent, first.labels):
+                raise ValueError("ensemble members must read the same crops and labels")
+        self.members = nn.ModuleList(members)
+        self.config = first
+
+    def forward(self, crops: Tensor, mask: Tensor, features: Tensor) -> tuple[Tensor, Tensor]:
+        outs = [m(crops, mask, features) for m in self.members]
+        return (torch.stack([o[0] for o in outs]).mean(0),
+                torch.stack([o[1] for o in outs]).mean(0))
+
+    calibrated = SegmentReader.calibrated
+
+    def checkpoint(self) -> dict[str, Any]:
+        """As :meth:`SegmentReader.checkpoint`, the first member's weights in ``state_dict``
+        and the others' in ``more_members`` (each with its configuration)."""
+        first, *rest = self.members
+        return {"kind": "segment_reader", "config": asdict(self.config),
+                "state_dict": first.state_dict(),
+                "more_members": [{"config": asdict(m.config), "state_dict": m.state_dict()}
+                                 for m in rest]}
+
+
+def load_segment_reader(raw: dict[str, Any]) -> SegmentReader | SegmentEnsemble:
+    """A :class:`SegmentReader` (or, with ``more_members``, a :class:`SegmentEnsemble`) in eval
+    mode from :meth:`SegmentReader.checkpoint` / :meth:`SegmentEnsemble.checkpoint` output."""
     if not isinstance(raw, dict) or raw.get("kind") != "segment_reader":
         raise ValueError("not a segment reader checkpoint")
     model = SegmentReader(SegmentReaderConfig.from_dict(raw["config"]))
     model.load_state_dict(raw["state_dict"])
-    return model.eval()
+    more = raw.get("more_members") or []
+    if not more:
+        return model.eval()
+    members = [model]
+    for entry in more:
+        member = SegmentReader(SegmentReaderConfig.from_dict(entry["config"]))
+        member.load_state_dict(entry["state_dict"])
+        members.append(member)
+    return SegmentEnsemble(members).eval()

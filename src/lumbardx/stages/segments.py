@@ -3,9 +3,10 @@
 After the detector's boxes are grouped into discs (stage ``findings``), each disc's motion
 segment (upper vertebra, disc, lower vertebra) is resampled along the spine curve from the T1
 and T2 slices (the one slice twice without a pair; :mod:`lumbardx.engine.segments`) and read
-with its neighbours as context (:class:`lumbardx.models.segment_reader.SegmentReader`). Per
-disc this gives calibrated probabilities of normal, herniation, spondylolisthesis, stenosis and
-degeneration, the measured anterior offset of the upper vertebra, and whether the disc looks
+with its neighbours as context (:class:`lumbardx.models.segment_reader.SegmentReader`, or
+several as a :class:`~lumbardx.models.segment_reader.SegmentEnsemble`). Per disc this gives
+calibrated probabilities of normal, herniation, spondylolisthesis, stenosis and degeneration,
+the measured anterior offset of the upper vertebra, and whether the disc looks
 like L5-S1. What changes in the findings (:meth:`SegmentStage.apply`):
 
 * **spondylolisthesis**: with ``slip_call = "reader"`` the reader calls it (a disc is slipped
@@ -45,7 +46,7 @@ from lumbardx.data.errors import InputError
 from lumbardx.engine.segments import (DEPTH_PER_SPACING, frame_tensor, segment_frames,
                                       template_boxes)
 from lumbardx.engine.segment_training import SegmentItem, predict_items
-from lumbardx.models.segment_reader import SegmentReader, load_segment_reader
+from lumbardx.models.segment_reader import SegmentEnsemble, SegmentReader, load_segment_reader
 
 #: The shipped segment reader's file in the weights folder.
 SHIPPED_FILE = "segments.pt"
@@ -97,7 +98,7 @@ class SegmentStage:
         source: where it was loaded from (for messages), and ``info`` its metadata.
     """
 
-    def __init__(self, reader: SegmentReader, thresholds: dict[str, float],
+    def __init__(self, reader: SegmentReader | SegmentEnsemble, thresholds: dict[str, float],
                  slip_box: tuple[float, float, float, float], level_cut: float = 0.5,
                  source: Path | None = None, info: dict[str, Any] | None = None,
                  slip_call: str = "reader", slip_measure: str = "reader") -> None:

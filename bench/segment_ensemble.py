@@ -3,7 +3,8 @@
 The out-of-fold logits (and offsets, and level-check logits) of each run in ``--runs`` are
 averaged disc by disc, written as a cross-validation folder of their own (``--out``, one
 ``fold<k>/predictions.json`` each, as :func:`lumbardx.engine.segment_crossval.run_fold` writes
-them) and scored with :func:`lumbardx.engine.segment_crossval.summarise`, paired with
+them, with the fold's readers as one :class:`~lumbardx.models.segment_reader.SegmentEnsemble`
+in ``fold<k>/segment_reader.pt`` for ``bench/segment_end_to_end.py``) and scored with :func:`lumbardx.engine.segment_crossval.summarise`, paired with
 ``--compare`` summaries like ``bench/segment_crossval.py`` does. What an ensemble of those
 readers would give at diagnosis, measured without training anything.
 
@@ -26,15 +27,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from segment_crossval import FOLDS, compare, print_summary
 
 from lumbardx.data.dataset import LumbarDataset
 from lumbardx.data.pairs import SequencePairs
+from lumbardx.engine.checkpoint import save_checkpoint
 from lumbardx.engine.segment_crossval import summarise
 from lumbardx.engine.segment_training import item_from_sample
 from lumbardx.io import atomic_write_text
+from lumbardx.models.segment_reader import SegmentEnsemble, load_segment_reader
 
 LEVEL_KEYS = ("right", "missed", "extra", "extra_true")
 
@@ -79,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         raws = [json.loads((r / f"fold{k}" / "predictions.json").read_text()) for r in runs]
         atomic_write_text(args.out / f"fold{k}" / "predictions.json",
                           json.dumps(average_fold(raws)))
+        save_checkpoint(SegmentEnsemble([
+            load_segment_reader(torch.load(r / f"fold{k}" / "segment_reader.pt",
+                                           weights_only=True)) for r in runs]).checkpoint(),
+            args.out / f"fold{k}" / "segment_reader.pt")  # for bench/segment_end_to_end.py
     summary = summarise(args.out, items, folds)
     summary.update({"data": args.data.name, "folds_csv": args.folds_csv.name,
                     "ensemble_of": [r.name for r in runs], "inputs": "T1+T2"})

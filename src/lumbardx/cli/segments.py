@@ -120,24 +120,15 @@ def train(
     """Train the segment reader on all of DATA and write a checkpoint for diagnosis."""
     import torch
 
-    from lumbardx.engine.segment_release import load_out_of_fold, release_settings
     from lumbardx.engine.segment_training import (SegmentTraining, train_segment_reader,
                                                   training_settings)
 
     console = Console()
-    if slip_call not in ("detector", "reader") or slip_measure not in ("corners", "reader"):
-        console.print("[red]error:[/red] --slip-call detector|reader, --slip-measure "
-                      "corners|reader")
-        raise typer.Exit(2)
     if threads:
         torch.set_num_threads(threads)
     with _input_errors(console):
-        try:
-            rows, checks, templates = load_out_of_fold(crossval_dir)
-        except FileNotFoundError as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from None
-        settings = release_settings(rows, checks, max_unflagged=max_unflagged)
+        settings, templates = _release_settings(console, crossval_dir, slip_call, slip_measure,
+                                                max_unflagged)
         items = _items(data, console)
         cfg = replace(SegmentTraining(), epochs=epochs, seed=seed, slip_repeat=slip_repeat)
         model = train_segment_reader(
@@ -147,6 +138,25 @@ def train(
                  training=training_settings(cfg))
     console.print(f"thresholds {settings['thresholds']}, level cut {settings['level_cut']:.3f}")
     console.print(f"written: {out}")
+
+
+def _release_settings(console: Console, crossval_dir: Path, slip_call: str, slip_measure: str,
+                      max_unflagged: float) -> tuple[dict[str, Any], list]:
+    """The release settings (:func:`lumbardx.engine.segment_release.release_settings`) and the
+    folds' slip-box templates of a finished cross-validation folder; exits with code 2 on
+    unknown ``--slip-call`` / ``--slip-measure`` values or a folder without predictions."""
+    from lumbardx.engine.segment_release import load_out_of_fold, release_settings
+
+    if slip_call not in ("detector", "reader") or slip_measure not in ("corners", "reader"):
+        console.print("[red]error:[/red] --slip-call detector|reader, --slip-measure "
+                      "corners|reader")
+        raise typer.Exit(2)
+    try:
+        rows, checks, templates = load_out_of_fold(crossval_dir)
+    except FileNotFoundError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    return release_settings(rows, checks, max_unflagged=max_unflagged), templates
 
 
 def _release(model: Any, settings: dict[str, Any], templates: list, out: Path, *,
@@ -190,21 +200,13 @@ def ensemble(
     import torch
 
     from lumbardx.data.errors import InputError
-    from lumbardx.engine.segment_release import load_out_of_fold, release_settings
     from lumbardx.models.segment_reader import (SegmentEnsemble, SegmentReader,
                                                 load_segment_reader)
 
     console = Console()
-    if slip_call not in ("detector", "reader") or slip_measure not in ("corners", "reader"):
-        console.print("[red]error:[/red] --slip-call detector|reader, --slip-measure "
-                      "corners|reader")
-        raise typer.Exit(2)
     with _input_errors(console):
-        try:
-            rows, checks, templates = load_out_of_fold(crossval_dir)
-        except FileNotFoundError as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from None
+        settings, templates = _release_settings(console, crossval_dir, slip_call, slip_measure,
+                                                max_unflagged)
         readers, trainings = [], []
         for path in members:
             try:
@@ -220,7 +222,6 @@ def ensemble(
             model = SegmentEnsemble(readers)
         except ValueError as exc:
             raise InputError(None, str(exc)) from exc
-        settings = release_settings(rows, checks, max_unflagged=max_unflagged)
         _release(model, settings, templates, out, tag=tag, slip_call=slip_call,
                  slip_measure=slip_measure, training_data=str(raw.get("training_data", "")),
                  training=trainings)

@@ -107,12 +107,18 @@ def main(argv: list[str] | None = None) -> int:
                     "inputs": "slice" if args.single_slice else "T1+T2",
                     "wall_s_this_run": round(time.perf_counter() - t0, 1),
                     "machine": {"cpu": cpu_name(), "threads": args.threads}})
-    for other in args.compare:
+    write_results(summary, args.results, args.compare)
+    return 0
+
+
+def write_results(summary: dict[str, Any], results: Path, others: list[Path]) -> None:
+    """Pair ``summary`` with each other summary in ``others`` (``paired`` by file stem), write
+    it to ``results`` (JSON) and print its headline metrics."""
+    for other in others:
         summary.setdefault("paired", {})[other.stem] = compare(
             summary, json.loads(other.read_text()))
-    atomic_write_text(args.results, json.dumps(summary, indent=1, default=float))
+    atomic_write_text(results, json.dumps(summary, indent=1, default=float))
     print_summary(summary)
-    return 0
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from segment_crossval import FOLDS, compare, print_summary
+from segment_crossval import FOLDS, write_results
 
 from lumbardx.data.dataset import LumbarDataset
 from lumbardx.data.pairs import SequencePairs
@@ -90,11 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(args.out, items, folds)
     summary.update({"data": args.data.name, "folds_csv": args.folds_csv.name,
                     "ensemble_of": [r.name for r in runs], "inputs": "T1+T2"})
-    for other in args.compare:
-        summary.setdefault("paired", {})[other.stem] = compare(
-            summary, json.loads(other.read_text()))
-    atomic_write_text(args.results, json.dumps(summary, indent=1, default=float))
-    print_summary(summary)
+    write_results(summary, args.results, args.compare)
     return 0
 
 

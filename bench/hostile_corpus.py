@@ -302,10 +302,12 @@ print(json.dumps({"peak_growth_mb": round((status_kib("VmHWM") - before) / 1024,
 """
 
 
-def peak_memory(path: Path) -> dict[str, Any]:
-    """Peak resident memory growth of reading ``path`` in a fresh interpreter (Linux)."""
+def peak_memory(path: Path, timeout_s: float = 600.0) -> dict[str, Any]:
+    """Peak resident memory growth of reading ``path`` in a fresh interpreter (Linux):
+    ``VmHWM`` (peak RSS since exec) after, less ``VmRSS`` before; ``ru_maxrss`` would not do,
+    Linux carries it over from the forked parent across exec."""
     run = subprocess.run([sys.executable, "-c", _PEAK, str(path)], capture_output=True,
-                         text=True, timeout=600, check=False)
+                         text=True, timeout=timeout_s, check=False)
     if run.returncode != 0:
         return {"error": run.stderr.strip().splitlines()[-1:]}
     return {"file_mb": round(path.stat().st_size / 2**20, 1), **json.loads(run.stdout)}

@@ -6,18 +6,16 @@ in a child process, so the test process lives on and decodes the next file.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import subprocess
-import sys
 import time
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_scripts import load_bench
 from dicom_factory import make_dataset, write_dataset, write_mr
 from PIL import Image
 from pydicom.data import get_testdata_files
@@ -246,24 +244,6 @@ def test_default_reduction_to_display_side(tmp_path: Path) -> None:
     assert read_image(path).pixels.shape == (1250, 30)
 
 
-#: Reads one image in a fresh interpreter and prints its peak resident memory growth: VmHWM
-#: (peak RSS of this program since exec) after, less VmRSS before. ru_maxrss would not do: Linux
-#: carries it over from the forked parent across exec.
-_PEAK_SCRIPT = """
-import json, sys
-from lumbardx.data.images import read_image
-
-def status_kib(field):
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith(field + ":"))
-
-before = status_kib("VmRSS")
-img = read_image(sys.argv[1])
-print(json.dumps({"growth_bytes": (status_kib("VmHWM") - before) * 1024,
-                  "shape": list(img.pixels.shape)}))
-"""
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
 @pytest.mark.parametrize("kind", ["png", "jpeg", "dicom"])
 def test_7000_pixel_image_read_in_bounded_memory(tmp_path: Path, kind: str) -> None:
@@ -274,11 +254,10 @@ def test_7000_pixel_image_read_in_bounded_memory(tmp_path: Path, kind: str) -> N
         path = tmp_path / f"huge.{kind}"
         Image.fromarray((gradient % 256).astype(np.uint8)).save(
             path, format=kind.upper(), **({"compress_level": 1} if kind == "png" else {}))
-    run = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(path)], capture_output=True,
-                         text=True, timeout=120, check=True)
-    result = json.loads(run.stdout)
+    result = load_bench("hostile_corpus").peak_memory(path, timeout_s=120)
+    assert "error" not in result, result
     assert max(result["shape"]) <= 2048
-    assert result["growth_bytes"] < BOUND_BYTES
+    assert result["peak_growth_mb"] * 2**20 < BOUND_BYTES
 
 
 # ---------------------------------------------------------------- pydicom's corpus

@@ -17,7 +17,6 @@ Screenshots of the viewer and the quiz score go to the test's temporary folder; 
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -26,20 +25,13 @@ from typing import Any
 
 import pytest
 
+from browser import CHROMIUM, launch, shot, watched_page
 from live_server import live_server
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 USER, PASSWORD = "reader1", "correct-horse-battery"
 CLASSES = ["normal", "herniation", "spondylolisthesis"]
 HERNIATION_RGB = "#D55E00"
 
-
-def _shot(tmp_path: Path, name: str) -> Path:
-    """Where screenshot ``name`` goes: ``$LUMBARDX_E2E_SCREENSHOT_DIR`` or the test's tmp."""
-    folder = os.environ.get("LUMBARDX_E2E_SCREENSHOT_DIR")
-    return (Path(folder) if folder else tmp_path) / name
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed (run scripts/install-test-deps.sh)")
@@ -85,17 +77,10 @@ def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 @pytest.fixture()
 def page(server: dict[str, Any]) -> Iterator[Any]:
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(viewport={"width": 1600, "height": 900}, accept_downloads=True)
-        context.set_default_timeout(20_000)
-        pg = context.new_page()
-        problems: list[str] = []
-        pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-        pg.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
-              if m.type == "error" and "401" not in m.text else None)
-        pg.problems = problems
+        browser = launch(p)
+        pg = watched_page(browser, 1600, 900, ignore="401", accept_downloads=True)
         yield pg
-        context.close()
+        pg.context.close()
         browser.close()
 
 
@@ -220,7 +205,7 @@ def test_sign_in_upload_review_export_sign_out(server: dict[str, Any], page: Any
         assert next(b for b in after["boxes"] if b["id"] == others[0]["id"])["decision"] == "rejected"
 
     page.locator(f"svg.overlay g.mark[data-box-id='{first['id']}']").wait_for()
-    page.screenshot(path=str(_shot(tmp_path, "lumbardx_viewer.png")))
+    page.screenshot(path=str(shot(tmp_path, "lumbardx_viewer.png")))
 
     # Complete the review (accepting the boxes left pending): the VOC file holds the corrections.
     page.once("dialog", lambda d: d.accept())
@@ -263,7 +248,7 @@ def test_sign_in_upload_review_export_sign_out(server: dict[str, Any], page: Any
     expect(page.locator("h2", has_text="Reader's review")).to_be_visible()
     expect(page.locator("dl.meta")).to_contain_text(f"reviewed by {USER}")
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
-    page.screenshot(path=str(_shot(tmp_path, "lumbardx_report_800.png")), full_page=True)
+    page.screenshot(path=str(shot(tmp_path, "lumbardx_report_800.png")), full_page=True)
     page.set_viewport_size({"width": 1600, "height": 900})
     page.goto(viewer_url)
 
@@ -311,5 +296,5 @@ def test_teaching_quiz_scores_the_learner(server: dict[str, Any], page: Any,
     if truth["positive_discs"]:
         assert truth["sensitivity"]["estimate"] == pytest.approx(0.0)
     expect(score).to_contain_text(f"({truth['specificity']['successes']}/{truth['specificity']['total']})")
-    page.screenshot(path=str(_shot(tmp_path, "lumbardx_quiz_score.png")))
+    page.screenshot(path=str(shot(tmp_path, "lumbardx_quiz_score.png")))
     assert not page.problems, page.problems

@@ -13,7 +13,6 @@ needed: quizzes are made of synthetic cases.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,10 @@ from fastapi.testclient import TestClient
 
 from lumbardx.app import AppSettings, create_app
 
+from browser import CHROMIUM, launch, shot, sign_in, watched_page
 from live_server import live_server
 
 PASSWORD = "correct horse battery"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 SEED = 12  # gives both normal and abnormal discs (tests/test_app_api.py)
 
 
@@ -182,29 +179,12 @@ def browser_page(tmp_path: Path) -> Iterator[tuple[Any, str, Any]]:
     app = create_app(AppSettings(data_dir=tmp_path / "data"))
     app.state.ctx.users.add("alice", PASSWORD)
     with live_server(app) as base, sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
-                                    headless=True)
-        context = browser.new_context(viewport={"width": 1366, "height": 768})
-        context.set_default_timeout(20_000)
-        page = context.new_page()
-        problems: list[str] = []
-        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
-                if m.type == "error" else None)
-        page.problems = problems
-        page.goto(f"{base}/login")
-        page.fill("#username", "alice")
-        page.fill("#password", PASSWORD)
-        page.click("#login-submit")
-        sync_api.expect(page).to_have_url(f"{base}/")
+        browser = launch(p)
+        page = watched_page(browser, 1366, 768)
+        sign_in(page, base, "alice", PASSWORD)
         yield page, base, app
-        context.close()
+        page.context.close()
         browser.close()
-
-
-def _shot(tmp_path: Path, name: str) -> Path:
-    folder = os.environ.get("LUMBARDX_E2E_SCREENSHOT_DIR")
-    return (Path(folder) if folder else tmp_path) / name
 
 
 def test_history_page_counts_and_reviews_a_finished_quiz(browser_page, tmp_path: Path) -> None:
@@ -243,7 +223,7 @@ def test_history_page_counts_and_reviews_a_finished_quiz(browser_page, tmp_path:
     expect(finished.locator("td.right")).to_have_text(f"{right} of {total}")
     expect(finished.locator("button")).to_have_text("Review")
     expect(pending.locator("button")).to_have_text("Resume")
-    page.screenshot(path=str(_shot(tmp_path, "lumbardx_quiz_history.png")))
+    page.screenshot(path=str(shot(tmp_path, "lumbardx_quiz_history.png")))
 
     # The finished quiz opens its review: score, then each case with call, truth, right/wrong.
     finished.locator("button").click()
@@ -264,7 +244,7 @@ def test_history_page_counts_and_reviews_a_finished_quiz(browser_page, tmp_path:
             f"{sum(calls[lv] == s for lv, s in t.items())} of {len(t)}")
     expect(page.locator("#review-tally")).to_contain_text(f"{right} of {total}")
     expect(page.locator("#quiz-resume")).to_have_count(0)
-    page.screenshot(path=str(_shot(tmp_path, "lumbardx_quiz_review.png")), full_page=True)
+    page.screenshot(path=str(shot(tmp_path, "lumbardx_quiz_review.png")), full_page=True)
 
     # The open quiz resumes at its next case.
     page.click("text=\u2190 Quizzes")

@@ -13,7 +13,6 @@ temporary folder, or to ``LUMBARDX_E2E_SCREENSHOT_DIR`` when set.
 from __future__ import annotations
 
 import io
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -23,22 +22,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from browser import CHROMIUM, launch, shot, sign_in, watched_page
 from live_server import live_server
 
 uvicorn = pytest.importorskip("uvicorn", reason="uvicorn (web app dependency) is not installed")
 httpx = pytest.importorskip("httpx", reason="httpx is not installed")
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 USER, PASSWORD = "reader1", "correct-horse-battery"
 N_SLICES = 7
-
-
-def _shot(tmp_path: Path, name: str) -> Path:
-    """Where screenshot ``name`` goes: ``$LUMBARDX_E2E_SCREENSHOT_DIR`` or the test's tmp."""
-    folder = os.environ.get("LUMBARDX_E2E_SCREENSHOT_DIR")
-    return (Path(folder) if folder else tmp_path) / name
 
 
 def _sign_in_client(base: str) -> tuple[Any, dict[str, str]]:
@@ -142,25 +133,13 @@ def open_viewer(server: dict[str, Any]) -> Iterator[Any]:
         pytest.skip(f"{CHROMIUM} is absent (Debian package chromium)")
     base, key = server["url"], server["key"]
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
-                                    headless=True)
+        browser = launch(p)
         contexts = []
 
         def opener(width: int, height: int) -> Any:
-            context = browser.new_context(viewport={"width": width, "height": height})
-            context.set_default_timeout(20_000)
-            contexts.append(context)
-            page = context.new_page()
-            problems: list[str] = []
-            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
-                    if m.type == "error" else None)
-            page.problems = problems
-            page.goto(f"{base}/login")
-            page.fill("#username", USER)
-            page.fill("#password", PASSWORD)
-            page.click("#login-submit")
-            sync_api.expect(page).to_have_url(f"{base}/")
+            page = watched_page(browser, width, height)
+            contexts.append(page.context)
+            sign_in(page, base, USER, PASSWORD)
             page.goto(f"{base}/#/study/{key}")
             sync_api.expect(page.locator("canvas.slice-canvas")).to_have_attribute(
                 "data-src", f"/api/studies/{key}/image.png")
@@ -224,7 +203,7 @@ def test_narrow_screen_gives_the_image_the_width(open_viewer, server, tmp_path: 
     for selector in (".study-toolbar button, .study-toolbar a.button, .study-toolbar select",
                      ".stage-bar button, .stage-bar input", ".topbar button, .topbar a"):
         _within_width(page, selector)
-    page.screenshot(path=str(_shot(tmp_path, "lumbardx_viewer_800x900.png")))
+    page.screenshot(path=str(shot(tmp_path, "lumbardx_viewer_800x900.png")))
     # The findings are reached by scrolling the page, and nothing spills sideways there either.
     page.locator("table.findings").scroll_into_view_if_needed()
     assert page.locator("table.findings").is_visible()
@@ -250,7 +229,7 @@ def test_laptop_screen_shows_image_and_findings_at_once(open_viewer, server,
     toolbar = _box(page, ".study-toolbar")
     assert toolbar["height"] < 70, f"the toolbar wraps onto a second row: {toolbar}"
     _within_width(page, ".study-toolbar button, .study-toolbar a.button")
-    page.screenshot(path=str(_shot(tmp_path, "lumbardx_viewer_1366x768.png")))
+    page.screenshot(path=str(shot(tmp_path, "lumbardx_viewer_1366x768.png")))
     assert not page.problems, page.problems
 
 
@@ -314,7 +293,7 @@ def test_scroll_slices_and_switch_sequence(open_viewer, server, tmp_path: Path) 
     t1_mid = showing(f"/api/studies/{key}/slices/{mid}.png?series={t1}")
     assert t1_mid != analysed
     expect(page.locator(".hud.readout")).to_contain_text(f"T1 {mid + 1}/{N_SLICES}")
-    page.screenshot(path=str(_shot(tmp_path, "lumbardx_viewer_t1.png")))
+    page.screenshot(path=str(shot(tmp_path, "lumbardx_viewer_t1.png")))
     page.locator("#sequence-switch button[data-series='0']").click()
     assert showing(f"/api/studies/{key}/image.png") == analysed
     expect(page.locator(".stage")).to_have_class("stage")

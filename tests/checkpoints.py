@@ -12,10 +12,13 @@ from lumbardx.engine.recipes import Recipe
 from lumbardx.models.registry import build_model
 
 CLASSES = ["normal", "herniation", "spondylolisthesis"]
+#: Decision thresholds the app and diagnosis tests give the tiny model.
+THRESHOLDS = {"normal": 0.3, "herniation": 0.35, "spondylolisthesis": 0.5}
 
 
-def tiny_checkpoint(path: Path, *, thresholds: dict[str, float], tag: str, training_data: str,
-                    epoch: int = 1, image_size: int = 256) -> Path:
+def tiny_checkpoint(path: Path, *, tag: str, training_data: str,
+                    thresholds: dict[str, float] | None = None, epoch: int = 1,
+                    image_size: int = 256) -> Path:
     """Save a random YOLOv5n (3 study classes) in ``lumbardx train``'s checkpoint format.
 
     The EMA head's stride-16 biases are raised so that the random model proposes boxes
@@ -32,7 +35,8 @@ def tiny_checkpoint(path: Path, *, thresholds: dict[str, float], tag: str, train
     state = {"model": net.state_dict(), "ema": ema.state_dict(),
              "recipe": Recipe(image_size=image_size).to_dict(), "model_name": "yolov5n",
              "num_classes": len(CLASSES), "class_names": CLASSES, "epoch": epoch, "seed": 0,
-             "thresholds": thresholds, "tag": tag, "training_data": training_data}
+             "thresholds": THRESHOLDS if thresholds is None else thresholds, "tag": tag,
+             "training_data": training_data}
     return save_checkpoint(state, path)
 
 

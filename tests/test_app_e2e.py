@@ -47,7 +47,6 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from checkpoints import tiny_checkpoint
 
     return tiny_checkpoint(tmp_path_factory.mktemp("weights") / "best.pt",
-                           thresholds={"normal": 0.3, "herniation": 0.35, "spondylolisthesis": 0.5},
                            tag="e2e-test", training_data="none (random test weights)")
 
 

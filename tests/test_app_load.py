@@ -32,8 +32,6 @@ PASSWORD = "correct horse battery"
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random YOLOv5n whose biases make it propose boxes (so reviews have boxes)."""
     return tiny_checkpoint(tmp_path_factory.mktemp("weights") / "best.pt",
-                           thresholds={"normal": 0.3, "herniation": 0.35,
-                                       "spondylolisthesis": 0.5},
                            tag="load-test", training_data="none (random test weights)")
 
 
@@ -93,7 +91,8 @@ def test_the_upload_check_catches_lost_doubled_and_misanswered_uploads() -> None
     cases = {
         "stored twice": [(a, 201, row("k" * 16, False)), (a2, 201, row("k" * 16, False))],
         "repeat not a duplicate": [(a, 201, row("k" * 16, False)), (a2, 200, row("k" * 16, False))],
-        "repeat under another key": [(a, 201, row("k" * 16, False)), (a2, 200, row("m" * 16, True))],
+        "repeat under another key": [(a, 201, row("k" * 16, False)),
+                                     (a2, 200, row("m" * 16, True))],
         "lost": [(a, None, {}), (a2, 200, row("k" * 16, True))],
         "two studies, one key": [(a, 201, row("k" * 16, False)), (b, 201, row("k" * 16, False))],
         "oversize accepted": [(bad, 201, row("k" * 16, False))],

@@ -46,7 +46,6 @@ PARAMS = {"key": "0123456789abcdef", "box_id": "m0", "sid": "abc123", "index": "
 def tiny_checkpoint(folder: Path) -> Path:
     """A random YOLOv5n (image size 256) whose biases make it propose boxes."""
     return make_checkpoint(folder / "best.pt",
-                           thresholds={"normal": 0.3, "herniation": 0.35, "spondylolisthesis": 0.5},
                            tag="app-test", training_data="synthetic test")
 
 

@@ -51,9 +51,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     from lumbardx.synth import SynthConfig, generate_case, write_dicom_series
 
     root = tmp_path_factory.mktemp("viewer")
-    weights = tiny_checkpoint(root / "best.pt", thresholds={"normal": 0.3, "herniation": 0.35,
-                                                            "spondylolisthesis": 0.5},
-                              tag="e2e-test", training_data="none (random test weights)")
+    weights = tiny_checkpoint(root / "best.pt", tag="e2e-test",
+                              training_data="none (random test weights)")
     cfg = SynthConfig(image_sizes=(320,), dicom_slices=(N_SLICES,))
     case = generate_case(np.random.default_rng(7), cfg, name="case-00")
     files = write_dicom_series(case, root / "t2", cfg) + \

@@ -36,8 +36,6 @@ DONE_EARLIER = "done earlier (complete.json)"
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("weights") / "best.pt",
-                           thresholds={"normal": 0.3, "herniation": 0.35,
-                                       "spondylolisthesis": 0.5},
                            tag="resume-test", training_data="synthetic test")
 
 

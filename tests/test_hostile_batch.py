@@ -3,9 +3,9 @@ problem, and everything after it is still diagnosed -- a decoder that aborts on 
 2000 fragment takes neither the batch nor the server down.
 
 Runs the real ``lumbardx diagnose`` in a subprocess (a native crash there would end it with a
-signal, which the test would see) over a batch of files, each a study: a good synthetic slice, then the
-garbage JPEG 2000 file, an empty ``.dcm``, PNG bytes in a ``.dcm``, a truncated DICOM, a header
-claiming 65535 x 65535 pixels, and another good slice.
+signal, which the test would see) over a batch of files, each a study: a good synthetic slice,
+then the garbage JPEG 2000 file, an empty ``.dcm``, PNG bytes in a ``.dcm``, a truncated
+DICOM, a header claiming 65535 x 65535 pixels, and another good slice.
 """
 
 from __future__ import annotations
@@ -60,8 +60,6 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from checkpoints import tiny_checkpoint
 
     return tiny_checkpoint(tmp_path_factory.mktemp("w") / "best.pt",
-                           thresholds={"normal": 0.3, "herniation": 0.35,
-                                       "spondylolisthesis": 0.5},
                            tag="hostile-test", training_data="none (random test weights)")
 
 

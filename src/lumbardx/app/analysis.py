@@ -104,7 +104,7 @@ class Analyser:
                 dicom_error = _write(study, folder)
             review_path = folder / "review.json"
             if review_path.exists() and read_json(review_path).get("state") == "complete":
-                self.write_reviewed(key)  # the record stays the reviewed one
+                self.write_reviewed(key, study)  # the record stays the reviewed one
             else:
                 write_json(review_path, initial_review(read_json(folder / "findings.json"),
                                                        study.model.class_names))
@@ -151,11 +151,12 @@ class Analyser:
             log.exception("study %s: writing the reviewed report failed", key)
             self.studies.update(key, report_error="writing the reviewed report failed")
 
-    def write_reviewed(self, key: str) -> None:
+    def write_reviewed(self, key: str, diagnosed: Any = None) -> None:
         """Rewrite the overlay, ``findings.json``, the reports and the DICOM SR of ``key`` as
         its reader reviewed them (:func:`lumbardx.stages.reviewed.reviewed_study`); the
         model's own ``findings.json`` (one without a review) is kept as
-        ``model_findings.json``.
+        ``model_findings.json``. ``diagnosed``: the model's reading of the stored input when
+        the caller has just made it (else it is made again).
 
         Raises:
             InputError: the stored input cannot be read again.
@@ -166,7 +167,9 @@ class Analyser:
         folder = self.studies.folder(key)
         record = ReviewRecord.from_json(read_json(folder / "review.json"))
         with self._lock:
-            study = reviewed_study(self._diagnose(key, self.studies.meta(key)), record)
+            if diagnosed is None:
+                diagnosed = self._diagnose(key, self.studies.meta(key))
+            study = reviewed_study(diagnosed, record)
             current = folder / "findings.json"
             if current.exists() and read_json(current).get("review") is None:
                 write_json(folder / "model_findings.json", read_json(current))  # the model's

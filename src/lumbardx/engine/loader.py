@@ -87,6 +87,37 @@ def class_labels(dataset: Sequence[Sample]) -> list[np.ndarray]:
     return [np.asarray(dataset[i].labels, np.int64).reshape(-1) for i in range(len(dataset))]
 
 
+def close_mosaic_from(recipe: Recipe) -> int | None:
+    """The first epoch without mosaic and mixup (``recipe.close_mosaic``); ``None``: never."""
+    return recipe.epochs - recipe.close_mosaic if recipe.close_mosaic > 0 else None
+
+
+def train_sampler(
+    dataset: Sequence[Sample],
+    recipe: Recipe,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_classes: int | None = None,
+    labels: Sequence[np.ndarray] | None = None,
+) -> Any:
+    """The epoch sampler of a recipe (dataset indices; call ``set_epoch`` before each epoch).
+
+    Uniform sampling uses ``torch.utils.data.DistributedSampler`` (also for one process, with
+    ``num_replicas=1``); ``recipe.balance == "repeat_factor"`` uses
+    :class:`RepeatFactorSampler` (``labels``: per-image class indices when already known,
+    otherwise every sample is read once).
+    """
+    if recipe.balance == "repeat_factor":
+        nc = num_classes if num_classes is not None else len(getattr(dataset, "class_names"))
+        per_image = labels if labels is not None else class_labels(dataset)
+        rf = repeat_factors(per_image, nc, recipe.repeat_threshold)
+        return RepeatFactorSampler(rf, seed, rank, world_size)
+    return DistributedSampler(
+        range(len(dataset)), num_replicas=world_size, rank=rank, shuffle=True, seed=seed
+    )
+
+
 def build_train_loader(
     dataset: Sequence[Sample],
     recipe: Recipe,
@@ -99,24 +130,12 @@ def build_train_loader(
 ) -> DataLoader:
     """The training loader of a recipe (augmentation, sampling, DDP split).
 
-    Uniform sampling uses ``torch.utils.data.DistributedSampler`` (also for one process, with
-    ``num_replicas=1``); ``recipe.balance == "repeat_factor"`` uses
-    :class:`RepeatFactorSampler` (``labels``: per-image class indices when already known,
-    otherwise every sample is read once). The last ``recipe.close_mosaic`` epochs go without
+    Sampling: :func:`train_sampler`. The last ``recipe.close_mosaic`` epochs go without
     mosaic and mixup. Call :func:`set_loader_epoch` before each epoch.
     """
     transform = TrainTransform(dataset, recipe.image_size, recipe.augment)
-    close_from = recipe.epochs - recipe.close_mosaic if recipe.close_mosaic > 0 else None
-    ds = AugmentedDataset(transform, seed, rank, close_from)
-    if recipe.balance == "repeat_factor":
-        nc = num_classes if num_classes is not None else len(getattr(dataset, "class_names"))
-        per_image = labels if labels is not None else class_labels(dataset)
-        rf = repeat_factors(per_image, nc, recipe.repeat_threshold)
-        inner: Any = RepeatFactorSampler(rf, seed, rank, world_size)
-    else:
-        inner = DistributedSampler(
-            range(len(dataset)), num_replicas=world_size, rank=rank, shuffle=True, seed=seed
-        )
+    ds = AugmentedDataset(transform, seed, rank, close_mosaic_from(recipe))
+    inner = train_sampler(dataset, recipe, seed, rank, world_size, num_classes, labels)
     return DataLoader(
         ds,
         batch_size=recipe.batch_size,
@@ -130,9 +149,14 @@ def build_train_loader(
     )
 
 
-def set_loader_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
+def set_loader_epoch(loader: Any, epoch: int, seed: int) -> None:
     """Set the epoch of the loader's sampler and dataset, and reseed the loader's generator
-    (worker base seeds) from ``(seed, epoch)`` so that a resumed run matches."""
+    (worker base seeds) from ``(seed, epoch)`` so that a resumed run matches. A loader with
+    its own ``set_epoch`` (:class:`lumbardx.engine.device_loader.DeviceTrainLoader`) is
+    simply told the epoch."""
+    if not isinstance(loader, DataLoader):
+        loader.set_epoch(epoch)
+        return
     loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
     loader.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
     if loader.generator is not None:

@@ -29,6 +29,7 @@ EmaKind = Literal["yolov5", "paddle", "none"]
 AmpKind = Literal["bf16", "fp16", "none"]
 Balance = Literal["none", "repeat_factor"]
 OptimizerKind = Literal["sgd", "adamw"]
+PipelineKind = Literal["workers", "device"]
 
 PADDLE_PPYOLOV2_TOTAL_BATCH = 96  # ppyolov2_reader.yml batch_size 12 x 8 GPUs
 PADDLE_YOLOV3_TOTAL_BATCH = 64  # yolov3_reader.yml batch_size 8 x 8 GPUs
@@ -132,6 +133,11 @@ class Recipe:
             three input channels are T1, T2 and their mean; a single slice is read as itself
             in all three, as without pairs). Needs the sequence of each image (a patients
             CSV with a ``sequence`` column).
+        pipeline: ``workers`` (the CPU pipeline, :mod:`lumbardx.engine.pipeline`, in
+            ``num_workers`` DataLoader processes) or ``device`` (the whole training set on the
+            training device, batches augmented there with tensor operations,
+            :mod:`lumbardx.engine.device_loader`; for a GPU, which the CPU pipeline cannot
+            feed). Both draw from the same augmentation distributions.
         close_mosaic: the last this many epochs train without mosaic and mixup (Ultralytics
             ``close_mosaic``, default 10 in ``ultralytics/cfg/default.yaml``), so that the
             model ends on whole, undistorted slices as it will see them; 0 keeps them on.
@@ -168,6 +174,7 @@ class Recipe:
     num_workers: int = 2
     eval_interval: int = 1
     optimizer: OptimizerKind = "sgd"
+    pipeline: PipelineKind = "workers"
     close_mosaic: int = 0
     shared_labels: str = "reference"
     sequence_pairs: bool = False
@@ -184,6 +191,8 @@ class Recipe:
             raise ValueError(f"multi_scale {self.multi_scale} has min > max")
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"unknown optimizer {self.optimizer!r} (sgd or adamw)")
+        if self.pipeline not in ("workers", "device"):
+            raise ValueError(f"unknown pipeline {self.pipeline!r} (workers or device)")
         if self.shared_labels not in ("reference", "union"):
             raise ValueError(f"unknown shared_labels {self.shared_labels!r} (reference or union)")
         if not 0.0 <= self.augment.single_sequence <= 1.0:

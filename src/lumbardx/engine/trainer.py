@@ -7,6 +7,10 @@ clip the gradient norm, step SGD and update the EMA. After the epoch rank 0 eval
 weights on ``val_set`` (mAP@0.5 is the fitness), writes ``results.csv``, ``last.pt`` and, when
 the fitness improves, ``best.pt`` (:mod:`~lumbardx.engine.checkpoint`).
 
+Batches come from DataLoader workers running the CPU pipeline, or, with ``recipe.pipeline ==
+"device"``, from the training set held on the device (:mod:`~lumbardx.engine.device_loader`).
+On CUDA the model and its input are channels-last (with the recipe's bf16 autocast).
+
 Exact resume: sampling, augmentation and multi-scale sizes are functions of ``(seed, epoch,
 position)``, and the checkpoint holds model, EMA, optimiser, schedule, scaler, counters and
 RNG states, so ``train(..., resume=True)`` after an interruption ends with the same weights as
@@ -46,6 +50,7 @@ from lumbardx.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from lumbardx.engine.device_loader import DeviceTrainLoader
 from lumbardx.engine.ema import ModelEMA, unwrap
 from lumbardx.engine.evaluate import EvalResult, evaluate
 from lumbardx.engine.loader import (
@@ -210,9 +215,16 @@ def train(
                                f"that supports it (YOLOv5), not {type(loss).__name__}")
     model.to(dev)
     optimizer = build_optimizer(model, recipe, info.world_size)
-    loader = build_train_loader(train_data, recipe, seed, info.rank, info.world_size,
-                                pin_memory=dev.type == "cuda", num_classes=len(names),
-                                labels=labels)
+    if recipe.pipeline == "device":
+        loader: Any = DeviceTrainLoader(train_data, recipe, seed, dev, info.rank,
+                                        info.world_size, num_classes=len(names), labels=labels)
+    else:
+        loader = build_train_loader(train_data, recipe, seed, info.rank, info.world_size,
+                                    pin_memory=dev.type == "cuda", num_classes=len(names),
+                                    labels=labels)
+    channels_last = dev.type == "cuda"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     schedule = WarmupSchedule(optimizer, recipe, len(loader))
     ema = None if recipe.ema == "none" else ModelEMA(model, recipe.ema, recipe.ema_decay,
                                                      recipe.ema_tau)
@@ -263,6 +275,8 @@ def train(
             for i, (images, targets) in enumerate(loader):
                 schedule.step(step, epoch)
                 x, t = to_model_input(images, targets, dev, multiscale_size(recipe, seed, epoch, i))
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 sync = pending + 1 >= accumulate
                 ctx = net.no_sync() if info.distributed and not sync else contextlib.nullcontext()
                 with ctx:

@@ -324,3 +324,15 @@ def test_train_with_the_device_pipeline_and_resume(tmp_path: Path) -> None:
 def test_unknown_pipeline_is_refused() -> None:
     with pytest.raises(ValueError, match="pipeline"):
         tiny_recipe(pipeline="gpu")
+
+
+def test_time_limit_stops_after_the_epoch_that_passes_it(tmp_path: Path) -> None:
+    recipe = tiny_recipe(pipeline="device", epochs=5, time_limit_s=1e-6)
+    res = train(tiny_detector(), shapes_dataset(4), shapes_dataset(2, seed=3), recipe, tmp_path,
+                "cpu", progress=False, final_eval=False)
+    assert res.epochs_done == 1 and len(res.history) == 1
+    assert "val/map50" in res.history[0] and res.best is not None
+    rows = (tmp_path / "results.csv").read_text().splitlines()
+    assert len(rows) == 2
+    with pytest.raises(ValueError, match="time_limit_s"):
+        tiny_recipe(time_limit_s=0)

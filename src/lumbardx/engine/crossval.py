@@ -300,7 +300,9 @@ def run_fold(
     Returns:
         The fold dict written to ``out_dir / "result.json"``: ``model, fold, ap50 {class: AP},
         ap50_95, map50, map50_95, ms_per_image, eval_batch, precision [101][K], recall [101],
-        num_gt, train_images, val_images, epochs, best_map50, train_seconds, device, weights``.
+        num_gt, train_images, val_images, epochs`` (trained; fewer than ``epochs_planned`` when
+        the recipe's ``time_limit_s`` stopped it) ``, best_map50, train_seconds, device,
+        weights``.
     """
     out = Path(out_dir)
     if resume and (out / RESULT_FILE).is_file():
@@ -330,7 +332,8 @@ def run_fold(
                    "note": "epoch chosen by this fold's mAP@0.5: optimistic"}
     result = {
         "model": model_name, "fold": int(fold), **fold_scores(ev), "eval_batch": eval_batch,
-        "train_images": len(train_idx), "val_images": len(val_idx), "epochs": recipe.epochs,
+        "train_images": len(train_idx), "val_images": len(val_idx), "epochs": res.epochs_done,
+        "epochs_planned": recipe.epochs,
         "best_map50": res.best_map50 if math.isfinite(res.best_map50) else None,
         "train_seconds": _training_seconds(out), "device": str(resolve_device(device)),
         "weights": str(res.last if select == "last" else (res.best or res.last)),

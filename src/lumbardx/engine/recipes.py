@@ -138,6 +138,10 @@ class Recipe:
             training device, batches augmented there with tensor operations,
             :mod:`lumbardx.engine.device_loader`; for a GPU, which the CPU pipeline cannot
             feed). Both draw from the same augmentation distributions.
+        time_limit_s: stop after the epoch in which training (this call's epochs, evaluation
+            included) passes this many seconds, ``None`` for no limit. The schedule is not
+            shortened: the run ends early, as an interrupted one would, and ``results.csv``
+            ends at that epoch (a budget guard for a leased machine, not a recipe choice).
         close_mosaic: the last this many epochs train without mosaic and mixup (Ultralytics
             ``close_mosaic``, default 10 in ``ultralytics/cfg/default.yaml``), so that the
             model ends on whole, undistorted slices as it will see them; 0 keeps them on.
@@ -175,6 +179,7 @@ class Recipe:
     eval_interval: int = 1
     optimizer: OptimizerKind = "sgd"
     pipeline: PipelineKind = "workers"
+    time_limit_s: float | None = None
     close_mosaic: int = 0
     shared_labels: str = "reference"
     sequence_pairs: bool = False
@@ -198,6 +203,8 @@ class Recipe:
         if not 0.0 <= self.augment.single_sequence <= 1.0:
             raise ValueError(f"augment.single_sequence must be in [0, 1], not "
                              f"{self.augment.single_sequence}")
+        if self.time_limit_s is not None and not self.time_limit_s > 0:
+            raise ValueError(f"time_limit_s must be positive, not {self.time_limit_s}")
         if self.close_mosaic < 0:
             raise ValueError(f"close_mosaic must be >= 0, not {self.close_mosaic}")
 

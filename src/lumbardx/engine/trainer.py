@@ -77,7 +77,8 @@ class TrainResult:
         out_dir: the run folder.
         last: ``last.pt``; best: ``best.pt`` (``None`` when no epoch was evaluated).
         best_map50: best validation mAP@0.5 (``nan`` without validation).
-        epochs_done: epochs finished in total (including those before a resume).
+        epochs_done: epochs finished in total (including those before a resume; fewer than
+            ``recipe.epochs`` when ``recipe.time_limit_s`` stopped the run).
         history: the rows of ``results.csv`` written by this call.
         final_eval: evaluation of the best weights with figures (``out_dir / "eval"``).
         weights_report: what ``weights=`` loaded and skipped.
@@ -263,6 +264,8 @@ def train(
         if ema is not None:
             ema.update(model)
 
+    started = time.perf_counter()
+    epochs_done = recipe.epochs
     with bar:
         for epoch in range(start_epoch, recipe.epochs):
             t0 = time.perf_counter()
@@ -305,7 +308,11 @@ def train(
                                    "lr": optimizer.param_groups[-1]["lr"]}
             row.update({f"train/{k}": v / max(n_batches, 1) for k, v in sums.items()})
             fitness = None
-            evaluate_now = (epoch + 1) % recipe.eval_interval == 0 or epoch + 1 == recipe.epochs
+            out_of_time = (recipe.time_limit_s is not None
+                           and D.broadcast_flag(info, time.perf_counter() - started
+                                                > recipe.time_limit_s))
+            evaluate_now = ((epoch + 1) % recipe.eval_interval == 0
+                            or epoch + 1 == recipe.epochs or out_of_time)
             if info.is_main and val_set is not None and evaluate_now:
                 res = evaluate(ema.ema if ema is not None else unwrap(model), val_set, dev,
                                recipe.image_size, recipe.batch_size, names,
@@ -331,10 +338,17 @@ def train(
                 if on_epoch_end is not None:
                     on_epoch_end(row)
             D.barrier(info)
+            if out_of_time:
+                epochs_done = epoch + 1
+                console.print(f"time limit of {recipe.time_limit_s:g} s reached: stopped after "
+                              f"epoch {epochs_done} of {recipe.epochs}")
+                log.warning("time limit reached: stopped after epoch %d of %d", epochs_done,
+                            recipe.epochs)
+                break
 
     result = TrainResult(out, out / "last.pt", (out / "best.pt") if (out / "best.pt").is_file()
                          else None, best if math.isfinite(best) else float("nan"),
-                         recipe.epochs, history, None, report, skipped)
+                         epochs_done, history, None, report, skipped)
     if info.is_main and final_eval and val_set is not None and result.best is not None:
         final = load_checkpoint(result.best)
         target = ema.ema if ema is not None else unwrap(model)

@@ -249,8 +249,7 @@ def check_modality(header: Dataset, path: str | Path, require_mr: bool) -> None:
         return
     what = (f"{modality} ({_MODALITY_NAMES[modality]})" if modality in _MODALITY_NAMES
             else modality or "not stated")
-    raise ImageReadError(path, f"modality is {what}, not MR: lumbardx analyses MR images "
-                               "(pass require_mr=False to read it anyway)")
+    raise ImageReadError(path, f"modality is {what}, not MR: lumbardx analyses MR images only")
 
 
 def dicom_size(path: str | Path) -> tuple[int, int]:

@@ -615,8 +615,8 @@ def _ranked_series(folder: Path, require_mr: bool, tol_deg: float) -> list[Dicom
     if require_mr:
         candidates = [s for s in candidates if s.modality == "MR"]
         if not candidates:
-            raise ImageReadError(folder, f"no MR series in folder: found {found} "
-                                         "(pass require_mr=False to use them anyway)")
+            raise ImageReadError(folder, f"no MR series in folder: found {found}; lumbardx "
+                                         "analyses MR images only")
     ranked = rank_sagittal(candidates)
     if not ranked:
         raise ImageReadError(folder, f"no sagittal series in folder: found {found}")

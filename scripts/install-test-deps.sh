@@ -8,7 +8,11 @@
 #   - .venv-reference: the reference implementation the weight-import tests compare against
 #     (tests/test_reference_weights.py): the `yolov5` 7.0.14 package from PyPI in a virtual
 #     environment of its own (it sees this Python's torch through --system-site-packages, and
-#     its own dependencies stay out of the project's environment).
+#     its own dependencies stay out of the project's environment);
+#   - .venv-paddle: the PaddleDetection reference for the .pdparams import tests
+#     (tests/test_reference_paddle.py): paddlepaddle 3.3.1 and paddledet 2.6.0 from PyPI in a
+#     virtual environment of its own, without the system site packages (paddle needs its own
+#     numpy < 1.24).
 # Idempotent and non-interactive: packages already installed are skipped; the package lists are
 # refreshed only when something is missing.
 #
@@ -144,5 +148,22 @@ else
         opencv-python-headless "setuptools<70"
     "$REFERENCE_VENV/bin/python" -c "import yolov5.models.yolo"
     echo "made: $REFERENCE_VENV (yolov5 7.0.14)"
+fi
+# --- the PaddleDetection reference for the .pdparams import tests ---------------------------------
+PADDLE_VENV="$(cd "$(dirname "$0")/.." && pwd)/.venv-paddle"
+paddle_ready() {
+    "$PADDLE_VENV/bin/python" -c "import paddle, ppdet.modeling" >/dev/null 2>&1
+}
+if [ -x "$PADDLE_VENV/bin/python" ] && paddle_ready; then
+    echo "already made: $PADDLE_VENV (paddlepaddle 3.3.1, paddledet 2.6.0)"
+else
+    python3 -m venv "$PADDLE_VENV"
+    "$PADDLE_VENV/bin/python" -m pip install --quiet "paddlepaddle==3.3.1" "paddledet==2.6.0" \
+        "numpy<1.24" scikit-learn
+    if ! paddle_ready; then
+        echo "error: $PADDLE_VENV cannot import paddle and ppdet" >&2
+        exit 1
+    fi
+    echo "made: $PADDLE_VENV (paddlepaddle 3.3.1, paddledet 2.6.0)"
 fi
 echo "done"

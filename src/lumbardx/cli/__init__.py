@@ -88,8 +88,9 @@ def _register() -> None:
     app.command("models", help="List the detectors with parameter counts and GFLOPs.")(
         models_cli.models
     )
-    app.command("import-weights", help="A reference checkpoint (Ultralytics YOLOv5 v7.0) as "
-                "lumbardx weights, for train --weights.")(import_weights_cli.import_weights)
+    app.command("import-weights", help="A reference checkpoint (Ultralytics YOLOv5 v7.0 .pt or "
+                "PaddleDetection .pdparams) as lumbardx weights, for train --weights.")(
+        import_weights_cli.import_weights)
 
 
 def main() -> None:

@@ -1,6 +1,8 @@
 """Reference checkpoints in: an Ultralytics YOLOv5 v7.0 checkpoint (``yolov5s.pt``,
 ``yolov3.pt``, or one trained with that code) mapped onto the registry's model, tensor by
 tensor, for transfer learning (``lumbardx import-weights``, then ``lumbardx train --weights``).
+PaddleDetection ``.pdparams`` files (PP-YOLOv2, YOLOv3) are read by
+:mod:`lumbardx.models.reference_paddle`, which shares :class:`ImportReport`.
 
 **Reading without running the checkpoint's code.** An Ultralytics checkpoint is a pickled dict
 whose ``model`` (and ``ema``) is the whole ``nn.Module``: unpickling it normally imports the
@@ -30,7 +32,8 @@ head outputs and decoded boxes exactly (tested against the ``yolov5`` 7.0.14 pac
 registry's YOLOv3 is the study's PaddleDetection Darknet-53 (LeakyReLU 0.1), while Ultralytics'
 v7.0 ``yolov3.yaml`` builds the same layers with SiLU: such a checkpoint maps tensor for tensor
 but is not the same function, and the report says so (``equivalent`` false): use it to start
-training, not as the reference model.
+training, not as the reference model. PaddleDetection's own ``yolov3_darknet53_270e_coco``
+``.pdparams`` is the same function (:mod:`lumbardx.models.reference_paddle`).
 """
 
 from __future__ import annotations

@@ -173,3 +173,33 @@ def test_report_without_review_is_marked_not_reviewed(case) -> None:  # noqa: AN
     pages = build_report_pages(study, np.zeros((40, 30, 3), np.uint8))
     printed = " ".join(t.get_text() for fig in pages for t in fig.texts)
     assert "not reviewed" in printed
+
+
+def test_a_new_analysis_waits_for_a_reader_action_on_the_review(app, cases) -> None:  # noqa: ANN001, F811
+    """The analyser's check-and-write of review.json and a reader's read-modify-write of it
+    do not interleave: both hold the review lock."""
+    import threading
+    import time
+
+    from lumbardx.app.review import REVIEW_LOCK
+
+    client, csrf = signed_in(app)
+    series = sorted(cases["series"].iterdir())[:3]
+    key = upload(client, csrf, series, "application/dicom").json()["study"]["study_key"]
+    folder = app.state.ctx.settings.data_dir / "studies" / key
+    review_before = (folder / "review.json").stat().st_mtime_ns
+    findings_before = (folder / "findings.json").stat().st_mtime_ns
+    worker = threading.Thread(target=app.state.ctx.analyser.analyse, args=(key,))
+    with REVIEW_LOCK:  # a reader's action in progress
+        worker.start()
+        deadline = time.monotonic() + 120
+        while (folder / "findings.json").stat().st_mtime_ns == findings_before:
+            assert time.monotonic() < deadline, "the analysis did not write its findings"
+            time.sleep(0.05)
+        worker.join(timeout=5)  # the outputs take about a second; then it waits
+        assert worker.is_alive()  # analysed, and waiting to touch the review
+        assert (folder / "review.json").stat().st_mtime_ns == review_before
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert (folder / "review.json").stat().st_mtime_ns != review_before
+    assert client.get(f"/api/studies/{key}/review").json()["state"] != "complete"

@@ -21,7 +21,7 @@ from typing import Any
 
 from lumbardx.app.accounts import utc_now
 from lumbardx.app.files import read_json, write_json
-from lumbardx.app.review import initial_review
+from lumbardx.app.review import REVIEW_LOCK, initial_review
 from lumbardx.app.settings import AppSettings
 from lumbardx.app.studies import StudyStore
 from lumbardx.data.errors import InputError
@@ -103,11 +103,12 @@ class Analyser:
                 study = self._diagnose(key, meta)
                 dicom_error = _write(study, folder)
             review_path = folder / "review.json"
-            if review_path.exists() and read_json(review_path).get("state") == "complete":
-                self.write_reviewed(key, study)  # the record stays the reviewed one
-            else:
-                write_json(review_path, initial_review(read_json(folder / "findings.json"),
-                                                       study.model.class_names))
+            with REVIEW_LOCK:  # no reader action between the check and the write
+                if review_path.exists() and read_json(review_path).get("state") == "complete":
+                    self.write_reviewed(key, study)  # the record stays the reviewed one
+                else:
+                    write_json(review_path, initial_review(read_json(folder / "findings.json"),
+                                                           study.model.class_names))
             discs = read_json(folder / "findings.json")["findings"]
             positive = [d["level"] for d in discs if d["label"] != "normal"]
             meta = self.studies.update(

@@ -20,11 +20,17 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 from lumbardx.app.accounts import utc_now
 from lumbardx.data.boxes import Box
+
+#: One writer of a study's ``review.json`` at a time: the review routes (a reader's action is a
+#: read-modify-write) and the analyser (a new analysis starts a fresh review, or rewrites the
+#: record of a complete one) take it around their read and write.
+REVIEW_LOCK = threading.Lock()
 
 DECISIONS: tuple[str, ...] = ("pending", "accepted", "rejected", "edited", "added")
 

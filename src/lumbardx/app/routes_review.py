@@ -4,7 +4,6 @@ study's record: its overlay, findings.json, reports and SR are rewritten as revi
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException
@@ -13,12 +12,11 @@ from pydantic import BaseModel
 from lumbardx.app.accounts import User, utc_now
 from lumbardx.app.context import AppContext, ctx, current_user
 from lumbardx.app.files import read_json, write_json
-from lumbardx.app.review import ReviewError, apply, training_boxes
+from lumbardx.app.review import REVIEW_LOCK, ReviewError, apply, training_boxes
 from lumbardx.app.routes_studies import study_folder
 from lumbardx.data.errors import InputError
 
 router = APIRouter(prefix="/api/studies/{key}/review")
-_lock = threading.Lock()
 
 
 class BoxUpdate(BaseModel):
@@ -60,7 +58,7 @@ def _act(c: AppContext, key: str, user: User, action: str, box_id: str | None = 
          body: dict[str, Any] | None = None) -> dict[str, Any]:
     folder = study_folder(c, key)
     path = folder / "review.json"
-    with _lock:
+    with REVIEW_LOCK:
         if not path.exists():
             raise HTTPException(409, "the study is not analysed yet")
         try:

@@ -65,6 +65,7 @@ from lumbardx.data.medical_image import (
     percentile_display,
     window_to_uint8,
 )
+from lumbardx.data.sniff import sniff_kind
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +123,6 @@ def _dcmread(path: Path, *, stop_before_pixels: bool, force: bool) -> Dataset:
 
 def _why_not_dicom(path: Path) -> str:
     """Explain a missing ``DICM`` marker; a forced read is used only to word the message."""
-    from lumbardx.data.images import sniff_kind  # images imports this module
-
     kind = sniff_kind(path)
     if kind in ("png", "jpeg"):
         return (f"holds a {kind.upper()} image, not DICOM (whatever its name says); read it as "

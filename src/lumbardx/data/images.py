@@ -36,6 +36,7 @@ from lumbardx.data.medical_image import (  # noqa: F401 - the image type is publ
     percentile_display,
     window_to_uint8,
 )
+from lumbardx.data.sniff import sniff_kind, unknown_format
 
 log = logging.getLogger(__name__)
 
@@ -45,62 +46,6 @@ _MODE_BITS: dict[str, int] = {"1": 1, "I": 16, "I;16": 16, "I;16L": 16, "I;16B":
 # Modes Image.reduce averages meaningfully; others are converted first (palette indices and
 # bilevel pixels cannot be averaged, Pillow does not reduce 16-bit modes).
 _REDUCIBLE_MODES: frozenset[str] = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "I", "F"})
-
-# Leading bytes of formats users may hand in by mistake, for a helpful message.
-_OTHER_SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"II*\x00", "a TIFF image"),
-    (b"MM\x00*", "a TIFF image"),
-    (b"BM", "a BMP image"),
-    (b"GIF8", "a GIF image"),
-    (b"%PDF", "a PDF document"),
-    (b"PK\x03\x04", "a ZIP archive (unpack it first)"),
-    (b"\x1f\x8b", "a gzip archive (unpack it first)"),
-    (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 file"),
-)
-
-
-def _check_file(path: Path) -> bytes:
-    """The first 132 bytes of ``path``, after checking that it is a non-empty regular file."""
-    if not path.exists():
-        raise ImageReadError(path, "file does not exist")
-    if path.is_dir():
-        raise ImageReadError(path, "is a folder, not an image file")
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(132)
-    except OSError as exc:
-        raise ImageReadError(path, f"cannot be opened: {exc.strerror or exc}") from exc
-    if not head:
-        raise ImageReadError(path, "file is empty (0 bytes)")
-    return head
-
-
-def sniff_kind(path: Path) -> ImageKind | None:
-    """The image kind from the file's leading bytes, or ``None`` when not PNG, JPEG or DICOM.
-
-    DICOM means a Part 10 file with the ``DICM`` marker at byte 128.
-
-    Raises:
-        ImageReadError: the file is missing, a folder, unreadable or empty.
-    """
-    head = _check_file(Path(path))
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
-    return None
-
-
-def _unknown_format(path: Path) -> ImageReadError:
-    head = _check_file(path)
-    for signature, name in _OTHER_SIGNATURES:
-        if head.startswith(signature):
-            return ImageReadError(path, f"is {name}; lumbardx reads PNG, JPEG and DICOM: "
-                                        "convert it to PNG")
-    return ImageReadError(path, "is not a PNG, JPEG or DICOM file (unrecognised content)")
-
 
 def _open_pil(path: Path, kind: ImageKind, max_pixels: int) -> Image.Image:
     """Open lazily (header only) and check the declared size against ``max_pixels``."""
@@ -204,7 +149,7 @@ def read_image(
         return read_dicom(path, max_pixels=max_pixels, require_mr=require_mr,
                           max_side=max_side)
     if kind is None:
-        raise _unknown_format(path)
+        raise unknown_format(path)
     if path.suffix and path.suffix.lower() in DICOM_EXTENSIONS:
         log.warning("%s: named like a DICOM file but holds a %s image; reading it as %s "
                     "(no DICOM header: no pixel spacing, no patient data)", path,
@@ -227,7 +172,7 @@ def image_dimensions(path: str | Path) -> tuple[int, int, int]:
         width, height = dicom_size(path)  # checks Rows / Columns
         return width, height, int(read_header(path).get("SamplesPerPixel") or 1)
     if kind is None:
-        raise _unknown_format(path)
+        raise unknown_format(path)
     img = _open_pil(path, kind, max_pixels=2**62)
     with img:
         return img.size[0], img.size[1], len(img.getbands())

@@ -9,12 +9,14 @@ Steps (everything on ``--device``; the training set lives there,
 2. **Calibration**: for each model, ``--calibrate-steps`` training steps (after warm-up) on
    fold 0's training images with the model's recipe: seconds per training image and peak
    device memory.
-3. **Plan** (``--calibrate-only`` stops here): each model gets ``--budget-s / len(models)`` seconds of training. Folds train
-   ``jobs`` at a time in separate processes (as many as the device memory holds, at most
-   ``--jobs``); epochs = that time x jobs / (folds x training images x seconds per image),
-   assuming no speed-up from running folds side by side (the conservative case), between
-   ``--min-epochs`` and ``--max-epochs``. Each fold also gets the recipe's ``time_limit_s``
-   (its share of the time, x 1.15), so a wrong estimate ends a fold early instead of the lease.
+3. **Plan** (``--calibrate-only`` stops here): each model gets ``--budget-s / len(models)``
+   seconds of training. Folds train ``jobs`` at a time in separate processes (as many as the
+   device memory holds at 1.5 x the calibrated peak, at most ``--jobs``), assumed to share the
+   device with no gain from running side by side (the conservative case): an epoch of ``jobs``
+   folds takes ``jobs x training images x seconds per image``, and the epochs are the time of
+   one round of folds over that, between ``--min-epochs`` and ``--max-epochs``. Each fold also
+   gets the recipe's ``time_limit_s`` (its round's time x 1.15), so a wrong estimate ends a fold
+   early instead of the lease.
 4. **Cross-validation** of each model (:func:`lumbardx.engine.crossval.crossval`, the folds of
    ``--folds-csv``, scored on the final weights), evaluation only after the last epoch.
 5. **Table 1**: ``table1.{md,json,csv}`` of the three models (and the shipped model's
@@ -26,7 +28,7 @@ Steps (everything on ``--device``; the training set lives there,
 
 Usage (``bench/table1_gpu.sh`` prepares the data and wheels and calls this)::
 
-    python bench/table1_gpu.py DATA --out OUT --device cuda --budget-s 420
+    python bench/table1_gpu.py DATA --out OUT --device cuda --budget-s 400
     python bench/table1_gpu.py ../shared/data/yolospine-dev --out /tmp/t1-dry --dry-run
 """
 
@@ -135,7 +137,7 @@ def plan(cal: dict[str, Any], budget_s: float, n_models: int, k: int, train_imag
     jobs = max(1, min(max_jobs, k))
     if device.type == "cuda" and "peak_memory_bytes" in cal:
         total = torch.cuda.get_device_properties(device).total_memory
-        jobs = max(1, min(jobs, int(0.85 * total // (1.25 * cal["peak_memory_bytes"] + 1.5e9))))
+        jobs = max(1, min(jobs, int(0.85 * total // (1.5 * cal["peak_memory_bytes"] + 1.5e9))))
     rounds = math.ceil(k / jobs)
     per_fold = share / rounds
     epoch_s = train_images * cal["s_per_image"] * jobs  # folds side by side share the device
@@ -234,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--budget-s", type=float, default=420.0,
+    ap.add_argument("--budget-s", type=float, default=400.0,
                     help="seconds of training for all models together")
     ap.add_argument("--imgsz", type=int, default=384)
     ap.add_argument("--jobs", type=int, default=5, help="most folds trained side by side")

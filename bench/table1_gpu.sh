@@ -14,7 +14,7 @@
 #                                      # .table1/wheels: unpacks the rest, checks every file
 #                                      # against the checksums, installs the wheels under /tmp,
 #                                      # runs bench/table1_gpu.py (BUDGET_S seconds of training
-#                                      # for the three models, default 420: about 8.5 minutes
+#                                      # for the three models, default 400: about 8.5 minutes
 #                                      # in all) and copies the results to $OUT (or ./table1-out)
 #   bench/table1_gpu.sh check          # unpack part B and check (what run does first)
 #   bench/table1_gpu.sh dry-run DATA   # here: the same steps at tiny scale on the CPU
@@ -82,7 +82,7 @@ unpack_and_check() {
 }
 
 run() {
-  local budget="${1:-420}" out="${OUT:-$ROOT/table1-out}"
+  local budget="${1:-400}" out="${OUT:-$ROOT/table1-out}"
   unpack_and_check
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" \
     "$PREP"/wheels/*.whl

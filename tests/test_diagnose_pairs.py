@@ -125,6 +125,44 @@ def test_a_coarser_partner_is_resampled_onto_the_analysed_grid(study: Path,
     assert away.partner is None and "covers only 40%" in away.reason
 
 
+def test_slices_reduced_on_read_by_different_steps_still_line_up(study: Path,
+                                                                 tmp_path: Path) -> None:
+    """A T2 over the size limit is read reduced (step 2), its coarser T1 partner (half the
+    pixels, twice the spacing) is not: the partner is mapped onto the reduced grid by the
+    physical positions of both (``reduced_grid_map``), not by their full-size grids."""
+    from lumbardx.data.series import load_study_pair, reduced_grid_map
+
+    def coarser(ds) -> None:  # every other pixel, twice the spacing
+        px = ds.pixel_array[::2, ::2].copy()
+        ds.Rows, ds.Columns = px.shape
+        ds.PixelSpacing = [2 * float(v) for v in ds.PixelSpacing]
+        ds.PixelData = px.tobytes()
+
+    coarse = _copy_study(study, tmp_path / "coarse", coarser)
+    full = load_study_pair(coarse)
+    reduced = load_study_pair(coarse, max_side=100)  # the 128-px T2 read at 64 px
+    assert reduced.image.display.shape == full.partner.display.shape == (64, 64)
+    assert reduced.partner is not None and reduced.resampled
+    # reduced T2 pixel i is the mean of full pixels 2i and 2i + 1, centred at 2i + 0.5: a
+    # quarter of a T1 pixel below T1 pixel i (T1 pixel j is centred at T2 full pixel 2j)
+    scale, offset = reduced_grid_map(np.array([0.5, 0.5]), np.zeros(2), 2, 1)
+    np.testing.assert_allclose(scale, [1.0, 1.0])
+    np.testing.assert_allclose(offset, [0.25, 0.25])
+    t1_on_reduced, t2_reduced = reduced.t1_t2()
+    t1 = reduced.partner.display.astype(float)
+    shifted = 0.75 * t1[:-1, :-1] + 0.25 * t1[1:, :-1]  # rows a quarter pixel down
+    shifted = 0.75 * shifted + 0.25 * (0.75 * t1[:-1, 1:] + 0.25 * t1[1:, 1:])
+    assert np.abs(t1_on_reduced[:-1, :-1] - shifted).max() <= 1.0
+    # the anatomy lines up with the reduced T2 as well as at full size
+    def edges(img: np.ndarray) -> np.ndarray:
+        return np.abs(np.diff(img.astype(float), axis=0))
+
+    corr = np.corrcoef(edges(t1_on_reduced).ravel(), edges(t2_reduced).ravel())[0, 1]
+    t1_full, t2_full = full.t1_t2()
+    corr_full = np.corrcoef(edges(t1_full).ravel(), edges(t2_full).ravel())[0, 1]
+    assert corr > 0.8 * corr_full
+
+
 def test_a_partner_with_fewer_slices_pairs_at_the_same_position(study: Path,
                                                                 tmp_path: Path) -> None:
     import shutil

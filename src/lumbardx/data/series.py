@@ -26,6 +26,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import MediaStorageDirectoryStorage
 
+from lumbardx.data.decode import MAX_DISPLAY_SIDE, reduction_step
 from lumbardx.data.dicom import (
     SAGITTAL_TOL_DEG,
     check_modality,
@@ -337,12 +338,13 @@ def sagittal_series(folder: str | Path) -> list[DicomSeries]:
 
 
 def mid_sagittal(series: DicomSeries, n: int = 1, *, require_mr: bool = False,
-                 max_pixels: int = MAX_PIXELS) -> list[MedicalImage]:
+                 max_pixels: int = MAX_PIXELS,
+                 max_side: int | None = MAX_DISPLAY_SIDE) -> list[MedicalImage]:
     """The ``n`` slices around the middle of ``series``, in position order.
 
     The middle is slice ``(len - 1) // 2`` in position order (the lower of the two middle slices
     when the count is even); ``n = 3`` gives it and one neighbour on each side, ``n = 2`` it and
-    the next one.
+    the next one. ``max_side``: as :func:`~lumbardx.data.dicom.read_dicom`.
 
     Raises:
         ValueError: ``n < 1``.
@@ -355,8 +357,8 @@ def mid_sagittal(series: DicomSeries, n: int = 1, *, require_mr: bool = False,
                              f"series {series.summary()} has fewer than the {n} slices asked for")
     centre = (len(series) - 1) // 2
     start = min(max(0, centre - (n - 1) // 2), len(series) - n)
-    return [read_dicom(s.path, frame=s.frame, require_mr=require_mr, max_pixels=max_pixels)
-            for s in series.slices[start:start + n]]
+    return [read_dicom(s.path, frame=s.frame, require_mr=require_mr, max_pixels=max_pixels,
+                       max_side=max_side) for s in series.slices[start:start + n]]
 
 
 def load_study(path: str | Path, n_slices: int = 1, *, require_mr: bool = True,
@@ -453,6 +455,16 @@ def grid_map(ref: SliceRef, series: DicomSeries, other_ref: SliceRef, other: Dic
     return scale, offset
 
 
+def reduced_grid_map(scale: np.ndarray, offset: np.ndarray, step: int, other_step: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`grid_map`'s ``(scale, offset)`` (full-size pixels of both slices) for the slices
+    as read when reduced by ``step`` and ``other_step`` (:func:`~lumbardx.data.decode.
+    block_mean`: reduced pixel ``i`` is the mean of full pixels ``step * i .. step * i + step -
+    1``, centred at ``step * i + (step - 1) / 2``)."""
+    a, b = float(step), float(other_step)
+    return scale * a / b, (offset + scale * (a - 1) / 2 - (b - 1) / 2) / b
+
+
 def onto_grid(image: np.ndarray, scale: np.ndarray, offset: np.ndarray,
               shape: tuple[int, int]) -> tuple[np.ndarray, float]:
     """``image`` (``uint8 [h, w]``) resampled (bilinear) onto a grid of ``shape`` whose pixel
@@ -531,13 +543,15 @@ class StudyPair:
 
 
 def load_study_pair(path: str | Path, *, require_mr: bool = True,
-                    max_pixels: int = MAX_PIXELS, tol_deg: float = SAGITTAL_TOL_DEG
-                    ) -> StudyPair:
+                    max_pixels: int = MAX_PIXELS, tol_deg: float = SAGITTAL_TOL_DEG,
+                    max_side: int | None = MAX_DISPLAY_SIDE) -> StudyPair:
     """The analysed slice of :func:`load_study` (one slice) and, for a study folder whose
     chosen series is T1 or T2, the slice of the other sequence in the same plane
     (:func:`partner_series`), on the analysed slice's pixel grid (:func:`grid_map`,
     :func:`onto_grid`; it must cover :data:`MIN_PARTNER_COVERAGE` of the field of view). Files
-    (PNG, JPEG, one DICOM file) have no partner.
+    (PNG, JPEG, one DICOM file) have no partner. Slices longer than ``max_side`` are reduced on
+    read (:func:`~lumbardx.data.dicom.read_dicom`), each by its own step, and the mapping
+    between the two grids follows (:func:`reduced_grid_map`).
 
     Raises:
         ImageReadError: as :func:`load_study`; or the partner slice cannot be read.
@@ -549,7 +563,8 @@ def load_study_pair(path: str | Path, *, require_mr: bool = True,
                          reason="a single file has no second sequence")
     ranked = _ranked_series(path, require_mr, tol_deg)
     chosen = ranked[0]
-    image = mid_sagittal(chosen, 1, require_mr=require_mr, max_pixels=max_pixels)[0]
+    image = mid_sagittal(chosen, 1, require_mr=require_mr, max_pixels=max_pixels,
+                         max_side=max_side)[0]
     found = partner_series(chosen, ranked)  # paired at mid_sagittal's slice
     if found is None:
         reason = (f"the {chosen.weighting} series has no co-registered "
@@ -558,9 +573,12 @@ def load_study_pair(path: str | Path, *, require_mr: bool = True,
                   else f"the analysed series is {chosen.weighting}, not T1 or T2")
         return StudyPair(image, image_weighting=chosen.weighting, reason=reason)
     partner, ref = found
-    other = read_dicom(ref.path, frame=ref.frame, require_mr=require_mr, max_pixels=max_pixels)
+    other = read_dicom(ref.path, frame=ref.frame, require_mr=require_mr, max_pixels=max_pixels,
+                       max_side=max_side)
     mid = chosen.slices[(len(chosen) - 1) // 2]
-    scale, offset = grid_map(mid, chosen, ref, partner)
+    scale, offset = reduced_grid_map(*grid_map(mid, chosen, ref, partner),
+                                     reduction_step(chosen.rows, chosen.columns, max_side),
+                                     reduction_step(partner.rows, partner.columns, max_side))
     display, covered = onto_grid(other.display, scale, offset, image.display.shape)
     if covered < MIN_PARTNER_COVERAGE:
         return StudyPair(image, image_weighting=chosen.weighting,

@@ -1,0 +1,179 @@
+"""Spondylolisthesis calls from the detector and the segment reader together, fold by fold.
+
+The detector (with its slip verifier) puts a slip box at nearly every true slip, but its scores
+do not separate those boxes from the normal segments; the segment reader scores each disc from
+its motion segment. Here both are out of fold: for every fold ``k``, the fold's detector +
+verifier (``lumbardx verifier crossval`` output, trained without fold ``k``) reads each held-out
+image as diagnosis does (T1 and T2 together where the image has a partner, the slice twice
+otherwise), :func:`lumbardx.stages.findings.find` groups its boxes into discs, and the fold's
+segment-reader ensemble (``bench/segment_ensemble.py`` output, trained without fold ``k``)
+gives each disc its slip probability ``p``. Every slip box of the detector is then scored
+
+* ``detector``: its own score ``s`` (what diagnosis reports today);
+* ``combined`` (the rule fixed before any fold was scored): ``sqrt(s * p)``, the geometric mean,
+  with ``p`` of the disc the box was grouped into (``p = 0`` for a box set aside off the
+  spine: diagnosis reports no finding for it);
+* ``mean`` (secondary): ``(s + p) / 2``.
+
+Reported per fold and as mean with paired differences against ``detector`` on the same folds:
+slip AP@0.5 (COCO 101-point, pycocotools) on the same boxes, and image-level AUC (an image's
+score is its highest slip-box score, 0 without one). Nothing is fitted: the rule has no
+parameter, so no fold chooses anything.
+
+Usage::
+
+    python bench/segment_combined.py ../shared/data/yolospine-dev \
+        --detectors runs/cv-yolov5n-pairs-verifier/yolov5n --readers runs/segcv-ensemble4 \
+        --out bench/results/segment_combined.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import cpu_name
+
+from lumbardx.clinical.findings import SLIP, study_class
+from lumbardx.data.boxes import Box
+from lumbardx.data.dataset import LumbarDataset
+from lumbardx.data.images import MedicalImage
+from lumbardx.data.pairs import SequencePairs
+from lumbardx.engine.metrics import GroundTruth, Prediction, coco_evaluate
+from lumbardx.engine.segment_crossval import auc
+from lumbardx.engine.segment_training import SegmentItem, predict_items
+from lumbardx.engine.segments import frame_tensor, segment_frames
+from lumbardx.engine.table1 import fold_stat
+from lumbardx.io import atomic_write_text
+from lumbardx.models.pretrained import load_detector
+from lumbardx.models.segment_reader import LABELS, load_segment_reader
+from lumbardx.stages import detect as detect_stage
+from lumbardx.stages.findings import find
+
+FOLDS = Path(__file__).resolve().parent / "folds" / "yolospine-dev-k5-seed0.csv"
+RULES = ("detector", "combined", "mean")
+
+
+def combine(s: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
+    """The scores of each rule for detector scores ``s [N]`` and reader probabilities
+    ``p [N]`` (both in [0, 1])."""
+    return {"detector": s, "combined": np.sqrt(s * p), "mean": (s + p) / 2}
+
+
+def slip_boxes_with_p(boxes: list[Box], image: MedicalImage, m: Any, reader: Any,
+                      planes: np.ndarray, image_id: str, patient: str
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The detector's slip boxes ``[N, 4]``, their scores ``[N]`` and the reader's slip
+    probability of the disc each was grouped into ``[N]`` (0 off the spine)."""
+    spine, _ = find(boxes, image, m)
+    p_disc = np.zeros(len(spine.discs), np.float64)
+    frames = frame_tensor(segment_frames(spine, True))
+    if frames.shape[0]:
+        item = SegmentItem(image_id, patient, planes, spine, frames,
+                           torch.zeros(frames.shape[0], len(LABELS)), np.zeros((0, 4), np.float32))
+        logits, _ = predict_items(reader, [item])[0]
+        p_disc = torch.sigmoid(logits[:, LABELS.index("spondylolisthesis")]).double().numpy()
+    owner = {id(b): j for j, d in enumerate(spine.discs) for b in d.boxes}
+    slips = [b for b in boxes if study_class(b.label) == SLIP]
+    xyxy = np.array([[b.x1, b.y1, b.x2, b.y2] for b in slips], np.float32).reshape(-1, 4)
+    s = np.array([float(b.score or 0.0) for b in slips], np.float64)
+    p = np.array([p_disc[owner[id(b)]] if id(b) in owner else 0.0 for b in slips], np.float64)
+    return xyxy, s, p
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", type=Path)
+    ap.add_argument("--detectors", type=Path, required=True,
+                    help="<verifier crossval>/<model>: fold<k>/last.pt")
+    ap.add_argument("--readers", type=Path, required=True,
+                    help="segment-reader cross-validation: fold<k>/segment_reader.pt")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--folds-csv", type=Path, default=FOLDS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = LumbarDataset(args.data, classes="all", cache=True)
+    pairs = SequencePairs(ds)
+    with args.folds_csv.open(newline="") as fh:
+        fold_of = {r["image"]: int(r["fold"]) for r in csv.DictReader(fh)}
+    folds_ready = [k for k in sorted(set(fold_of.values()))
+                   if (args.detectors / f"fold{k}" / "last.pt").is_file()
+                   and (args.readers / f"fold{k}" / "segment_reader.pt").is_file()]
+    if not folds_ready:
+        print("no fold has both a detector and a reader", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    folds = []
+    for k in folds_ready:
+        m = load_detector(args.detectors / f"fold{k}" / "last.pt", "cpu", backend="torch")
+        reader = load_segment_reader(torch.load(args.readers / f"fold{k}" / "segment_reader.pt",
+                                                weights_only=True))
+        gts, dts, img_score, pos = [], {r: [] for r in RULES}, {r: [] for r in RULES}, []
+        for i, rec in enumerate(ds.records):
+            if fold_of.get(rec.image_id) != k:
+                continue
+            planes = pairs[i].image  # uint8 [2, H, W]: T1, T2 (the slice twice without partner)
+            own = ds[i].image
+            with torch.inference_mode():
+                x, geo = detect_stage.preprocess(m, own, (planes[0], planes[1]))
+                boxes = detect_stage.detect(m, x, geo)
+            h, w = own.shape
+            image = MedicalImage(own.astype(np.float32), own, None, rec.image_path, "png")
+            xyxy, s, p = slip_boxes_with_p(boxes, image, m, reader, planes, rec.image_id,
+                                           rec.patient)
+            truth = np.asarray([b for b, lab in zip(ds[i].boxes, ds[i].labels, strict=True)
+                                if study_class(ds.class_names[int(lab)]) == SLIP],
+                               np.float32).reshape(-1, 4)
+            gts.append(GroundTruth(rec.image_id, w, h, truth, np.zeros(len(truth), np.int64)))
+            pos.append(len(truth) > 0)
+            for rule, score in combine(s, p).items():
+                dts[rule].append(Prediction(xyxy, score.astype(np.float32),
+                                            np.zeros(len(score), np.int64)))
+                img_score[rule].append(float(score.max()) if len(score) else 0.0)
+        row: dict[str, Any] = {"fold": k, "images": len(gts), "images_with_slip": int(sum(pos))}
+        for rule in RULES:
+            ev = coco_evaluate(gts, dts[rule], ["spondylolisthesis"])
+            row[f"ap50_{rule}"] = float(ev.ap50[0])
+            row[f"image_auc_{rule}"] = auc(np.array(img_score[rule]), np.array(pos))
+        folds.append(row)
+        print(f"fold {k}: slip AP detector {100 * row['ap50_detector']:.1f}, combined "
+              f"{100 * row['ap50_combined']:.1f}, mean {100 * row['ap50_mean']:.1f}; image AUC "
+              f"{row['image_auc_detector']:.3f} / {row['image_auc_combined']:.3f} / "
+              f"{row['image_auc_mean']:.3f}", flush=True)
+    result: dict[str, Any] = {
+        "detectors": str(args.detectors), "readers": str(args.readers),
+        "folds_scored": folds_ready, "rules": {"combined": "sqrt(s * p)", "mean": "(s + p) / 2",
+                                                "detector": "s"},
+        "folds": folds,
+        "mean": {f"{m}_{r}": fold_stat([f[f"{m}_{r}"] for f in folds]).__dict__
+                 for m in ("ap50", "image_auc") for r in RULES},
+        "paired_vs_detector": {}, "wall_s": round(time.perf_counter() - t0, 1),
+        "machine": {"cpu": cpu_name()}}
+    for metric in ("ap50", "image_auc"):
+        for rule in ("combined", "mean"):
+            diffs = [f[f"{metric}_{rule}"] - f[f"{metric}_detector"] for f in folds]
+            result["paired_vs_detector"][f"{metric}_{rule}"] = {
+                **fold_stat(diffs).__dict__, "wins": sum(d > 0 for d in diffs),
+                "losses": sum(d < 0 for d in diffs)}
+    atomic_write_text(args.out, json.dumps(result, indent=1, default=lambda v: None
+                                           if isinstance(v, float) and math.isnan(v) else v))
+    for key, p in result["paired_vs_detector"].items():
+        print(f"{key} minus detector: {p['mean']:+.3f} [{p['wins']}:{p['losses']}]")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""bench/segment_combined.py: each detector slip box gets the reader's probability of the disc
+it was grouped into (0 off the spine), and the fixed rules combine the two."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from bench_scripts import load_bench
+from lumbardx.data.boxes import Box
+from lumbardx.data.images import MedicalImage
+from lumbardx.models.segment_reader import LABELS
+
+NAMES = ["normal", "herniation", "spondylolisthesis"]
+
+
+def test_rules() -> None:
+    bench = load_bench("segment_combined")
+    out = bench.combine(np.array([0.36, 0.9, 0.5]), np.array([1.0, 0.1, 0.0]))
+    assert out["detector"].tolist() == [0.36, 0.9, 0.5]
+    np.testing.assert_allclose(out["combined"], [0.6, 0.3, 0.0])
+    np.testing.assert_allclose(out["mean"], [0.68, 0.5, 0.25])
+
+
+def test_slip_boxes_take_the_probability_of_their_disc(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = load_bench("segment_combined")
+    boxes = [Box("normal", 150, y, 210, y + 14, score=0.9) for y in range(60, 300, 40)]
+    slip = Box("spondylolisthesis", 148, 178, 212, 196, score=0.4)  # on the 4th disc
+    away = Box("spondylolisthesis", 330, 20, 370, 34, score=0.7)  # far from the spine
+    seen = {}
+
+    def fake_predict(reader, items):  # noqa: ANN001, ANN202 - the reader's logits per disc
+        n = items[0].frames.shape[0]
+        seen["discs"] = n
+        logits = torch.full((n, len(LABELS)), -4.0)
+        logits[:, LABELS.index("spondylolisthesis")] = torch.arange(n, dtype=torch.float32) - 3
+        return [(logits, None)]
+
+    monkeypatch.setattr(bench, "predict_items", fake_predict)
+    display = np.zeros((384, 384), np.uint8)
+    image = MedicalImage(display.astype(np.float32), display, None, "x.png", "png")
+    m = SimpleNamespace(thresholds={n: 0.25 for n in NAMES}, class_names=NAMES, chosen=NAMES)
+    planes = np.stack([display, display])
+    xyxy, s, p = bench.slip_boxes_with_p([*boxes, slip, away], image, m, None, planes, "x",
+                                         "p0")
+    assert seen["discs"] == 6
+    assert xyxy.tolist() == [[148, 178, 212, 196], [330, 20, 370, 34]]
+    np.testing.assert_allclose(s, [0.4, 0.7])
+    assert p[0] == pytest.approx(1 / (1 + np.exp(-(3 - 3))))  # disc 4 of 6: logit 0
+    assert p[1] == 0.0  # set aside off the spine: no disc, no finding

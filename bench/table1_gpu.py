@@ -19,6 +19,10 @@ Steps (everything on ``--device``; the training set lives there,
    early instead of the lease.
 4. **Cross-validation** of each model (:func:`lumbardx.engine.crossval.crossval`, the folds of
    ``--folds-csv``, scored on the final weights), evaluation only after the last epoch.
+A model that fails (calibration or cross-validation) is reported and the others go on; the
+summary and Table 1 are rewritten into ``--results`` after every step, so a run stopped at the
+lease's limit still leaves what it finished.
+
 5. **Table 1**: ``table1.{md,json,csv}`` of the three models (and the shipped model's
    cross-validation, ``--compare-with``, on the same folds), and ``table1_gpu.{json,md}``:
    device, versions, calibration, plan, epochs trained per fold, wall time.
@@ -43,6 +47,7 @@ import platform
 import shutil
 import sys
 import time
+import traceback
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -193,7 +198,8 @@ def _markdown(result: dict[str, Any]) -> str:
     lines = ["# Table 1 on one device", "",
              f"Device: {result['versions']['device']}; torch {result['versions']['torch']}; "
              f"lumbardx {result['versions']['lumbardx']}; wall time "
-             f"{result['wall_s']:.0f} s (budget {result['budget_s']:.0f} s of training).", "",
+             f"{result['wall_s']:.0f} s (budget {result['budget_s']:.0f} s of training); "
+             f"stage: {result.get('stage', '-')}.", "",
              "| model | mAP@0.5 (mean +- SD over folds) | 95% CI | paper | epochs (planned) "
              "| folds side by side | s / training image |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -208,6 +214,11 @@ def _markdown(result: dict[str, Any]) -> str:
                      f"{r.get('epochs_trained', '-')} ({r.get('plan', {}).get('epochs', '-')}) | "
                      f"{r.get('plan', {}).get('jobs', '-')} | "
                      f"{r.get('calibration', {}).get('s_per_image', float('nan')):.4f} |")
+    for m in result["models"]:
+        r = result["per_model"].get(m, {})
+        for what in ([r["error"]] if r.get("error") else []) + [
+                f"{key}: {err}" for key, err in (r.get("failures") or {}).items()]:
+            lines.append(f"\n**{m} did not finish**: {what}")
     lines += ["", "Per class, paired differences and the shipped model: `table1.md` beside "
               "this file. Trained from scratch (no COCO pretraining), on this data set, in "
               "this time budget: the paper's models were pretrained and trained for hundreds "
@@ -233,7 +244,10 @@ def _stat(rows: list[Any], model: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", type=Path)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="working folder (checkpoints)")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="where table1_gpu.{json,md} and table1.{md,json,csv} are written "
+                         "after each step (default: --out; figures stay in --out/table1)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--budget-s", type=float, default=400.0,
@@ -276,65 +290,90 @@ def main(argv: list[str] | None = None) -> int:
     else:
         train_idx = list(range(len(ds) * (k - 1) // k))
     train_set = ds.subset(train_idx)
-    per_model: dict[str, Any] = {}
+    per_model: dict[str, Any] = {m: {} for m in models}
     overrides: dict[str, dict[str, Any]] = {}
+    rows: list[Any] = []
+    names = list(ds.class_names)
+    results = args.results or args.out
+    results.mkdir(parents=True, exist_ok=True)
+
+    def write(stage: str) -> dict[str, Any]:
+        """table1_gpu.{json,md} (and Table 1 once a model has folds) as they stand."""
+        from lumbardx.engine.table1 import read_comparison, write_table1
+
+        if rows:
+            shown = list(rows)
+            if not args.dry_run and args.compare_with.is_file():
+                shown += read_comparison(args.compare_with, names)
+            files = write_table1(shown, names, args.out / "table1",
+                                 [f"{m}: {json.dumps(o)}" for m, o in overrides.items()],
+                                 extra={"versions": versions})
+            for key in ("md", "json", "csv"):  # the figures stay in --out
+                shutil.copy2(files[key], results / files[key].name)
+            for m in models:
+                if any(r.name == m for r in rows):
+                    per_model[m]["map50"] = _stat(rows, m)
+        result = {"what": "Table 1 (YOLOv3, YOLOv5s, PP-YOLOv2) cross-validated on one device",
+                  "stage": stage, "dry_run": args.dry_run, "versions": versions,
+                  "data": str(args.data),
+                  "folds_csv": str(folds_csv) if folds_csv else "made for the dry-run subset",
+                  "models": models, "budget_s": args.budget_s, "image_size": args.imgsz,
+                  "pipeline_speed": speed, "per_model": per_model,
+                  "wall_s": round(time.perf_counter() - t_start, 1)}
+        atomic_write_text(results / "table1_gpu.json", json.dumps(result, indent=2) + "\n")
+        atomic_write_text(results / "table1_gpu.md", _markdown(result))
+        return result
+
+    # 2. calibration and plan; a model that fails is reported and the others go on
     for m in models:
-        recipe = make_recipe(m, {"image_size": args.imgsz,
-                                 "batch_size": 4 if args.dry_run else BATCH.get(m, 16)})
-        cal = calibrate(m, train_set, replace(recipe, pipeline="device"), device,
-                        args.calibrate_steps)
+        try:
+            recipe = make_recipe(m, {"image_size": args.imgsz,
+                                     "batch_size": 4 if args.dry_run else BATCH.get(m, 16)})
+            cal = calibrate(m, train_set, replace(recipe, pipeline="device"), device,
+                            args.calibrate_steps)
+        except Exception as err:  # noqa: BLE001 - one model must not cost the others
+            per_model[m]["error"] = f"calibration: {type(err).__name__}: {err}"
+            print(f"{m}: {per_model[m]['error']}\n{traceback.format_exc()}", flush=True)
+            continue
         p = plan(cal, args.budget_s, len(models), k, len(train_idx), args.jobs, device,
                  args.min_epochs, args.max_epochs)
         print(f"{m}: calibration {json.dumps(cal)}; plan {json.dumps(p)}", flush=True)
-        per_model[m] = {"calibration": cal, "plan": p}
+        per_model[m].update({"calibration": cal, "plan": p})
         overrides[m] = {"image_size": args.imgsz, "batch_size": recipe.batch_size,
                         "epochs": p["epochs"], "pipeline": "device", "num_workers": 0,
                         "eval_interval": p["epochs"], "time_limit_s": p["time_limit_s"]}
+    write("calibrated")
     if args.calibrate_only:
-        result = {"what": "Table 1 calibration only: training speed and the plan for "
-                          f"{args.budget_s:g} s", "versions": versions, "image_size": args.imgsz,
-                  "models": models, "budget_s": args.budget_s, "pipeline_speed": speed,
-                  "per_model": per_model, "wall_s": round(time.perf_counter() - t_start, 1)}
-        atomic_write_text(args.out / "table1_gpu.json", json.dumps(result, indent=2) + "\n")
         return 0
-    # 3. cross-validation, model by model
-    rows = []
-    for m in models:
+    # 3. cross-validation, model by model; Table 1 rewritten after each
+    for m in overrides:
         cv_dir = args.out / m
         cv_dir.mkdir(parents=True, exist_ok=True)
         if folds_csv is not None:
             shutil.copy2(folds_csv, cv_dir / "folds.csv")
         t0 = time.perf_counter()
-        res = crossval(data, [m], k=k, recipe_overrides=overrides[m], out_dir=cv_dir,
-                       device=args.device, jobs=per_model[m]["plan"]["jobs"],
-                       resume=folds_csv is not None, progress=False,
-                       log=lambda msg: print(msg, flush=True))
+        try:
+            res = crossval(data, [m], k=k, recipe_overrides=overrides[m], out_dir=cv_dir,
+                           device=args.device, jobs=per_model[m]["plan"]["jobs"],
+                           resume=folds_csv is not None, progress=False,
+                           log=lambda msg: print(msg, flush=True))
+        except Exception as err:  # noqa: BLE001 - reported, the next model goes on
+            per_model[m]["error"] = f"cross-validation: {type(err).__name__}: {err}"
+            print(f"{m}: {per_model[m]['error']}\n{traceback.format_exc()}", flush=True)
+            write(f"{m} failed")
+            continue
         per_model[m]["wall_s"] = round(time.perf_counter() - t0, 1)
         per_model[m]["failures"] = {f"{mm} fold {f}": e for (mm, f), e in res.failures.items()}
         folds = res.rows[0].folds
         per_model[m]["epochs_trained"] = [f.get("epochs") for f in folds]
         per_model[m]["train_seconds"] = [round(f.get("train_seconds", 0.0), 1) for f in folds]
         rows.append(res.rows[0])
-    # 4. Table 1 of the three (+ the shipped model on the same folds)
-    from lumbardx.engine.table1 import read_comparison, write_table1
-
-    names = list(ds.class_names)
-    if not args.dry_run and args.compare_with.is_file():
-        rows += read_comparison(args.compare_with, names)
-    notes = [f"{m}: {json.dumps(overrides[m])}" for m in models]
-    write_table1(rows, names, args.out, notes, extra={"versions": versions})
-    for m in models:
-        per_model[m]["map50"] = _stat(rows, m)
-    result = {"what": "Table 1 (YOLOv3, YOLOv5s, PP-YOLOv2) cross-validated on one device",
-              "dry_run": args.dry_run, "versions": versions, "data": str(args.data),
-              "folds_csv": str(folds_csv) if folds_csv else "made for the dry-run subset",
-              "models": models, "budget_s": args.budget_s, "image_size": args.imgsz,
-              "pipeline_speed": speed, "per_model": per_model,
-              "wall_s": round(time.perf_counter() - t_start, 1)}
-    atomic_write_text(args.out / "table1_gpu.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(args.out / "table1_gpu.md", _markdown(result))
+        write(f"{m} done")
+    # 4. the final Table 1 (+ the shipped model on the same folds)
+    result = write("done")
     print(_markdown(result), flush=True)
-    return 0 if not any(per_model[m]["failures"] for m in models) else 1
+    failed = [m for m in models if per_model[m].get("error") or per_model[m].get("failures")]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -15,9 +15,12 @@
 #                                      # against the checksums, installs the wheels under /tmp,
 #                                      # runs bench/table1_gpu.py (BUDGET_S seconds of training
 #                                      # for the three models, default 400: about 8.5 minutes
-#                                      # in all) and copies the results to $OUT (or ./table1-out)
+#                                      # in all), writing the results to $OUT (or ./table1-out)
+#                                      # after every step
 #   bench/table1_gpu.sh check          # unpack part B and check (what run does first)
 #   bench/table1_gpu.sh dry-run DATA   # here: the same steps at tiny scale on the CPU
+#   (a rehearsal of `run` here: TABLE1_DEVICE=cpu TABLE1_NO_WHEELS=1
+#    TABLE1_EXTRA="--dry-run --models yolov5s" bench/table1_gpu.sh run)
 #
 # Results: table1_gpu.{json,md} (device, versions, calibration, plan, epochs, wall time),
 # table1.{md,json,csv} (per class, 95% intervals, paired differences, the shipped model's row)
@@ -84,19 +87,19 @@ unpack_and_check() {
 run() {
   local budget="${1:-400}" out="${OUT:-$ROOT/table1-out}"
   unpack_and_check
-  python3 -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" \
-    "$PREP"/wheels/*.whl
+  [ -n "${TABLE1_NO_WHEELS:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile \
+    --target "$WORK/site" "$PREP"/wheels/*.whl
   export PYTHONPATH="$WORK/site:$ROOT/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
   mkdir -p "$out"
   set +e
-  python3 "$HERE/table1_gpu.py" "$WORK/data" --out "$WORK/out" --device cuda \
-    --budget-s "$budget" 2>&1 | tee "$out/table1_gpu.log"
+  # results go straight to $out after every step, so a run stopped at the lease's limit still
+  # leaves what it finished (checkpoints stay in $WORK/out)
+  python3 "$HERE/table1_gpu.py" "$WORK/data" --out "$WORK/out" --results "$out" \
+    --device "${TABLE1_DEVICE:-cuda}" --budget-s "$budget" ${TABLE1_EXTRA:-} 2>&1 \
+    | tee "$out/table1_gpu.log"
   local rc=${PIPESTATUS[0]}
   set -e
-  for f in table1_gpu.json table1_gpu.md table1.md table1.json table1.csv; do
-    [ -f "$WORK/out/$f" ] && cp "$WORK/out/$f" "$out/"
-  done
   exit "$rc"
 }
 
@@ -113,5 +116,5 @@ case "${1:-}" in
   check) unpack_and_check ;;
   run) shift; run "$@" ;;
   dry-run) shift; dry_run "$@" ;;
-  *) sed -n '2,26p' "$0"; exit 2 ;;
+  *) sed -n '2,27p' "$0"; exit 2 ;;
 esac

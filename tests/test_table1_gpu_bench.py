@@ -59,17 +59,24 @@ def test_plan_shares_the_budget_and_bounds_each_fold() -> None:
 
 
 def test_dry_run_end_to_end(tmp_path: Path) -> None:
+    """The whole run at tiny scale; a model that fails is reported and the others finish; the
+    results folder gets the tables and no figures (a lease returns at most 8 files)."""
     data = two_per_patient(tmp_path / "data", n=12)
-    out = tmp_path / "out"
+    out, results = tmp_path / "out", tmp_path / "results"
     run = subprocess.run([sys.executable, str(BENCH / "table1_gpu.py"), str(data), "--out",
-                          str(out), "--dry-run", "--models", "yolov5s"],
+                          str(out), "--results", str(results), "--dry-run", "--models",
+                          "yolov5s,no-such-model"],
                          capture_output=True, text=True, timeout=900,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    result = json.loads((out / "table1_gpu.json").read_text())
-    assert result["dry_run"] and result["models"] == ["yolov5s"]
+    assert run.returncode == 1, run.stdout[-2000:] + run.stderr[-2000:]  # one model failed
+    result = json.loads((results / "table1_gpu.json").read_text())
+    assert result["dry_run"] and result["stage"] == "done"
+    assert "no-such-model" in result["per_model"]["no-such-model"]["error"]
     m = result["per_model"]["yolov5s"]
     assert m["epochs_trained"] == [1, 1, 1] and not m["failures"]
     assert m["calibration"]["s_per_image"] > 0 and m["plan"]["epochs"] == 1
     assert result["pipeline_speed"]["device_images_per_s"] > 0
-    assert (out / "table1.md").is_file() and "yolov5s" in (out / "table1_gpu.md").read_text()
+    assert sorted(p.name for p in results.iterdir()) == [
+        "table1.csv", "table1.json", "table1.md", "table1_gpu.json", "table1_gpu.md"]
+    summary = (results / "table1_gpu.md").read_text()
+    assert "| yolov5s |" in summary and "no-such-model did not finish" in summary

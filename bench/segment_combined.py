@@ -30,12 +30,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +42,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import cpu_name
+from segment_end_to_end import dataset_with_folds
 
 from lumbardx.clinical.findings import SLIP, study_class
 from lumbardx.data.boxes import Box
-from lumbardx.data.dataset import LumbarDataset
 from lumbardx.data.images import MedicalImage
-from lumbardx.data.pairs import SequencePairs
 from lumbardx.engine.metrics import GroundTruth, Prediction, coco_evaluate
 from lumbardx.engine.segment_crossval import auc
 from lumbardx.engine.segment_training import SegmentItem, predict_items
@@ -103,12 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds-csv", type=Path, default=FOLDS)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = LumbarDataset(args.data, classes="all", cache=True)
-    pairs = SequencePairs(ds)
-    with args.folds_csv.open(newline="") as fh:
-        fold_of = {r["image"]: int(r["fold"]) for r in csv.DictReader(fh)}
+    ds, pairs, fold_of = dataset_with_folds(args.data, args.folds_csv)
     folds_ready = [k for k in sorted(set(fold_of.values()))
                    if (args.detectors / f"fold{k}" / "last.pt").is_file()
                    and (args.readers / f"fold{k}" / "segment_reader.pt").is_file()]

@@ -59,6 +59,18 @@ DETECTOR_CV = Path(__file__).resolve().parent / "results" / \
     "crossval_yolov5n_pairs_verifier_cpu.json"
 
 
+def dataset_with_folds(data: Path, folds_csv: Path
+                       ) -> tuple[LumbarDataset, SequencePairs, dict[str, int]]:
+    """The dataset (all classes, cached), its T1/T2 pairs and ``{image id: fold}`` of
+    ``folds_csv``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = LumbarDataset(data, classes="all", cache=True)
+    with folds_csv.open(newline="") as fh:
+        fold_of = {r["image"]: int(r["fold"]) for r in csv.DictReader(fh)}
+    return ds, SequencePairs(ds), fold_of
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", type=Path)
@@ -67,12 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds-csv", type=Path, default=FOLDS)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = LumbarDataset(args.data, classes="all", cache=True)
-    pairs = SequencePairs(ds)
-    with args.folds_csv.open(newline="") as fh:
-        fold_of = {r["image"]: int(r["fold"]) for r in csv.DictReader(fh)}
+    ds, pairs, fold_of = dataset_with_folds(args.data, args.folds_csv)
     readers, templates = {}, {}
     for k in sorted(set(fold_of.values())):
         readers[k] = load_segment_reader(torch.load(args.cv / f"fold{k}" / "segment_reader.pt",

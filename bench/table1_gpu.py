@@ -68,6 +68,7 @@ from lumbardx.engine.device_loader import DeviceTrainLoader
 from lumbardx.engine.loader import multiscale_size, to_model_input
 from lumbardx.engine.optim import build_optimizer
 from lumbardx.engine.recipes import Recipe
+from lumbardx.engine.table1 import ModelFolds, read_comparison, summarize, write_table1
 from lumbardx.io import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
@@ -226,19 +227,15 @@ def _markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _stat(rows: list[Any], model: str) -> dict[str, Any]:
-    from lumbardx.engine.table1 import summarize
-
-    for r in rows:
-        if r.name == model:
-            s = summarize(r, ["normal", "herniation", "spondylolisthesis"]).get("map50")
-            if s is None:
-                return {}
-            clean = {k: (None if v is None or not math.isfinite(v) else v)
-                     for k, v in (("mean", s.mean), ("sd", s.sd), ("ci_low", s.ci_low),
-                                  ("ci_high", s.ci_high))}
-            return clean
-    return {}
+def _map50(row: ModelFolds, class_names: list[str]) -> dict[str, float | None]:
+    """mAP@0.5 of a Table 1 row over its folds: mean, SD and 95% interval (``None`` where
+    undefined)."""
+    s = summarize(row, class_names).get("map50")
+    if s is None:
+        return {}
+    return {k: (None if v is None or not math.isfinite(v) else v)
+            for k, v in (("mean", s.mean), ("sd", s.sd), ("ci_low", s.ci_low),
+                         ("ci_high", s.ci_high))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,8 +296,6 @@ def main(argv: list[str] | None = None) -> int:
 
     def write(stage: str) -> dict[str, Any]:
         """table1_gpu.{json,md} (and Table 1 once a model has folds) as they stand."""
-        from lumbardx.engine.table1 import read_comparison, write_table1
-
         if rows:
             shown = list(rows)
             if not args.dry_run and args.compare_with.is_file():
@@ -310,9 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                                  extra={"versions": versions})
             for key in ("md", "json", "csv"):  # the figures stay in --out
                 shutil.copy2(files[key], results / files[key].name)
-            for m in models:
-                if any(r.name == m for r in rows):
-                    per_model[m]["map50"] = _stat(rows, m)
+            for r in rows:
+                per_model[r.name]["map50"] = _map50(r, names)
         result = {"what": "Table 1 (YOLOv3, YOLOv5s, PP-YOLOv2) cross-validated on one device",
                   "stage": stage, "dry_run": args.dry_run, "versions": versions,
                   "data": str(args.data),

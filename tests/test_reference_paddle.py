@@ -63,9 +63,8 @@ def references(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(f"no PaddleDetection environment at {PADDLE_PYTHON} (made by "
                     "scripts/install-test-deps.sh)")
     out = tmp_path_factory.mktemp("paddle")
-    script = REFERENCE_SCRIPT
     for specs in SPECS:
-        done = subprocess.run([str(PADDLE_PYTHON), str(script), str(out), *specs],
+        done = subprocess.run([str(PADDLE_PYTHON), str(REFERENCE_SCRIPT), str(out), *specs],
                               capture_output=True, text=True, timeout=600, check=False)
         if done.returncode:
             pytest.fail(f"reference script failed on {specs}:\n{done.stderr[-3000:]}")

@@ -133,11 +133,17 @@ class _SignIn(threading.Thread):
         self.user = self.store.verify_password(self.name_, PASSWORD)
 
 
-def test_a_sign_in_does_not_hold_the_account_store(tmp_path: Path) -> None:
+def _two_accounts(tmp_path: Path) -> tuple[UserStore, _GatedHasher]:
+    """A store with alice and bob whose password checks wait for ``hasher.gate``."""
     hasher = _GatedHasher()
     store = UserStore(tmp_path / "users.json", hasher=hasher)
     store.add("alice", PASSWORD)
     store.add("bob", PASSWORD)
+    return store, hasher
+
+
+def test_a_sign_in_does_not_hold_the_account_store(tmp_path: Path) -> None:
+    store, hasher = _two_accounts(tmp_path)
     sign_in = _SignIn(store, hasher, "alice")
     t = time.monotonic()
     assert store.get("bob") is not None  # what every authenticated request does
@@ -149,10 +155,7 @@ def test_a_sign_in_does_not_hold_the_account_store(tmp_path: Path) -> None:
 
 
 def test_an_account_changed_during_its_sign_in_is_not_signed_in(tmp_path: Path) -> None:
-    hasher = _GatedHasher()
-    store = UserStore(tmp_path / "users.json", hasher=hasher)
-    store.add("alice", PASSWORD)
-    store.add("bob", PASSWORD)
+    store, hasher = _two_accounts(tmp_path)
     removed = _SignIn(store, hasher, "alice")
     store.remove("alice")
     hasher.gate.set()

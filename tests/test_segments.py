@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -220,6 +221,30 @@ def test_repeat_sampling_lists_slipped_images_more_often() -> None:
     assert repeat_slips(items, 1) == items
     with pytest.raises(ValueError, match="slip_repeat"):
         repeat_slips(items, 0)
+
+
+def test_retrolisthesis_share_of_synthetic_slips() -> None:
+    from lumbardx.engine.segment_training import _batch
+
+    items = _toy_items(8, 0)
+    k = LABELS.index("spondylolisthesis")
+    base = SegmentTraining(synthetic_slip=1.0, drop_lowest=0.0, extra_below=0.0,
+                           config=SegmentReaderConfig(width=4, embed=16, size=(24, 24)))
+
+    def offsets(cfg: SegmentTraining) -> tuple[torch.Tensor, torch.Tensor]:
+        _, mask, _, targets, shift, known = _batch(items, cfg, torch.Generator().manual_seed(3))
+        synth = mask & known & (targets[..., k] > 0)
+        return shift[synth], targets[..., k][mask]
+
+    fwd, t_fwd = offsets(base)
+    lo, hi = base.slip_min - 1e-6, base.slip_max + 1e-6
+    assert bool((t_fwd == 1).all()) and len(fwd) > 20
+    assert bool(((fwd >= lo) & (fwd <= hi)).all())
+    back, t_back = offsets(replace(base, slip_retro=1.0))
+    assert bool((t_back == 1).all()) and len(back) == len(fwd)
+    assert bool(((-back >= lo) & (-back <= hi)).all())
+    half, _ = offsets(replace(base, slip_retro=0.5))
+    assert 0.25 < float((half < 0).float().mean()) < 0.75
 
 
 def test_miscounts_at_the_bottom_of_the_spine() -> None:

@@ -139,6 +139,12 @@ class SegmentTraining:
             the ``lumbosacral`` head learns the sacrum's look, not the disc's position.
         slip_repeat: repeat sampling: an image with a real (annotated) slip is drawn this many
             times per epoch (1: once, like every other image); the epoch grows accordingly.
+        slip_retro: fraction of the synthetic slips made posterior (retrolisthesis: the upper
+            vertebra moved backward by the same ``U(slip_min, slip_max)``; offset target
+            negative). The dataset's spondylolisthesis boxes include retrolistheses (a quarter
+            of the slips the vertebral-corner estimate measures lie behind the normal discs'
+            10th centile, ``bench/results/slip_geometry.json``); 0: every synthetic slip
+            anterior.
     """
 
     epochs: int = 30
@@ -158,6 +164,7 @@ class SegmentTraining:
     drop_lowest: float = 0.2
     extra_below: float = 0.1
     slip_repeat: int = 1
+    slip_retro: float = 0.0
     config: SegmentReaderConfig = field(default_factory=SegmentReaderConfig)
 
 
@@ -251,6 +258,9 @@ def _batch(items: Sequence[SegmentItem], cfg: SegmentTraining, g: torch.Generato
         synth = (torch.rand(n, generator=g) < cfg.synthetic_slip) & ~real_slip
         shift = torch.where(synth, cfg.slip_min + (cfg.slip_max - cfg.slip_min)
                             * torch.rand(n, generator=g), torch.zeros(n))
+        if cfg.slip_retro > 0:
+            retro = torch.rand(n, generator=g) < cfg.slip_retro
+            shift = torch.where(retro, -shift, shift)
         t[synth, k_slip] = 1.0
         jit = torch.stack([torch.randn(n, generator=g) * cfg.jitter_centre,
                            torch.randn(n, generator=g) * cfg.jitter_centre,

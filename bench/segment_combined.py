@@ -20,6 +20,19 @@ slip AP@0.5 (COCO 101-point, pycocotools) on the same boxes, and image-level AUC
 score is its highest slip-box score, 0 without one). Nothing is fitted: the rule has no
 parameter, so no fold chooses anything.
 
+**Disc level** (a disc is positive when it is not normal, as ``MODEL_CARD.md`` counts it; the
+rules fixed with the slip rules). The ground-truth discs of every held-out image (study
+classes) are matched (:func:`lumbardx.clinical.findings.match_discs`) to the discs of *every*
+predicted box (no threshold, as the release's disc records), the reader reads those predicted
+discs, and each rule gives a disc its herniation and spondylolisthesis scores from the
+detector's best box of the class on the disc (``s``, 0 without one) and the reader's
+probability of that class (``p``; a disc the detector did not find has ``s = p = 0``). Per fold:
+the AUC of the disc's abnormal score (the larger of the two); with two or more folds, pooled
+over folds at cuts chosen on the *other* folds' discs (nested, nothing chosen on the fold it
+measures): sensitivity at the cut giving specificity >= 0.93 there (the issue's target point)
+and the release's operating point (per-class F1 thresholds, a disc called abnormal when either
+class reaches its own), Wilson 95% intervals over discs.
+
 Usage::
 
     python bench/segment_combined.py ../shared/data/yolospine-dev \
@@ -44,7 +57,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import cpu_name
 from segment_end_to_end import dataset_with_folds
 
-from lumbardx.clinical.findings import SLIP, study_class
+from lumbardx.clinical.findings import SLIP, SpineFindings, build_findings, match_discs, study_class
+from lumbardx.clinical.stats import proportion
+from lumbardx.clinical.thresholds import DiscScore, choose_thresholds
 from lumbardx.data.boxes import Box
 from lumbardx.data.images import MedicalImage
 from lumbardx.engine.metrics import GroundTruth, Prediction, coco_evaluate
@@ -60,12 +75,26 @@ from lumbardx.stages.findings import find
 
 FOLDS = Path(__file__).resolve().parent / "folds" / "yolospine-dev-k5-seed0.csv"
 RULES = ("detector", "combined", "mean")
+METRICS = ("ap50", "image_auc", "disc_auc")
 
 
 def combine(s: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
     """The scores of each rule for detector scores ``s [N]`` and reader probabilities
     ``p [N]`` (both in [0, 1])."""
     return {"detector": s, "combined": np.sqrt(s * p), "mean": (s + p) / 2}
+
+
+def reader_probs(spine: SpineFindings, reader: Any, planes: np.ndarray, image_id: str,
+                 patient: str) -> np.ndarray:
+    """The reader's probabilities ``float64 [L, K]`` (:data:`LABELS`) for the discs of
+    ``spine`` (``[0, K]`` without discs or curve)."""
+    frames = frame_tensor(segment_frames(spine, True))
+    if not frames.shape[0]:
+        return np.zeros((0, len(LABELS)), np.float64)
+    item = SegmentItem(image_id, patient, planes, spine, frames,
+                       torch.zeros(frames.shape[0], len(LABELS)), np.zeros((0, 4), np.float32))
+    logits, _ = predict_items(reader, [item])[0]
+    return torch.sigmoid(logits).double().numpy()
 
 
 def slip_boxes_with_p(boxes: list[Box], image: MedicalImage, m: Any, reader: Any,
@@ -75,18 +104,86 @@ def slip_boxes_with_p(boxes: list[Box], image: MedicalImage, m: Any, reader: Any
     probability of the disc each was grouped into ``[N]`` (0 off the spine)."""
     spine, _ = find(boxes, image, m)
     p_disc = np.zeros(len(spine.discs), np.float64)
-    frames = frame_tensor(segment_frames(spine, True))
-    if frames.shape[0]:
-        item = SegmentItem(image_id, patient, planes, spine, frames,
-                           torch.zeros(frames.shape[0], len(LABELS)), np.zeros((0, 4), np.float32))
-        logits, _ = predict_items(reader, [item])[0]
-        p_disc = torch.sigmoid(logits[:, LABELS.index("spondylolisthesis")]).double().numpy()
+    probs = reader_probs(spine, reader, planes, image_id, patient)
+    if len(probs):
+        p_disc = probs[:, LABELS.index("spondylolisthesis")]
     owner = {id(b): j for j, d in enumerate(spine.discs) for b in d.boxes}
     slips = [b for b in boxes if study_class(b.label) == SLIP]
     xyxy = np.array([[b.x1, b.y1, b.x2, b.y2] for b in slips], np.float32).reshape(-1, 4)
     s = np.array([float(b.score or 0.0) for b in slips], np.float64)
     p = np.array([p_disc[owner[id(b)]] if id(b) in owner else 0.0 for b in slips], np.float64)
     return xyxy, s, p
+
+
+ABNORMAL = ("herniation", "spondylolisthesis")
+SPEC_TARGET = 0.93
+
+
+def disc_records(boxes: list[Box], truth: list[Box], size: tuple[int, int], classes: list[str],
+                 reader: Any, planes: np.ndarray, image_id: str, patient: str
+                 ) -> dict[str, list[DiscScore]]:
+    """Per rule, one :class:`DiscScore` per ground-truth disc (study-class ``truth`` boxes):
+    its true classes and, from the predicted disc matched to it (every box counted), the
+    rule's herniation and spondylolisthesis scores (module docstring)."""
+    gt = build_findings(truth, size)
+    pred = build_findings(boxes, size, thresholds=None, classes=classes)
+    probs = reader_probs(pred, reader, planes, image_id, patient)
+    match = match_discs(gt, pred)
+    out: dict[str, list[DiscScore]] = {r: [] for r in RULES}
+    for disc, j in zip(gt.discs, match):
+        label = frozenset(f.label for f in disc.findings)
+        det = dict(pred.discs[j].scores) if j is not None else {}
+        s = np.array([det.get(c, 0.0) for c in ABNORMAL])
+        p = probs[j, [LABELS.index(c) for c in ABNORMAL]] if j is not None else np.zeros(2)
+        for rule, v in combine(s, p).items():
+            out[rule].append(DiscScore(label, dict(zip(ABNORMAL, map(float, v)))))
+    return out
+
+
+def _abnormal(records: list[DiscScore]) -> tuple[np.ndarray, np.ndarray]:
+    """Truth (not normal) and score (the larger abnormal score) per disc."""
+    y = np.array([bool(r.truth - {"normal"}) for r in records], bool)
+    score = np.array([max(r.scores.values(), default=0.0) for r in records], np.float64)
+    return y, score
+
+
+def spec_cut(score: np.ndarray, y: np.ndarray, spec: float = SPEC_TARGET) -> float:
+    """The lowest cut (``score >= cut`` is a call) whose specificity on ``(score, y)`` is at
+    least ``spec``: just above the ``spec`` quantile of the negatives' scores."""
+    neg = np.sort(score[~y])
+    if not len(neg):
+        return 0.0
+    allowed = int(np.floor((1.0 - spec) * len(neg) + 1e-9))  # false calls allowed
+    # calling everything above the (n - allowed)-th smallest negative
+    k = len(neg) - allowed
+    if k <= 0:
+        return float(neg[0])
+    return float(np.nextafter(neg[k - 1], np.inf))
+
+
+def nested_points(fold_records: dict[int, list[DiscScore]]) -> dict[str, Any]:
+    """Pooled sensitivity / specificity, each fold at cuts chosen on the other folds: at
+    specificity >= :data:`SPEC_TARGET` of the abnormal score, and at the release's per-class
+    F1 thresholds."""
+    counts = {"spec_target": np.zeros(4, np.int64), "f1": np.zeros(4, np.int64)}
+    for k, recs in fold_records.items():
+        others = [r for j, rs in fold_records.items() if j != k for r in rs]
+        y_o, s_o = _abnormal(others)
+        y, s = _abnormal(recs)
+        call_t = s >= spec_cut(s_o, y_o)
+        thr = {c: ch.threshold for c, ch in choose_thresholds(others, ABNORMAL, "f1").items()}
+        call_f = np.array([any(r.scores.get(c, 0.0) >= t for c, t in thr.items())
+                           for r in recs], bool)
+        for key, call in (("spec_target", call_t), ("f1", call_f)):
+            counts[key] += np.array([(call & y).sum(), y.sum(), (~call & ~y).sum(),
+                                     (~y).sum()], np.int64)
+    out = {}
+    for key, c in counts.items():
+        sens, spec = proportion(int(c[0]), int(c[1])), proportion(int(c[2]), int(c[3]))
+        out[key] = {"sensitivity": sens.estimate, "sensitivity_ci95": [sens.ci_low, sens.ci_high],
+                    "specificity": spec.estimate, "specificity_ci95": [spec.ci_low, spec.ci_high],
+                    "counts": [int(v) for v in c]}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,11 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     t0 = time.perf_counter()
     folds = []
+    fold_discs: dict[str, dict[int, list[DiscScore]]] = {}
     for k in folds_ready:
         m = load_detector(args.detectors / f"fold{k}" / "last.pt", "cpu", backend="torch")
         reader = load_segment_reader(torch.load(args.readers / f"fold{k}" / "segment_reader.pt",
                                                 weights_only=True))
         gts, dts, img_score, pos = [], {r: [] for r in RULES}, {r: [] for r in RULES}, []
+        discs: dict[str, list[DiscScore]] = {r: [] for r in RULES}
         for i, rec in enumerate(ds.records):
             if fold_of.get(rec.image_id) != k:
                 continue
@@ -126,35 +225,49 @@ def main(argv: list[str] | None = None) -> int:
             image = MedicalImage(own.astype(np.float32), own, None, rec.image_path, "png")
             xyxy, s, p = slip_boxes_with_p(boxes, image, m, reader, planes, rec.image_id,
                                            rec.patient)
-            truth = np.asarray([b for b, lab in zip(ds[i].boxes, ds[i].labels, strict=True)
-                                if study_class(ds.class_names[int(lab)]) == SLIP],
-                               np.float32).reshape(-1, 4)
+            sample = ds[i]
+            named = [Box(ds.class_names[int(lab)], *map(float, b))
+                     for b, lab in zip(sample.boxes, sample.labels, strict=True)]
+            for rule, recs in disc_records(boxes, [b for b in named if study_class(b.label)],
+                                           (w, h), list(m.class_names), reader, planes,
+                                           rec.image_id, rec.patient).items():
+                discs[rule].extend(recs)
+            truth = np.asarray([[b.x1, b.y1, b.x2, b.y2] for b in named
+                                if study_class(b.label) == SLIP], np.float32).reshape(-1, 4)
             gts.append(GroundTruth(rec.image_id, w, h, truth, np.zeros(len(truth), np.int64)))
             pos.append(len(truth) > 0)
             for rule, score in combine(s, p).items():
                 dts[rule].append(Prediction(xyxy, score.astype(np.float32),
                                             np.zeros(len(score), np.int64)))
                 img_score[rule].append(float(score.max()) if len(score) else 0.0)
-        row: dict[str, Any] = {"fold": k, "images": len(gts), "images_with_slip": int(sum(pos))}
+        row: dict[str, Any] = {"fold": k, "images": len(gts), "images_with_slip": int(sum(pos)),
+                               "discs": len(discs["detector"]),
+                               "discs_abnormal": int(_abnormal(discs["detector"])[0].sum())}
         for rule in RULES:
             ev = coco_evaluate(gts, dts[rule], ["spondylolisthesis"])
             row[f"ap50_{rule}"] = float(ev.ap50[0])
             row[f"image_auc_{rule}"] = auc(np.array(img_score[rule]), np.array(pos))
+            y, score = _abnormal(discs[rule])
+            row[f"disc_auc_{rule}"] = auc(score, y)
+            fold_discs.setdefault(rule, {})[k] = discs[rule]
         folds.append(row)
         print(f"fold {k}: slip AP detector {100 * row['ap50_detector']:.1f}, combined "
               f"{100 * row['ap50_combined']:.1f}, mean {100 * row['ap50_mean']:.1f}; image AUC "
               f"{row['image_auc_detector']:.3f} / {row['image_auc_combined']:.3f} / "
-              f"{row['image_auc_mean']:.3f}", flush=True)
+              f"{row['image_auc_mean']:.3f}; disc AUC {row['disc_auc_detector']:.3f} / "
+              f"{row['disc_auc_combined']:.3f} / {row['disc_auc_mean']:.3f}", flush=True)
     result: dict[str, Any] = {
         "detectors": str(args.detectors), "readers": str(args.readers),
         "folds_scored": folds_ready, "rules": {"combined": "sqrt(s * p)", "mean": "(s + p) / 2",
                                                 "detector": "s"},
         "folds": folds,
         "mean": {f"{m}_{r}": fold_stat([f[f"{m}_{r}"] for f in folds]).__dict__
-                 for m in ("ap50", "image_auc") for r in RULES},
+                 for m in METRICS for r in RULES},
+        "disc_level": ({r: nested_points(fold_discs[r]) for r in RULES} if len(folds) > 1
+                       else "needs two or more folds (cuts chosen on the other folds)"),
         "paired_vs_detector": {}, "wall_s": round(time.perf_counter() - t0, 1),
         "machine": {"cpu": cpu_name()}}
-    for metric in ("ap50", "image_auc"):
+    for metric in METRICS:
         for rule in ("combined", "mean"):
             diffs = [f[f"{metric}_{rule}"] - f[f"{metric}_detector"] for f in folds]
             result["paired_vs_detector"][f"{metric}_{rule}"] = {
@@ -164,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
                                            if isinstance(v, float) and math.isnan(v) else v))
     for key, p in result["paired_vs_detector"].items():
         print(f"{key} minus detector: {p['mean']:+.3f} [{p['wins']}:{p['losses']}]")
+    if isinstance(result["disc_level"], dict):
+        for rule, pts in result["disc_level"].items():
+            print(f"disc level, {rule}: " + "; ".join(
+                f"{key} sens {100 * v['sensitivity']:.1f}% spec {100 * v['specificity']:.1f}%"
+                for key, v in pts.items()))
     return 0
 
 

@@ -51,3 +51,47 @@ def test_slip_boxes_take_the_probability_of_their_disc(monkeypatch: pytest.Monke
     np.testing.assert_allclose(s, [0.4, 0.7])
     assert p[0] == pytest.approx(1 / (1 + np.exp(-(3 - 3))))  # disc 4 of 6: logit 0
     assert p[1] == 0.0  # set aside off the spine: no disc, no finding
+
+
+def test_spec_cut_allows_the_target_share_of_false_calls() -> None:
+    bench = load_bench("segment_combined")
+    y = np.array([False] * 100 + [True] * 5)
+    score = np.r_[np.arange(100) / 100.0, [0.5, 0.95, 0.99, 0.995, 1.0]]
+    cut = bench.spec_cut(score, y, 0.93)
+    call = score >= cut
+    assert (~call[~y]).mean() >= 0.93 and (~call[~y]).mean() < 0.94  # 7 of 100 negatives
+    assert call[y].tolist() == [False, True, True, True, True]
+    tied = np.r_[np.zeros(100), np.ones(5)]
+    assert (tied[:100] >= bench.spec_cut(tied, y, 0.93)).sum() == 0  # ties are not split
+
+
+def test_disc_records_and_nested_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = load_bench("segment_combined")
+    truth = [Box("normal", 150, y, 210, y + 14) for y in range(60, 300, 40)]
+    truth[3] = Box("herniation", 150, 180, 210, 194)
+    found = [Box(b.label, b.x1 + 1, b.y1, b.x2 + 1, b.y2, score=0.8) for b in truth[:5]]
+    found.append(Box("spondylolisthesis", 149, 180, 211, 195, score=0.3))  # the 4th disc
+
+    def fake_predict(reader, items):  # noqa: ANN001, ANN202
+        n = items[0].frames.shape[0]
+        logits = torch.full((n, len(LABELS)), -1e4)  # probability 0 in float32
+        logits[3, LABELS.index("herniation")] = 1e4  # the reader: herniation at disc 4
+        return [(logits, None)]
+
+    monkeypatch.setattr(bench, "predict_items", fake_predict)
+    planes = np.zeros((2, 384, 384), np.uint8)
+    recs = bench.disc_records(found, truth, (384, 384), NAMES, None, planes, "x", "p0")
+    assert [len(v) for v in recs.values()] == [6, 6, 6]
+    det, comb, mean = recs["detector"], recs["combined"], recs["mean"]
+    assert det[3].truth == frozenset({"herniation"})
+    assert det[3].scores == pytest.approx({"herniation": 0.8, "spondylolisthesis": 0.3})
+    assert comb[3].scores == pytest.approx({"herniation": np.sqrt(0.8), "spondylolisthesis": 0},
+                                           abs=1e-9)
+    assert mean[3].scores == pytest.approx({"herniation": 0.9, "spondylolisthesis": 0.15})
+    assert det[5].scores == {"herniation": 0.0, "spondylolisthesis": 0.0}  # not found
+    assert mean[0].scores == pytest.approx({"herniation": 0.0, "spondylolisthesis": 0.0}, abs=1e-9)
+
+    # two folds, each measured at the cuts of the other
+    pts = bench.nested_points({0: det, 1: mean})
+    assert pts["spec_target"]["counts"] == [2, 2, 10, 10]
+    assert pts["f1"]["counts"][1::2] == [2, 10]

@@ -228,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
             sample = ds[i]
             named = [Box(ds.class_names[int(lab)], *map(float, b))
                      for b, lab in zip(sample.boxes, sample.labels, strict=True)]
-            for rule, recs in disc_records(boxes, [b for b in named if study_class(b.label)],
+            study = [Box(study_class(b.label), b.x1, b.y1, b.x2, b.y2) for b in named
+                     if study_class(b.label)]  # the detector's class names
+            for rule, recs in disc_records(boxes, study,
                                            (w, h), list(m.class_names), reader, planes,
                                            rec.image_id, rec.patient).items():
                 discs[rule].extend(recs)

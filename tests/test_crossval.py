@@ -374,4 +374,7 @@ def test_parallel_jobs_run_folds_in_worker_processes(tmp_path: Path, synth_data:
         result = json.loads((tmp_path / f"cv/yolov5n/fold{f}/result.json").read_text())
         assert result["fold"] == f and result["val_images"] > 0
         assert (tmp_path / f"cv/yolov5n/fold{f}/best.pt").is_file()
+        # folds side by side cannot share a terminal: each writes its own progress
+        progress = (tmp_path / f"cv/yolov5n/fold{f}/train.log").read_text()
+        assert f"epoch {OVERRIDES['epochs']}/{OVERRIDES['epochs']}" in progress
     assert "| yolov5n | 2 |" in res.files["md"].read_text()

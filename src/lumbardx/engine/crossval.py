@@ -23,6 +23,7 @@ reused on resume; a fold with ``result.json`` is finished and skipped on resume,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -354,14 +355,23 @@ def read_result(path: Path) -> dict[str, Any]:
     return obj
 
 
+FOLD_LOG = "train.log"
+
+
 def _fold_job(kwargs: dict[str, Any], threads: int) -> dict[str, Any]:
-    """Worker-process entry: run one fold; errors come back as text (InputError does not
-    survive pickling)."""
+    """Worker-process entry: run one fold with its progress (one line per epoch) appended to
+    ``<fold folder>/train.log``, as folds side by side cannot share a terminal; errors come
+    back as text (InputError does not survive pickling)."""
     torch.set_num_threads(threads)
-    try:
-        return run_fold(**kwargs)
-    except Exception as err:  # noqa: BLE001 - reported, the other folds go on
-        return {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+    log_file = Path(kwargs["out_dir"]) / FOLD_LOG
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("a", encoding="utf-8") as fh, contextlib.redirect_stdout(fh), \
+            contextlib.redirect_stderr(fh):
+        try:
+            return run_fold(**{**kwargs, "progress": True})
+        except Exception as err:  # noqa: BLE001 - reported, the other folds go on
+            return {"error": f"{type(err).__name__}: {err}",
+                    "traceback": traceback.format_exc()}
 
 
 @dataclass
@@ -446,8 +456,9 @@ def crossval(
 
     For each model and fold: train on the other ``k - 1`` folds, evaluate on the held-out fold
     (:func:`run_fold`). ``jobs > 1`` runs that many folds at a time in worker processes (spawned;
-    each gets ``cpu_count // jobs`` threads; useful on a large GPU; a script that calls this with
-    ``jobs > 1`` needs the usual ``if __name__ == "__main__":`` guard). A failing fold is reported
+    each gets ``cpu_count // jobs`` threads and writes its progress to the fold folder's
+    ``train.log``; useful on a large GPU; a script that calls this with ``jobs > 1`` needs the
+    usual ``if __name__ == "__main__":`` guard). A failing fold is reported
     and the others go on; Table 1 lists it as not finished. ``select`` chooses the weights scored
     on each held-out fold (:func:`run_fold`; ``"last"``, the default, chooses nothing on the
     fold that scores it). ``compare_with`` adds further rows: peers' results or the models of
@@ -520,9 +531,9 @@ def crossval(
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_fold_job, {**kw, "progress": False}, threads): kw
-                       for kw in pending}
-            say(f"{len(pending)} fold trainings, {jobs} at a time")
+            futures = {pool.submit(_fold_job, kw, threads): kw for kw in pending}
+            say(f"{len(pending)} fold trainings, {jobs} at a time; each fold's progress in "
+                f"{out}/<model>/fold<k>/{FOLD_LOG}")
             for fut in as_completed(futures):
                 finish(futures[fut], fut.result())
 

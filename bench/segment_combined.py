@@ -27,7 +27,9 @@ predicted box (no threshold, as the release's disc records), the reader reads th
 discs, and each rule gives a disc its herniation and spondylolisthesis scores from the
 detector's best box of the class on the disc (``s``, 0 without one) and the reader's
 probability of that class (``p``; a disc the detector did not find has ``s = p = 0``). Per fold:
-the AUC of the disc's abnormal score (the larger of the two); with two or more folds, pooled
+the AUC of the disc's abnormal score (the larger of the two) and the point of its ROC curve at
+specificity 0.93 (the best sensitivity at a cut chosen on the fold itself: a property of
+the curve, not an operating point); with two or more folds, pooled
 over folds at cuts chosen on the *other* folds' discs (nested, nothing chosen on the fold it
 measures): sensitivity at the cut giving specificity >= 0.93 there (the issue's target point)
 and the release's operating point (per-class F1 thresholds, a disc called abnormal when either
@@ -63,7 +65,7 @@ from lumbardx.clinical.thresholds import DiscScore, choose_thresholds
 from lumbardx.data.boxes import Box
 from lumbardx.data.images import MedicalImage
 from lumbardx.engine.metrics import GroundTruth, Prediction, coco_evaluate
-from lumbardx.engine.segment_crossval import auc
+from lumbardx.engine.segment_crossval import auc, sensitivity_at_specificity
 from lumbardx.engine.segment_training import SegmentItem, predict_items
 from lumbardx.engine.segments import frame_tensor, segment_frames
 from lumbardx.engine.table1 import fold_stat
@@ -75,7 +77,7 @@ from lumbardx.stages.findings import find
 
 FOLDS = Path(__file__).resolve().parent / "folds" / "yolospine-dev-k5-seed0.csv"
 RULES = ("detector", "combined", "mean")
-METRICS = ("ap50", "image_auc", "disc_auc")
+METRICS = ("ap50", "image_auc", "disc_auc", "disc_sens_at_spec93")
 
 
 def combine(s: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
@@ -251,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
             row[f"image_auc_{rule}"] = auc(np.array(img_score[rule]), np.array(pos))
             y, score = _abnormal(discs[rule])
             row[f"disc_auc_{rule}"] = auc(score, y)
+            row[f"disc_sens_at_spec93_{rule}"] = sensitivity_at_specificity(score, y,
+                                                                            SPEC_TARGET)
             fold_discs.setdefault(rule, {})[k] = discs[rule]
         folds.append(row)
         print(f"fold {k}: slip AP detector {100 * row['ap50_detector']:.1f}, combined "

@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision.ops import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import cpu_name
@@ -115,6 +116,34 @@ def slip_boxes_with_p(boxes: list[Box], image: MedicalImage, m: Any, reader: Any
     s = np.array([float(b.score or 0.0) for b in slips], np.float64)
     p = np.array([p_disc[owner[id(b)]] if id(b) in owner else 0.0 for b in slips], np.float64)
     return xyxy, s, p
+
+
+def truth_slips(truth: np.ndarray, xyxy: np.ndarray, s: np.ndarray, p: np.ndarray
+                ) -> list[dict[str, float]]:
+    """Per ground-truth slip box ``truth [G, 4]``: the detector slip box that overlaps it
+    most (IoU, its score ``s`` and its disc's reader probability ``p``; all 0 when no box
+    overlaps it)."""
+    out = []
+    iou = box_iou(torch.from_numpy(truth).double(), torch.from_numpy(xyxy).double()).numpy() \
+        if len(truth) and len(xyxy) else np.zeros((len(truth), 0))
+    for g in range(len(truth)):
+        j = int(iou[g].argmax()) if iou.shape[1] else None
+        if j is None or iou[g, j] <= 0:
+            out.append({"iou": 0.0, "s": 0.0, "p": 0.0})
+            continue
+        out.append({"iou": round(float(iou[g, j]), 3), "s": round(float(s[j]), 4),
+                    "p": round(float(p[j]), 4)})
+    return out
+
+
+def slip_summary(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """How the annotated slips fare: boxed by the detector (IoU >= 0.5) or not, and of the
+    boxed ones how many the detector (``s >= 0.25``) and the reader (``p >= 0.5``) call."""
+    boxed = [r for r in rows if r["iou"] >= 0.5]
+    return {"slips": len(rows), "boxed": len(boxed),
+            "boxed_s_ge_0.25": sum(r["s"] >= 0.25 for r in boxed),
+            "boxed_p_ge_0.5": sum(r["p"] >= 0.5 for r in boxed),
+            "boxed_neither": sum(r["s"] < 0.25 and r["p"] < 0.5 for r in boxed)}
 
 
 ABNORMAL = ("herniation", "spondylolisthesis")
@@ -209,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     folds = []
     fold_discs: dict[str, dict[int, list[DiscScore]]] = {}
+    slips: list[dict[str, Any]] = []
     for k in folds_ready:
         m = load_detector(args.detectors / f"fold{k}" / "last.pt", "cpu", backend="torch")
         reader = load_segment_reader(torch.load(args.readers / f"fold{k}" / "segment_reader.pt",
@@ -240,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                                 if study_class(b.label) == SLIP], np.float32).reshape(-1, 4)
             gts.append(GroundTruth(rec.image_id, w, h, truth, np.zeros(len(truth), np.int64)))
             pos.append(len(truth) > 0)
+            slips.extend({"fold": k, "image": rec.image_id, "patient": rec.patient, **t}
+                         for t in truth_slips(truth, xyxy, s, p))
             for rule, score in combine(s, p).items():
                 dts[rule].append(Prediction(xyxy, score.astype(np.float32),
                                             np.zeros(len(score), np.int64)))
@@ -269,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         "folds": folds,
         "mean": {f"{m}_{r}": fold_stat([f[f"{m}_{r}"] for f in folds]).__dict__
                  for m in METRICS for r in RULES},
+        "slips": {"found": slip_summary(slips), "rows": slips},
         "disc_level": ({r: nested_points(fold_discs[r]) for r in RULES} if len(folds) > 1
                        else "needs two or more folds (cuts chosen on the other folds)"),
         "paired_vs_detector": {}, "wall_s": round(time.perf_counter() - t0, 1),

@@ -95,3 +95,17 @@ def test_disc_records_and_nested_points(monkeypatch: pytest.MonkeyPatch) -> None
     pts = bench.nested_points({0: det, 1: mean})
     assert pts["spec_target"]["counts"] == [2, 2, 10, 10]
     assert pts["f1"]["counts"][1::2] == [2, 10]
+
+
+def test_each_annotated_slip_is_traced_to_the_box_that_overlaps_it_most() -> None:
+    bench = load_bench("segment_combined")
+    truth = np.array([[10, 10, 50, 50], [100, 100, 140, 140], [200, 200, 240, 240]], np.float32)
+    xyxy = np.array([[12, 10, 50, 50], [100, 100, 140, 170], [0, 0, 20, 20]], np.float32)
+    rows = bench.truth_slips(truth, xyxy, np.array([0.6, 0.1, 0.9]), np.array([0.2, 0.7, 0.0]))
+    assert [r["iou"] for r in rows] == [0.95, pytest.approx(40 / 70, abs=1e-3), 0.0]
+    assert [(r["s"], r["p"]) for r in rows] == [(0.6, 0.2), (0.1, 0.7), (0.0, 0.0)]
+    assert bench.truth_slips(truth[:1], np.zeros((0, 4), np.float32), np.zeros(0),
+                             np.zeros(0)) == [{"iou": 0.0, "s": 0.0, "p": 0.0}]
+    summary = bench.slip_summary(rows + [{"iou": 0.8, "s": 0.1, "p": 0.1}])
+    assert summary == {"slips": 4, "boxed": 3, "boxed_s_ge_0.25": 1, "boxed_p_ge_0.5": 1,
+                       "boxed_neither": 1}

@@ -39,7 +39,11 @@ Usage::
 
     python bench/segment_combined.py ../shared/data/yolospine-dev \
         --detectors runs/cv-yolov5n-pairs-verifier/yolov5n --readers runs/segcv-ensemble4 \
-        --out bench/results/segment_combined.json
+        --out bench/results/segment_combined.json [--slip-rows runs/slip_rows.json]
+
+Also reported (``slips``): how the annotated slips fare -- boxed by the detector at IoU >= 0.5
+or not, and of the boxed ones how many the detector (``s >= 0.25``, YOLOv5's default
+confidence) and the reader (``p >= 0.5``) call.
 """
 
 from __future__ import annotations
@@ -226,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="segment-reader cross-validation: fold<k>/segment_reader.pt")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--folds-csv", type=Path, default=FOLDS)
+    ap.add_argument("--slip-rows", type=Path, default=None,
+                    help="JSON: one row per annotated slip (image, patient, IoU, s, p); keep it "
+                         "outside the repository, it locates the dataset's labels")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     ds, pairs, fold_of = dataset_with_folds(args.data, args.folds_csv)
@@ -301,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         "folds": folds,
         "mean": {f"{m}_{r}": fold_stat([f[f"{m}_{r}"] for f in folds]).__dict__
                  for m in METRICS for r in RULES},
-        "slips": {"found": slip_summary(slips), "rows": slips},
+        "slips": slip_summary(slips),
         "disc_level": ({r: nested_points(fold_discs[r]) for r in RULES} if len(folds) > 1
                        else "needs two or more folds (cuts chosen on the other folds)"),
         "paired_vs_detector": {}, "wall_s": round(time.perf_counter() - t0, 1),
@@ -312,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
             result["paired_vs_detector"][f"{metric}_{rule}"] = {
                 **fold_stat(diffs).__dict__, "wins": sum(d > 0 for d in diffs),
                 "losses": sum(d < 0 for d in diffs)}
+    if args.slip_rows is not None:
+        atomic_write_text(args.slip_rows, json.dumps(slips, indent=1))
     atomic_write_text(args.out, json.dumps(result, indent=1, default=lambda v: None
                                            if isinstance(v, float) and math.isnan(v) else v))
     for key, p in result["paired_vs_detector"].items():

@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             if fold_of.get(rec.image_id) != k:
                 continue
             planes = pairs[i].image  # uint8 [2, H, W]: T1, T2 (the slice twice without partner)
-            own = ds[i].image
+            sample = ds[i]
+            own = sample.image
             with torch.inference_mode():
                 x, geo = detect_stage.preprocess(m, own, (planes[0], planes[1]))
                 boxes = detect_stage.detect(m, x, geo)
@@ -264,14 +265,12 @@ def main(argv: list[str] | None = None) -> int:
             image = MedicalImage(own.astype(np.float32), own, None, rec.image_path, "png")
             xyxy, s, p = slip_boxes_with_p(boxes, image, m, reader, planes, rec.image_id,
                                            rec.patient)
-            sample = ds[i]
             named = [Box(ds.class_names[int(lab)], *map(float, b))
                      for b, lab in zip(sample.boxes, sample.labels, strict=True)]
             study = [Box(study_class(b.label), b.x1, b.y1, b.x2, b.y2) for b in named
                      if study_class(b.label)]  # the detector's class names
-            for rule, recs in disc_records(boxes, study,
-                                           (w, h), list(m.class_names), reader, planes,
-                                           rec.image_id, rec.patient).items():
+            for rule, recs in disc_records(boxes, study, (w, h), list(m.class_names), reader,
+                                           planes, rec.image_id, rec.patient).items():
                 discs[rule].extend(recs)
             truth = np.asarray([[b.x1, b.y1, b.x2, b.y2] for b in named
                                 if study_class(b.label) == SLIP], np.float32).reshape(-1, 4)

@@ -261,6 +261,28 @@ def test_sign_in_upload_review_export_sign_out(server: dict[str, Any], page: Any
     assert not page.problems, page.problems
 
 
+def test_shell_buttons_wait_for_the_session(server: dict[str, Any], page: Any) -> None:
+    """The shell learns its session (and CSRF token) asynchronously and only then wires "Sign
+    out" and "Shortcuts": a click before that used to be lost. The session answer is held back
+    here: both buttons are disabled meanwhile, and "Sign out" works once it arrives."""
+    base, expect = server["url"], sync_api.expect
+    _sign_in(page, base)
+    held: list[Any] = []
+    page.route("**/api/auth/session", lambda route: held.append(route))
+    page.goto(f"{base}/")
+    expect(page.locator("#logout-button")).to_be_disabled()
+    expect(page.locator("#help-button")).to_be_disabled()
+    for _ in range(50):  # route handlers run while the page is waited on
+        if held:
+            break
+        page.wait_for_timeout(100)
+    assert held, "the page did not ask for its session"
+    held[0].continue_()
+    page.click("#logout-button")  # waits until the button is enabled
+    expect(page).to_have_url(f"{base}/login?signedout=1")
+    assert page.request.get(f"{base}/api/studies").status == 401
+
+
 def test_teaching_quiz_scores_the_learner(server: dict[str, Any], page: Any,
                                           tmp_path: Path) -> None:
     """A two-case synthetic quiz: call every level, see the truth, get the score with CIs."""

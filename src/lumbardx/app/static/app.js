@@ -52,9 +52,15 @@ async function start() {
   setCsrfToken(info.csrf_token);
   replace(document.getElementById("who"), h("span.user", {}, info.user),
     h("span.role", {}, info.role));
-  document.getElementById("logout-button").addEventListener("click", signOut);
+  // The buttons stay disabled (index.html) until the session and its CSRF token are known:
+  // a click before that would otherwise be lost.
+  const logout = document.getElementById("logout-button");
+  logout.addEventListener("click", signOut);
+  logout.disabled = false;
   const help = document.getElementById("help-dialog");
-  document.getElementById("help-button").addEventListener("click", () => help.showModal());
+  const helpButton = document.getElementById("help-button");
+  helpButton.addEventListener("click", () => help.showModal());
+  helpButton.disabled = false;
   document.addEventListener("keydown", (e) => {
     if (e.key === "?" && !isTyping(e.target) && !help.open) { e.preventDefault(); help.showModal(); }
   });

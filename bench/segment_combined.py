@@ -66,7 +66,7 @@ from segment_end_to_end import dataset_with_folds
 
 from lumbardx.clinical.findings import SLIP, SpineFindings, build_findings, match_discs, study_class
 from lumbardx.clinical.stats import proportion
-from lumbardx.clinical.thresholds import DiscScore, choose_thresholds
+from lumbardx.clinical.thresholds import DiscScore, abnormal_calls, choose_thresholds
 from lumbardx.data.boxes import Box
 from lumbardx.data.images import MedicalImage
 from lumbardx.engine.metrics import GroundTruth, Prediction, coco_evaluate
@@ -207,8 +207,7 @@ def nested_points(fold_records: dict[int, list[DiscScore]]) -> dict[str, Any]:
         y, s = _abnormal(recs)
         call_t = s >= spec_cut(s_o, y_o)
         thr = {c: ch.threshold for c, ch in choose_thresholds(others, ABNORMAL, "f1").items()}
-        call_f = np.array([any(r.scores.get(c, 0.0) >= t for c, t in thr.items())
-                           for r in recs], bool)
+        _, call_f = abnormal_calls(recs, thr)
         for key, call in (("spec_target", call_t), ("f1", call_f)):
             counts[key] += np.array([(call & y).sum(), y.sum(), (~call & ~y).sum(),
                                      (~y).sum()], np.int64)

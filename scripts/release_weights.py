@@ -58,7 +58,8 @@ import torch
 
 from lumbardx import __version__
 from lumbardx.clinical.stats import case_weights, percentile_ci, proportion
-from lumbardx.clinical.thresholds import choose_thresholds, disc_scores, thresholds_dict
+from lumbardx.clinical.thresholds import (abnormal_calls, choose_thresholds, disc_scores,
+                                         thresholds_dict)
 from lumbardx.data.boxes import Box
 from lumbardx.data.dataset import LumbarDataset
 from lumbardx.data.folds import read_folds_csv, split
@@ -83,7 +84,7 @@ def _boxes(xyxy: np.ndarray, labels: np.ndarray, names: list[str],
 
 def disc_operating_point(records, thresholds: dict[str, float]) -> dict[str, float | int]:
     """Disc-level sensitivity / specificity: positive = any non-normal class at threshold."""
-    truth, call = _calls(records, thresholds)
+    truth, call = abnormal_calls(records, thresholds)
     tp, fn = int((truth & call).sum()), int((truth & ~call).sum())
     tn, fp = int((~truth & ~call).sum()), int((~truth & call).sum())
     return {"tp": tp, "fn": fn, "tn": tn, "fp": fp,
@@ -129,14 +130,6 @@ def _load(checkpoint: Path, ds: LumbarDataset, ckpt: dict | None = None) -> Load
 def _metrics_dict(m, names: list[str]) -> dict:
     return {"ap50": {n: float(v) for n, v in zip(names, m.ap50)}, "map50": float(m.map50),
             "map50_95": float(m.map50_95)}
-
-
-def _calls(records, thresholds: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Per disc: truly abnormal (not normal), and called abnormal at ``thresholds``."""
-    truth = np.array([bool(r.truth - {"normal"}) for r in records], bool)
-    call = np.array([any(s >= thresholds.get(k, 1.0) for k, s in r.scores.items()
-                         if k != "normal") for r in records], bool)
-    return truth, call
 
 
 def matching_rescorer(own: dict | None, cv_dir: Path, model_name: str, checkpoint: Path
@@ -262,7 +255,7 @@ def disc_level_evidence(fold_images: list, fold_thresholds: list[dict[str, float
     for k, (images, thr) in enumerate(zip(fold_images, fold_thresholds)):
         counts = np.zeros(4, np.int64)
         for patient, recs in images:
-            truth, call = _calls(recs, thr)
+            truth, call = abnormal_calls(recs, thr)
             c = np.array([(truth & call).sum(), truth.sum(), (~truth & ~call).sum(),
                           (~truth).sum()], np.int64)
             per_patient[patient] = per_patient.get(patient, np.zeros(4, np.int64)) + c

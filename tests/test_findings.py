@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from lumbardx.clinical.findings import build_findings, match_discs
-from lumbardx.clinical.thresholds import (DEFAULT_THRESHOLDS, DiscScore, choose_threshold,
-                                          choose_thresholds, disc_scores, load_thresholds,
-                                          save_thresholds)
+from lumbardx.clinical.thresholds import (DEFAULT_THRESHOLDS, DiscScore, abnormal_calls,
+                                          choose_threshold, choose_thresholds, disc_scores,
+                                          load_thresholds, save_thresholds)
 from lumbardx.data.boxes import Box
 from lumbardx.data.errors import InputError
 
@@ -140,6 +140,20 @@ def test_disc_score_records_are_plain() -> None:
     r = DiscScore(frozenset({"normal"}), {"normal": 0.5})
     assert choose_thresholds([r, DiscScore(frozenset(), {})], ["normal"])["normal"].threshold \
         == pytest.approx(0.25)
+
+
+def test_abnormal_calls_at_per_class_thresholds() -> None:
+    records = [DiscScore(frozenset({"normal"}), {"normal": 0.9, "herniation": 0.2}),
+               DiscScore(frozenset({"herniation"}), {"herniation": 0.4}),
+               DiscScore(frozenset({"spondylolisthesis", "herniation"}),
+                         {"spondylolisthesis": 0.3}),
+               DiscScore(frozenset({"normal"}), {"normal": 1.0, "stenosis": 0.99}),
+               DiscScore(frozenset(), {})]
+    truth, call = abnormal_calls(records, {"normal": 0.1, "herniation": 0.4,
+                                           "spondylolisthesis": 0.35})
+    assert truth.tolist() == [False, True, True, False, False]
+    # a normal score never calls; a class without a threshold needs 1.0
+    assert call.tolist() == [False, True, False, False, False]
 
 
 def test_generated_ground_truth_gives_the_true_statuses() -> None:

@@ -146,6 +146,17 @@ def choose_thresholds(records: Sequence[DiscScore], classes: Sequence[str],
     return out
 
 
+def abnormal_calls(records: Sequence[DiscScore], thresholds: Mapping[str, float]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Per disc of ``records``: truly abnormal (its truth has a class other than ``normal``)
+    and called abnormal (a non-normal class scores at least its threshold; a class without
+    one needs 1.0). Two ``bool [N]`` arrays: the disc level of ``MODEL_CARD.md``."""
+    truth = np.array([bool(r.truth - {"normal"}) for r in records], bool)
+    call = np.array([any(s >= thresholds.get(k, 1.0) for k, s in r.scores.items()
+                         if k != "normal") for r in records], bool)
+    return truth, call
+
+
 def thresholds_dict(choices: Mapping[str, ThresholdChoice],
                     defaults: Mapping[str, float] = DEFAULT_THRESHOLDS) -> dict[str, float]:
     """Class -> threshold: the chosen ones, the defaults for the rest."""

@@ -19,13 +19,13 @@ Steps (everything on ``--device``; the training set lives there,
    early instead of the lease.
 4. **Cross-validation** of each model (:func:`lumbardx.engine.crossval.crossval`, the folds of
    ``--folds-csv``, scored on the final weights), evaluation only after the last epoch.
-A model that fails (calibration or cross-validation) is reported and the others go on; the
-summary and Table 1 are rewritten into ``--results`` after every step, so a run stopped at the
-lease's limit still leaves what it finished.
-
 5. **Table 1**: ``table1.{md,json,csv}`` of the three models (and the shipped model's
    cross-validation, ``--compare-with``, on the same folds), and ``table1_gpu.{json,md}``:
    device, versions, calibration, plan, epochs trained per fold, wall time.
+
+A model that fails (calibration or cross-validation) is reported and the others go on; the
+summary and Table 1 are rewritten into ``--results`` after every step, so a run stopped at the
+lease's limit still leaves what it finished.
 
 ``--dry-run`` runs every step at tiny scale on the CPU (a patient-grouped subset of the data,
 128 px, one epoch, two folds at a time): the check that the prepared GPU command works.

@@ -13,12 +13,21 @@ gives each disc its slip probability ``p``. Every slip box of the detector is th
 * ``combined`` (the rule fixed before any fold was scored): ``sqrt(s * p)``, the geometric mean,
   with ``p`` of the disc the box was grouped into (``p = 0`` for a box set aside off the
   spine: diagnosis reports no finding for it);
-* ``mean`` (secondary): ``(s + p) / 2``.
+* ``mean`` (secondary): ``(s + p) / 2``;
+* ``learned`` (issue item 2: slip as geometry; rule fixed before it was scored, needs two or
+  more folds): a logistic regression (ridge 1 on the weights) fitted, for each fold, on the
+  slip boxes of the *other* scored folds (target: IoU >= 0.5 with an annotated slip of the
+  image) with features ``logit(s)``, ``logit(p')``, ``|slip %| / 25`` and ``refused`` (1 when
+  the vertebral-corner estimate, :func:`lumbardx.clinical.severity.estimate_slip`, refuses the
+  disc, its ``|slip %|`` then 0), where ``p'`` and the estimate are those of the disc the box
+  is grouped into with *every* box counted (a box below the detector's threshold keeps its
+  disc here, or re-scoring could not raise it); off the spine ``p' = 0``, refused;
+* ``learned_sp`` (its ablation): the same without the two geometry features.
 
 Reported per fold and as mean with paired differences against ``detector`` on the same folds:
 slip AP@0.5 (COCO 101-point, pycocotools) on the same boxes, and image-level AUC (an image's
-score is its highest slip-box score, 0 without one). Nothing is fitted: the rule has no
-parameter, so no fold chooses anything.
+score is its highest slip-box score, 0 without one). Nothing is fitted for ``combined`` and
+``mean``: they have no parameter. The learned rules are fitted on the other folds only.
 
 **Disc level** (a disc is positive when it is not normal, as ``MODEL_CARD.md`` counts it; the
 rules fixed with the slip rules). The ground-truth discs of every held-out image (study
@@ -26,7 +35,11 @@ classes) are matched (:func:`lumbardx.clinical.findings.match_discs`) to the dis
 predicted box (no threshold, as the release's disc records), the reader reads those predicted
 discs, and each rule gives a disc its herniation and spondylolisthesis scores from the
 detector's best box of the class on the disc (``s``, 0 without one) and the reader's
-probability of that class (``p``; a disc the detector did not find has ``s = p = 0``). Per fold:
+probability of that class (``p``; a disc the detector did not find has ``s = p = 0``); the
+learned rules fit one regression per class on the other folds' found discs (target: the class
+in the disc's truth; herniation from ``logit(s)``, ``logit(p)``; spondylolisthesis with the
+box features above, the estimate on the predicted disc), a disc without a box of the class
+scoring 0 as under every rule. Per fold:
 the AUC of the disc's abnormal score (the larger of the two) and the point of its ROC curve at
 specificity 0.93 (the best sensitivity at a cut chosen on the fold itself: a property of
 the curve, not an operating point); with two or more folds, pooled
@@ -53,11 +66,13 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from scipy.optimize import minimize
 from torchvision.ops import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -65,6 +80,7 @@ from machine_info import cpu_name
 from segment_end_to_end import dataset_with_folds
 
 from lumbardx.clinical.findings import SLIP, SpineFindings, build_findings, match_discs, study_class
+from lumbardx.clinical.severity import estimate_slip
 from lumbardx.clinical.stats import proportion
 from lumbardx.clinical.thresholds import DiscScore, abnormal_calls, choose_thresholds
 from lumbardx.data.boxes import Box
@@ -81,14 +97,64 @@ from lumbardx.stages import detect as detect_stage
 from lumbardx.stages.findings import find
 
 FOLDS = Path(__file__).resolve().parent / "folds" / "yolospine-dev-k5-seed0.csv"
-RULES = ("detector", "combined", "mean")
+FIXED = ("detector", "combined", "mean")
+LEARNED = ("learned_sp", "learned")
+RULES = FIXED + LEARNED
 METRICS = ("ap50", "image_auc", "disc_auc", "disc_sens_at_spec93")
+RIDGE = 1.0  # the learned rules' L2 penalty on the weights (not the intercept)
+SLIP_SCALE = 25.0  # |slip %| per feature unit: one Meyerding grade
 
 
 def combine(s: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
-    """The scores of each rule for detector scores ``s [N]`` and reader probabilities
+    """The scores of each fixed rule for detector scores ``s [N]`` and reader probabilities
     ``p [N]`` (both in [0, 1])."""
     return {"detector": s, "combined": np.sqrt(s * p), "mean": (s + p) / 2}
+
+
+def logit(x: np.ndarray) -> np.ndarray:
+    """``log(x / (1 - x))`` of probabilities clipped to ``[1e-4, 1 - 1e-4]``."""
+    x = np.clip(np.asarray(x, np.float64), 1e-4, 1 - 1e-4)
+    return np.log(x / (1 - x))
+
+
+def slip_features(s: np.ndarray, p: np.ndarray, pct: np.ndarray, geometry: bool = True
+                  ) -> np.ndarray:
+    """Features ``float64 [N, 4]`` of the ``learned`` rule (``[N, 2]`` without ``geometry``,
+    ``learned_sp``): ``logit(s)``, ``logit(p)``, ``|pct| / 25`` (0 when refused) and
+    ``refused`` (``pct`` NaN: the corner estimate was not made)."""
+    cols = [logit(s), logit(p)]
+    if geometry:
+        pct = np.asarray(pct, np.float64)
+        refused = np.isnan(pct)
+        cols += [np.where(refused, 0.0, np.abs(pct) / SLIP_SCALE), refused.astype(np.float64)]
+    return np.stack(cols, axis=1).reshape(-1, len(cols))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, ridge: float = RIDGE) -> np.ndarray:
+    """Weights ``[F + 1]`` (last: intercept) of the logistic regression of ``y [N]`` (bool) on
+    ``x [N, F]`` maximising the likelihood minus ``ridge * |w|^2`` (intercept free); zero
+    weights and the log-odds of the base rate without both classes."""
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, bool).astype(np.float64)
+    n, f = x.shape
+    if n == 0 or y.min() == y.max():
+        rate = float(np.clip(y.mean() if n else 0.5, 1e-4, 1 - 1e-4))
+        return np.r_[np.zeros(f), np.log(rate / (1 - rate))]
+    xa = np.c_[x, np.ones(n)]
+    mask = np.r_[np.ones(f), 0.0]
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        t = xa @ w
+        q = 1.0 / (1.0 + np.exp(-t))
+        nll = float(np.sum(np.logaddexp(0.0, t) - y * t)) + ridge * float((mask * w) @ w)
+        return nll, xa.T @ (q - y) + 2 * ridge * mask * w
+
+    return minimize(loss, np.zeros(f + 1), jac=True, method="L-BFGS-B").x
+
+
+def predict_logistic(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Probabilities ``[N]`` of :func:`fit_logistic`'s weights ``w`` for ``x [N, F]``."""
+    return 1.0 / (1.0 + np.exp(-(np.asarray(x, np.float64) @ w[:-1] + w[-1])))
 
 
 def reader_probs(spine: SpineFindings, reader: Any, planes: np.ndarray, image_id: str,
@@ -104,22 +170,63 @@ def reader_probs(spine: SpineFindings, reader: Any, planes: np.ndarray, image_id
     return torch.sigmoid(logits).double().numpy()
 
 
-def slip_boxes_with_p(boxes: list[Box], image: MedicalImage, m: Any, reader: Any,
-                      planes: np.ndarray, image_id: str, patient: str
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The detector's slip boxes ``[N, 4]``, their scores ``[N]`` and the reader's slip
-    probability of the disc each was grouped into ``[N]`` (0 off the spine)."""
-    spine, _ = find(boxes, image, m)
-    p_disc = np.zeros(len(spine.discs), np.float64)
-    probs = reader_probs(spine, reader, planes, image_id, patient)
-    if len(probs):
-        p_disc = probs[:, LABELS.index("spondylolisthesis")]
+def corner_percent(pixels: np.ndarray, spine: SpineFindings, index: int) -> float:
+    """The vertebral-corner slip estimate (percent, signed) at disc ``index``; NaN when
+    refused."""
+    est = estimate_slip(pixels, spine, index, True)
+    return math.nan if est is None else float(est.percent)
+
+
+@dataclass
+class SlipBoxes:
+    """The detector's slip boxes on one image and what each rule reads of them.
+
+    Attributes:
+        xyxy: ``float32 [N, 4]`` boxes, pixels.
+        s: ``[N]`` detector scores.
+        p: ``[N]`` reader slip probability of the disc the box is grouped into as diagnosis
+            groups (thresholds applied; 0 off the spine or below threshold).
+        p_all: ``[N]`` the same with every box counted (the learned rules).
+        pct: ``[N]`` corner slip estimate (percent) of that disc; NaN refused or off the spine.
+    """
+
+    xyxy: np.ndarray
+    s: np.ndarray
+    p: np.ndarray
+    p_all: np.ndarray
+    pct: np.ndarray
+
+
+def _owned(slips: list[Box], spine: SpineFindings, probs: np.ndarray
+           ) -> tuple[np.ndarray, list[int | None]]:
+    """Per slip box: the slip probability of its disc in ``spine`` (0 without one) and the
+    disc's index."""
     owner = {id(b): j for j, d in enumerate(spine.discs) for b in d.boxes}
+    idx = [owner.get(id(b)) for b in slips]
+    col = LABELS.index("spondylolisthesis")
+    p = np.array([probs[j, col] if j is not None and len(probs) else 0.0 for j in idx],
+                 np.float64)
+    return p, idx
+
+
+def slip_boxes_with_p(boxes: list[Box], image: MedicalImage, m: Any, reader: Any,
+                      planes: np.ndarray, image_id: str, patient: str) -> SlipBoxes:
+    """The detector's slip boxes, their scores and the reader's and the corner estimate's
+    reading of their discs (:class:`SlipBoxes`)."""
     slips = [b for b in boxes if study_class(b.label) == SLIP]
+    spine, _ = find(boxes, image, m)
+    p, _ = _owned(slips, spine, reader_probs(spine, reader, planes, image_id, patient))
+    every = build_findings(boxes, (image.width, image.height), thresholds=None,
+                           classes=list(m.class_names))
+    p_all, idx = _owned(slips, every, reader_probs(every, reader, planes, image_id, patient))
+    cache: dict[int, float] = {}
+    for j in idx:
+        if j is not None and j not in cache:
+            cache[j] = corner_percent(image.pixels, every, j)
+    pct = np.array([cache[j] if j is not None else math.nan for j in idx], np.float64)
     xyxy = np.array([[b.x1, b.y1, b.x2, b.y2] for b in slips], np.float32).reshape(-1, 4)
     s = np.array([float(b.score or 0.0) for b in slips], np.float64)
-    p = np.array([p_disc[owner[id(b)]] if id(b) in owner else 0.0 for b in slips], np.float64)
-    return xyxy, s, p
+    return SlipBoxes(xyxy, s, p, p_all, pct)
 
 
 def truth_slips(truth: np.ndarray, xyxy: np.ndarray, s: np.ndarray, p: np.ndarray
@@ -140,6 +247,15 @@ def truth_slips(truth: np.ndarray, xyxy: np.ndarray, s: np.ndarray, p: np.ndarra
     return out
 
 
+def box_hits(truth: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
+    """``bool [N]``: box ``xyxy[i]`` overlaps an annotated slip ``truth [G, 4]`` at IoU >=
+    0.5 (the learned rules' target)."""
+    if not len(truth) or not len(xyxy):
+        return np.zeros(len(xyxy), bool)
+    iou = box_iou(torch.from_numpy(xyxy).double(), torch.from_numpy(truth).double())
+    return (iou.max(dim=1).values >= 0.5).numpy()
+
+
 def slip_summary(rows: list[dict[str, Any]]) -> dict[str, int]:
     """How the annotated slips fare: boxed by the detector (IoU >= 0.5) or not, and of the
     boxed ones how many the detector (``s >= 0.25``) and the reader (``p >= 0.5``) call."""
@@ -154,25 +270,79 @@ ABNORMAL = ("herniation", "spondylolisthesis")
 SPEC_TARGET = 0.93
 
 
-def disc_records(boxes: list[Box], truth: list[Box], size: tuple[int, int], classes: list[str],
-                 reader: Any, planes: np.ndarray, image_id: str, patient: str
-                 ) -> dict[str, list[DiscScore]]:
-    """Per rule, one :class:`DiscScore` per ground-truth disc (study-class ``truth`` boxes):
-    its true classes and, from the predicted disc matched to it (every box counted), the
-    rule's herniation and spondylolisthesis scores (module docstring)."""
+@dataclass
+class DiscRaw:
+    """One ground-truth disc: its true classes, whether a predicted disc matched it, and per
+    class of :data:`ABNORMAL` the detector's best score ``s [2]`` and the reader's probability
+    ``p [2]`` there (0 unmatched), with the corner slip estimate ``pct`` (NaN: refused, not
+    measured or unmatched)."""
+
+    truth: frozenset[str]
+    found: bool
+    s: np.ndarray
+    p: np.ndarray
+    pct: float
+
+
+def disc_raw(boxes: list[Box], truth: list[Box], pixels: np.ndarray, classes: list[str],
+             reader: Any, planes: np.ndarray, image_id: str, patient: str) -> list[DiscRaw]:
+    """One :class:`DiscRaw` per ground-truth disc (study-class ``truth`` boxes) of the image
+    ``pixels [H, W]``; the corner estimate is measured on matched discs with a slip box."""
+    size = (pixels.shape[1], pixels.shape[0])
     gt = build_findings(truth, size)
     pred = build_findings(boxes, size, thresholds=None, classes=classes)
     probs = reader_probs(pred, reader, planes, image_id, patient)
-    match = match_discs(gt, pred)
-    out: dict[str, list[DiscScore]] = {r: [] for r in RULES}
-    for disc, j in zip(gt.discs, match):
+    out = []
+    for disc, j in zip(gt.discs, match_discs(gt, pred)):
         label = frozenset(f.label for f in disc.findings)
-        det = dict(pred.discs[j].scores) if j is not None else {}
+        if j is None:
+            out.append(DiscRaw(label, False, np.zeros(2), np.zeros(2), math.nan))
+            continue
+        det = dict(pred.discs[j].scores)
         s = np.array([det.get(c, 0.0) for c in ABNORMAL])
-        p = probs[j, [LABELS.index(c) for c in ABNORMAL]] if j is not None else np.zeros(2)
-        for rule, v in combine(s, p).items():
-            out[rule].append(DiscScore(label, dict(zip(ABNORMAL, map(float, v)))))
+        pct = corner_percent(pixels, pred, j) if s[1] > 0 else math.nan
+        out.append(DiscRaw(label, True, s, probs[j, [LABELS.index(c) for c in ABNORMAL]], pct))
     return out
+
+
+def disc_features(raws: list[DiscRaw], c: int, geometry: bool) -> np.ndarray:
+    """The learned rule's features of class ``ABNORMAL[c]`` per disc (``[N, F]``)."""
+    s = np.array([r.s[c] for r in raws])
+    p = np.array([r.p[c] for r in raws])
+    if ABNORMAL[c] == "spondylolisthesis":
+        return slip_features(s, p, np.array([r.pct for r in raws]), geometry)
+    return slip_features(s, p, np.zeros(len(raws)), geometry=False)
+
+
+def fit_disc_rule(raws: list[DiscRaw], geometry: bool) -> list[np.ndarray]:
+    """One regression per class of :data:`ABNORMAL` on the discs with a box of the class
+    (target: the class in the truth)."""
+    out = []
+    for c, name in enumerate(ABNORMAL):
+        use = [r for r in raws if r.found and r.s[c] > 0]
+        out.append(fit_logistic(disc_features(use, c, geometry),
+                                np.array([name in r.truth for r in use], bool)))
+    return out
+
+
+def disc_scores(raws: list[DiscRaw], rule: str, weights: list[np.ndarray] | None = None
+                ) -> list[DiscScore]:
+    """Per disc, the rule's herniation and spondylolisthesis scores; ``weights`` from
+    :func:`fit_disc_rule` for the learned rules (a disc without a box of a class: 0)."""
+    if rule in FIXED:
+        return [DiscScore(r.truth, dict(zip(ABNORMAL, map(float, combine(r.s, r.p)[rule]))))
+                for r in raws]
+    assert weights is not None
+    cols = []
+    for c in range(len(ABNORMAL)):
+        has = np.array([r.s[c] > 0 for r in raws], bool)
+        v = np.zeros(len(raws))
+        if has.any():
+            v[has] = predict_logistic(weights[c], disc_features(
+                [r for r, h in zip(raws, has) if h], c, rule == "learned"))
+        cols.append(v)
+    return [DiscScore(r.truth, {n: float(cols[c][i]) for c, n in enumerate(ABNORMAL)})
+            for i, r in enumerate(raws)]
 
 
 def _abnormal(records: list[DiscScore]) -> tuple[np.ndarray, np.ndarray]:
@@ -196,13 +366,16 @@ def spec_cut(score: np.ndarray, y: np.ndarray, spec: float = SPEC_TARGET) -> flo
     return float(np.nextafter(neg[k - 1], np.inf))
 
 
-def nested_points(fold_records: dict[int, list[DiscScore]]) -> dict[str, Any]:
+def nested_points(fold_records: dict[int, list[DiscScore]],
+                  cut_records: dict[int, list[DiscScore]] | None = None) -> dict[str, Any]:
     """Pooled sensitivity / specificity, each fold at cuts chosen on the other folds: at
     specificity >= :data:`SPEC_TARGET` of the abnormal score, and at the release's per-class
-    F1 thresholds."""
+    F1 thresholds. ``cut_records[k]``: the other folds' discs as fold ``k``'s rule scores them
+    (a learned rule's regression for fold ``k``); default: the other folds' own records."""
     counts = {"spec_target": np.zeros(4, np.int64), "f1": np.zeros(4, np.int64)}
     for k, recs in fold_records.items():
-        others = [r for j, rs in fold_records.items() if j != k for r in rs]
+        others = cut_records[k] if cut_records is not None else \
+            [r for j, rs in fold_records.items() if j != k for r in rs]
         y_o, s_o = _abnormal(others)
         y, s = _abnormal(recs)
         call_t = s >= spec_cut(s_o, y_o)
@@ -218,6 +391,69 @@ def nested_points(fold_records: dict[int, list[DiscScore]]) -> dict[str, Any]:
                     "specificity": spec.estimate, "specificity_ci95": [spec.ci_low, spec.ci_high],
                     "counts": [int(v) for v in c]}
     return out
+
+
+@dataclass
+class FoldData:
+    """Everything read of one held-out fold: per image its ground truth, slip boxes, which of
+    them hit an annotated slip and whether it has one; the ground-truth discs."""
+
+    gts: list[GroundTruth]
+    boxes: list[SlipBoxes]
+    hits: list[np.ndarray]
+    pos: list[bool]
+    discs: list[DiscRaw]
+
+
+def read_fold(k: int, ds: Any, pairs: Any, fold_of: dict[str, int], m: Any, reader: Any,
+              slips: list[dict[str, Any]]) -> FoldData:
+    """Read fold ``k``'s held-out images with its detector ``m`` and reader (module
+    docstring); the annotated slips' trace rows are appended to ``slips``."""
+    data = FoldData([], [], [], [], [])
+    for i, rec in enumerate(ds.records):
+        if fold_of.get(rec.image_id) != k:
+            continue
+        planes = pairs[i].image  # uint8 [2, H, W]: T1, T2 (the slice twice without partner)
+        sample = ds[i]
+        own = sample.image
+        with torch.inference_mode():
+            x, geo = detect_stage.preprocess(m, own, (planes[0], planes[1]))
+            boxes = detect_stage.detect(m, x, geo)
+        h, w = own.shape
+        image = MedicalImage(own.astype(np.float32), own, None, rec.image_path, "png")
+        sb = slip_boxes_with_p(boxes, image, m, reader, planes, rec.image_id, rec.patient)
+        named = [Box(ds.class_names[int(lab)], *map(float, b))
+                 for b, lab in zip(sample.boxes, sample.labels, strict=True)]
+        study = [Box(study_class(b.label), b.x1, b.y1, b.x2, b.y2) for b in named
+                 if study_class(b.label)]  # the detector's class names
+        data.discs += disc_raw(boxes, study, image.pixels, list(m.class_names), reader, planes,
+                               rec.image_id, rec.patient)
+        truth = np.asarray([[b.x1, b.y1, b.x2, b.y2] for b in named
+                            if study_class(b.label) == SLIP], np.float32).reshape(-1, 4)
+        data.gts.append(GroundTruth(rec.image_id, w, h, truth, np.zeros(len(truth), np.int64)))
+        data.boxes.append(sb)
+        data.hits.append(box_hits(truth, sb.xyxy))
+        data.pos.append(len(truth) > 0)
+        slips.extend({"fold": k, "image": rec.image_id, "patient": rec.patient, **t}
+                     for t in truth_slips(truth, sb.xyxy, sb.s, sb.p))
+    return data
+
+
+def box_scores(data: FoldData, rule: str, weights: np.ndarray | None = None
+               ) -> list[np.ndarray]:
+    """Per image, the rule's score of each slip box."""
+    if rule in FIXED:
+        return [combine(b.s, b.p)[rule] for b in data.boxes]
+    assert weights is not None
+    return [predict_logistic(weights, slip_features(b.s, b.p_all, b.pct, rule == "learned"))
+            for b in data.boxes]
+
+
+def fit_box_rule(folds: list[FoldData], geometry: bool) -> np.ndarray:
+    """The learned rule's regression on the slip boxes of ``folds`` (target: a hit)."""
+    x = [slip_features(b.s, b.p_all, b.pct, geometry) for f in folds for b in f.boxes]
+    y = [h for f in folds for h in f.hits]
+    return fit_logistic(np.concatenate(x), np.concatenate(y))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,77 +478,74 @@ def main(argv: list[str] | None = None) -> int:
         print("no fold has both a detector and a reader", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    folds = []
-    fold_discs: dict[str, dict[int, list[DiscScore]]] = {}
     slips: list[dict[str, Any]] = []
+    data: dict[int, FoldData] = {}
     for k in folds_ready:
         m = load_detector(args.detectors / f"fold{k}" / "last.pt", "cpu", backend="torch")
         reader = load_segment_reader(torch.load(args.readers / f"fold{k}" / "segment_reader.pt",
                                                 weights_only=True))
-        gts, dts, img_score, pos = [], {r: [] for r in RULES}, {r: [] for r in RULES}, []
-        discs: dict[str, list[DiscScore]] = {r: [] for r in RULES}
-        for i, rec in enumerate(ds.records):
-            if fold_of.get(rec.image_id) != k:
-                continue
-            planes = pairs[i].image  # uint8 [2, H, W]: T1, T2 (the slice twice without partner)
-            sample = ds[i]
-            own = sample.image
-            with torch.inference_mode():
-                x, geo = detect_stage.preprocess(m, own, (planes[0], planes[1]))
-                boxes = detect_stage.detect(m, x, geo)
-            h, w = own.shape
-            image = MedicalImage(own.astype(np.float32), own, None, rec.image_path, "png")
-            xyxy, s, p = slip_boxes_with_p(boxes, image, m, reader, planes, rec.image_id,
-                                           rec.patient)
-            named = [Box(ds.class_names[int(lab)], *map(float, b))
-                     for b, lab in zip(sample.boxes, sample.labels, strict=True)]
-            study = [Box(study_class(b.label), b.x1, b.y1, b.x2, b.y2) for b in named
-                     if study_class(b.label)]  # the detector's class names
-            for rule, recs in disc_records(boxes, study, (w, h), list(m.class_names), reader,
-                                           planes, rec.image_id, rec.patient).items():
-                discs[rule].extend(recs)
-            truth = np.asarray([[b.x1, b.y1, b.x2, b.y2] for b in named
-                                if study_class(b.label) == SLIP], np.float32).reshape(-1, 4)
-            gts.append(GroundTruth(rec.image_id, w, h, truth, np.zeros(len(truth), np.int64)))
-            pos.append(len(truth) > 0)
-            slips.extend({"fold": k, "image": rec.image_id, "patient": rec.patient, **t}
-                         for t in truth_slips(truth, xyxy, s, p))
-            for rule, score in combine(s, p).items():
-                dts[rule].append(Prediction(xyxy, score.astype(np.float32),
-                                            np.zeros(len(score), np.int64)))
-                img_score[rule].append(float(score.max()) if len(score) else 0.0)
-        row: dict[str, Any] = {"fold": k, "images": len(gts), "images_with_slip": int(sum(pos)),
-                               "discs": len(discs["detector"]),
-                               "discs_abnormal": int(_abnormal(discs["detector"])[0].sum())}
-        for rule in RULES:
-            ev = coco_evaluate(gts, dts[rule], ["spondylolisthesis"])
+        data[k] = read_fold(k, ds, pairs, fold_of, m, reader, slips)
+        print(f"fold {k}: read ({time.perf_counter() - t0:.0f} s)", flush=True)
+    rules = RULES if len(data) > 1 else FIXED
+    folds = []
+    fold_discs: dict[str, dict[int, list[DiscScore]]] = {r: {} for r in rules}
+    cut_discs: dict[str, dict[int, list[DiscScore]]] = {r: {} for r in LEARNED}
+    fitted: dict[str, dict[int, Any]] = {r: {} for r in LEARNED}
+    for k, d in data.items():
+        others = [o for j, o in data.items() if j != k]
+        row: dict[str, Any] = {"fold": k, "images": len(d.gts), "images_with_slip": int(sum(d.pos)),
+                               "slip_boxes": int(sum(len(b.s) for b in d.boxes)),
+                               "slip_boxes_hit": int(sum(h.sum() for h in d.hits)),
+                               "discs": len(d.discs),
+                               "discs_abnormal": int(sum(bool(r.truth - {"normal"})
+                                                         for r in d.discs))}
+        for rule in rules:
+            w_box = w_disc = None
+            if rule in LEARNED:
+                geometry = rule == "learned"
+                w_box = fit_box_rule(others, geometry)
+                w_disc = fit_disc_rule([r for o in others for r in o.discs], geometry)
+                cut_discs[rule][k] = disc_scores([r for o in others for r in o.discs], rule,
+                                                 w_disc)
+                fitted[rule][k] = {"boxes": w_box.round(4).tolist(),
+                                   "discs": [w.round(4).tolist() for w in w_disc]}
+            scores = box_scores(d, rule, w_box)
+            dts = [Prediction(b.xyxy, sc.astype(np.float32), np.zeros(len(sc), np.int64))
+                   for b, sc in zip(d.boxes, scores)]
+            ev = coco_evaluate(d.gts, dts, ["spondylolisthesis"])
             row[f"ap50_{rule}"] = float(ev.ap50[0])
-            row[f"image_auc_{rule}"] = auc(np.array(img_score[rule]), np.array(pos))
-            y, score = _abnormal(discs[rule])
+            row[f"image_auc_{rule}"] = auc(np.array([float(sc.max()) if len(sc) else 0.0
+                                                     for sc in scores]), np.array(d.pos))
+            fold_discs[rule][k] = disc_scores(d.discs, rule, w_disc)
+            y, score = _abnormal(fold_discs[rule][k])
             row[f"disc_auc_{rule}"] = auc(score, y)
             row[f"disc_sens_at_spec93_{rule}"] = sensitivity_at_specificity(score, y,
                                                                             SPEC_TARGET)
-            fold_discs.setdefault(rule, {})[k] = discs[rule]
         folds.append(row)
-        print(f"fold {k}: slip AP detector {100 * row['ap50_detector']:.1f}, combined "
-              f"{100 * row['ap50_combined']:.1f}, mean {100 * row['ap50_mean']:.1f}; image AUC "
-              f"{row['image_auc_detector']:.3f} / {row['image_auc_combined']:.3f} / "
-              f"{row['image_auc_mean']:.3f}; disc AUC {row['disc_auc_detector']:.3f} / "
-              f"{row['disc_auc_combined']:.3f} / {row['disc_auc_mean']:.3f}", flush=True)
+        print(f"fold {k}: slip AP " + ", ".join(f"{r} {100 * row[f'ap50_{r}']:.1f}"
+                                                 for r in rules)
+              + "; image AUC " + " / ".join(f"{row[f'image_auc_{r}']:.3f}" for r in rules)
+              + "; disc AUC " + " / ".join(f"{row[f'disc_auc_{r}']:.3f}" for r in rules),
+              flush=True)
     result: dict[str, Any] = {
         "detectors": str(args.detectors), "readers": str(args.readers),
-        "folds_scored": folds_ready, "rules": {"combined": "sqrt(s * p)", "mean": "(s + p) / 2",
-                                                "detector": "s"},
+        "folds_scored": folds_ready,
+        "rules": {"detector": "s", "combined": "sqrt(s * p)", "mean": "(s + p) / 2",
+                  "learned_sp": "logistic(logit s, logit p'), fitted on the other folds",
+                  "learned": "logistic(logit s, logit p', |corner slip %| / 25, refused), "
+                             f"fitted on the other folds; ridge {RIDGE}"},
         "folds": folds,
         "mean": {f"{m}_{r}": fold_stat([f[f"{m}_{r}"] for f in folds]).__dict__
-                 for m in METRICS for r in RULES},
+                 for m in METRICS for r in rules},
         "slips": slip_summary(slips),
-        "disc_level": ({r: nested_points(fold_discs[r]) for r in RULES} if len(folds) > 1
+        "disc_level": ({r: nested_points(fold_discs[r], cut_discs.get(r)) for r in rules}
+                       if len(folds) > 1
                        else "needs two or more folds (cuts chosen on the other folds)"),
+        "learned_weights": fitted if len(folds) > 1 else None,
         "paired_vs_detector": {}, "wall_s": round(time.perf_counter() - t0, 1),
         "machine": {"cpu": cpu_name()}}
     for metric in METRICS:
-        for rule in ("combined", "mean"):
+        for rule in rules[1:]:
             diffs = [f[f"{metric}_{rule}"] - f[f"{metric}_detector"] for f in folds]
             result["paired_vs_detector"][f"{metric}_{rule}"] = {
                 **fold_stat(diffs).__dict__, "wins": sum(d > 0 for d in diffs),

@@ -30,11 +30,12 @@ def test_slip_boxes_take_the_probability_of_their_disc(monkeypatch: pytest.Monke
     boxes = [Box("normal", 150, y, 210, y + 14, score=0.9) for y in range(60, 300, 40)]
     slip = Box("spondylolisthesis", 148, 178, 212, 196, score=0.4)  # on the 4th disc
     away = Box("spondylolisthesis", 330, 20, 370, 34, score=0.7)  # far from the spine
-    seen = {}
+    weak = Box("spondylolisthesis", 149, 99, 211, 115, score=0.1)  # 2nd disc, below threshold
+    seen = []
 
     def fake_predict(reader, items):  # noqa: ANN001, ANN202 - the reader's logits per disc
         n = items[0].frames.shape[0]
-        seen["discs"] = n
+        seen.append(n)
         logits = torch.full((n, len(LABELS)), -4.0)
         logits[:, LABELS.index("spondylolisthesis")] = torch.arange(n, dtype=torch.float32) - 3
         return [(logits, None)]
@@ -44,13 +45,42 @@ def test_slip_boxes_take_the_probability_of_their_disc(monkeypatch: pytest.Monke
     image = MedicalImage(display.astype(np.float32), display, None, "x.png", "png")
     m = SimpleNamespace(thresholds={n: 0.25 for n in NAMES}, class_names=NAMES, chosen=NAMES)
     planes = np.stack([display, display])
-    xyxy, s, p = bench.slip_boxes_with_p([*boxes, slip, away], image, m, None, planes, "x",
-                                         "p0")
-    assert seen["discs"] == 6
-    assert xyxy.tolist() == [[148, 178, 212, 196], [330, 20, 370, 34]]
-    np.testing.assert_allclose(s, [0.4, 0.7])
-    assert p[0] == pytest.approx(1 / (1 + np.exp(-(3 - 3))))  # disc 4 of 6: logit 0
-    assert p[1] == 0.0  # set aside off the spine: no disc, no finding
+    sb = bench.slip_boxes_with_p([*boxes, slip, away, weak], image, m, None, planes, "x", "p0")
+    assert seen == [6, 6]  # as diagnosis groups them, then with every box counted
+    assert sb.xyxy.tolist() == [[148, 178, 212, 196], [330, 20, 370, 34], [149, 99, 211, 115]]
+    np.testing.assert_allclose(sb.s, [0.4, 0.7, 0.1])
+    assert sb.p[0] == pytest.approx(1 / (1 + np.exp(-(3 - 3))))  # disc 4 of 6: logit 0
+    assert sb.p[1] == 0.0  # set aside off the spine: no disc, no finding
+    assert sb.p[2] == 0.0  # below the threshold: diagnosis drops it
+    np.testing.assert_allclose(sb.p_all, [0.5, 0.0, 1 / (1 + np.exp(2))])  # disc 2: logit -2
+    assert np.isnan(sb.pct).all()  # a blank image: no vertebral body, the estimate refuses
+
+
+def test_logistic_fit_recovers_known_weights() -> None:
+    bench = load_bench("segment_combined")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 2))
+    y = rng.random(4000) < 1 / (1 + np.exp(-(1.5 * x[:, 0] - 1.0 * x[:, 1] - 0.5)))
+    w = bench.fit_logistic(x, y, ridge=0.0)
+    np.testing.assert_allclose(w, [1.5, -1.0, -0.5], atol=0.15)
+    assert bench.predict_logistic(w, np.zeros((1, 2)))[0] == pytest.approx(
+        1 / (1 + np.exp(-w[-1])))
+    shrunk = bench.fit_logistic(x, y, ridge=1e4)
+    assert np.abs(shrunk[:2]).max() < 0.1 * np.abs(w[:2]).max()  # the ridge spares the intercept
+    one = bench.fit_logistic(x[:10], np.ones(10, bool))  # one class: its base rate, no slope
+    assert one[:2].tolist() == [0.0, 0.0] and one[-1] > 5
+
+
+def test_slip_features_and_box_hits() -> None:
+    bench = load_bench("segment_combined")
+    x = bench.slip_features(np.array([0.5, 0.9]), np.array([0.0, 0.5]), np.array([-50.0, np.nan]))
+    np.testing.assert_allclose(x, [[0.0, np.log(1e-4 / (1 - 1e-4)), 2.0, 0.0],
+                                   [np.log(9.0), 0.0, 0.0, 1.0]])
+    assert bench.slip_features(np.ones(3) / 2, np.ones(3) / 2, np.zeros(3), False).shape == (3, 2)
+    truth = np.array([[10, 10, 50, 50]], np.float32)
+    xyxy = np.array([[12, 10, 50, 50], [30, 10, 70, 50], [0, 0, 5, 5]], np.float32)
+    assert bench.box_hits(truth, xyxy).tolist() == [True, False, False]
+    assert bench.box_hits(np.zeros((0, 4), np.float32), xyxy).tolist() == [False] * 3
 
 
 def test_spec_cut_allows_the_target_share_of_false_calls() -> None:
@@ -80,8 +110,11 @@ def test_disc_records_and_nested_points(monkeypatch: pytest.MonkeyPatch) -> None
 
     monkeypatch.setattr(bench, "predict_items", fake_predict)
     planes = np.zeros((2, 384, 384), np.uint8)
-    recs = bench.disc_records(found, truth, (384, 384), NAMES, None, planes, "x", "p0")
-    assert [len(v) for v in recs.values()] == [6, 6, 6]
+    raws = bench.disc_raw(found, truth, np.zeros((384, 384), np.float32), NAMES, None, planes,
+                          "x", "p0")
+    assert [r.found for r in raws] == [True] * 5 + [False]
+    assert np.isnan(raws[3].pct) and np.isnan(raws[0].pct)  # refused / no slip box: NaN
+    recs = {rule: bench.disc_scores(raws, rule) for rule in bench.FIXED}
     det, comb, mean = recs["detector"], recs["combined"], recs["mean"]
     assert det[3].truth == frozenset({"herniation"})
     assert det[3].scores == pytest.approx({"herniation": 0.8, "spondylolisthesis": 0.3})
@@ -91,10 +124,26 @@ def test_disc_records_and_nested_points(monkeypatch: pytest.MonkeyPatch) -> None
     assert det[5].scores == {"herniation": 0.0, "spondylolisthesis": 0.0}  # not found
     assert mean[0].scores == pytest.approx({"herniation": 0.0, "spondylolisthesis": 0.0}, abs=1e-9)
 
+    # the learned rules: a regression per class, 0 for a disc without a box of the class
+    w = [np.array([2.0, 0.0, 0.0]), np.array([1.0, 1.0, 1.0, -1.0, 0.0])]
+    learned = bench.disc_scores(raws, "learned", w)
+    assert learned[3].scores["herniation"] == pytest.approx(1 / (1 + np.exp(-2 * np.log(4))))
+    slip_x = 1.0 * np.log(0.3 / 0.7) + 1.0 * np.log(1e-4 / (1 - 1e-4)) - 1.0  # refused
+    assert learned[3].scores["spondylolisthesis"] == pytest.approx(1 / (1 + np.exp(-slip_x)))
+    assert learned[1].scores["spondylolisthesis"] == 0.0 and learned[5].scores == \
+        {"herniation": 0.0, "spondylolisthesis": 0.0}
+    fits = bench.fit_disc_rule(raws * 3, geometry=True)
+    assert [len(v) for v in fits] == [3, 5]
+
     # two folds, each measured at the cuts of the other
     pts = bench.nested_points({0: det, 1: mean})
     assert pts["spec_target"]["counts"] == [2, 2, 10, 10]
     assert pts["f1"]["counts"][1::2] == [2, 10]
+    # a learned rule's cuts come from the other folds as its own fold's regression scores them
+    never = [bench.DiscScore(r.truth, {"herniation": 2.0, "spondylolisthesis": 2.0})
+             for r in det]
+    assert bench.nested_points({0: det, 1: det}, {0: never, 1: never})["spec_target"][
+        "counts"][0] == 0
 
 
 def test_each_annotated_slip_is_traced_to_the_box_that_overlaps_it_most() -> None:

@@ -22,7 +22,12 @@ gives each disc its slip probability ``p``. Every slip box of the detector is th
   disc, its ``|slip %|`` then 0), where ``p'`` and the estimate are those of the disc the box
   is grouped into with *every* box counted (a box below the detector's threshold keeps its
   disc here, or re-scoring could not raise it); off the spine ``p' = 0``, refused;
-* ``learned_sp`` (its ablation): the same without the two geometry features.
+* ``learned_sp`` (its ablation): the same without the two geometry features;
+* ``stacked`` (disc level only; defined after ``learned`` was scored on folds 0 and 1, where
+  the joint regression raised the disc AUC, so confirmatory on the folds scored after them):
+  per class, a logistic regression on every found disc with the logits of the detector's
+  normal, herniation and spondylolisthesis scores there and of the reader's normal,
+  herniation, spondylolisthesis, stenosis and degeneration probabilities.
 
 Reported per fold and as mean with paired differences against ``detector`` on the same folds:
 slip AP@0.5 (COCO 101-point, pycocotools) on the same boxes, and image-level AUC (an image's
@@ -66,7 +71,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +103,10 @@ from lumbardx.stages.findings import find
 
 FOLDS = Path(__file__).resolve().parent / "folds" / "yolospine-dev-k5-seed0.csv"
 FIXED = ("detector", "combined", "mean")
-LEARNED = ("learned_sp", "learned")
+LEARNED = ("learned_sp", "learned", "stacked")
 RULES = FIXED + LEARNED
+BOX_RULES = RULES[:-1]  # ``stacked`` reads discs only
+STACK_READER = ("normal", "herniation", "spondylolisthesis", "stenosis", "degeneration")
 METRICS = ("ap50", "image_auc", "disc_auc", "disc_sens_at_spec93")
 RIDGE = 1.0  # the learned rules' L2 penalty on the weights (not the intercept)
 SLIP_SCALE = 25.0  # |slip %| per feature unit: one Meyerding grade
@@ -275,13 +282,16 @@ class DiscRaw:
     """One ground-truth disc: its true classes, whether a predicted disc matched it, and per
     class of :data:`ABNORMAL` the detector's best score ``s [2]`` and the reader's probability
     ``p [2]`` there (0 unmatched), with the corner slip estimate ``pct`` (NaN: refused, not
-    measured or unmatched)."""
+    measured or unmatched) and what ``stacked`` reads: the detector's normal score
+    ``s_normal`` and the reader's probabilities ``reader [5]`` (:data:`STACK_READER`)."""
 
     truth: frozenset[str]
     found: bool
     s: np.ndarray
     p: np.ndarray
     pct: float
+    s_normal: float = 0.0
+    reader: np.ndarray = field(default_factory=lambda: np.zeros(len(STACK_READER)))
 
 
 def disc_raw(boxes: list[Box], truth: list[Box], pixels: np.ndarray, classes: list[str],
@@ -301,8 +311,17 @@ def disc_raw(boxes: list[Box], truth: list[Box], pixels: np.ndarray, classes: li
         det = dict(pred.discs[j].scores)
         s = np.array([det.get(c, 0.0) for c in ABNORMAL])
         pct = corner_percent(pixels, pred, j) if s[1] > 0 else math.nan
-        out.append(DiscRaw(label, True, s, probs[j, [LABELS.index(c) for c in ABNORMAL]], pct))
+        out.append(DiscRaw(label, True, s, probs[j, [LABELS.index(c) for c in ABNORMAL]], pct,
+                           float(det.get("normal", 0.0)),
+                           probs[j, [LABELS.index(c) for c in STACK_READER]]))
     return out
+
+
+def stack_features(raws: list[DiscRaw]) -> np.ndarray:
+    """``stacked``'s features per disc (``[N, 8]``, logits): the detector's normal,
+    herniation and spondylolisthesis scores, the reader's :data:`STACK_READER`."""
+    return np.array([[*logit(np.r_[r.s_normal, r.s]), *logit(r.reader)] for r in raws],
+                    np.float64).reshape(-1, 3 + len(STACK_READER))
 
 
 def disc_features(raws: list[DiscRaw], c: int, geometry: bool) -> np.ndarray:
@@ -314,9 +333,15 @@ def disc_features(raws: list[DiscRaw], c: int, geometry: bool) -> np.ndarray:
     return slip_features(s, p, np.zeros(len(raws)), geometry=False)
 
 
-def fit_disc_rule(raws: list[DiscRaw], geometry: bool) -> list[np.ndarray]:
-    """One regression per class of :data:`ABNORMAL` on the discs with a box of the class
-    (target: the class in the truth)."""
+def fit_disc_rule(raws: list[DiscRaw], rule: str) -> list[np.ndarray]:
+    """One regression per class of :data:`ABNORMAL` (target: the class in the truth) on the
+    discs with a box of the class (``learned``, ``learned_sp``) or every found disc
+    (``stacked``)."""
+    if rule == "stacked":
+        found = [r for r in raws if r.found]
+        return [fit_logistic(stack_features(found), np.array([n in r.truth for r in found]))
+                for n in ABNORMAL]
+    geometry = rule == "learned"
     out = []
     for c, name in enumerate(ABNORMAL):
         use = [r for r in raws if r.found and r.s[c] > 0]
@@ -328,11 +353,20 @@ def fit_disc_rule(raws: list[DiscRaw], geometry: bool) -> list[np.ndarray]:
 def disc_scores(raws: list[DiscRaw], rule: str, weights: list[np.ndarray] | None = None
                 ) -> list[DiscScore]:
     """Per disc, the rule's herniation and spondylolisthesis scores; ``weights`` from
-    :func:`fit_disc_rule` for the learned rules (a disc without a box of a class: 0)."""
+    :func:`fit_disc_rule` for the learned rules (a disc without a box of a class, or for
+    ``stacked`` a disc not found: 0)."""
     if rule in FIXED:
         return [DiscScore(r.truth, dict(zip(ABNORMAL, map(float, combine(r.s, r.p)[rule]))))
                 for r in raws]
     assert weights is not None
+    if rule == "stacked":
+        found = np.array([r.found for r in raws], bool)
+        x = stack_features([r for r in raws if r.found])
+        cols = [np.zeros(len(raws)) for _ in ABNORMAL]
+        for c, w in enumerate(weights):
+            cols[c][found] = predict_logistic(w, x) if len(x) else 0.0
+        return [DiscScore(r.truth, {n: float(cols[c][i]) for c, n in enumerate(ABNORMAL)})
+                for i, r in enumerate(raws)]
     cols = []
     for c in range(len(ABNORMAL)):
         has = np.array([r.s[c] > 0 for r in raws], bool)
@@ -487,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         data[k] = read_fold(k, ds, pairs, fold_of, m, reader, slips)
         print(f"fold {k}: read ({time.perf_counter() - t0:.0f} s)", flush=True)
     rules = RULES if len(data) > 1 else FIXED
+    box_rules = [r for r in rules if r in BOX_RULES]
     folds = []
     fold_discs: dict[str, dict[int, list[DiscScore]]] = {r: {} for r in rules}
     cut_discs: dict[str, dict[int, list[DiscScore]]] = {r: {} for r in LEARNED}
@@ -502,20 +537,21 @@ def main(argv: list[str] | None = None) -> int:
         for rule in rules:
             w_box = w_disc = None
             if rule in LEARNED:
-                geometry = rule == "learned"
-                w_box = fit_box_rule(others, geometry)
-                w_disc = fit_disc_rule([r for o in others for r in o.discs], geometry)
-                cut_discs[rule][k] = disc_scores([r for o in others for r in o.discs], rule,
-                                                 w_disc)
-                fitted[rule][k] = {"boxes": w_box.round(4).tolist(),
-                                   "discs": [w.round(4).tolist() for w in w_disc]}
-            scores = box_scores(d, rule, w_box)
-            dts = [Prediction(b.xyxy, sc.astype(np.float32), np.zeros(len(sc), np.int64))
-                   for b, sc in zip(d.boxes, scores)]
-            ev = coco_evaluate(d.gts, dts, ["spondylolisthesis"])
-            row[f"ap50_{rule}"] = float(ev.ap50[0])
-            row[f"image_auc_{rule}"] = auc(np.array([float(sc.max()) if len(sc) else 0.0
-                                                     for sc in scores]), np.array(d.pos))
+                other_discs = [r for o in others for r in o.discs]
+                w_disc = fit_disc_rule(other_discs, rule)
+                cut_discs[rule][k] = disc_scores(other_discs, rule, w_disc)
+                fitted[rule][k] = {"discs": [w.round(4).tolist() for w in w_disc]}
+                if rule in BOX_RULES:
+                    w_box = fit_box_rule(others, rule == "learned")
+                    fitted[rule][k]["boxes"] = w_box.round(4).tolist()
+            if rule in BOX_RULES:
+                scores = box_scores(d, rule, w_box)
+                dts = [Prediction(b.xyxy, sc.astype(np.float32), np.zeros(len(sc), np.int64))
+                       for b, sc in zip(d.boxes, scores)]
+                ev = coco_evaluate(d.gts, dts, ["spondylolisthesis"])
+                row[f"ap50_{rule}"] = float(ev.ap50[0])
+                row[f"image_auc_{rule}"] = auc(np.array([float(sc.max()) if len(sc) else 0.0
+                                                         for sc in scores]), np.array(d.pos))
             fold_discs[rule][k] = disc_scores(d.discs, rule, w_disc)
             y, score = _abnormal(fold_discs[rule][k])
             row[f"disc_auc_{rule}"] = auc(score, y)
@@ -523,8 +559,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                             SPEC_TARGET)
         folds.append(row)
         print(f"fold {k}: slip AP " + ", ".join(f"{r} {100 * row[f'ap50_{r}']:.1f}"
-                                                 for r in rules)
-              + "; image AUC " + " / ".join(f"{row[f'image_auc_{r}']:.3f}" for r in rules)
+                                                 for r in box_rules)
+              + "; image AUC " + " / ".join(f"{row[f'image_auc_{r}']:.3f}" for r in box_rules)
               + "; disc AUC " + " / ".join(f"{row[f'disc_auc_{r}']:.3f}" for r in rules),
               flush=True)
     result: dict[str, Any] = {
@@ -533,10 +569,13 @@ def main(argv: list[str] | None = None) -> int:
         "rules": {"detector": "s", "combined": "sqrt(s * p)", "mean": "(s + p) / 2",
                   "learned_sp": "logistic(logit s, logit p'), fitted on the other folds",
                   "learned": "logistic(logit s, logit p', |corner slip %| / 25, refused), "
-                             f"fitted on the other folds; ridge {RIDGE}"},
+                             f"fitted on the other folds; ridge {RIDGE}",
+                  "stacked": "per class, logistic(logits of the detector's normal, herniation "
+                             "and spondylolisthesis scores and the reader's five "
+                             "probabilities), discs only, fitted on the other folds"},
         "folds": folds,
         "mean": {f"{m}_{r}": fold_stat([f[f"{m}_{r}"] for f in folds]).__dict__
-                 for m in METRICS for r in rules},
+                 for m in METRICS for r in rules if f"{m}_{r}" in folds[0]},
         "slips": slip_summary(slips),
         "disc_level": ({r: nested_points(fold_discs[r], cut_discs.get(r)) for r in rules}
                        if len(folds) > 1
@@ -546,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpu": cpu_name()}}
     for metric in METRICS:
         for rule in rules[1:]:
+            if f"{metric}_{rule}" not in folds[0]:
+                continue
             diffs = [f[f"{metric}_{rule}"] - f[f"{metric}_detector"] for f in folds]
             result["paired_vs_detector"][f"{metric}_{rule}"] = {
                 **fold_stat(diffs).__dict__, "wins": sum(d > 0 for d in diffs),

@@ -132,8 +132,17 @@ def test_disc_records_and_nested_points(monkeypatch: pytest.MonkeyPatch) -> None
     assert learned[3].scores["spondylolisthesis"] == pytest.approx(1 / (1 + np.exp(-slip_x)))
     assert learned[1].scores["spondylolisthesis"] == 0.0 and learned[5].scores == \
         {"herniation": 0.0, "spondylolisthesis": 0.0}
-    fits = bench.fit_disc_rule(raws * 3, geometry=True)
+    fits = bench.fit_disc_rule(raws * 3, "learned")
     assert [len(v) for v in fits] == [3, 5]
+    # stacked: every found disc, the detector's three scores and the reader's five
+    assert raws[3].s_normal == 0.0 and raws[0].s_normal == 0.8
+    np.testing.assert_allclose(raws[3].reader, [0, 1, 0, 0, 0], atol=1e-6)
+    stack = bench.fit_disc_rule(raws * 3, "stacked")
+    assert [len(v) for v in stack] == [9, 9]
+    stacked = bench.disc_scores(raws, "stacked", stack)
+    assert stacked[5].scores == {"herniation": 0.0, "spondylolisthesis": 0.0}  # not found
+    h = [r.scores["herniation"] for r in stacked[:5]]
+    assert h[3] > 0.5 > max(h[:3] + h[4:])  # the one herniated disc stands out
 
     # two folds, each measured at the cuts of the other
     pts = bench.nested_points({0: det, 1: mean})

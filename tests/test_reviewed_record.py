@@ -203,3 +203,71 @@ def test_a_new_analysis_waits_for_a_reader_action_on_the_review(app, cases) -> N
     assert not worker.is_alive()
     assert (folder / "review.json").stat().st_mtime_ns != review_before
     assert client.get(f"/api/studies/{key}/review").json()["state"] != "complete"
+
+
+def test_corrections_after_completion_reuse_the_model_reading(app, cases,  # noqa: ANN001, F811
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """A correction to a completed review rewrites the record from the model's reading kept
+    in memory: the study is diagnosed once, whatever the reader does after."""
+    analyser = app.state.ctx.analyser
+    calls = []
+    original = analyser.diagnoser.diagnose
+    monkeypatch.setattr(analyser.diagnoser, "diagnose",
+                        lambda *a, **k: calls.append(a) or original(*a, **k))
+    client, csrf = signed_in(app)
+    series = sorted(cases["series"].iterdir())[-2:]  # a study the other tests do not upload
+    key = upload(client, csrf, series, "application/dicom").json()["study"]["study_key"]
+    assert len(calls) == 1
+    base = f"/api/studies/{key}/review"
+    boxes = client.get(base).json()["boxes"]
+    assert client.post(f"{base}/complete", headers=csrf,
+                       json={"accept_pending": True}).status_code == 200
+    assert client.post(f"{base}/boxes/{boxes[0]['id']}/reject", headers=csrf).status_code == 200
+    r = client.post(f"{base}/boxes", headers=csrf, json={"label": "herniation",
+                                                         "box": boxes[0]["box"]})
+    assert r.status_code == 201
+    assert len(calls) == 1  # completion and two corrections: no new diagnosis
+    report = client.get(f"/api/studies/{key}/report.html").text
+    assert "added by the reader" in report and "rejected" in report  # the latest review
+
+    analyser._readings.clear()  # e.g. after a restart: read again, once
+    client.post(f"{base}/boxes/{boxes[1]['id']}/reject", headers=csrf)
+    client.post(f"{base}/boxes/{boxes[2]['id']}/reject", headers=csrf)
+    assert len(calls) == 2
+
+
+def test_queued_rewrites_of_one_study_are_folded(tmp_path, diagnoser) -> None:  # noqa: ANN001, F811
+    """Corrections while a rewrite of the same study waits in the queue add no rewrite; one
+    after it has started queues a new one."""
+    import threading
+
+    from lumbardx.app.analysis import Analyser
+    from lumbardx.app.studies import StudyStore
+
+    settings = AppSettings(data_dir=tmp_path, analyse_in_background=True)
+    analyser = Analyser(settings, StudyStore(tmp_path), diagnoser)
+    written, started, release = [], threading.Event(), threading.Event()
+
+    def fake_write(key: str) -> None:
+        started.set()
+        release.wait(30)
+        written.append(key)
+
+    analyser.write_reviewed = fake_write  # type: ignore[method-assign]
+    gate = threading.Event()
+    analyser._pool.submit(gate.wait, 30)  # the worker is busy with another study
+    first = analyser.submit_reviewed("a")
+    assert first is not None
+    assert analyser.submit_reviewed("a") is None and analyser.submit_reviewed("a") is None
+    other = analyser.submit_reviewed("b")
+    assert other is not None
+    gate.set()
+    assert started.wait(30)  # "a" is being written: a new correction needs a new rewrite
+    again = analyser.submit_reviewed("a")
+    assert again is not None
+    release.set()
+    for f in (first, other, again):
+        f.result(timeout=30)
+    assert written == ["a", "b", "a"]
+    analyser.shutdown()

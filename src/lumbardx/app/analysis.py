@@ -8,12 +8,18 @@ the worklist row (``new`` -> ``analysed`` or ``failed``). When a reader complete
 reviewed (the model's ``findings.json`` kept as ``model_findings.json``); a study analysed
 again after its review keeps the reviewed record. Background work runs on one worker thread so
 that studies queue instead of competing for the CPU.
+
+The model's reading of the last :data:`READINGS_KEPT` studies is kept in memory, so that a
+reader's corrections after completing a review rewrite the outputs without diagnosing the study
+again; corrections made while a rewrite of the same study is still queued are folded into it
+(the rewrite reads ``review.json`` when it starts).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +33,8 @@ from lumbardx.app.studies import StudyStore
 from lumbardx.data.errors import InputError
 
 log = logging.getLogger(__name__)
+
+READINGS_KEPT = 8  # studies whose model reading stays in memory (a few MB each)
 
 
 def source_label(meta: dict[str, Any], header: Any = None) -> str:
@@ -75,6 +83,9 @@ class Analyser:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lumbardx-analyse")
         self.on_done = on_done
+        self._readings: OrderedDict[str, Any] = OrderedDict()  # key -> the model's Study
+        self._queued: set[str] = set()  # keys with a reviewed rewrite queued, not started
+        self._queue_lock = threading.Lock()
 
     @property
     def diagnoser(self) -> Any:
@@ -130,22 +141,35 @@ class Analyser:
         return meta
 
     def _diagnose(self, key: str, meta: dict[str, Any]) -> Any:
-        """Diagnose the stored input of ``key`` (the model's reading; caller holds the lock)."""
+        """Diagnose the stored input of ``key`` (the model's reading, kept for
+        :meth:`write_reviewed`; caller holds the lock)."""
+        self._readings.pop(key, None)
         study = self.diagnoser.diagnose(self.studies.folder(key) / meta["input"])
         if study.study_key != key:
             raise InputError(None, "the stored files no longer give the analysed slice "
                                    f"(key {study.study_key} instead of {key})")
         study.source_label = source_label(meta, study.image.header)
+        self._readings[key] = study
+        while len(self._readings) > READINGS_KEPT:
+            self._readings.popitem(last=False)
         return study
 
     def submit_reviewed(self, key: str) -> Future[None] | None:
-        """Rewrite ``key``'s outputs from its complete review, now or in the background."""
+        """Rewrite ``key``'s outputs from its complete review, now or in the background; in
+        the background, nothing is queued (``None``) while a rewrite of ``key`` that has not
+        started yet is queued: it will read the review as it stands then."""
         if self.settings.analyse_in_background:
+            with self._queue_lock:
+                if key in self._queued:
+                    return None
+                self._queued.add(key)
             return self._pool.submit(self._write_reviewed_logged, key)
         self.write_reviewed(key)
         return None
 
     def _write_reviewed_logged(self, key: str) -> None:
+        with self._queue_lock:  # from here on, a new correction needs a new rewrite
+            self._queued.discard(key)
         try:
             self.write_reviewed(key)
         except Exception:  # noqa: BLE001 - a background job must say why it failed
@@ -169,7 +193,11 @@ class Analyser:
         record = ReviewRecord.from_json(read_json(folder / "review.json"))
         with self._lock:
             if diagnosed is None:
-                diagnosed = self._diagnose(key, self.studies.meta(key))
+                diagnosed = self._readings.get(key)
+                if diagnosed is None:
+                    diagnosed = self._diagnose(key, self.studies.meta(key))
+                else:
+                    self._readings.move_to_end(key)
             study = reviewed_study(diagnosed, record)
             current = folder / "findings.json"
             if current.exists() and read_json(current).get("review") is None:

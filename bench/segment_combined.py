@@ -59,6 +59,10 @@ Usage::
         --detectors runs/cv-yolov5n-pairs-verifier/yolov5n --readers runs/segcv-ensemble4 \
         --out bench/results/segment_combined.json [--slip-rows runs/slip_rows.json]
 
+``--candidates all`` keeps the detector's boxes down to YOLOv5's evaluation floor (0.001)
+instead of the floor diagnosis uses (the lowest decision threshold, or the lowest score the
+verifier could lift to it): whether re-scoring rescues slips the floor drops.
+
 Also reported (``slips``): how the annotated slips fare -- boxed by the detector at IoU >= 0.5
 or not, and of the boxed ones how many the detector (``s >= 0.25``, YOLOv5's default
 confidence) and the reader (``p >= 0.5``) call.
@@ -96,7 +100,7 @@ from lumbardx.engine.segment_training import SegmentItem, predict_items
 from lumbardx.engine.segments import frame_tensor, segment_frames
 from lumbardx.engine.table1 import fold_stat
 from lumbardx.io import atomic_write_text
-from lumbardx.models.pretrained import load_detector
+from lumbardx.models.pretrained import EVAL_CONF, load_detector, set_candidate_floor
 from lumbardx.models.segment_reader import LABELS, load_segment_reader
 from lumbardx.stages import detect as detect_stage
 from lumbardx.stages.findings import find
@@ -499,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="segment-reader cross-validation: fold<k>/segment_reader.pt")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--folds-csv", type=Path, default=FOLDS)
+    ap.add_argument("--candidates", choices=("diagnosis", "all"), default="diagnosis",
+                    help="the detector's boxes down to its candidate floor, as diagnosis keeps "
+                         f"them (default), or all down to {EVAL_CONF} (as evaluation)")
     ap.add_argument("--slip-rows", type=Path, default=None,
                     help="JSON: one row per annotated slip (image, patient, IoU, s, p); keep it "
                          "outside the repository, it locates the dataset's labels")
@@ -516,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
     data: dict[int, FoldData] = {}
     for k in folds_ready:
         m = load_detector(args.detectors / f"fold{k}" / "last.pt", "cpu", backend="torch")
+        if args.candidates == "all":
+            set_candidate_floor(m.model, EVAL_CONF, m.backend)
         reader = load_segment_reader(torch.load(args.readers / f"fold{k}" / "segment_reader.pt",
                                                 weights_only=True))
         data[k] = read_fold(k, ds, pairs, fold_of, m, reader, slips)
@@ -565,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     result: dict[str, Any] = {
         "detectors": str(args.detectors), "readers": str(args.readers),
-        "folds_scored": folds_ready,
+        "folds_scored": folds_ready, "candidates": args.candidates,
         "rules": {"detector": "s", "combined": "sqrt(s * p)", "mean": "(s + p) / 2",
                   "learned_sp": "logistic(logit s, logit p'), fitted on the other folds",
                   "learned": "logistic(logit s, logit p', |corner slip %| / 25, refused), "

@@ -43,6 +43,7 @@ def make_dataset(
     instance_number: int = 1,
     bits_stored: int | None = None,
     signed: bool = False,
+    body_part: str | None = None,
 ) -> Dataset:
     """A DICOM MR data set holding ``pixels`` (uint8 / uint16 / int16 ``[rows, cols]``, or
     uint8 ``[rows, cols, 3]`` with ``photometric="RGB"``), Explicit VR Little Endian."""
@@ -62,6 +63,8 @@ def make_dataset(
     ds.Modality = modality
     ds.SeriesDescription = description
     ds.SeriesNumber = series_number
+    if body_part is not None:
+        ds.BodyPartExamined = body_part
     ds.InstanceNumber = instance_number
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
     if orientation is not None:

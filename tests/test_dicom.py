@@ -23,6 +23,7 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 from lumbardx.data.dicom import (
     image_orientation,
     is_sagittal,
+    not_lumbar,
     plane_name,
     read_dicom,
     read_header,
@@ -267,6 +268,30 @@ def test_t2_preferred_over_t1(tmp_path: Path) -> None:
     ranked = sagittal_series(folder)
     assert [s.weighting for s in ranked] == ["T2", "T1"]
     assert load_study(folder)[0].pixels.shape == (8, 8)
+
+
+def test_body_part_that_cannot_show_the_lumbar_spine_is_refused(tmp_path: Path) -> None:
+    assert [not_lumbar(p) for p in ("CSPINE", "c-spine", "C SPINE", "Lower_Leg", "knee")] == \
+        [True] * 5
+    assert [not_lumbar(p) for p in ("LSPINE", "L-SPINE", "SPINE", "TLSPINE", "ABDOMEN", "",
+                                    "WHOLEBODY")] == [False] * 7
+    uid = "1.2.826.0.1.3680043.8.498.7"
+    neck = tmp_path / "neck"
+    write_series(neck / "t2", 5, description="T2 SAG", study_uid=uid, body_part="CSPINE")
+    with pytest.raises(ImageReadError, match=r"Body Part Examined is 'CSPINE'.*lumbar") as info:
+        load_study(neck)
+    assert info.value.path == neck
+    # a whole-spine exam: the lumbar series is read, the cervical one (preferred otherwise,
+    # T2 with more slices) is passed over
+    write_series(neck / "lumbar", 3, description="T1 SAG", study_uid=uid, body_part="L-SPINE",
+                 series_number=5, shape=(8, 8))
+    assert load_study(neck)[0].pixels.shape == (8, 8)
+    knee = write_mr(tmp_path / "knee.dcm", RAMP, body_part="KNEE")
+    with pytest.raises(ImageReadError, match="'KNEE'") as info:
+        load_study(knee)
+    assert info.value.path == knee
+    [img] = load_study(write_mr(tmp_path / "spine.dcm", RAMP, body_part="SPINE"))
+    assert img.pixels.shape == RAMP.shape
 
 
 def test_sequence_weighting_rules() -> None:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -249,6 +250,38 @@ def check_modality(header: Dataset, path: str | Path, require_mr: bool) -> None:
     what = (f"{modality} ({_MODALITY_NAMES[modality]})" if modality in _MODALITY_NAMES
             else modality or "not stated")
     raise ImageReadError(path, f"modality is {what}, not MR: lumbardx analyses MR images only")
+
+
+#: Body Part Examined (0018,0015) values, spaces, hyphens and underscores removed, of regions
+#: that cannot show the lumbar spine (DICOM PS3.16 CID 4031 and common vendor spellings). A
+#: study of one of these is refused; a missing, generic (``SPINE``, ``ABDOMEN``) or unknown
+#: value is not (the attribute is often empty or vendor-specific).
+NOT_LUMBAR_BODY_PARTS = frozenset({
+    "HEAD", "BRAIN", "SKULL", "FACE", "ORBIT", "IAC", "SELLA", "SINUS", "JAW", "TMJ", "NECK",
+    "CSPINE", "CERVICALSPINE", "TSPINE", "THORACICSPINE", "CHEST", "THORAX", "HEART",
+    "BREAST", "SHOULDER", "ARM", "UPPERARM", "ELBOW", "FOREARM", "WRIST", "HAND", "FINGER",
+    "THUMB", "HIP", "THIGH", "FEMUR", "KNEE", "LEG", "LOWERLEG", "ANKLE", "FOOT", "TOE",
+    "EXTREMITY", "UPPEREXTREMITY", "LOWEREXTREMITY", "UPPERLIMB", "LOWERLIMB"})
+
+
+def body_part(header: Dataset) -> str:
+    """Body Part Examined as written (stripped; ``""`` when absent)."""
+    return str(header.get("BodyPartExamined", "") or "").strip()
+
+
+def not_lumbar(part: str) -> bool:
+    """Whether a Body Part Examined value names a region that cannot show the lumbar spine
+    (:data:`NOT_LUMBAR_BODY_PARTS`)."""
+    return re.sub(r"[\s_\-]", "", part.upper()) in NOT_LUMBAR_BODY_PARTS
+
+
+def check_body_part(header: Dataset, path: str | Path) -> None:
+    """Raise :class:`ImageReadError` when Body Part Examined names a region that cannot show
+    the lumbar spine (e.g. ``CSPINE``, ``KNEE``)."""
+    part = body_part(header)
+    if not_lumbar(part):
+        raise ImageReadError(path, f"Body Part Examined is {part!r}: lumbardx reads sagittal "
+                                   "MRI of the lumbar spine")
 
 
 def dicom_size(path: str | Path) -> tuple[int, int]:

@@ -29,9 +29,12 @@ from pydicom.uid import MediaStorageDirectoryStorage
 from lumbardx.data.decode import MAX_DISPLAY_SIDE, reduction_step
 from lumbardx.data.dicom import (
     SAGITTAL_TOL_DEG,
+    body_part,
+    check_body_part,
     check_modality,
     frame_header,
     image_orientation,
+    not_lumbar,
     number_of_frames,
     plane_name,
     read_dicom,
@@ -96,6 +99,7 @@ class DicomSeries:
         frame_of_reference_uid: Frame of Reference UID (``""`` when absent).
         rows, columns: image size in pixels (of the first slice).
         pixel_spacing: ``(row, column)`` spacing in mm, or ``None``.
+        body_part: Body Part Examined (``""`` when absent).
     """
 
     series_uid: str
@@ -116,6 +120,7 @@ class DicomSeries:
     rows: int = 0
     columns: int = 0
     pixel_spacing: tuple[float, float] | None = None
+    body_part: str = ""
 
     @property
     def files(self) -> list[Path]:
@@ -299,7 +304,7 @@ def _build_series(members: list[tuple[Dataset, Path, int | None]], tol_deg: floa
         position_source=source,
         frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "") or ""),
         rows=int(first.get("Rows") or 0), columns=int(first.get("Columns") or 0),
-        pixel_spacing=_spacing(first))
+        pixel_spacing=_spacing(first), body_part=body_part(first))
 
 
 def _spacing(header: Dataset) -> tuple[float, float] | None:
@@ -376,8 +381,9 @@ def load_study(path: str | Path, n_slices: int = 1, *, require_mr: bool = True,
         require_mr: refuse non-MR DICOM (default, as the detectors are trained on MR).
 
     Raises:
-        ImageReadError: naming the file or folder: missing, empty, unreadable, not MR, no
-            sagittal series (with the planes that were found), several studies.
+        ImageReadError: naming the file or folder: missing, empty, unreadable, not MR, of a
+            body part that cannot show the lumbar spine (Body Part Examined, e.g. ``CSPINE``),
+            no sagittal series (with the planes that were found), several studies.
     """
     path = Path(path)
     if not path.exists():
@@ -389,6 +395,7 @@ def load_study(path: str | Path, n_slices: int = 1, *, require_mr: bool = True,
             return [read_image(path, max_pixels)]  # raises for unknown content
         header = read_header(path)
         check_modality(header, path, require_mr)
+        check_body_part(header, path)
         if number_of_frames(header) > 1:
             return mid_sagittal(_single_file_series(path, tol_deg), n_slices,
                                 require_mr=require_mr, max_pixels=max_pixels)
@@ -635,7 +642,13 @@ def _ranked_series(folder: Path, require_mr: bool, tol_deg: float) -> list[Dicom
         if not candidates:
             raise ImageReadError(folder, f"no MR series in folder: found {found}; lumbardx "
                                          "analyses MR images only")
-    ranked = rank_sagittal(candidates)
+    lumbar = [s for s in candidates if not not_lumbar(s.body_part)]
+    if not lumbar:
+        parts = sorted({s.body_part for s in candidates})
+        raise ImageReadError(folder, f"no series of the lumbar spine: Body Part Examined is "
+                                     f"{', '.join(map(repr, parts))} (found {found}); lumbardx "
+                                     "reads sagittal MRI of the lumbar spine")
+    ranked = rank_sagittal(lumbar)
     if not ranked:
         raise ImageReadError(folder, f"no sagittal series in folder: found {found}")
     studies = {s.study_uid for s in ranked}

@@ -181,11 +181,33 @@ def reader_probs(spine: SpineFindings, reader: Any, planes: np.ndarray, image_id
     return torch.sigmoid(logits).double().numpy()
 
 
-def corner_percent(pixels: np.ndarray, spine: SpineFindings, index: int) -> float:
-    """The vertebral-corner slip estimate (percent, signed) at disc ``index``; NaN when
-    refused."""
-    est = estimate_slip(pixels, spine, index, True)
-    return math.nan if est is None else float(est.percent)
+@dataclass
+class EveryBox:
+    """The predicted discs of one image with *every* box counted (no threshold, as the
+    release's disc records): ``spine``, the reader's probabilities ``probs [L, K]``
+    (:data:`LABELS`) and, measured once per disc on demand, the vertebral-corner slip
+    estimate on ``pixels [H, W]`` (:meth:`pct`). Read by both the slip boxes and the disc
+    records."""
+
+    spine: SpineFindings
+    probs: np.ndarray
+    pixels: np.ndarray
+    _pct: dict[int, float] = field(default_factory=dict)
+
+    def pct(self, index: int) -> float:
+        """The corner slip estimate (percent, signed) at disc ``index``; NaN when refused."""
+        if index not in self._pct:
+            est = estimate_slip(self.pixels, self.spine, index, True)
+            self._pct[index] = math.nan if est is None else float(est.percent)
+        return self._pct[index]
+
+
+def read_every(boxes: list[Box], pixels: np.ndarray, classes: list[str], reader: Any,
+               planes: np.ndarray, image_id: str, patient: str) -> EveryBox:
+    """:class:`EveryBox` of ``boxes`` on the image ``pixels [H, W]``."""
+    spine = build_findings(boxes, (pixels.shape[1], pixels.shape[0]), thresholds=None,
+                           classes=classes)
+    return EveryBox(spine, reader_probs(spine, reader, planes, image_id, patient), pixels)
 
 
 @dataclass
@@ -221,20 +243,15 @@ def _owned(slips: list[Box], spine: SpineFindings, probs: np.ndarray
 
 
 def slip_boxes_with_p(boxes: list[Box], image: MedicalImage, m: Any, reader: Any,
-                      planes: np.ndarray, image_id: str, patient: str) -> SlipBoxes:
+                      planes: np.ndarray, image_id: str, patient: str, every: EveryBox
+                      ) -> SlipBoxes:
     """The detector's slip boxes, their scores and the reader's and the corner estimate's
-    reading of their discs (:class:`SlipBoxes`)."""
+    reading of their discs (:class:`SlipBoxes`); ``every``: :func:`read_every` of ``boxes``."""
     slips = [b for b in boxes if study_class(b.label) == SLIP]
     spine, _ = find(boxes, image, m)
     p, _ = _owned(slips, spine, reader_probs(spine, reader, planes, image_id, patient))
-    every = build_findings(boxes, (image.width, image.height), thresholds=None,
-                           classes=list(m.class_names))
-    p_all, idx = _owned(slips, every, reader_probs(every, reader, planes, image_id, patient))
-    cache: dict[int, float] = {}
-    for j in idx:
-        if j is not None and j not in cache:
-            cache[j] = corner_percent(image.pixels, every, j)
-    pct = np.array([cache[j] if j is not None else math.nan for j in idx], np.float64)
+    p_all, idx = _owned(slips, every.spine, every.probs)
+    pct = np.array([every.pct(j) if j is not None else math.nan for j in idx], np.float64)
     xyxy = np.array([[b.x1, b.y1, b.x2, b.y2] for b in slips], np.float32).reshape(-1, 4)
     s = np.array([float(b.score or 0.0) for b in slips], np.float64)
     return SlipBoxes(xyxy, s, p, p_all, pct)
@@ -298,14 +315,11 @@ class DiscRaw:
     reader: np.ndarray = field(default_factory=lambda: np.zeros(len(STACK_READER)))
 
 
-def disc_raw(boxes: list[Box], truth: list[Box], pixels: np.ndarray, classes: list[str],
-             reader: Any, planes: np.ndarray, image_id: str, patient: str) -> list[DiscRaw]:
+def disc_raw(every: EveryBox, truth: list[Box]) -> list[DiscRaw]:
     """One :class:`DiscRaw` per ground-truth disc (study-class ``truth`` boxes) of the image
-    ``pixels [H, W]``; the corner estimate is measured on matched discs with a slip box."""
-    size = (pixels.shape[1], pixels.shape[0])
-    gt = build_findings(truth, size)
-    pred = build_findings(boxes, size, thresholds=None, classes=classes)
-    probs = reader_probs(pred, reader, planes, image_id, patient)
+    ``every`` reads; the corner estimate is measured on matched discs with a slip box."""
+    pred, probs = every.spine, every.probs
+    gt = build_findings(truth, (every.pixels.shape[1], every.pixels.shape[0]))
     out = []
     for disc, j in zip(gt.discs, match_discs(gt, pred)):
         label = frozenset(f.label for f in disc.findings)
@@ -314,7 +328,7 @@ def disc_raw(boxes: list[Box], truth: list[Box], pixels: np.ndarray, classes: li
             continue
         det = dict(pred.discs[j].scores)
         s = np.array([det.get(c, 0.0) for c in ABNORMAL])
-        pct = corner_percent(pixels, pred, j) if s[1] > 0 else math.nan
+        pct = every.pct(j) if s[1] > 0 else math.nan
         out.append(DiscRaw(label, True, s, probs[j, [LABELS.index(c) for c in ABNORMAL]], pct,
                            float(det.get("normal", 0.0)),
                            probs[j, [LABELS.index(c) for c in STACK_READER]]))
@@ -459,13 +473,15 @@ def read_fold(k: int, ds: Any, pairs: Any, fold_of: dict[str, int], m: Any, read
             boxes = detect_stage.detect(m, x, geo)
         h, w = own.shape
         image = MedicalImage(own.astype(np.float32), own, None, rec.image_path, "png")
-        sb = slip_boxes_with_p(boxes, image, m, reader, planes, rec.image_id, rec.patient)
+        every = read_every(boxes, image.pixels, list(m.class_names), reader, planes,
+                           rec.image_id, rec.patient)
+        sb = slip_boxes_with_p(boxes, image, m, reader, planes, rec.image_id, rec.patient,
+                               every)
         named = [Box(ds.class_names[int(lab)], *map(float, b))
                  for b, lab in zip(sample.boxes, sample.labels, strict=True)]
         study = [Box(study_class(b.label), b.x1, b.y1, b.x2, b.y2) for b in named
                  if study_class(b.label)]  # the detector's class names
-        data.discs += disc_raw(boxes, study, image.pixels, list(m.class_names), reader, planes,
-                               rec.image_id, rec.patient)
+        data.discs += disc_raw(every, study)
         truth = np.asarray([[b.x1, b.y1, b.x2, b.y2] for b in named
                             if study_class(b.label) == SLIP], np.float32).reshape(-1, 4)
         data.gts.append(GroundTruth(rec.image_id, w, h, truth, np.zeros(len(truth), np.int64)))

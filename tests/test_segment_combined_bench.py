@@ -45,8 +45,11 @@ def test_slip_boxes_take_the_probability_of_their_disc(monkeypatch: pytest.Monke
     image = MedicalImage(display.astype(np.float32), display, None, "x.png", "png")
     m = SimpleNamespace(thresholds={n: 0.25 for n in NAMES}, class_names=NAMES, chosen=NAMES)
     planes = np.stack([display, display])
-    sb = bench.slip_boxes_with_p([*boxes, slip, away, weak], image, m, None, planes, "x", "p0")
-    assert seen == [6, 6]  # as diagnosis groups them, then with every box counted
+    every = bench.read_every([*boxes, slip, away, weak], image.pixels, NAMES, None, planes, "x",
+                             "p0")
+    sb = bench.slip_boxes_with_p([*boxes, slip, away, weak], image, m, None, planes, "x", "p0",
+                                 every)
+    assert seen == [6, 6]  # with every box counted, then as diagnosis groups them
     assert sb.xyxy.tolist() == [[148, 178, 212, 196], [330, 20, 370, 34], [149, 99, 211, 115]]
     np.testing.assert_allclose(sb.s, [0.4, 0.7, 0.1])
     assert sb.p[0] == pytest.approx(1 / (1 + np.exp(-(3 - 3))))  # disc 4 of 6: logit 0
@@ -110,8 +113,10 @@ def test_disc_records_and_nested_points(monkeypatch: pytest.MonkeyPatch) -> None
 
     monkeypatch.setattr(bench, "predict_items", fake_predict)
     planes = np.zeros((2, 384, 384), np.uint8)
-    raws = bench.disc_raw(found, truth, np.zeros((384, 384), np.float32), NAMES, None, planes,
-                          "x", "p0")
+    every = bench.read_every(found, np.zeros((384, 384), np.float32), NAMES, None, planes, "x",
+                             "p0")
+    raws = bench.disc_raw(every, truth)
+    assert list(every._pct) == [3]  # measured once, at the one disc with a slip box
     assert [r.found for r in raws] == [True] * 5 + [False]
     assert np.isnan(raws[3].pct) and np.isnan(raws[0].pct)  # refused / no slip box: NaN
     recs = {rule: bench.disc_scores(raws, rule) for rule in bench.FIXED}

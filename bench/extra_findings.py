@@ -1,0 +1,297 @@
+"""Stenosis and disc degeneration as the product calls them, end to end and out of fold.
+
+``lumbardx diagnose --classes all`` calls **stenosis** and **degeneration** per disc when the
+segment reader's calibrated probability reaches the release threshold (``segments.pt``:
+Platt scaling and F1 thresholds chosen on the cross-validation's out-of-fold discs). The
+reader's own figures (``bench/segment_crossval.py``) are on the *ground-truth* discs; here both
+models are out of fold and read as diagnosis reads: for every fold ``k``, the fold's detector
+(with its slip verifier, trained without fold ``k``) reads each held-out image (T1 and T2
+together where the image has a partner), :func:`lumbardx.stages.findings.find` groups its boxes
+into discs with the release thresholds, and the fold's reader ensemble (trained without fold
+``k``) reads those discs; its logits are calibrated with the shipped release's Platt scaling.
+
+Truth per ground-truth disc (:func:`lumbardx.engine.segment_training.truth_spine`): stenosis
+when a ``Spinal Stenosis`` box (drawn on the canal) is nearest that disc, degeneration when a
+``Degenerative Disc Disease`` box is among its boxes. Each ground-truth disc is matched
+(:func:`lumbardx.clinical.findings.match_discs`) to a found disc (probability 0 when the
+detector missed it); found discs that match no ground-truth disc are **extra discs**.
+
+Reported per finding, per fold and pooled over folds (Wilson 95% intervals over discs):
+
+* AUC over ground-truth discs;
+* **disc-level AP**: average precision of the ranking of every found disc (ground-truth discs
+  and extra discs, an extra disc never positive; a missed positive disc lowers the recall
+  ceiling). Box AP@0.5 does not apply to stenosis, whose boxes mark the canal, not the disc
+  box the finding is drawn on; for degeneration (disc boxes) box AP@0.5 (pycocotools, the
+  finding's box = the disc's box) is reported too;
+* sensitivity / specificity at the shipped thresholds (chosen by F1 on the same out-of-fold
+  discs' ground-truth readings: mildly optimistic) and, nested, at an F1 cut chosen on the
+  other folds' found discs; extra discs called are counted apart.
+
+Usage::
+
+    python bench/extra_findings.py ../shared/data/yolospine-dev \
+        --detectors runs/cv-yolov5n-pairs-verifier/yolov5n --readers runs/segcv-ensemble4 \
+        --out bench/results/extra_findings.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import cpu_name
+from segment_end_to_end import dataset_with_folds
+
+from lumbardx.clinical.findings import match_discs
+from lumbardx.clinical.stats import proportion
+from lumbardx.clinical.thresholds import DiscScore, choose_thresholds
+from lumbardx.data.boxes import Box
+from lumbardx.data.images import MedicalImage
+from lumbardx.engine.metrics import GroundTruth, Prediction, coco_evaluate
+from lumbardx.engine.segment_crossval import auc
+from lumbardx.engine.segment_training import SegmentItem, predict_items, segment_label, truth_spine
+from lumbardx.engine.segments import frame_tensor, segment_frames
+from lumbardx.engine.table1 import fold_stat
+from lumbardx.io import atomic_write_text
+from lumbardx.models.pretrained import load_detector
+from lumbardx.models.segment_reader import LABELS, load_segment_reader
+from lumbardx.stages import detect as detect_stage
+from lumbardx.stages.findings import find
+from lumbardx.stages.segments import SegmentStage, shipped_segment_reader
+
+FOLDS = Path(__file__).resolve().parent / "folds" / "yolospine-dev-k5-seed0.csv"
+FINDINGS = ("stenosis", "degeneration")
+
+
+@dataclass
+class ImageRead:
+    """One held-out image: per ground-truth disc its truth (``[G, 2]`` bool, :data:`FINDINGS`),
+    whether a found disc matched it (``[G]``) and that disc's probabilities (``[G, 2]``, 0
+    unmatched); the extra
+    discs' probabilities (``[E, 2]``); for degeneration's box AP the ground-truth boxes and the
+    found discs' boxes with their probability."""
+
+    truth: np.ndarray
+    found: np.ndarray
+    prob: np.ndarray
+    extra: np.ndarray
+    ddd_truth: np.ndarray
+    disc_boxes: np.ndarray
+    disc_ddd: np.ndarray
+    size: tuple[int, int]
+
+
+def average_precision(scores: np.ndarray, positive: np.ndarray, n_positive: int) -> float:
+    """Average precision (no interpolation, ties as one cut: the definition of scikit-learn's
+    ``average_precision_score``) of ``scores [N]`` against ``positive [N]`` with recall taken
+    over ``n_positive`` positives in all (those never scored lower the ceiling); NaN without
+    one."""
+    if n_positive <= 0:
+        return math.nan
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    s, y = np.asarray(scores, np.float64)[order], np.asarray(positive, bool)[order]
+    last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]  # the end of each tie group
+    tp = np.cumsum(y)[last]
+    precision, recall = tp / (last + 1), tp / n_positive
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def calibrate(logits: torch.Tensor, calibration: dict[str, tuple[float, float]]) -> np.ndarray:
+    """Platt-scaled probabilities ``[L, K]`` (:data:`LABELS`) of fold logits ``[L, K]``."""
+    a = torch.tensor([calibration.get(k, (1.0, 0.0))[0] for k in LABELS], dtype=logits.dtype)
+    b = torch.tensor([calibration.get(k, (1.0, 0.0))[1] for k in LABELS], dtype=logits.dtype)
+    return torch.sigmoid(a * logits + b).double().numpy()
+
+
+def read_image(m: Any, reader: Any, calibration: dict[str, tuple[float, float]],
+               planes: np.ndarray, own: np.ndarray, named: list[Box], image_id: str,
+               patient: str) -> ImageRead:
+    """Detect, group and read one image as diagnosis does; match to the ground truth."""
+    with torch.inference_mode():
+        x, geo = detect_stage.preprocess(m, own, (planes[0], planes[1]))
+        boxes = detect_stage.detect(m, x, geo)
+    h, w = own.shape
+    image = MedicalImage(own.astype(np.float32), own, None, Path(image_id), "png")
+    spine, _ = find(boxes, image, m)
+    cols = [LABELS.index(f) for f in FINDINGS]
+    frames = frame_tensor(segment_frames(spine, True))
+    if frames.shape[0]:
+        item = SegmentItem(image_id, patient, planes, spine, frames,
+                           torch.zeros(frames.shape[0], len(LABELS)), np.zeros((0, 4), np.float32))
+        with torch.inference_mode():
+            logits, _ = predict_items(reader, [item])[0]
+        probs = calibrate(logits, calibration)[:, cols]
+    else:
+        probs = np.zeros((0, len(FINDINGS)))
+    gt, labels = truth_spine(named, (w, h))
+    truth = np.array([[f in lab for f in FINDINGS] for lab in labels], bool).reshape(-1, 2)
+    match = match_discs(gt, spine) if spine.discs else [None] * len(gt.discs)
+    prob = np.array([probs[j] if j is not None else np.zeros(len(FINDINGS)) for j in match],
+                    np.float64).reshape(-1, 2)
+    used = {j for j in match if j is not None}
+    extra = np.array([probs[j] for j in range(len(spine.discs)) if j not in used],
+                     np.float64).reshape(-1, 2)
+    ddd = np.array([[b.x1, b.y1, b.x2, b.y2] for b in named
+                    if segment_label(b.label) == "degeneration"],
+                   np.float32).reshape(-1, 4)
+    disc_boxes = np.array([[d.box.x1, d.box.y1, d.box.x2, d.box.y2] for d in spine.discs],
+                          np.float32).reshape(-1, 4)
+    found = np.array([j is not None for j in match], bool)
+    return ImageRead(truth, found, prob, extra, ddd, disc_boxes,
+                     probs[:, 1].astype(np.float32) if len(probs) else np.zeros(0, np.float32),
+                     (w, h))
+
+
+def records(reads: list[ImageRead]) -> list[DiscScore]:
+    """Found discs (ground-truth discs matched or not, and extra discs) as threshold
+    records: an extra disc's truth is empty."""
+    out = [DiscScore(frozenset(f for f, t in zip(FINDINGS, tr) if t),
+                     dict(zip(FINDINGS, map(float, pr))))
+           for r in reads for tr, pr in zip(r.truth, r.prob)]
+    out += [DiscScore(frozenset(), dict(zip(FINDINGS, map(float, pr))))
+            for r in reads for pr in r.extra]
+    return out
+
+
+def point(reads: list[ImageRead], c: int, cut: float) -> np.ndarray:
+    """``[tp, positives, tn, negatives, extra called]`` over ground-truth discs at ``cut``."""
+    y = np.concatenate([r.truth[:, c] for r in reads])
+    p = np.concatenate([r.prob[:, c] for r in reads])
+    extra = np.concatenate([r.extra[:, c] for r in reads]) if reads else np.zeros(0)
+    call = p >= cut
+    return np.array([(call & y).sum(), y.sum(), (~call & ~y).sum(), (~y).sum(),
+                     (extra >= cut).sum()], np.int64)
+
+
+def fold_metrics(reads: list[ImageRead], thresholds: dict[str, float]) -> dict[str, Any]:
+    """AUC, disc-level AP and the point at the shipped thresholds, per finding."""
+    row: dict[str, Any] = {"images": len(reads), "discs": int(sum(len(r.truth) for r in reads)),
+                           "extra_discs": int(sum(len(r.extra) for r in reads))}
+    for c, name in enumerate(FINDINGS):
+        y = np.concatenate([r.truth[:, c] for r in reads])
+        p = np.concatenate([r.prob[:, c] for r in reads])
+        e = np.concatenate([r.extra[:, c] for r in reads])
+        found = np.concatenate([r.found for r in reads])
+        row[f"n_{name}"] = int(y.sum())
+        row[f"auc_{name}"] = auc(p, y)
+        # AP over every found disc; a positive the detector missed is never retrieved
+        row[f"ap_{name}"] = average_precision(np.r_[p[found], e],
+                                              np.r_[y[found], np.zeros(len(e), bool)],
+                                              int(y.sum()))
+        tp, pos, tn, neg, ex = point(reads, c, thresholds[name])
+        row[f"sens_{name}"], row[f"spec_{name}"] = tp / max(pos, 1), tn / max(neg, 1)
+        row[f"extra_called_{name}"] = int(ex)
+    gts = [GroundTruth(str(i), *r.size, r.ddd_truth, np.zeros(len(r.ddd_truth), np.int64))
+           for i, r in enumerate(reads)]
+    dts = [Prediction(r.disc_boxes, r.disc_ddd, np.zeros(len(r.disc_ddd), np.int64))
+           for r in reads]
+    row["box_ap50_degeneration"] = float(coco_evaluate(gts, dts, ["degeneration"]).ap50[0])
+    return row
+
+
+def pooled(reads: dict[int, list[ImageRead]], cuts: dict[int, dict[str, float]] | None,
+           thresholds: dict[str, float]) -> dict[str, Any]:
+    """Sensitivity / specificity pooled over folds (Wilson 95%): at the shipped thresholds
+    (``cuts`` None) or each fold at its own nested cut."""
+    out: dict[str, Any] = {}
+    for c, name in enumerate(FINDINGS):
+        tot = sum((point(rs, c, thresholds[name] if cuts is None else cuts[k][name])
+                   for k, rs in reads.items()), np.zeros(5, np.int64))
+        sens, spec = proportion(int(tot[0]), int(tot[1])), proportion(int(tot[2]), int(tot[3]))
+        out[name] = {"sensitivity": sens.estimate, "sensitivity_ci95": [sens.ci_low, sens.ci_high],
+                     "specificity": spec.estimate, "specificity_ci95": [spec.ci_low, spec.ci_high],
+                     "extra_discs_called": int(tot[4]), "counts": [int(v) for v in tot[:4]]}
+        if cuts is not None:
+            out[name]["cuts"] = {str(k): round(cuts[k][name], 4) for k in sorted(cuts)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", type=Path)
+    ap.add_argument("--detectors", type=Path, required=True,
+                    help="<verifier crossval>/<model>: fold<k>/last.pt")
+    ap.add_argument("--readers", type=Path, required=True,
+                    help="segment-reader cross-validation: fold<k>/segment_reader.pt")
+    ap.add_argument("--segments-weights", type=Path, default=None,
+                    help="the release whose calibration and thresholds are measured "
+                         "(default: the shipped segments.pt)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--folds-csv", type=Path, default=FOLDS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    release_path = args.segments_weights or shipped_segment_reader()
+    if release_path is None:
+        print("no segment reader release to measure", file=sys.stderr)
+        return 2
+    release = SegmentStage.load(release_path)
+    calibration = dict(release.reader.config.calibration)
+    thresholds = {f: float(release.thresholds[f]) for f in FINDINGS}
+    ds, pairs, fold_of = dataset_with_folds(args.data, args.folds_csv)
+    ready = [k for k in sorted(set(fold_of.values()))
+             if (args.detectors / f"fold{k}" / "last.pt").is_file()
+             and (args.readers / f"fold{k}" / "segment_reader.pt").is_file()]
+    if not ready:
+        print("no fold has both a detector and a reader", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    reads: dict[int, list[ImageRead]] = {}
+    for k in ready:
+        m = load_detector(args.detectors / f"fold{k}" / "last.pt", "cpu", backend="torch")
+        reader = load_segment_reader(torch.load(args.readers / f"fold{k}" / "segment_reader.pt",
+                                                weights_only=True))
+        reads[k] = []
+        for i, rec in enumerate(ds.records):
+            if fold_of.get(rec.image_id) != k:
+                continue
+            sample = ds[i]
+            named = [Box(ds.class_names[int(lab)], *map(float, b))
+                     for b, lab in zip(sample.boxes, sample.labels, strict=True)]
+            reads[k].append(read_image(m, reader, calibration, pairs[i].image, sample.image,
+                                       named, rec.image_id, rec.patient))
+        print(f"fold {k}: read ({time.perf_counter() - t0:.0f} s)", flush=True)
+    folds = [{"fold": k, **fold_metrics(rs, thresholds)} for k, rs in reads.items()]
+    cuts = {k: {n: ch.threshold for n, ch in choose_thresholds(
+        records([r for j, rs in reads.items() if j != k for r in rs]), FINDINGS, "f1").items()}
+        for k in reads} if len(reads) > 1 else None
+    keys = [k for k in folds[0] if k not in ("fold",)]
+    result: dict[str, Any] = {
+        "detectors": str(args.detectors), "readers": str(args.readers),
+        "release": {"file": release_path.name, "version": release.summary["version"],
+                    "thresholds": thresholds},
+        "folds_scored": ready, "folds": folds,
+        "mean": {key: fold_stat([f[key] for f in folds]).__dict__ for key in keys
+                 if not key.startswith(("n_", "images", "discs", "extra"))},
+        "pooled_at_release_thresholds": pooled(reads, None, thresholds),
+        "pooled_nested_f1": (pooled(reads, cuts, thresholds) if cuts is not None
+                             else "needs two or more folds"),
+        "wall_s": round(time.perf_counter() - t0, 1), "machine": {"cpu": cpu_name()}}
+    atomic_write_text(args.out, json.dumps(result, indent=1, default=lambda v: None
+                                           if isinstance(v, float) and math.isnan(v) else v))
+    for f in folds:
+        print(f"fold {f['fold']}: " + "; ".join(
+            f"{n} AUC {f[f'auc_{n}']:.3f} AP {100 * f[f'ap_{n}']:.1f} sens "
+            f"{100 * f[f'sens_{n}']:.1f}% spec {100 * f[f'spec_{n}']:.1f}%" for n in FINDINGS)
+            + f"; degeneration box AP@0.5 {100 * f['box_ap50_degeneration']:.1f}")
+    for key in ("pooled_at_release_thresholds", "pooled_nested_f1"):
+        if isinstance(result[key], dict):
+            print(key + ": " + "; ".join(
+                f"{n} sens {100 * v['sensitivity']:.1f}% spec {100 * v['specificity']:.1f}% "
+                f"(extra discs called {v['extra_discs_called']})"
+                for n, v in result[key].items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""bench/extra_findings.py: stenosis and degeneration truth per ground-truth disc, the found
+discs' calibrated probabilities, extra discs, and the disc-level average precision."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from bench_scripts import load_bench
+from lumbardx.data.boxes import Box
+from lumbardx.models.segment_reader import LABELS
+
+NAMES = ["normal", "herniation", "spondylolisthesis"]
+
+
+def test_average_precision_counts_positives_never_scored() -> None:
+    bench = load_bench("extra_findings")
+    s = np.array([0.9, 0.8, 0.7, 0.6])
+    y = np.array([True, False, True, False])
+    assert bench.average_precision(s, y, 2) == pytest.approx((1 + 2 / 3) / 2)
+    assert bench.average_precision(s, y, 4) == pytest.approx((1 + 2 / 3) / 4)  # 2 missed
+    assert bench.average_precision(np.array([0.5, 0.5]), np.array([True, False]), 1) == 0.5
+    assert np.isnan(bench.average_precision(s, np.zeros(4, bool), 0))
+
+
+def test_read_image_truth_matching_and_extra_discs(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = load_bench("extra_findings")
+    discs = [Box("Normal IVD", 150, y, 210, y + 14) for y in range(60, 300, 40)]  # 6 discs
+    discs[1] = Box("Degenerative Disc Disease (DDD)", 150, 100, 210, 114)
+    canal = Box("Spinal Stenosis (SS)", 214, 178, 236, 196)  # behind the 4th disc
+    found = [Box("normal", b.x1 + 1, b.y1, b.x2 + 1, b.y2, score=0.9) for b in discs[:5]]
+    found.append(Box("normal", 152, 340, 212, 354, score=0.8))  # a disc the truth does not have
+    calls = []
+
+    def fake_detect(m, x, geo):  # noqa: ANN001, ANN202 - the detector's boxes
+        calls.append(geo)
+        return found
+
+    def fake_predict(reader, items):  # noqa: ANN001, ANN202 - the reader's logits per disc
+        n = items[0].frames.shape[0]
+        logits = torch.full((n, len(LABELS)), -3.0)
+        logits[3, LABELS.index("stenosis")] = 3.0
+        logits[1, LABELS.index("degeneration")] = 2.0
+        return [(logits, None)]
+
+    monkeypatch.setattr(bench.detect_stage, "preprocess", lambda m, own, planes: (None, "geo"))
+    monkeypatch.setattr(bench.detect_stage, "detect", fake_detect)
+    monkeypatch.setattr(bench, "predict_items", fake_predict)
+    m = SimpleNamespace(thresholds={n: 0.25 for n in NAMES}, class_names=NAMES, chosen=NAMES)
+    own = np.zeros((384, 384), np.uint8)
+    calibration = {"stenosis": (1.0, -1.0)}
+    r = bench.read_image(m, None, calibration, np.stack([own, own]), own, [*discs, canal],
+                         "x.png", "p0")
+    assert calls == ["geo"]
+    assert r.truth.tolist() == [[False, False], [False, True], [False, False], [True, False],
+                                [False, False], [False, False]]
+    assert r.found.tolist() == [True] * 5 + [False]
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    np.testing.assert_allclose(r.prob[:, 0], [sig(-4.0)] * 3 + [sig(2.0), sig(-4.0), 0.0],
+                               rtol=1e-5)  # stenosis calibrated: a * logit + b
+    np.testing.assert_allclose(r.prob[:, 1], [sig(-3.0), sig(2.0)] + [sig(-3.0)] * 3 + [0.0],
+                               rtol=1e-5)
+    np.testing.assert_allclose(r.extra, [[sig(-4.0), sig(-3.0)]], rtol=1e-5)
+    assert r.ddd_truth.tolist() == [[150, 100, 210, 114]]
+    assert len(r.disc_boxes) == len(r.disc_ddd) == 6
+
+    row = bench.fold_metrics([r], {"stenosis": 0.5, "degeneration": 0.5})
+    assert row["sens_stenosis"] == 1.0 and row["spec_stenosis"] == 1.0
+    assert row["ap_stenosis"] == 1.0 and row["extra_called_stenosis"] == 0
+    assert row["box_ap50_degeneration"] == pytest.approx(1.0)
+    low = bench.fold_metrics([r], {"stenosis": 0.01, "degeneration": 0.5})
+    assert low["spec_stenosis"] == pytest.approx(1 / 5)  # the missed 6th disc is never called
+    assert low["extra_called_stenosis"] == 1
+    recs = bench.records([r])
+    assert len(recs) == 7 and recs[-1].truth == frozenset()

@@ -185,6 +185,26 @@ def test_coco_problems_name_the_image(tmp_path: Path) -> None:
     assert all("instances.json" in p.message for p in report.problems if p.kind == kinds.EMPTY_LABEL)
 
 
+def test_coco_structural_faults_are_each_listed(tmp_path: Path) -> None:
+    root = tmp_path / "coco"
+    for i in range(2):
+        write_png(root / "images" / f"c{i}.png", i)
+    coco = {
+        "images": [{"id": i + 1, "file_name": f"c{i}.png", "width": W, "height": H} for i in (0, 1)],
+        "annotations": [{"id": 1, "image_id": 5, "category_id": 1, "bbox": [5, 5, 10, 10]},
+                        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [5, 5, 10]}],
+        "categories": [{"id": 1, "name": "Normal IVD"}],
+    }
+    (root / "annotations").mkdir()
+    (root / "annotations" / "instances.json").write_text(json.dumps(coco))
+    report = check_dataset(root)
+    rows = [p for p in report.problems if p.kind == kinds.UNUSABLE_LABEL]
+    assert [p.message for p in rows] == [
+        "annotations[0]: image_id 5 is not in 'images'",
+        "annotations[1]: bbox must be 4 numbers [x, y, w, h], got [5, 5, 10]"]
+    assert all(p.path is not None and p.path.name == "instances.json" for p in rows)
+
+
 def test_not_a_dataset_exits_1(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     code, out = run_cli(str(tmp_path / "empty"))

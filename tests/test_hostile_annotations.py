@@ -593,6 +593,38 @@ def test_coco_box_problems(tmp_path: Path, bbox: list[float], match: str) -> Non
     assert validate_annotation(data.annotations[1], data.class_names, path) == []
 
 
+def test_coco_every_fault_is_reported_at_once(tmp_path: Path) -> None:
+    """A file with several faults is refused once with all of them, not one per attempt; an
+    annotation of a faulty image entry is not reported a second time."""
+    doc = _coco_doc()
+    doc["images"].append({"id": 3, "width": W, "height": H})  # no file_name
+    doc["categories"].append({"id": 1, "name": "again"})
+    doc["annotations"] += [
+        {"id": 3, "image_id": 9, "category_id": 1, "bbox": [1, 1, 2, 2]},
+        {"id": 4, "image_id": 3, "category_id": 1, "bbox": [1, 1, 2, 2]},  # image 3's entry
+        {"id": 5, "image_id": 1, "category_id": 1, "bbox": "x"},
+        {"id": 6, "image_id": 2, "category_id": 1, "bbox": [10, 20, -5, 10]},
+    ]
+    path = _write(tmp_path / "c.json", json.dumps(doc))
+    with pytest.raises(AnnotationError) as info:
+        read_coco(path)
+    err = info.value
+    assert err.problems == [
+        "category id 1 is listed twice",
+        "images[2]: missing required field 'file_name'",
+        "annotations[2]: image_id 9 is not in 'images'",
+        "annotations[4]: bbox must be 4 numbers [x, y, w, h], got 'x'",
+        "image 'b.png': object 2 ('normal'): x2=5 < x1=10 (corners swapped, negative width)",
+    ]
+    assert err.problem.startswith("category id 1 is listed twice (and 4 more problems")
+    assert "\n" not in str(err) and len(str(err)) < 400
+    with pytest.raises(AnnotationError) as info:
+        read_coco(path, validate=False)  # structure only: the box fault is not checked
+    assert len(info.value.problems) == 4
+    _write(tmp_path / "ok.json", json.dumps(_coco_doc()))
+    assert len(read_coco(tmp_path / "ok.json").annotations) == 2
+
+
 def test_coco_unknown_category_and_bom(tmp_path: Path) -> None:
     path = _write(tmp_path / "c.json",
                   _mutated(lambda d: d["annotations"][0].update(category_id=9)))

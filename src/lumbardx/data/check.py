@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from lumbardx.data.classes import build_class_map
 from lumbardx.data.convert import scan_dataset
-from lumbardx.data.errors import ImageReadError, InputError
+from lumbardx.data.errors import AnnotationError, ImageReadError, InputError
 from lumbardx.data.images import read_image
 from lumbardx.data.patients import assign_patients
 from lumbardx.data.validate import annotation_problems
@@ -241,7 +241,10 @@ def check_dataset(
     add = report.problems.append
     for err in scan.problems:
         kind = _classify_scan_problem(err)
-        add(Problem("warning" if kind == DATASET else "error", kind, err.path, err.problem))
+        severity = "warning" if kind == DATASET else "error"
+        messages = err.problems if isinstance(err, AnnotationError) else [err.problem]
+        for message in messages:  # every fault of the file, one row each
+            add(Problem(severity, kind, err.path, message))
 
     ids = [rec.image_path.relative_to(root).as_posix() for rec in scan.records]
     assignment = assign_patients(ids, root, patients, patient_pattern)

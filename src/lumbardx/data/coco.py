@@ -15,8 +15,11 @@ field, ids that are not integers (``NaN``, ``Infinity``, text, beyond 2**53) or 
 (images, categories, annotations), an annotation whose image is not listed, a category name that
 is not usable text (:func:`lumbardx.data.validate.name_problem`). An invalid box (non-finite,
 negative or zero size, out of the image) or an unknown ``category_id`` is a problem of that
-image's annotation, raised only when validating. Values quoted in messages are shortened, so
-an error stays one short line whatever the file holds.
+image's annotation, raised only when validating. Every entry is checked before the file is
+refused: the error's message names the first fault and counts the others, and
+``AnnotationError.problems`` holds them all (``lumbardx data check`` lists each), so that a
+file's faults are fixed in one round, not found one at a time. Values quoted in messages are
+shortened, so an error stays one short line whatever the file holds.
 """
 
 from __future__ import annotations
@@ -95,27 +98,74 @@ def _bbox(value: Any, where: str, path: Path) -> tuple[float, float, float, floa
             return x, y, w, h
         except OverflowError:  # an integer beyond the float range
             pass
-    raise AnnotationError(path, f"{where}: bbox must be 4 numbers [x, y, w, h], got {_shown(value)}")
+    raise AnnotationError(path,
+                          f"{where}: bbox must be 4 numbers [x, y, w, h], got {_shown(value)}")
 
 
-def _categories(data: dict[str, Any], path: Path) -> dict[int, str]:
+def _categories(data: dict[str, Any], path: Path, problems: list[str]) -> dict[int, str]:
+    """Category id -> name in ascending id order; a faulty entry is added to ``problems``
+    and left out."""
     cats: dict[int, str] = {}
     for i, cat in enumerate(data["categories"]):
-        if not isinstance(cat, dict):
-            raise AnnotationError(path, f"categories[{i}] is not an object")
-        cid = _int(_require(cat, "id", f"categories[{i}]", path), f"categories[{i}].id", path)
-        name = _require(cat, "name", f"categories[{i}]", path)
-        if not isinstance(name, str):
-            raise AnnotationError(path, f"categories[{i}].name must be a string, got {_shown(name)}")
-        problem = name_problem(name)
-        if problem is not None:
-            raise AnnotationError(path, f"categories[{i}].name {name!r}: {problem}")
-        if cid in cats:
-            raise AnnotationError(path, f"category id {cid} is listed twice")
-        if name in cats.values():
-            raise AnnotationError(path, f"category name {name!r} is listed twice")
+        try:
+            if not isinstance(cat, dict):
+                raise AnnotationError(path, f"categories[{i}] is not an object")
+            cid = _int(_require(cat, "id", f"categories[{i}]", path), f"categories[{i}].id",
+                       path)
+            name = _require(cat, "name", f"categories[{i}]", path)
+            if not isinstance(name, str):
+                raise AnnotationError(
+                    path, f"categories[{i}].name must be a string, got {_shown(name)}")
+            problem = name_problem(name)
+            if problem is not None:
+                raise AnnotationError(path, f"categories[{i}].name {name!r}: {problem}")
+            if cid in cats:
+                raise AnnotationError(path, f"category id {cid} is listed twice")
+            if name in cats.values():
+                raise AnnotationError(path, f"category name {name!r} is listed twice")
+        except AnnotationError as err:
+            problems.append(err.problem)
+            continue
         cats[cid] = name
     return dict(sorted(cats.items()))
+
+
+def _image(img: Any, i: int, images: dict[int, ImageAnnotation], path: Path
+           ) -> tuple[int, ImageAnnotation]:
+    """Entry ``images[i]`` as its id and an empty :class:`ImageAnnotation`."""
+    if not isinstance(img, dict):
+        raise AnnotationError(path, f"images[{i}] is not an object")
+    where = f"images[{i}]"
+    iid = _int(_require(img, "id", where, path), f"{where}.id", path)
+    if iid in images:
+        raise AnnotationError(path, f"image id {iid} is listed twice")
+    file_name = _require(img, "file_name", where, path)
+    if not isinstance(file_name, str) or not file_name.strip():
+        raise AnnotationError(
+            path, f"{where}.file_name must be a non-empty string, got {_shown(file_name)}"
+        )
+    return iid, ImageAnnotation(
+        filename=PurePosixPath(file_name.replace("\\", "/")).name,
+        width=_int(_require(img, "width", where, path), f"{where}.width", path),
+        height=_int(_require(img, "height", where, path), f"{where}.height", path),
+        extra={"coco_image_id": iid, "coco_file_name": file_name, "coco_annotation_ids": []},
+    )
+
+
+def _hashable(value: Any) -> bool:
+    """``value`` can be a set member (JSON scalars; not lists or objects)."""
+    return isinstance(value, (int, float, str, type(None)))
+
+
+def _raise_problems(path: Path, problems: list[str]) -> None:
+    """One :class:`AnnotationError` for every fault found: the first in its message (one
+    short line) with a count of the others, all of them in ``problems``."""
+    if not problems:
+        return
+    rest = len(problems) - 1
+    tail = (f" (and {rest} more problem{'s' if rest > 1 else ''} in this file; "
+            "`lumbardx data check` lists each)") if rest else ""
+    raise AnnotationError(path, problems[0] + tail, problems)
 
 
 def parse_coco(
@@ -124,7 +174,13 @@ def parse_coco(
     validate: bool = True,
     tolerance: float = DEFAULT_TOLERANCE_PX,
 ) -> CocoData:
-    """Build :class:`CocoData` from decoded JSON; ``path`` names the file in errors."""
+    """Build :class:`CocoData` from decoded JSON; ``path`` names the file in errors.
+
+    Every entry is checked before the file is refused, so that one error reports every
+    structural fault and, with ``validate``, every box fault (the first in its message, all in
+    ``AnnotationError.problems``); an annotation of an image or category whose own entry is at
+    fault is not reported again.
+    """
     if not isinstance(data, dict):
         raise AnnotationError(
             path, "not a COCO instances file: the top level must be an object holding lists "
@@ -137,46 +193,49 @@ def parse_coco(
             )
         if not isinstance(data[key], list):
             raise AnnotationError(path, f"not a COCO instances file: {key!r} must be a list")
-    cats = _categories(data, path)
+    problems: list[str] = []
+    cats = _categories(data, path, problems)
+    bad_categories = {c.get("id") for c in data["categories"]
+                      if isinstance(c, dict) and _hashable(c.get("id"))} - set(cats)
     images: dict[int, ImageAnnotation] = {}
+    bad_images: set[Any] = set()
     for i, img in enumerate(data["images"]):
-        if not isinstance(img, dict):
-            raise AnnotationError(path, f"images[{i}] is not an object")
-        where = f"images[{i}]"
-        iid = _int(_require(img, "id", where, path), f"{where}.id", path)
-        if iid in images:
-            raise AnnotationError(path, f"image id {iid} is listed twice")
-        file_name = _require(img, "file_name", where, path)
-        if not isinstance(file_name, str) or not file_name.strip():
-            raise AnnotationError(
-                path, f"{where}.file_name must be a non-empty string, got {_shown(file_name)}"
-            )
-        images[iid] = ImageAnnotation(
-            filename=PurePosixPath(file_name.replace("\\", "/")).name,
-            width=_int(_require(img, "width", where, path), f"{where}.width", path),
-            height=_int(_require(img, "height", where, path), f"{where}.height", path),
-            extra={"coco_image_id": iid, "coco_file_name": file_name, "coco_annotation_ids": []},
-        )
+        try:
+            iid, ann = _image(img, i, images, path)
+        except AnnotationError as err:
+            problems.append(err.problem)
+            if isinstance(img, dict) and _hashable(img.get("id")) \
+                    and img.get("id") not in images:
+                bad_images.add(img.get("id"))
+            continue
+        images[iid] = ann
     annotation_ids: set[int] = set()
     for i, obj in enumerate(data["annotations"]):
         where = f"annotations[{i}]"
-        if not isinstance(obj, dict):
-            raise AnnotationError(path, f"{where} is not an object")
-        if "id" in obj:
-            aid = _int(obj["id"], f"{where}.id", path)
-            if aid in annotation_ids:
-                raise AnnotationError(path, f"annotation id {aid} is listed twice")
-            annotation_ids.add(aid)
-        iid = _int(_require(obj, "image_id", where, path), f"{where}.image_id", path)
-        cid = _int(_require(obj, "category_id", where, path), f"{where}.category_id", path)
-        x, y, w, h = _bbox(_require(obj, "bbox", where, path), where, path)
-        iscrowd = obj.get("iscrowd", 0)
-        if iscrowd not in (0, 1):  # false/true read as 0/1
-            raise AnnotationError(path, f"{where}.iscrowd must be 0 or 1, got {_shown(iscrowd)}")
-        if iid not in images:
-            raise AnnotationError(path, f"{where}: image_id {iid} is not in 'images'")
-        if cid not in cats and validate:
-            raise AnnotationError(path, f"{where}: unknown category_id {cid}")
+        try:
+            if not isinstance(obj, dict):
+                raise AnnotationError(path, f"{where} is not an object")
+            if "id" in obj:
+                aid = _int(obj["id"], f"{where}.id", path)
+                if aid in annotation_ids:
+                    raise AnnotationError(path, f"annotation id {aid} is listed twice")
+                annotation_ids.add(aid)
+            iid = _int(_require(obj, "image_id", where, path), f"{where}.image_id", path)
+            cid = _int(_require(obj, "category_id", where, path), f"{where}.category_id", path)
+            x, y, w, h = _bbox(_require(obj, "bbox", where, path), where, path)
+            iscrowd = obj.get("iscrowd", 0)
+            if iscrowd not in (0, 1):  # false/true read as 0/1
+                raise AnnotationError(
+                    path, f"{where}.iscrowd must be 0 or 1, got {_shown(iscrowd)}")
+            if iid in bad_images or cid in bad_categories:
+                continue  # its image or category entry is reported already
+            if iid not in images:
+                raise AnnotationError(path, f"{where}: image_id {iid} is not in 'images'")
+            if cid not in cats and validate:
+                raise AnnotationError(path, f"{where}: unknown category_id {cid}")
+        except AnnotationError as err:
+            problems.append(err.problem)
+            continue
         ann = images[iid]
         ann.boxes.append(
             Box(
@@ -192,10 +251,10 @@ def parse_coco(
     result = CocoData(class_names=list(cats.values()), category_ids=list(cats))
     for ann in images.values():
         if validate:
-            problems = annotation_problems(ann, result.class_names, tolerance)
-            if problems:
-                raise AnnotationError(path, f"image {ann.extra['coco_file_name']!r}: {problems[0]}")
+            found = annotation_problems(ann, result.class_names, tolerance)
+            problems += [f"image {ann.extra['coco_file_name']!r}: {p}" for p in found]
         result.annotations.append(ann)
+    _raise_problems(path, problems)
     return result
 
 
@@ -223,9 +282,9 @@ def read_coco(
 
     Args:
         path: the ``.json`` file.
-        validate: raise on the first invalid box or unknown ``category_id`` (message names the
-            file, the image and the object); when false, return what was parsed (unknown
-            category ids become the label ``"<id>"``).
+        validate: raise on invalid boxes or unknown ``category_id`` (the message names the
+            file, the image and the object of the first, ``problems`` all of them); when
+            false, return what was parsed (unknown category ids become the label ``"<id>"``).
         tolerance: pixels a box may reach outside the image.
 
     Raises:

@@ -7,6 +7,7 @@ continue with the rest.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -30,7 +31,18 @@ class InputError(LumbardxError, ValueError):
 
 
 class AnnotationError(InputError):
-    """An annotation file that is malformed or holds invalid boxes or classes."""
+    """An annotation file that is malformed or holds invalid boxes or classes.
+
+    Attributes:
+        problems: every problem found in the file, each one line; the message (``problem``)
+            names the first and counts the others. Tools that list every problem
+            (``lumbardx data check``) read this.
+    """
+
+    def __init__(self, path: str | Path | None, problem: str,
+                 problems: Sequence[str] | None = None) -> None:
+        self.problems = list(problems) if problems else [problem]
+        super().__init__(path, problem)
 
 
 class ImageReadError(InputError):

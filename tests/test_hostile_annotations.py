@@ -363,6 +363,26 @@ def test_yolo_box_problems(tmp_path: Path, line: str, raised: str, listed: str) 
     assert problem.startswith(f"{path}: object 1") and listed in problem
 
 
+def test_yolo_every_faulty_line_at_once(tmp_path: Path) -> None:
+    """Every faulty line of a label file in one error, then every faulty box."""
+    path = _write(tmp_path / "a.txt", "0 0.5 0.5 0.1 0.1\n7 0.5 0.5 0.1 0.1\n"
+                                      "0 0.5 0.5 x 0.1\n0 1.5 0.5 0.1 0.1\n0 0.5\n")
+    with pytest.raises(AnnotationError) as info:
+        read_yolo(path, image_size=(W, H), class_names=NAMES)
+    assert info.value.problems == [
+        "line 2: unknown class index 7 (the class list has 2)",
+        "line 3: non-numeric box value in '0 0.5 0.5 x 0.1'",
+        "line 5: expected 5 columns 'class cx cy w h', got 2"]
+    assert info.value.problem.startswith("line 2: unknown class index 7 (the class list has 2) "
+                                         "(and 2 more problems in this file")
+    _write(path, "0 1.04 0.5 0.1 0.1\n1 0.5 0.5 0.1 0\n")  # the lines read: both boxes fail
+    with pytest.raises(AnnotationError) as info:
+        read_yolo(path, image_size=(W, H), class_names=NAMES)
+    assert [p.split(":")[0] for p in info.value.problems] == ["object 1 ('normal')",
+                                                              "object 2 ('herniation')"]
+    assert "(and 1 more problem in this file" in info.value.problem
+
+
 @pytest.mark.parametrize(
     "content",
     [
@@ -614,13 +634,23 @@ def test_coco_every_fault_is_reported_at_once(tmp_path: Path) -> None:
         "images[2]: missing required field 'file_name'",
         "annotations[2]: image_id 9 is not in 'images'",
         "annotations[4]: bbox must be 4 numbers [x, y, w, h], got 'x'",
-        "image 'b.png': object 2 ('normal'): x2=5 < x1=10 (corners swapped, negative width)",
     ]
-    assert err.problem.startswith("category id 1 is listed twice (and 4 more problems")
+    assert err.problem.startswith("category id 1 is listed twice (and 3 more problems")
     assert "\n" not in str(err) and len(str(err)) < 400
     with pytest.raises(AnnotationError) as info:
-        read_coco(path, validate=False)  # structure only: the box fault is not checked
-    assert len(info.value.problems) == 4
+        read_coco(path, validate=False)  # structural faults are refused whatever validate
+    assert info.value.problems == err.problems
+    for extra in ("categories", "images"):
+        doc[extra].pop()
+    doc["annotations"] = doc["annotations"][:2] + doc["annotations"][-1:] + [
+        {"id": 7, "image_id": 1, "category_id": 1, "bbox": [60, 1, 10, 2]}]
+    _write(path, json.dumps(doc))
+    with pytest.raises(AnnotationError) as info:  # the structure holds: every box fault
+        read_coco(path)
+    assert info.value.problems == [
+        "image 'a.png': object 2 ('normal'): x2=70 is outside the image width 0..64 "
+        "(tolerance 1 px)",
+        "image 'b.png': object 2 ('normal'): x2=5 < x1=10 (corners swapped, negative width)"]
     _write(tmp_path / "ok.json", json.dumps(_coco_doc()))
     assert len(read_coco(tmp_path / "ok.json").annotations) == 2
 

@@ -158,14 +158,9 @@ def _hashable(value: Any) -> bool:
 
 
 def _raise_problems(path: Path, problems: list[str]) -> None:
-    """One :class:`AnnotationError` for every fault found: the first in its message (one
-    short line) with a count of the others, all of them in ``problems``."""
-    if not problems:
-        return
-    rest = len(problems) - 1
-    tail = (f" (and {rest} more problem{'s' if rest > 1 else ''} in this file; "
-            "`lumbardx data check` lists each)") if rest else ""
-    raise AnnotationError(path, problems[0] + tail, problems)
+    """Raise :meth:`AnnotationError.of` ``problems`` unless there are none."""
+    if problems:
+        raise AnnotationError.of(path, problems)
 
 
 def parse_coco(
@@ -177,9 +172,9 @@ def parse_coco(
     """Build :class:`CocoData` from decoded JSON; ``path`` names the file in errors.
 
     Every entry is checked before the file is refused, so that one error reports every
-    structural fault and, with ``validate``, every box fault (the first in its message, all in
-    ``AnnotationError.problems``); an annotation of an image or category whose own entry is at
-    fault is not reported again.
+    structural fault (the first in its message, all in ``AnnotationError.problems``); an
+    annotation of an image or category whose own entry is at fault is not reported again. With
+    ``validate``, the boxes are checked once the structure holds, all of them likewise.
     """
     if not isinstance(data, dict):
         raise AnnotationError(
@@ -248,6 +243,7 @@ def parse_coco(
             )
         )
         ann.extra["coco_annotation_ids"].append(obj.get("id"))
+    _raise_problems(path, problems)  # boxes are numbered per image once every entry reads
     result = CocoData(class_names=list(cats.values()), category_ids=list(cats))
     for ann in images.values():
         if validate:

@@ -44,6 +44,15 @@ class AnnotationError(InputError):
         self.problems = list(problems) if problems else [problem]
         super().__init__(path, problem)
 
+    @classmethod
+    def of(cls, path: str | Path | None, problems: Sequence[str]) -> AnnotationError:
+        """One error for every problem of a file (``problems`` not empty): the message names
+        the first and counts the others."""
+        rest = len(problems) - 1
+        tail = (f" (and {rest} more problem{'s' if rest > 1 else ''} in this file; "
+                "`lumbardx data check` lists each)") if rest else ""
+        return cls(path, problems[0] + tail, problems)
+
 
 class ImageReadError(InputError):
     """An image or DICOM file that cannot be read or is not usable."""

@@ -177,9 +177,9 @@ def validate_annotation(
     """List every problem of ``ann``; each message names ``source`` when it is given.
 
     Checks: positive image size; per box a usable class name (:func:`name_problem`), known
-    when ``class_names`` is given, finite coordinates, positive width and height (``x2 < x1`` is reported as swapped
-    corners, i.e. ``xmax < xmin`` in VOC terms) and corners within the image up to
-    ``tolerance`` pixels.
+    when ``class_names`` is given, finite coordinates, positive width and height (``x2 < x1``
+    is reported as swapped corners, i.e. ``xmax < xmin`` in VOC terms) and corners within the
+    image up to ``tolerance`` pixels.
 
     Returns:
         ``[]`` for a valid annotation, otherwise one message per problem, e.g.
@@ -194,7 +194,8 @@ def check_annotation(
     source: Path | None = None,
     tolerance: float = DEFAULT_TOLERANCE_PX,
 ) -> None:
-    """Raise :class:`AnnotationError` (naming ``source``) on the first problem of ``ann``."""
-    errors = annotation_errors(ann, class_names, source, tolerance)
-    if errors:
-        raise errors[0]
+    """Raise one :class:`AnnotationError` (naming ``source``) holding every problem of
+    ``ann`` (:meth:`AnnotationError.of`: the message names the first and counts the rest)."""
+    problems = annotation_problems(ann, class_names, tolerance)
+    if problems:
+        raise AnnotationError.of(source, problems)

@@ -29,7 +29,7 @@ from lumbardx.data.errors import AnnotationError
 from lumbardx.data.images import image_dimensions
 from lumbardx.data.validate import (
     DEFAULT_TOLERANCE_PX,
-    check_annotation,
+    annotation_problems,
     name_problem,
     parse_decimal,
     read_utf8,
@@ -162,42 +162,56 @@ def parse_yolo(
     """Parse YOLO label text; ``path`` names the file in errors (see :func:`read_yolo`)."""
     width, height = image_size
     ann = ImageAnnotation(filename=filename, width=int(width), height=int(height))
+    problems: list[str] = []
     for line_no, line in enumerate(text.splitlines(), start=1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 5:
-            raise AnnotationError(
-                path, f"line {line_no}: expected 5 columns 'class cx cy w h', got {len(parts)}"
-            )
-        index = _class_index(parts[0], path, line_no)
         try:
-            cx, cy, w, h = (parse_decimal(p) for p in parts[1:])
-        except ValueError:
-            raise AnnotationError(
-                path, f"line {line_no}: non-numeric box value in {line.strip()!r}"
-            ) from None
-        if class_names is not None and index < len(class_names):
-            label = class_names[index]
-        elif validate:
-            n = len(class_names) if class_names is not None else 0
-            raise AnnotationError(
-                path, f"line {line_no}: unknown class index {index} (the class list has {n})"
-            )
-        else:
-            label = str(index)  # kept so a checker can report it as an unknown class
-        ann.boxes.append(
-            Box(
-                label=label,
-                x1=(cx - w / 2) * width,
-                y1=(cy - h / 2) * height,
-                x2=(cx + w / 2) * width,
-                y2=(cy + h / 2) * height,
-            )
-        )
-    if validate:
-        check_annotation(ann, class_names, path, tolerance)
+            box = _line_box(line, line_no, path, image_size, class_names, validate)
+        except AnnotationError as err:
+            problems.append(err.problem)
+            continue
+        if box is not None:
+            ann.boxes.append(box)
+    if validate and not problems:
+        problems = annotation_problems(ann, class_names, tolerance)
+    if problems:
+        raise AnnotationError.of(path, problems)
     return ann
+
+
+def _line_box(line: str, line_no: int, path: Path, image_size: tuple[int, int],
+              class_names: Sequence[str] | None, validate: bool) -> Box | None:
+    """The box of one label line (pixels), ``None`` for a blank line."""
+    width, height = image_size
+    parts = line.split()
+    if not parts:
+        return None
+    if len(parts) != 5:
+        raise AnnotationError(
+            path, f"line {line_no}: expected 5 columns 'class cx cy w h', got {len(parts)}"
+        )
+    index = _class_index(parts[0], path, line_no)
+    try:
+        cx, cy, w, h = (parse_decimal(p) for p in parts[1:])
+    except ValueError:
+        raise AnnotationError(
+            path, f"line {line_no}: non-numeric box value in {line.strip()!r}"
+        ) from None
+    if class_names is not None and index < len(class_names):
+        label = class_names[index]
+    elif validate:
+        n = len(class_names) if class_names is not None else 0
+        raise AnnotationError(
+            path, f"line {line_no}: unknown class index {index} (the class list has {n})"
+        )
+    else:
+        label = str(index)  # kept so a checker can report it as an unknown class
+    return Box(
+        label=label,
+        x1=(cx - w / 2) * width,
+        y1=(cy - h / 2) * height,
+        x2=(cx + w / 2) * width,
+        y2=(cy + h / 2) * height,
+    )
 
 
 def read_yolo(
@@ -216,8 +230,9 @@ def read_yolo(
         class_names: class names by index (from :func:`read_data_yaml`); ``None`` only with
             ``validate=False``, and boxes are then labelled with their index as text.
         image_size: ``(width, height)`` in pixels, instead of reading ``image_path``.
-        validate: raise on the first invalid box or unknown class index; when false, return
-            what was parsed (unknown indices become the label ``"<index>"``).
+        validate: raise on invalid boxes or unknown class indices (one error holding every
+            problem of the file, :meth:`AnnotationError.of`); when false, return what was
+            parsed (unknown indices become the label ``"<index>"``).
         tolerance: pixels a box may reach outside the image.
 
     Returns:

@@ -293,6 +293,36 @@ def test_voc_box_problems(tmp_path: Path, fields: dict[str, str], raised: str,
     assert problem.startswith(f"{path}: object 1") and listed in problem
 
 
+def _voc_objects(*objects: str) -> str:
+    return ("<annotation><filename>a.png</filename><size><width>64</width><height>48</height>"
+            "<depth>1</depth></size>" + "".join(f"<object>{o}</object>" for o in objects)
+            + "</annotation>")
+
+
+def _bndbox(xmin: str, ymin: str, xmax: str, ymax: str) -> str:
+    return (f"<bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax>"
+            f"<ymax>{ymax}</ymax></bndbox>")
+
+
+def test_voc_every_faulty_object_at_once(tmp_path: Path) -> None:
+    path = _write(tmp_path / "a.xml", _voc_objects(
+        "<name>normal</name>" + _bndbox("1", "1", "10", "10"),
+        "<name>normal</name>",
+        "<name>herniation</name>" + _bndbox("abc", "1", "10", "10")))
+    for validate in (True, False):
+        with pytest.raises(AnnotationError) as info:
+            read_voc(path, NAMES, validate=validate)
+        assert info.value.problems == ["object 2: missing required field <bndbox>",
+                                       "object 3: <xmin> is not a number: 'abc'"]
+        assert "(and 1 more problem in this file" in info.value.problem
+    _write(path, _voc_objects("<name>normal</name>" + _bndbox("1", "1", "90", "10"),
+                              "<name>herniaton</name>" + _bndbox("1", "1", "10", "10")))
+    with pytest.raises(AnnotationError) as info:
+        read_voc(path, NAMES)
+    assert [p.split(":")[0] for p in info.value.problems] == ["object 1 ('normal')",
+                                                              "object 2 ('herniaton')"]
+
+
 def test_voc_tolerated_variants(tmp_path: Path) -> None:
     declared = _voc(header='<?xml version="1.0" encoding="iso-8859-1"?>\n', name="h\xe9rnie")
     ann = read_voc(_write(tmp_path / "latin1.xml", declared.encode("latin-1")))

@@ -171,38 +171,47 @@ def parse_voc(
     )
     if root.get("verified") == "yes":
         ann.extra["verified"] = True
+    problems: list[str] = []
     for i, obj in enumerate(root.iter("object"), start=1):
-        where = f"object {i}: "
-        name = _text(obj, "name", path, where, required=True) or ""
-        bndbox = obj.find("bndbox")
-        if bndbox is None:
-            raise AnnotationError(path, f"{where}missing required field <bndbox>")
-        xmin, ymin, xmax, ymax = (
-            _number(_text(bndbox, t, path, f"{where}<bndbox>: ", True) or "", t, path, where)
-            for t in _COORDS
-        )
-        if validate:
-            for lo, hi, a in ((xmin, xmax, "x"), (ymin, ymax, "y")):
-                if hi < lo:
-                    raise AnnotationError(
-                        path, f"object {i} ({name!r}): {a}max={hi:g} < {a}min={lo:g} "
-                        "(corners swapped)",
-                    )
-        ann.boxes.append(
-            Box(
-                label=name,
-                x1=xmin - 1.0,
-                y1=ymin - 1.0,
-                x2=xmax,
-                y2=ymax,
-                difficult=_flag(obj, "difficult", path, where),
-                truncated=_flag(obj, "truncated", path, where),
-                pose=_text(obj, "pose", path, where, required=False) or "Unspecified",
-            )
-        )
+        try:
+            ann.boxes.append(_object_box(obj, i, path, validate))
+        except AnnotationError as err:  # every faulty object of the file is reported
+            problems.append(err.problem)
+    if problems:
+        raise AnnotationError.of(path, problems)
     if validate:
         check_annotation(ann, class_names, path, tolerance)
     return ann
+
+
+def _object_box(obj: ET.Element, i: int, path: Path, validate: bool) -> Box:
+    """The box of ``<object>`` number ``i`` (continuous 0-based pixels)."""
+    where = f"object {i}: "
+    name = _text(obj, "name", path, where, required=True) or ""
+    bndbox = obj.find("bndbox")
+    if bndbox is None:
+        raise AnnotationError(path, f"{where}missing required field <bndbox>")
+    xmin, ymin, xmax, ymax = (
+        _number(_text(bndbox, t, path, f"{where}<bndbox>: ", True) or "", t, path, where)
+        for t in _COORDS
+    )
+    if validate:
+        for lo, hi, a in ((xmin, xmax, "x"), (ymin, ymax, "y")):
+            if hi < lo:
+                raise AnnotationError(
+                    path, f"object {i} ({name!r}): {a}max={hi:g} < {a}min={lo:g} "
+                    "(corners swapped)",
+                )
+    return Box(
+        label=name,
+        x1=xmin - 1.0,
+        y1=ymin - 1.0,
+        x2=xmax,
+        y2=ymax,
+        difficult=_flag(obj, "difficult", path, where),
+        truncated=_flag(obj, "truncated", path, where),
+        pose=_text(obj, "pose", path, where, required=False) or "Unspecified",
+    )
 
 
 def read_voc(
@@ -216,9 +225,12 @@ def read_voc(
     Args:
         path: the ``.xml`` file.
         class_names: allowed class names (checked when ``validate``); ``None`` accepts any.
-        validate: raise :class:`AnnotationError` on the first invalid box (see
+        validate: raise :class:`AnnotationError` on invalid boxes (one error holding them
+            all, :meth:`AnnotationError.of`; see
             :func:`lumbardx.data.validate.validate_annotation`); when false, return what was
-            parsed so a checker can list every problem.
+            parsed so a checker can list every problem. Faulty ``<object>`` entries (no
+            ``<bndbox>``, a coordinate that is not a number) are refused either way, all of
+            them in one error.
         tolerance: pixels a box may reach outside the image.
 
     Returns:

@@ -190,7 +190,8 @@ def test_coco_structural_faults_are_each_listed(tmp_path: Path) -> None:
     for i in range(2):
         write_png(root / "images" / f"c{i}.png", i)
     coco = {
-        "images": [{"id": i + 1, "file_name": f"c{i}.png", "width": W, "height": H} for i in (0, 1)],
+        "images": [{"id": i + 1, "file_name": f"c{i}.png", "width": W, "height": H}
+                   for i in (0, 1)],
         "annotations": [{"id": 1, "image_id": 5, "category_id": 1, "bbox": [5, 5, 10, 10]},
                         {"id": 2, "image_id": 1, "category_id": 1, "bbox": [5, 5, 10]}],
         "categories": [{"id": 1, "name": "Normal IVD"}],
@@ -203,6 +204,20 @@ def test_coco_structural_faults_are_each_listed(tmp_path: Path) -> None:
         "annotations[0]: image_id 5 is not in 'images'",
         "annotations[1]: bbox must be 4 numbers [x, y, w, h], got [5, 5, 10]"]
     assert all(p.path is not None and p.path.name == "instances.json" for p in rows)
+
+
+def test_exif_oriented_image_is_a_warning(tmp_path: Path) -> None:
+    root = make_clean(tmp_path / "ds")
+    img = Image.open(root / "images" / "img_01.png")
+    exif = img.getexif()
+    exif[0x0112] = 8
+    img.save(root / "images" / "img_01.png", exif=exif)
+    report = check_dataset(root)
+    assert by_kind(report, kinds.EXIF_ROTATED) == ["img_01.png"]
+    (problem,) = [p for p in report.problems if p.kind == kinds.EXIF_ROTATED]
+    assert problem.severity == "warning" and "rotated 90 degrees counter-clockwise" in \
+        problem.message
+    assert report.ok
 
 
 def test_not_a_dataset_exits_1(tmp_path: Path) -> None:

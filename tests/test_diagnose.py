@@ -264,6 +264,20 @@ def test_onnx_backend_matches_torch(dx, checkpoint: Path, case_files: dict[str, 
                                [d.box.xyxy() for d in b.findings.discs], atol=0.05)
 
 
+def test_exif_oriented_image_is_read_upright_with_a_warning(dx, case_files: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    up = np.asarray(Image.open(case_files["png"]))
+    img = Image.fromarray(np.ascontiguousarray(np.rot90(up, 1)))  # stored a quarter turned
+    exif = img.getexif()
+    exif[0x0112] = 6  # viewers turn it 90 degrees clockwise: upright again
+    img.save(tmp_path / "turned.png", exif=exif)
+    study = dx.diagnose(tmp_path / "turned.png")
+    np.testing.assert_array_equal(study.image.display, up)
+    (note,) = [w for w in study.warnings if "EXIF orientation" in w]
+    assert "(6: rotated 90 degrees clockwise)" in note
+    assert not any("EXIF" in w for w in dx.diagnose(case_files["png"]).warnings)
+
+
 def test_shipped_default_finds_discs_on_real_images(yolospine_dev: Path) -> None:
     from lumbardx.diagnosis import Diagnoser
 

@@ -190,3 +190,33 @@ def test_real_png(yolospine_dev: Path) -> None:
     assert img.kind == "png" and img.bits == 8
     assert image_size(path) == (384, 384)
     assert img.display.std() > 10  # a real MR slice, not a blank
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_exif_orientation_applied_only_when_asked(tmp_path: Path, fmt: str) -> None:
+    """Diagnosis reads a PNG / JPEG as viewers show it (EXIF Orientation applied and
+    recorded); annotated datasets keep the stored pixels, on which LabelImg draws."""
+    from PIL import ImageOps
+
+    for orientation in range(1, 9):
+        path = tmp_path / f"o{orientation}.{fmt.lower()}"
+        img = Image.fromarray(_ramp(24, 32))
+        exif = img.getexif()
+        exif[0x0112] = orientation
+        img.save(path, format=fmt, exif=exif)
+        with Image.open(path) as opened:
+            stored = np.asarray(opened.convert("L"))
+            upright = np.asarray(ImageOps.exif_transpose(opened).convert("L"))
+        shown = read_image(path, exif=True)
+        np.testing.assert_array_equal(shown.display, upright)
+        assert shown.exif_orientation == orientation
+        raw = read_image(path)
+        np.testing.assert_array_equal(raw.display, stored)
+        assert raw.exif_orientation == 1
+    assert upright.shape == (32, 24)  # orientation 8: turned a quarter
+    big = tmp_path / "big.png"  # reduced first, then turned
+    img = Image.fromarray(_ramp(600, 1000))
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(big, exif=exif)
+    assert read_image(big, exif=True, max_side=500).display.shape == (500, 300)

@@ -30,7 +30,7 @@ import torch
 
 from lumbardx.data.boxes import Box
 from lumbardx.data.errors import InputError
-from lumbardx.data.images import MedicalImage
+from lumbardx.data.images import EXIF_ORIENTATIONS, MedicalImage
 from lumbardx.models.pretrained import SHIPPED, LoadedModel, load_detector, shipped_single_slice
 from lumbardx.stages import Clock
 from lumbardx.stages import detect as detect_stage
@@ -229,6 +229,10 @@ class Diagnoser:
         if problem:
             raise InputError(where, problem)
         warnings += reader.warnings
+        if image.exif_orientation != 1:
+            warnings.append(f"the image file's EXIF orientation ({image.exif_orientation}: "
+                            f"{EXIF_ORIENTATIONS[image.exif_orientation]}) was applied, as "
+                            "image viewers do: check that the slice reads upright")
         anterior = anterior_left(image)
         if self.segments is not None and spine.discs:
             with clock("segments"):

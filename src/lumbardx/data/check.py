@@ -8,9 +8,11 @@ Problems have a severity. ``error``: the file cannot be used as it is or scores 
 the patients table, identical images of two different patients, label file without image,
 annotated size differing from the image). ``warning``: legitimate but worth a look (empty label
 = "no findings", identical images of one patient, patients-table rows naming no image, no
-patient grouping at all). For identical images the message also says which boxes of one have
-no same-class box of the other at IoU >= 0.5: one of the two annotations is then incomplete or
-wrong (boxes redrawn a few pixels apart agree).
+patient grouping at all, a PNG / JPEG with an EXIF orientation: training reads its stored
+pixels, as LabelImg shows them, while viewers and some annotation tools turn it). For identical
+images the message also says which boxes of one have no same-class box of the other at IoU >=
+0.5: one of the two annotations is then incomplete or wrong (boxes redrawn a few pixels apart
+agree).
 
 Image check, decided for reliability over speed: every image is fully decoded with
 :func:`lumbardx.data.images.read_image`, the same reader training and inference use, so a file
@@ -31,7 +33,7 @@ from typing import Any, Literal
 from lumbardx.data.classes import build_class_map
 from lumbardx.data.convert import scan_dataset
 from lumbardx.data.errors import AnnotationError, ImageReadError, InputError
-from lumbardx.data.images import read_image
+from lumbardx.data.images import EXIF_ORIENTATIONS, file_exif_orientation, read_image
 from lumbardx.data.patients import assign_patients
 from lumbardx.data.validate import annotation_problems
 
@@ -52,6 +54,7 @@ SIZE_MISMATCH = "size mismatch"
 NOT_IN_PATIENTS = "missing from patients table"
 EXTRA_PATIENT_ROW = "patients row without image"
 NO_PATIENTS = "no patient grouping"
+EXIF_ROTATED = "EXIF orientation"
 DATASET = "dataset"
 
 
@@ -302,6 +305,13 @@ def check_dataset(
             continue
         height, width = image.display.shape
         sizes[f"{width}x{height}"] += 1
+        orientation = file_exif_orientation(rec.image_path)
+        if orientation != 1:
+            add(Problem("warning", EXIF_ROTATED, rec.image_path,
+                        f"the file carries EXIF orientation {orientation} (viewers show it "
+                        f"{EXIF_ORIENTATIONS[orientation]}); its boxes are read against the "
+                        "stored pixels, as LabelImg draws them: check them on the overlay if "
+                        "they were drawn in a tool that turns images by EXIF"))
         if ann is not None and (ann.width, ann.height) != (width, height):
             add(Problem("error", SIZE_MISMATCH, label,
                         f"annotation says {ann.width}x{ann.height} pixels but the image "

@@ -28,6 +28,7 @@ from lumbardx.data.dicom import dicom_size, read_dicom, read_header
 from lumbardx.data.errors import ImageReadError
 from lumbardx.data.medical_image import (  # noqa: F401 - the image type is public here too
     DISPLAY_PERCENTILES,
+    EXIF_ORIENTATIONS,
     LUMA_WEIGHTS,
     MAX_PIXELS,
     ImageKind,
@@ -46,6 +47,12 @@ _MODE_BITS: dict[str, int] = {"1": 1, "I": 16, "I;16": 16, "I;16L": 16, "I;16B":
 # Modes Image.reduce averages meaningfully; others are converted first (palette indices and
 # bilevel pixels cannot be averaged, Pillow does not reduce 16-bit modes).
 _REDUCIBLE_MODES: frozenset[str] = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "I", "F"})
+# EXIF Orientation -> the transpose showing the stored pixels upright (ImageOps.exif_transpose)
+_EXIF_TRANSPOSE: dict[int, Image.Transpose] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90}
 
 def _open_pil(path: Path, kind: ImageKind, max_pixels: int) -> Image.Image:
     """Open lazily (header only) and check the declared size against ``max_pixels``."""
@@ -102,10 +109,20 @@ def _reduced(img: Image.Image, max_side: int | None) -> Image.Image:
     return img.reduce(step)
 
 
-def _read_pil(path: Path, kind: ImageKind, max_pixels: int, max_side: int | None
-              ) -> MedicalImage:
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF Orientation of an opened PNG / JPEG (1-8; 1 when absent or invalid)."""
+    try:
+        value = int(img.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a damaged EXIF block is no orientation
+        return 1
+    return value if value in EXIF_ORIENTATIONS else 1
+
+
+def _read_pil(path: Path, kind: ImageKind, max_pixels: int, max_side: int | None,
+              exif: bool = False) -> MedicalImage:
     img = _open_pil(path, kind, max_pixels)
     with img:
+        orientation = exif_orientation(img) if exif else 1
         bits = _MODE_BITS.get(img.mode, 8)
         step = reduction_step(img.height, img.width, max_side)
         if kind == "jpeg" and step > 1:  # libjpeg decodes at 1/2, 1/4 or 1/8 scale directly
@@ -117,14 +134,17 @@ def _read_pil(path: Path, kind: ImageKind, max_pixels: int, max_side: int | None
         except Exception as exc:  # truncated data, bad CRC, broken Huffman tables ...
             raise ImageReadError(path, f"damaged or truncated {kind.upper()} data: {exc}"
                                  ) from exc
-        pixels, display = _pil_arrays(_reduced(img, max_side))
+        reduced = _reduced(img, max_side)
+        if orientation != 1:  # transposed as viewers show it (Pillow's exif_transpose)
+            reduced = reduced.transpose(_EXIF_TRANSPOSE[orientation])
+        pixels, display = _pil_arrays(reduced)
     return MedicalImage(pixels=pixels, display=display, pixel_spacing=None, source=path,
-                        kind=kind, header=None, bits=bits)
+                        kind=kind, header=None, bits=bits, exif_orientation=orientation)
 
 
 def read_image(
     path: str | Path, max_pixels: int = MAX_PIXELS, *, require_mr: bool = False,
-    max_side: int | None = MAX_DISPLAY_SIDE,
+    max_side: int | None = MAX_DISPLAY_SIDE, exif: bool = False,
 ) -> MedicalImage:
     """Read a PNG, JPEG or single-frame DICOM file.
 
@@ -136,6 +156,9 @@ def read_image(
         require_mr: for DICOM, refuse files whose Modality is not ``MR``.
         max_side: longest side of the returned image in pixels; larger images are reduced
             by an integer step (DICOM pixel spacing scaled by it; ``None``: full size).
+        exif: apply a PNG / JPEG's EXIF Orientation, so that the pixels are those image
+            viewers show (``MedicalImage.exif_orientation`` records it). Off for annotated
+            datasets: LabelImg draws boxes on the stored pixels.
 
     Returns:
         The image (see :class:`MedicalImage` for the arrays and their units).
@@ -154,7 +177,7 @@ def read_image(
         log.warning("%s: named like a DICOM file but holds a %s image; reading it as %s "
                     "(no DICOM header: no pixel spacing, no patient data)", path,
                     kind.upper(), kind.upper())
-    return _read_pil(path, kind, max_pixels, max_side)
+    return _read_pil(path, kind, max_pixels, max_side, exif)
 
 
 def image_dimensions(path: str | Path) -> tuple[int, int, int]:
@@ -176,6 +199,19 @@ def image_dimensions(path: str | Path) -> tuple[int, int, int]:
     img = _open_pil(path, kind, max_pixels=2**62)
     with img:
         return img.size[0], img.size[1], len(img.getbands())
+
+
+def file_exif_orientation(path: str | Path) -> int:
+    """The EXIF Orientation (1-8) a PNG / JPEG file carries, read from its header; 1 for
+    other files, files without one and unreadable ones (:func:`read_image` reports those)."""
+    path = Path(path)
+    if sniff_kind(path) not in ("png", "jpeg"):
+        return 1
+    try:
+        with Image.open(path) as img:
+            return exif_orientation(img)
+    except Exception:  # noqa: BLE001 - the reader, not this helper, reports damaged files
+        return 1
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

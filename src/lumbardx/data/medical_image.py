@@ -28,6 +28,13 @@ MAX_PIXELS: int = int(os.environ.get("LUMBARDX_MAX_PIXELS", 50_000_000))
 #: Percentiles of the robust display window used when a file carries no window of its own.
 DISPLAY_PERCENTILES: tuple[float, float] = (0.5, 99.5)
 
+#: What EXIF Orientation 2-8 does to the stored pixels to show them upright (TIFF 6.0 /
+#: EXIF 2.3 tag 0x0112; 1 = as stored).
+EXIF_ORIENTATIONS: dict[int, str] = {
+    2: "mirrored left-right", 3: "rotated 180 degrees", 4: "mirrored top-bottom",
+    5: "mirrored and rotated 90 degrees", 6: "rotated 90 degrees clockwise",
+    7: "mirrored and rotated 90 degrees", 8: "rotated 90 degrees counter-clockwise"}
+
 #: ITU-R BT.601 luma weights (the weights Pillow's ``convert("L")`` uses) for RGB -> gray.
 LUMA_WEIGHTS: tuple[float, float, float] = (0.299, 0.587, 0.114)
 
@@ -52,6 +59,9 @@ class MedicalImage:
             Secondary Capture output); ``None`` otherwise.
         bits: bits per sample as stored (DICOM Bits Stored; 8 or 16 for PNG; 1 for bilevel).
         frame: 0-based frame index inside a multi-frame DICOM file, else ``None``.
+        exif_orientation: the EXIF Orientation (2-8) of a PNG / JPEG that was applied to give
+            the pixels as image viewers show them (``read_image(..., exif=True)``); 1 when
+            none was applied.
     """
 
     pixels: np.ndarray
@@ -62,6 +72,7 @@ class MedicalImage:
     header: pydicom.Dataset | None = None
     bits: int = 8
     frame: int | None = None
+    exif_orientation: int = 1
 
     def __post_init__(self) -> None:
         if self.pixels.ndim != 2 or self.pixels.dtype != np.float32:

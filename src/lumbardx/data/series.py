@@ -371,7 +371,8 @@ def load_study(path: str | Path, n_slices: int = 1, *, require_mr: bool = True,
                ) -> list[MedicalImage]:
     """The image(s) to analyse from a PNG / JPEG file, a DICOM file or a study folder.
 
-    * PNG / JPEG: that one image (``n_slices`` does not apply to a single 2-D picture).
+    * PNG / JPEG: that one image (``n_slices`` does not apply to a single 2-D picture), turned
+      upright as image viewers show it when it carries an EXIF Orientation.
     * DICOM file: that slice (refused when its orientation is known and not sagittal); a
       multi-frame file is treated as a series and its middle ``n_slices`` frames are returned.
     * Folder of one study: the best sagittal series (:func:`rank_sagittal`) and its middle
@@ -392,7 +393,7 @@ def load_study(path: str | Path, n_slices: int = 1, *, require_mr: bool = True,
         kind = sniff_kind(path)
         if kind in ("png", "jpeg") or (kind is None
                                        and path.suffix.lower() not in DICOM_EXTENSIONS):
-            return [read_image(path, max_pixels)]  # raises for unknown content
+            return [read_image(path, max_pixels, exif=True)]  # raises for unknown content
         header = read_header(path)
         check_modality(header, path, require_mr)
         check_body_part(header, path)

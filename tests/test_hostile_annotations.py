@@ -665,7 +665,7 @@ def test_coco_every_fault_is_reported_at_once(tmp_path: Path) -> None:
         "annotations[2]: image_id 9 is not in 'images'",
         "annotations[4]: bbox must be 4 numbers [x, y, w, h], got 'x'",
     ]
-    assert err.problem.startswith("category id 1 is listed twice (and 3 more problems")
+    assert err.problem.startswith("category id 1 is listed twice (and 3 more problems in this file")
     assert "\n" not in str(err) and len(str(err)) < 400
     with pytest.raises(AnnotationError) as info:
         read_coco(path, validate=False)  # structural faults are refused whatever validate

@@ -369,6 +369,32 @@ def test_bad_input_names_file_and_problem(
     assert message in err.value.problem, err.value.problem
 
 
+def test_every_fault_of_a_table_at_once(tmp_path: Path) -> None:
+    """A table with several faults is refused once with all of them (fixed in one round);
+    an equivocal call is refused, not read as a finding named "maybe"."""
+    reads, truth = _bad(
+        tmp_path,
+        "reader,case,site,call,seconds\nAI,1,L4-L5,maybe,3\nAI,1,L5-S1,possible,x\n"
+        "AI,1,L4-L5,normal,2\nR1,1,L4-L5,normal\nR1,,L5-S1,normal,4\n",
+        "case,site,truth\n1,L4-L5,normal\n",
+    )
+    with pytest.raises(InputError) as err:
+        run_reader_study(reads, truth, n_boot=0)
+    assert err.value.problems == [
+        "row 5: 4 fields but the header has 5", "row 6, column 'case': empty value"]
+    reads.write_text("reader,case,site,call,seconds\nAI,1,L4-L5,maybe,3\nAI,1,L5-S1,possible,x"
+                     "\nAI,1,L4-L5,normal,2\n")
+    with pytest.raises(InputError) as err:
+        run_reader_study(reads, truth, n_boot=0)
+    first, second, third, fourth = err.value.problems
+    assert first.startswith("row 2, column 'call': unknown label 'maybe'; accepted labels")
+    assert "equivocal call" in first
+    assert second == "row 3, column 'call': unknown label 'possible'"  # the help said once
+    assert third == "row 3, column 'seconds': 'x' is not a number"
+    assert fourth.startswith("duplicate rows for the same reader/case/site: rows 2, 4")
+    assert err.value.problem.endswith("(and 3 more problems in this file)")
+
+
 def test_missing_file_and_unloaded_table(tmp_path: Path, table3) -> None:
     with pytest.raises(InputError, match="file not found"):
         load_truth(tmp_path / "absent.csv")
@@ -431,3 +457,12 @@ def test_cli_writes_five_files_and_refuses_bad_input(tmp_path: Path, table3) -> 
     assert res.exit_code == 2
     assert "bad.csv" in res.output and "missing column(s) call" in res.output
     assert not (tmp_path / "x").exists()
+    bad.write_text("reader,case,site,call\nAI,1,L4-L5,maybe\nAI,1,L5-S1,[red]x[/red]\n")
+    res = runner.invoke(
+        app, [str(bad), "--truth", str(table3["truth"]), "--out", str(tmp_path / "x")],
+        env={"COLUMNS": "400"})
+    assert res.exit_code == 2
+    listed = [line for line in res.output.splitlines() if line.startswith("  - ")]
+    assert [line.split(":")[0] for line in listed] == ["  - row 2, column 'call'",
+                                                        "  - row 3, column 'call'"]
+    assert "'[red]x[/red]'" in res.output  # printed as written, not as markup

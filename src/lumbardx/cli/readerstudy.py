@@ -13,6 +13,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lumbardx.clinical.forest import display_name
@@ -96,7 +97,11 @@ def reader_study(
     try:
         result = run_reader_study(reads, truth, ai=ai, seed=seed, n_boot=bootstrap)
     except InputError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        err = Console(stderr=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        if len(exc.problems) > 1:  # every fault of the table, to fix in one round
+            for problem in exc.problems:
+                err.print(f"  - {escape(problem)}", highlight=False)
         raise typer.Exit(code=2) from None
     paths = write_reader_study(result, out)
     for table in summary_tables(result):

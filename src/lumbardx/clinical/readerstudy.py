@@ -52,12 +52,17 @@ READS_COLUMNS: tuple[str, ...] = ("reader", "case", "site", "call")
 TRUTH_COLUMNS: tuple[str, ...] = ("case", "site", "truth")
 NEGATIVE = "normal"
 UNSPECIFIED = "abnormal"
+#: Values refused because their polarity is not stated (a missing value, yes/no without the
+#: question) or the call is equivocal: the study's protocol must decide those first.
 AMBIGUOUS: frozenset[str] = frozenset(
-    {"true", "false", "yes", "no", "none", "nan", "na", "null", "unknown", "missing"}
+    {"true", "false", "yes", "no", "none", "nan", "na", "null", "unknown", "missing",
+     "maybe", "possible", "possibly", "probable", "probably", "equivocal", "uncertain",
+     "indeterminate", "unsure", "borderline", "questionable", "doubtful"}
 )
 VOCABULARY_HELP = (
     "accepted labels (case-insensitive): normal/0/negative; 1/positive/abnormal; "
-    "or a finding name made of letters (e.g. herniation, spondylolisthesis)"
+    "or a finding name made of letters (e.g. herniation, spondylolisthesis); an equivocal "
+    "call (maybe, possible, ...) must be decided positive or negative by the study protocol"
 )
 _NAME = re.compile(r"[a-z]+(?:[ _-][a-z]+)*")
 _SHOW = 5  # how many offending rows/discs an error message lists
@@ -108,43 +113,49 @@ def _read_rows(
             f"a {what} table needs {', '.join(required)}",
         )
     rows: list[tuple[int, dict[str, str]]] = []
+    problems: list[str] = []
     for cells in reader:
         if not any(f.strip() for f in cells):
             continue
         line = reader.line_num
         if len(cells) != len(header):
-            raise InputError(
-                path, f"row {line}: {len(cells)} fields but the header has {len(header)}"
-            )
+            problems.append(f"row {line}: {len(cells)} fields but the header has {len(header)}")
+            continue
         row = {h: f.strip() for h, f in zip(header, cells, strict=True)}
-        for col in required:
-            if not row[col]:
-                raise InputError(path, f"row {line}, column '{col}': empty value")
-        rows.append((line, row))
+        empty = [col for col in required if not row[col]]
+        problems += [f"row {line}, column '{col}': empty value" for col in empty]
+        if not empty:
+            rows.append((line, row))
+    if problems:
+        raise InputError.of(path, problems)
     if not rows:
         raise InputError(path, f"{what} file has a header but no data rows")
     return header, rows
 
 
-def _label(path: Path, line: int, column: str, raw: str) -> str:
+def _label(line: int, column: str, raw: str, problems: list[str]) -> str:
+    """The canonical label of ``raw``; an unknown one is added to ``problems`` (as ``""``;
+    the first says which labels are accepted)."""
     label = parse_label(raw)
     if label is None:
-        raise InputError(
-            path, f"row {line}, column '{column}': unknown label {raw!r}; {VOCABULARY_HELP}"
-        )
+        said = any("unknown label" in p for p in problems)
+        problems.append(f"row {line}, column '{column}': unknown label {raw!r}"
+                        + ("" if said else f"; {VOCABULARY_HELP}"))
+        return ""
     return label
 
 
-def _check_duplicates(path: Path, df: pd.DataFrame, keys: list[str]) -> None:
+def _duplicates(df: pd.DataFrame, keys: list[str]) -> list[str]:
+    """The problem of rows repeating the same ``keys`` (at most one, naming the first few)."""
     dup = df[df.duplicated(keys, keep=False)]
     if dup.empty:
-        return
+        return []
     first = dup.groupby(keys, sort=False)["line"].apply(list).head(_SHOW)
     parts = []
     for key, lines in first.items():
         where = ", ".join(f"{k} {v}" for k, v in zip(keys, key, strict=True))
         parts.append(f"rows {', '.join(map(str, lines))} ({where})")
-    raise InputError(path, f"duplicate rows for the same {'/'.join(keys)}: {'; '.join(parts)}")
+    return [f"duplicate rows for the same {'/'.join(keys)}: {'; '.join(parts)}"]
 
 
 def load_reads(path: str | Path) -> pd.DataFrame:
@@ -159,20 +170,20 @@ def load_reads(path: str | Path) -> pd.DataFrame:
     header, rows = _read_rows(path, READS_COLUMNS, "reads")
     has_seconds = "seconds" in header
     records = []
+    problems: list[str] = []
     for line, row in rows:
-        label = _label(path, line, "call", row["call"])
+        label = _label(line, "call", row["call"], problems)
         seconds = math.nan
         if has_seconds and row["seconds"]:
             try:
                 seconds = float(row["seconds"])
             except ValueError:
-                raise InputError(
-                    path, f"row {line}, column 'seconds': {row['seconds']!r} is not a number"
-                ) from None
-            if not math.isfinite(seconds) or seconds < 0:
-                raise InputError(
-                    path, f"row {line}, column 'seconds': {row['seconds']!r} is not a time >= 0"
-                )
+                problems.append(f"row {line}, column 'seconds': {row['seconds']!r} is not a "
+                                "number")
+            else:
+                if not math.isfinite(seconds) or seconds < 0:
+                    problems.append(f"row {line}, column 'seconds': {row['seconds']!r} is not "
+                                    "a time >= 0")
         records.append(
             (
                 line,
@@ -188,7 +199,9 @@ def load_reads(path: str | Path) -> pd.DataFrame:
     df = pd.DataFrame.from_records(
         records, columns=["line", "reader", "case", "site", "call", "label", "positive", "seconds"]
     )
-    _check_duplicates(path, df, ["reader", "case", "site"])
+    problems += _duplicates(df, ["reader", "case", "site"])
+    if problems:
+        raise InputError.of(path, problems)
     df.attrs["path"] = str(path)
     return df
 
@@ -201,13 +214,17 @@ def load_truth(path: str | Path) -> pd.DataFrame:
     """
     path = Path(path)
     _, rows = _read_rows(path, TRUTH_COLUMNS, "truth")
+    problems: list[str] = []
     records = [
-        (line, row["case"], row["site"], row["truth"], _label(path, line, "truth", row["truth"]))
+        (line, row["case"], row["site"], row["truth"], _label(line, "truth", row["truth"],
+                                                             problems))
         for line, row in rows
     ]
     df = pd.DataFrame.from_records(records, columns=["line", "case", "site", "truth", "label"])
     df["positive"] = df["label"] != NEGATIVE
-    _check_duplicates(path, df, ["case", "site"])
+    problems += _duplicates(df, ["case", "site"])
+    if problems:
+        raise InputError.of(path, problems)
     df.attrs["path"] = str(path)
     return df
 

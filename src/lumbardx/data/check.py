@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from lumbardx.data.classes import build_class_map
 from lumbardx.data.convert import scan_dataset
-from lumbardx.data.errors import AnnotationError, ImageReadError, InputError
+from lumbardx.data.errors import ImageReadError, InputError
 from lumbardx.data.images import EXIF_ORIENTATIONS, file_exif_orientation, read_image
 from lumbardx.data.patients import assign_patients
 from lumbardx.data.validate import annotation_problems
@@ -245,8 +245,7 @@ def check_dataset(
     for err in scan.problems:
         kind = _classify_scan_problem(err)
         severity = "warning" if kind == DATASET else "error"
-        messages = err.problems if isinstance(err, AnnotationError) else [err.problem]
-        for message in messages:  # every fault of the file, one row each
+        for message in err.problems:  # every fault of the file, one row each
             add(Problem(severity, kind, err.path, message))
 
     ids = [rec.image_path.relative_to(root).as_posix() for rec in scan.records]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Self
 
 
 class LumbardxError(Exception):
@@ -21,37 +22,31 @@ class InputError(LumbardxError, ValueError):
     Attributes:
         path: the file that failed, or ``None`` when the problem has no single file.
         problem: what is wrong with it, in words a user can act on.
-    """
-
-    def __init__(self, path: str | Path | None, problem: str) -> None:
-        self.path = Path(path) if path is not None else None
-        self.problem = problem
-        where = f"{self.path}: " if self.path is not None else ""
-        super().__init__(f"{where}{problem}")
-
-
-class AnnotationError(InputError):
-    """An annotation file that is malformed or holds invalid boxes or classes.
-
-    Attributes:
-        problems: every problem found in the file, each one line; the message (``problem``)
-            names the first and counts the others. Tools that list every problem
-            (``lumbardx data check``) read this.
+        problems: every problem found in the file, each one line (``[problem]`` unless the
+            error was made with :meth:`of`, whose message names the first and counts the
+            others). Tools that list every problem (``lumbardx data check``, the reader-study
+            command) read this, so that a file's faults are fixed in one round.
     """
 
     def __init__(self, path: str | Path | None, problem: str,
                  problems: Sequence[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.problem = problem
         self.problems = list(problems) if problems else [problem]
-        super().__init__(path, problem)
+        where = f"{self.path}: " if self.path is not None else ""
+        super().__init__(f"{where}{problem}")
 
     @classmethod
-    def of(cls, path: str | Path | None, problems: Sequence[str]) -> AnnotationError:
+    def of(cls, path: str | Path | None, problems: Sequence[str]) -> Self:
         """One error for every problem of a file (``problems`` not empty): the message names
         the first and counts the others."""
         rest = len(problems) - 1
-        tail = (f" (and {rest} more problem{'s' if rest > 1 else ''} in this file; "
-                "`lumbardx data check` lists each)") if rest else ""
+        tail = f" (and {rest} more problem{'s' if rest > 1 else ''} in this file)" if rest else ""
         return cls(path, problems[0] + tail, problems)
+
+
+class AnnotationError(InputError):
+    """An annotation file that is malformed or holds invalid boxes or classes."""
 
 
 class ImageReadError(InputError):

@@ -681,6 +681,14 @@ def test_coco_every_fault_is_reported_at_once(tmp_path: Path) -> None:
         "image 'a.png': object 2 ('normal'): x2=70 is outside the image width 0..64 "
         "(tolerance 1 px)",
         "image 'b.png': object 2 ('normal'): x2=5 < x1=10 (corners swapped, negative width)"]
+    doc = _coco_doc()
+    doc["annotations"] = [{"id": k, "image_id": 9, "category_id": 1, "bbox": [1, 1, 2, 2]}
+                          for k in range(1000)]
+    _write(path, json.dumps(doc))
+    with pytest.raises(AnnotationError) as info:  # a list a person can read
+        read_coco(path)
+    assert len(info.value.problems) == 201 and "(and 999 more problems" in info.value.problem
+    assert info.value.problems[-1] == "... and 800 more problems not listed"
     _write(tmp_path / "ok.json", json.dumps(_coco_doc()))
     assert len(read_coco(tmp_path / "ok.json").annotations) == 2
 

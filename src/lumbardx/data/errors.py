@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Self
 
 
+#: Problems of one file an :class:`InputError` lists at most (:meth:`InputError.of`).
+MAX_LISTED = 200
+
+
 class LumbardxError(Exception):
     """Base class of all errors lumbardx raises on purpose."""
 
@@ -39,10 +43,14 @@ class InputError(LumbardxError, ValueError):
     @classmethod
     def of(cls, path: str | Path | None, problems: Sequence[str]) -> Self:
         """One error for every problem of a file (``problems`` not empty): the message names
-        the first and counts the others."""
+        the first and counts the others; ``problems`` keeps the first :data:`MAX_LISTED` and a
+        last line counting the rest (a file of a million faulty rows stays one readable list)."""
         rest = len(problems) - 1
         tail = f" (and {rest} more problem{'s' if rest > 1 else ''} in this file)" if rest else ""
-        return cls(path, problems[0] + tail, problems)
+        listed = list(problems[:MAX_LISTED])
+        if len(problems) > MAX_LISTED:
+            listed.append(f"... and {len(problems) - MAX_LISTED} more problems not listed")
+        return cls(path, problems[0] + tail, listed)
 
 
 class AnnotationError(InputError):

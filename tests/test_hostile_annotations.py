@@ -693,6 +693,20 @@ def test_coco_every_fault_is_reported_at_once(tmp_path: Path) -> None:
     assert len(read_coco(tmp_path / "ok.json").annotations) == 2
 
 
+def test_input_errors_survive_a_worker_process() -> None:
+    """Parallel cross-validation folds run in spawned processes: an error about a file must
+    reach the parent with its file and every problem (pickled with its arguments)."""
+    import pickle
+
+    from lumbardx.data.errors import ImageReadError, InputError
+
+    for err in (AnnotationError.of(Path("a.json"), ["one", "two"]),
+                ImageReadError(Path("b.png"), "damaged"), InputError(None, "no file")):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err)
+        assert (back.path, back.problem, back.problems) == (err.path, err.problem, err.problems)
+
+
 def test_coco_unknown_category_and_bom(tmp_path: Path) -> None:
     path = _write(tmp_path / "c.json",
                   _mutated(lambda d: d["annotations"][0].update(category_id=9)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 
 #: Problems of one file an :class:`InputError` lists at most (:meth:`InputError.of`).
@@ -39,6 +39,11 @@ class InputError(LumbardxError, ValueError):
         self.problems = list(problems) if problems else [problem]
         where = f"{self.path}: " if self.path is not None else ""
         super().__init__(f"{where}{problem}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with its arguments, so that an error raised in a worker process (parallel
+        cross-validation folds) reaches the parent intact."""
+        return type(self), (self.path, self.problem, self.problems)
 
     @classmethod
     def of(cls, path: str | Path | None, problems: Sequence[str]) -> Self:

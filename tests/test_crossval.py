@@ -257,6 +257,13 @@ def test_failing_fold_is_reported_and_the_rest_continue(
     assert "x.png: image cannot be read" in (tmp_path / "cv/yolov5n/fold0/error.txt").read_text()
     md = res.files["md"].read_text()
     assert "| yolov5n | 1 |" in md and "fold 0 did not finish" in md
+    calls.clear()
+    monkeypatch.setattr(cv, "run_fold", lambda **kw: calls.append(kw["fold"]) or _fold(
+        int(kw["fold"]), (0.9, 0.8, 0.7), 0.8, 0.5, 10.0))
+    again = cv.crossval(synth_data, ["yolov5n"], 2, recipe_overrides=OVERRIDES,
+                        out_dir=tmp_path / "cv", resume=True)  # the failed fold, once it can run
+    assert calls == [0, 1] and ("yolov5n", 0) in again.ran and not again.failures
+    assert not (tmp_path / "cv/yolov5n/fold0/error.txt").exists()  # no stale failure left
 
 
 def test_crossval_end_to_end_then_resume(tmp_path: Path, synth_data: Path) -> None:

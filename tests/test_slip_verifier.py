@@ -141,12 +141,16 @@ def test_crossval_of_the_verifier_changes_only_its_class(tmp_path: Path, slip_da
                                          "num_workers": 0}, progress=False)
     assert not base.failures
     messages: list[str] = []
+    stale = tmp_path / "cv2" / "yolov5n" / "fold1" / "error.txt"  # an earlier failed attempt
+    stale.parent.mkdir(parents=True)
+    stale.write_text("Traceback ...")
     res = crossval_slip_verifier(tmp_path / "cv", tmp_path / "cv2",
                                  config=VerifierConfig(0, crop_size=16, width=4, members=1),
                                  train=VerifierTraining(epochs=1, negatives_per_epoch=50),
                                  compare_with=[tmp_path / "cv" / "table1.json"],
                                  log=messages.append)
     assert [r.name for r in res.rows] == ["yolov5n" + ROW_SUFFIX, "yolov5n (cv)"]
+    assert not stale.exists()  # the fold finished: no failure is left on record
     assert (tmp_path / "cv2" / "folds.csv").read_bytes() == \
         (tmp_path / "cv" / "folds.csv").read_bytes()
     for k in range(2):

@@ -60,6 +60,8 @@ from lumbardx.io import atomic_write_text
 from lumbardx.models.detector import Detector
 
 RESULT_FILE = "result.json"
+#: A fold that failed leaves its traceback here; removed once the fold finishes.
+ERROR_FILE = "error.txt"
 RUN_FILE = "run.json"
 SETTINGS_FILE = "crossval.json"
 FOLDS_FILE = "folds.csv"
@@ -511,11 +513,13 @@ def crossval(
         if "error" in res:
             outcome.failures[key] = res["error"]
             Path(kw["out_dir"]).mkdir(parents=True, exist_ok=True)
-            (Path(kw["out_dir"]) / "error.txt").write_text(res.get("traceback", res["error"]))
+            atomic_write_text(Path(kw["out_dir"]) / ERROR_FILE,
+                              res.get("traceback", res["error"]))
             say(f"{key[0]} fold {key[1]} failed: {res['error']}")
             return
         results[key[0]][key[1]] = res
         outcome.ran.append(key)
+        (Path(kw["out_dir"]) / ERROR_FILE).unlink(missing_ok=True)  # of an earlier attempt
         say(f"{key[0]} fold {key[1]}: mAP@0.5 {_fmt(res.get('map50'))}, "
             f"mAP@0.5:0.95 {_fmt(res.get('map50_95'))}")
 

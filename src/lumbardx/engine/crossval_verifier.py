@@ -32,6 +32,7 @@ from lumbardx.data.errors import InputError
 from lumbardx.data.folds import read_folds_csv, split
 from lumbardx.engine.checkpoint import load_checkpoint, rebuild_detector
 from lumbardx.engine.crossval import (
+    ERROR_FILE,
     FOLDS_FILE,
     RESULT_FILE,
     SETTINGS_FILE,
@@ -207,11 +208,12 @@ def crossval_slip_verifier(
             except Exception as err:  # noqa: BLE001 - reported, the other folds go on
                 failed[k] = outcome.failures[(m, k)] = f"{type(err).__name__}: {err}"
                 run_dir.mkdir(parents=True, exist_ok=True)
-                (run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+                atomic_write_text(run_dir / ERROR_FILE, traceback.format_exc())
                 say(f"{m} fold {k} failed: {failed[k]}")
                 continue
             folds.append(result)
             outcome.ran.append((m, k))
+            (run_dir / ERROR_FILE).unlink(missing_ok=True)  # of an earlier attempt
             source = result["detector"]
             say(f"{m} fold {k}: mAP@0.5 {100 * result['map50']:.1f} (detector alone "
                 f"{100 * float(source['map50']):.1f}); {class_name} AP@0.5 "

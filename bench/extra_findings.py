@@ -51,7 +51,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import cpu_name
-from segment_end_to_end import dataset_with_folds
+from segment_end_to_end import (
+    add_fold_model_arguments,
+    dataset_with_folds,
+    folds_with_models,
+    load_fold_models,
+)
 
 from lumbardx.clinical.findings import match_discs
 from lumbardx.clinical.stats import proportion
@@ -64,13 +69,11 @@ from lumbardx.engine.segment_training import SegmentItem, predict_items, segment
 from lumbardx.engine.segments import frame_tensor, segment_frames
 from lumbardx.engine.table1 import fold_stat
 from lumbardx.io import atomic_write_text
-from lumbardx.models.pretrained import load_detector
-from lumbardx.models.segment_reader import LABELS, load_segment_reader
+from lumbardx.models.segment_reader import LABELS
 from lumbardx.stages import detect as detect_stage
 from lumbardx.stages.findings import find
 from lumbardx.stages.segments import SegmentStage, shipped_segment_reader
 
-FOLDS = Path(__file__).resolve().parent / "folds" / "yolospine-dev-k5-seed0.csv"
 FINDINGS = ("stenosis", "degeneration")
 
 
@@ -219,16 +222,11 @@ def pooled(reads: dict[int, list[ImageRead]], cuts: dict[int, dict[str, float]] 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data", type=Path)
-    ap.add_argument("--detectors", type=Path, required=True,
-                    help="<verifier crossval>/<model>: fold<k>/last.pt")
-    ap.add_argument("--readers", type=Path, required=True,
-                    help="segment-reader cross-validation: fold<k>/segment_reader.pt")
+    add_fold_model_arguments(ap)
     ap.add_argument("--segments-weights", type=Path, default=None,
                     help="the release whose calibration and thresholds are measured "
                          "(default: the shipped segments.pt)")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--folds-csv", type=Path, default=FOLDS)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     release_path = args.segments_weights or shipped_segment_reader()
@@ -239,18 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     calibration = dict(release.reader.config.calibration)
     thresholds = {f: float(release.thresholds[f]) for f in FINDINGS}
     ds, pairs, fold_of = dataset_with_folds(args.data, args.folds_csv)
-    ready = [k for k in sorted(set(fold_of.values()))
-             if (args.detectors / f"fold{k}" / "last.pt").is_file()
-             and (args.readers / f"fold{k}" / "segment_reader.pt").is_file()]
+    ready = folds_with_models(fold_of, args.detectors, args.readers)
     if not ready:
         print("no fold has both a detector and a reader", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     reads: dict[int, list[ImageRead]] = {}
     for k in ready:
-        m = load_detector(args.detectors / f"fold{k}" / "last.pt", "cpu", backend="torch")
-        reader = load_segment_reader(torch.load(args.readers / f"fold{k}" / "segment_reader.pt",
-                                                weights_only=True))
+        m, reader = load_fold_models(k, args.detectors, args.readers)
         reads[k] = []
         for i, rec in enumerate(ds.records):
             if fold_of.get(rec.image_id) != k:

@@ -86,7 +86,12 @@ from torchvision.ops import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import cpu_name
-from segment_end_to_end import dataset_with_folds
+from segment_end_to_end import (
+    add_fold_model_arguments,
+    dataset_with_folds,
+    folds_with_models,
+    load_fold_models,
+)
 
 from lumbardx.clinical.findings import SLIP, SpineFindings, build_findings, match_discs, study_class
 from lumbardx.clinical.severity import estimate_slip
@@ -100,12 +105,11 @@ from lumbardx.engine.segment_training import SegmentItem, predict_items
 from lumbardx.engine.segments import frame_tensor, segment_frames
 from lumbardx.engine.table1 import fold_stat
 from lumbardx.io import atomic_write_text
-from lumbardx.models.pretrained import EVAL_CONF, load_detector, set_candidate_floor
-from lumbardx.models.segment_reader import LABELS, load_segment_reader
+from lumbardx.models.pretrained import EVAL_CONF, set_candidate_floor
+from lumbardx.models.segment_reader import LABELS
 from lumbardx.stages import detect as detect_stage
 from lumbardx.stages.findings import find
 
-FOLDS = Path(__file__).resolve().parent / "folds" / "yolospine-dev-k5-seed0.csv"
 FIXED = ("detector", "combined", "mean")
 LEARNED = ("learned_sp", "learned", "stacked")
 RULES = FIXED + LEARNED
@@ -512,13 +516,8 @@ def fit_box_rule(folds: list[FoldData], geometry: bool) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data", type=Path)
-    ap.add_argument("--detectors", type=Path, required=True,
-                    help="<verifier crossval>/<model>: fold<k>/last.pt")
-    ap.add_argument("--readers", type=Path, required=True,
-                    help="segment-reader cross-validation: fold<k>/segment_reader.pt")
+    add_fold_model_arguments(ap)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--folds-csv", type=Path, default=FOLDS)
     ap.add_argument("--candidates", choices=("diagnosis", "all"), default="diagnosis",
                     help="the detector's boxes down to its candidate floor, as diagnosis keeps "
                          f"them (default), or all down to {EVAL_CONF} (as evaluation)")
@@ -528,9 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     ds, pairs, fold_of = dataset_with_folds(args.data, args.folds_csv)
-    folds_ready = [k for k in sorted(set(fold_of.values()))
-                   if (args.detectors / f"fold{k}" / "last.pt").is_file()
-                   and (args.readers / f"fold{k}" / "segment_reader.pt").is_file()]
+    folds_ready = folds_with_models(fold_of, args.detectors, args.readers)
     if not folds_ready:
         print("no fold has both a detector and a reader", file=sys.stderr)
         return 2
@@ -538,11 +535,9 @@ def main(argv: list[str] | None = None) -> int:
     slips: list[dict[str, Any]] = []
     data: dict[int, FoldData] = {}
     for k in folds_ready:
-        m = load_detector(args.detectors / f"fold{k}" / "last.pt", "cpu", backend="torch")
+        m, reader = load_fold_models(k, args.detectors, args.readers)
         if args.candidates == "all":
             set_candidate_floor(m.model, EVAL_CONF, m.backend)
-        reader = load_segment_reader(torch.load(args.readers / f"fold{k}" / "segment_reader.pt",
-                                                weights_only=True))
         data[k] = read_fold(k, ds, pairs, fold_of, m, reader, slips)
         print(f"fold {k}: read ({time.perf_counter() - t0:.0f} s)", flush=True)
     rules = RULES if len(data) > 1 else FIXED

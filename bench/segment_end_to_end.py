@@ -71,6 +71,35 @@ def dataset_with_folds(data: Path, folds_csv: Path
     return ds, SequencePairs(ds), fold_of
 
 
+def add_fold_model_arguments(ap: argparse.ArgumentParser) -> None:
+    """The arguments of a bench reading each fold's detector and segment reader: ``data``,
+    ``--detectors``, ``--readers``, ``--folds-csv``."""
+    ap.add_argument("data", type=Path)
+    ap.add_argument("--detectors", type=Path, required=True,
+                    help="<verifier crossval>/<model>: fold<k>/last.pt")
+    ap.add_argument("--readers", type=Path, required=True,
+                    help="segment-reader cross-validation: fold<k>/segment_reader.pt")
+    ap.add_argument("--folds-csv", type=Path, default=FOLDS)
+
+
+def folds_with_models(fold_of: dict[str, int], detectors: Path, readers: Path) -> list[int]:
+    """The folds that have both a detector (``detectors/fold<k>/last.pt``) and a segment
+    reader (``readers/fold<k>/segment_reader.pt``), in order."""
+    return [k for k in sorted(set(fold_of.values()))
+            if (detectors / f"fold{k}" / "last.pt").is_file()
+            and (readers / f"fold{k}" / "segment_reader.pt").is_file()]
+
+
+def load_fold_models(k: int, detectors: Path, readers: Path) -> tuple[Any, Any]:
+    """Fold ``k``'s detector (PyTorch, CPU) and segment reader (:func:`folds_with_models`)."""
+    from lumbardx.models.pretrained import load_detector
+
+    m = load_detector(detectors / f"fold{k}" / "last.pt", "cpu", backend="torch")
+    reader = load_segment_reader(torch.load(readers / f"fold{k}" / "segment_reader.pt",
+                                            weights_only=True))
+    return m, reader
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", type=Path)

@@ -81,7 +81,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import minimize
 from torchvision.ops import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -103,6 +102,14 @@ from lumbardx.engine.metrics import GroundTruth, Prediction, coco_evaluate
 from lumbardx.engine.segment_crossval import auc, sensitivity_at_specificity
 from lumbardx.engine.segment_training import SegmentItem, predict_items
 from lumbardx.engine.segments import frame_tensor, segment_frames
+from lumbardx.engine.stacking import (
+    RIDGE,
+    STACK_READER,
+    fit_logistic,
+    fit_stacked,
+    logit,
+    predict_logistic,
+)
 from lumbardx.engine.table1 import fold_stat
 from lumbardx.io import atomic_write_text
 from lumbardx.models.pretrained import EVAL_CONF, set_candidate_floor
@@ -114,9 +121,7 @@ FIXED = ("detector", "combined", "mean")
 LEARNED = ("learned_sp", "learned", "stacked")
 RULES = FIXED + LEARNED
 BOX_RULES = RULES[:-1]  # ``stacked`` reads discs only
-STACK_READER = ("normal", "herniation", "spondylolisthesis", "stenosis", "degeneration")
 METRICS = ("ap50", "image_auc", "disc_auc", "disc_sens_at_spec93")
-RIDGE = 1.0  # the learned rules' L2 penalty on the weights (not the intercept)
 SLIP_SCALE = 25.0  # |slip %| per feature unit: one Meyerding grade
 
 
@@ -124,12 +129,6 @@ def combine(s: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
     """The scores of each fixed rule for detector scores ``s [N]`` and reader probabilities
     ``p [N]`` (both in [0, 1])."""
     return {"detector": s, "combined": np.sqrt(s * p), "mean": (s + p) / 2}
-
-
-def logit(x: np.ndarray) -> np.ndarray:
-    """``log(x / (1 - x))`` of probabilities clipped to ``[1e-4, 1 - 1e-4]``."""
-    x = np.clip(np.asarray(x, np.float64), 1e-4, 1 - 1e-4)
-    return np.log(x / (1 - x))
 
 
 def slip_features(s: np.ndarray, p: np.ndarray, pct: np.ndarray, geometry: bool = True
@@ -143,33 +142,6 @@ def slip_features(s: np.ndarray, p: np.ndarray, pct: np.ndarray, geometry: bool 
         refused = np.isnan(pct)
         cols += [np.where(refused, 0.0, np.abs(pct) / SLIP_SCALE), refused.astype(np.float64)]
     return np.stack(cols, axis=1).reshape(-1, len(cols))
-
-
-def fit_logistic(x: np.ndarray, y: np.ndarray, ridge: float = RIDGE) -> np.ndarray:
-    """Weights ``[F + 1]`` (last: intercept) of the logistic regression of ``y [N]`` (bool) on
-    ``x [N, F]`` maximising the likelihood minus ``ridge * |w|^2`` (intercept free); zero
-    weights and the log-odds of the base rate without both classes."""
-    x = np.asarray(x, np.float64)
-    y = np.asarray(y, bool).astype(np.float64)
-    n, f = x.shape
-    if n == 0 or y.min() == y.max():
-        rate = float(np.clip(y.mean() if n else 0.5, 1e-4, 1 - 1e-4))
-        return np.r_[np.zeros(f), np.log(rate / (1 - rate))]
-    xa = np.c_[x, np.ones(n)]
-    mask = np.r_[np.ones(f), 0.0]
-
-    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
-        t = xa @ w
-        q = 1.0 / (1.0 + np.exp(-t))
-        nll = float(np.sum(np.logaddexp(0.0, t) - y * t)) + ridge * float((mask * w) @ w)
-        return nll, xa.T @ (q - y) + 2 * ridge * mask * w
-
-    return minimize(loss, np.zeros(f + 1), jac=True, method="L-BFGS-B").x
-
-
-def predict_logistic(w: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Probabilities ``[N]`` of :func:`fit_logistic`'s weights ``w`` for ``x [N, F]``."""
-    return 1.0 / (1.0 + np.exp(-(np.asarray(x, np.float64) @ w[:-1] + w[-1])))
 
 
 def reader_probs(spine: SpineFindings, reader: Any, planes: np.ndarray, image_id: str,
@@ -521,6 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidates", choices=("diagnosis", "all"), default="diagnosis",
                     help="the detector's boxes down to its candidate floor, as diagnosis keeps "
                          f"them (default), or all down to {EVAL_CONF} (as evaluation)")
+    ap.add_argument("--stack-release", type=Path, default=None,
+                    help="JSON: the stacked disc calls fitted on the found discs of every fold "
+                         "scored (lumbardx.engine.stacking.fit_stacked), for a release")
     ap.add_argument("--slip-rows", type=Path, default=None,
                     help="JSON: one row per annotated slip (image, patient, IoU, s, p); keep it "
                          "outside the repository, it locates the dataset's labels")
@@ -613,6 +588,12 @@ def main(argv: list[str] | None = None) -> int:
                 "losses": sum(d < 0 for d in diffs)}
     if args.slip_rows is not None:
         atomic_write_text(args.slip_rows, json.dumps(slips, indent=1))
+    if args.stack_release is not None:
+        found = [r for d in data.values() for r in d.discs if r.found]
+        calls = fit_stacked(stack_features(found), [r.truth for r in found],
+                            source=f"{args.detectors} + {args.readers}, folds {folds_ready}, "
+                                   "out-of-fold discs found by the detectors")
+        atomic_write_text(args.stack_release, json.dumps(calls.to_dict(), indent=1))
     atomic_write_text(args.out, json.dumps(result, indent=1, default=lambda v: None
                                            if isinstance(v, float) and math.isnan(v) else v))
     for key, p in result["paired_vs_detector"].items():

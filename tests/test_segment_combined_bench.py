@@ -59,21 +59,6 @@ def test_slip_boxes_take_the_probability_of_their_disc(monkeypatch: pytest.Monke
     assert np.isnan(sb.pct).all()  # a blank image: no vertebral body, the estimate refuses
 
 
-def test_logistic_fit_recovers_known_weights() -> None:
-    bench = load_bench("segment_combined")
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(4000, 2))
-    y = rng.random(4000) < 1 / (1 + np.exp(-(1.5 * x[:, 0] - 1.0 * x[:, 1] - 0.5)))
-    w = bench.fit_logistic(x, y, ridge=0.0)
-    np.testing.assert_allclose(w, [1.5, -1.0, -0.5], atol=0.15)
-    assert bench.predict_logistic(w, np.zeros((1, 2)))[0] == pytest.approx(
-        1 / (1 + np.exp(-w[-1])))
-    shrunk = bench.fit_logistic(x, y, ridge=1e4)
-    assert np.abs(shrunk[:2]).max() < 0.1 * np.abs(w[:2]).max()  # the ridge spares the intercept
-    one = bench.fit_logistic(x[:10], np.ones(10, bool))  # one class: its base rate, no slope
-    assert one[:2].tolist() == [0.0, 0.0] and one[-1] > 5
-
-
 def test_slip_features_and_box_hits() -> None:
     bench = load_bench("segment_combined")
     x = bench.slip_features(np.array([0.5, 0.9]), np.array([0.0, 0.5]), np.array([-50.0, np.nan]))

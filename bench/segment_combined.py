@@ -104,18 +104,21 @@ from lumbardx.engine.segment_training import SegmentItem, predict_items
 from lumbardx.engine.segments import frame_tensor, segment_frames
 from lumbardx.engine.stacking import (
     RIDGE,
+    STACK_DETECTOR,
     STACK_READER,
     fit_logistic,
     fit_stacked,
     logit,
     predict_logistic,
 )
+from lumbardx.engine.stacking import stack_features as engine_stack_features
 from lumbardx.engine.table1 import fold_stat
 from lumbardx.io import atomic_write_text
 from lumbardx.models.pretrained import EVAL_CONF, set_candidate_floor
 from lumbardx.models.segment_reader import LABELS
 from lumbardx.stages import detect as detect_stage
 from lumbardx.stages.findings import find
+from lumbardx.stages.stacked import best_scores, disc_detector_boxes
 
 FIXED = ("detector", "combined", "mean")
 LEARNED = ("learned_sp", "learned", "stacked")
@@ -422,6 +425,100 @@ def nested_points(fold_records: dict[int, list[DiscScore]],
 
 
 @dataclass
+class ProductDisc:
+    """One ground-truth disc as diagnosis reads it (boxes grouped with the decision
+    thresholds): its true classes, whether a diagnosis disc matched it, the detector's calls
+    there (``called``: class -> bool, :data:`ABNORMAL`) and the stacked features of that disc
+    as the product computes them (:mod:`lumbardx.stages.stacked`; zeros when unmatched)."""
+
+    truth: frozenset[str]
+    found: bool
+    called: dict[str, bool]
+    x: np.ndarray
+
+
+def product_discs(boxes: list[Box], image: MedicalImage, m: Any, reader: Any,
+                  planes: np.ndarray, rec: Any, truth: list[Box]) -> list[ProductDisc]:
+    """:class:`ProductDisc` per ground-truth disc (study-class ``truth`` boxes) of one image."""
+    spine, _ = find(boxes, image, m)
+    gt = build_findings(truth, (image.width, image.height))
+    n_feat = len(STACK_DETECTOR) + len(STACK_READER)
+    feats = np.zeros((len(spine.discs), n_feat))
+    frames = frame_tensor(segment_frames(spine, True))
+    if frames.shape[0]:
+        item = SegmentItem(rec.image_id, rec.patient, planes, spine, frames,
+                           torch.zeros(frames.shape[0], len(LABELS)), np.zeros((0, 4), np.float32))
+        logits, _ = predict_items(reader, [item])[0]
+        z = [{k: float(logits[i, j]) for j, k in enumerate(LABELS)} for i in range(len(logits))]
+        disc_boxes = disc_detector_boxes(spine, boxes, list(m.class_names))
+        feats = np.stack([engine_stack_features(best_scores(b), zi)
+                          for b, zi in zip(disc_boxes, z)])
+    out = []
+    for disc, j in zip(gt.discs, match_discs(gt, spine)):
+        label = frozenset(f.label for f in disc.findings)
+        if j is None:
+            out.append(ProductDisc(label, False, {c: False for c in ABNORMAL}, np.zeros(n_feat)))
+            continue
+        out.append(ProductDisc(label, True, {c: spine.discs[j].has(c) for c in ABNORMAL},
+                               feats[j]))
+    return out
+
+
+def product_points(data: dict[int, FoldData], calls: dict[int, Any]) -> dict[str, Any]:
+    """Pooled sensitivity / specificity (Wilson 95%) of the diagnosis discs, not normal =
+    herniation or spondylolisthesis called: by the detector as diagnosis calls today, and by
+    each fold's stacked calls ``calls[k]`` (fitted with their thresholds on the other folds);
+    per class too."""
+    counts: dict[str, np.ndarray] = {}
+
+    def add(key: str, y: np.ndarray, call: np.ndarray) -> None:
+        c = np.array([(call & y).sum(), y.sum(), (~call & ~y).sum(), (~y).sum()], np.int64)
+        counts[key] = counts.get(key, np.zeros(4, np.int64)) + c
+
+    def read(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray],
+                              dict[str, np.ndarray]]:
+        """Fold ``k`` per ground-truth disc: truth (not normal), the detector's call, the
+        stacked abnormal score (the larger of the two probabilities; 0 for a disc diagnosis
+        did not find), and the stacked and the detector's calls per class."""
+        recs = data[k].product
+        found = np.array([r.found for r in recs], bool)
+        p = calls[k].probabilities(np.stack([r.x for r in recs]))
+        stacked = {c: found & (p[c] >= calls[k].thresholds[c]) for c in ABNORMAL}
+        detector = {c: np.array([r.called[c] for r in recs], bool) for c in ABNORMAL}
+        y = np.array([bool(r.truth - {"normal"}) for r in recs], bool)
+        score = np.where(found, np.maximum(p[ABNORMAL[0]], p[ABNORMAL[1]]), 0.0)
+        return y, detector[ABNORMAL[0]] | detector[ABNORMAL[1]], score, stacked, detector
+
+    for k, d in data.items():
+        y, det_call, score, stacked, detector = read(k)
+        for c in ABNORMAL:
+            yc = np.array([c in r.truth for r in d.product], bool)
+            add(f"detector_{c}", yc, detector[c])
+            add(f"stacked_{c}", yc, stacked[c])
+        add("detector", y, det_call)
+        add("stacked", y, stacked[ABNORMAL[0]] | stacked[ABNORMAL[1]])
+        # at the detector's own specificity (or sensitivity) on the other folds: the same
+        # operating point as today's calls, the cut of the stacked score chosen there
+        others = [read(j) for j in data if j != k]
+        y_o = np.concatenate([o[0] for o in others])
+        det_o = np.concatenate([o[1] for o in others])
+        s_o = np.concatenate([o[2] for o in others])
+        cut_spec = spec_cut(s_o, y_o, float((~det_o[~y_o]).mean()))
+        add("stacked_at_detector_specificity", y, score >= cut_spec)
+        pos = np.sort(s_o[y_o])[::-1]
+        need = int(np.ceil(det_o[y_o].mean() * len(pos) - 1e-9))  # positives to call
+        cut_sens = float(pos[max(need - 1, 0)]) if len(pos) else 1.0
+        add("stacked_at_detector_sensitivity", y, score >= cut_sens)
+    out = {}
+    for key, c in counts.items():
+        sens, spec = proportion(int(c[0]), int(c[1])), proportion(int(c[2]), int(c[3]))
+        out[key] = {"sensitivity": sens.estimate, "sensitivity_ci95": [sens.ci_low, sens.ci_high],
+                    "specificity": spec.estimate, "specificity_ci95": [spec.ci_low, spec.ci_high],
+                    "counts": [int(v) for v in c]}
+    return out
+
+
+@dataclass
 class FoldData:
     """Everything read of one held-out fold: per image its ground truth, slip boxes, which of
     them hit an annotated slip and whether it has one; the ground-truth discs."""
@@ -431,6 +528,7 @@ class FoldData:
     hits: list[np.ndarray]
     pos: list[bool]
     discs: list[DiscRaw]
+    product: list[ProductDisc] = field(default_factory=list)
 
 
 def read_fold(k: int, ds: Any, pairs: Any, fold_of: dict[str, int], m: Any, reader: Any,
@@ -458,6 +556,7 @@ def read_fold(k: int, ds: Any, pairs: Any, fold_of: dict[str, int], m: Any, read
         study = [Box(study_class(b.label), b.x1, b.y1, b.x2, b.y2) for b in named
                  if study_class(b.label)]  # the detector's class names
         data.discs += disc_raw(every, study)
+        data.product += product_discs(boxes, image, m, reader, planes, rec, study)
         truth = np.asarray([[b.x1, b.y1, b.x2, b.y2] for b in named
                             if study_class(b.label) == SLIP], np.float32).reshape(-1, 4)
         data.gts.append(GroundTruth(rec.image_id, w, h, truth, np.zeros(len(truth), np.int64)))
@@ -586,6 +685,18 @@ def main(argv: list[str] | None = None) -> int:
             result["paired_vs_detector"][f"{metric}_{rule}"] = {
                 **fold_stat(diffs).__dict__, "wins": sum(d > 0 for d in diffs),
                 "losses": sum(d < 0 for d in diffs)}
+    if len(data) > 1:  # the stacked calls as diagnosis would make them, fitted on the others
+        calls = {}
+        for k in data:
+            other = [r for j, o in data.items() if j != k for r in o.discs if r.found]
+            calls[k] = fit_stacked(stack_features(other), [r.truth for r in other])
+        result["product_disc_level"] = product_points(data, calls)
+        for key in ("detector", "stacked"):
+            v = result["product_disc_level"][key]
+            print(f"diagnosis discs, {key} calls: sens {100 * v['sensitivity']:.1f}% spec "
+                  f"{100 * v['specificity']:.1f}%")
+        atomic_write_text(args.out, json.dumps(result, indent=1, default=lambda v: None
+                                               if isinstance(v, float) and math.isnan(v) else v))
     if args.slip_rows is not None:
         atomic_write_text(args.slip_rows, json.dumps(slips, indent=1))
     if args.stack_release is not None:

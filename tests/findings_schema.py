@@ -62,9 +62,10 @@ def check_findings_schema(doc: dict) -> None:
     assert all(isinstance(v, float) for v in doc["timings_ms"].values())
     reader = doc["segment_reader"]
     assert reader is None or (isinstance(reader["version"], str) and set(reader) == {
-        "version", "weights_sha256", "slip_call", "slip_measure"})
+        "version", "weights_sha256", "slip_call", "slip_measure", "disc_call"})
     if reader is not None:
         assert reader["slip_call"] in ("reader", "detector")
+        assert reader["disc_call"] in ("detector", "stacked")
         assert reader["slip_measure"] in ("reader", "corners")
     review = doc["review"]
     if review is not None:

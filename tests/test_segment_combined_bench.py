@@ -157,3 +157,40 @@ def test_each_annotated_slip_is_traced_to_the_box_that_overlaps_it_most() -> Non
     summary = bench.slip_summary(rows + [{"iou": 0.8, "s": 0.1, "p": 0.1}])
     assert summary == {"slips": 4, "boxed": 3, "boxed_s_ge_0.25": 1, "boxed_p_ge_0.5": 1,
                        "boxed_neither": 1}
+
+
+def test_product_discs_read_as_diagnosis_reads_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stacked calls as diagnosis makes them: the thresholded discs, features computed by
+    the stage's own functions (the detector's best score of every box at the disc, the
+    reader's raw logits), and the detector's calls there."""
+    from lumbardx.engine.stacking import stack_features
+
+    bench = load_bench("segment_combined")
+    truth = [Box("normal", 150, y, 210, y + 14) for y in range(60, 300, 40)]
+    truth[3] = Box("herniation", 150, 180, 210, 194)
+    found = [Box("normal", b.x1 + 1, b.y1, b.x2 + 1, b.y2, score=0.8) for b in truth[:5]]
+    found[3] = Box("herniation", 151, 180, 211, 194, score=0.7)
+    found.append(Box("herniation", 151, 100, 211, 114, score=0.1))  # disc 1, below threshold
+
+    def fake_predict(reader, items):  # noqa: ANN001, ANN202
+        n = items[0].frames.shape[0]
+        logits = torch.zeros((n, len(LABELS)))
+        logits[:, LABELS.index("herniation")] = torch.arange(n, dtype=torch.float32)
+        return [(logits, None)]
+
+    monkeypatch.setattr(bench, "predict_items", fake_predict)
+    display = np.zeros((384, 384), np.uint8)
+    image = MedicalImage(display.astype(np.float32), display, None, "x.png", "png")
+    m = SimpleNamespace(thresholds={n: 0.25 for n in NAMES}, class_names=NAMES, chosen=NAMES)
+    rec = SimpleNamespace(image_id="x", patient="p0")
+    recs = bench.product_discs(found, image, m, None, np.stack([display, display]), rec, truth)
+    assert [r.found for r in recs] == [True] * 5 + [False]
+    assert [r.called["herniation"] for r in recs] == [False, False, False, True, False, False]
+    z = {k: 0.0 for k in LABELS}
+    np.testing.assert_allclose(recs[1].x, stack_features(
+        {"normal": 0.8, "herniation": 0.1}, {**z, "herniation": 1.0}))  # the weak box counts
+    np.testing.assert_allclose(recs[2].x, stack_features({"normal": 0.8},
+                                                         {**z, "herniation": 2.0}))
+    np.testing.assert_allclose(recs[3].x, stack_features({"herniation": 0.7},
+                                                         {**z, "herniation": 3.0}))
+    assert not recs[5].x.any()

@@ -111,6 +111,80 @@ def test_stage_reads_every_disc_and_round_trips(tmp_path) -> None:
         SegmentStage.load(bad)
 
 
+def _stacked_calls():
+    from lumbardx.engine.stacking import STACK_DETECTOR, STACK_READER, StackedCalls
+
+    n = len(STACK_DETECTOR) + len(STACK_READER)
+    hern = [0.0] * (n + 1)
+    hern[STACK_DETECTOR.index("herniation")] = 1.0  # the detector's herniation logit
+    hern[len(STACK_DETECTOR) + STACK_READER.index("herniation")] = 1.0  # and the reader's
+    slip = [0.0] * (n + 1)
+    slip[len(STACK_DETECTOR) + STACK_READER.index(SLIP)] = 1.0  # the reader's slip logit alone
+    return StackedCalls({"herniation": hern, SLIP: slip},
+                        {"herniation": 0.5, SLIP: 0.9}, {"source": "test"})
+
+
+def test_stacked_calls_replace_the_detector_calls(tmp_path) -> None:
+    boxes = [Box("normal", 75, 30 + 40 * i, 125, 50 + 40 * i, score=0.9) for i in range(6)]
+    boxes[3] = Box("herniation", 75, 150, 125, 170, score=0.8)  # called by the detector
+    weak = Box("herniation", 76, 111, 124, 129, score=0.2)  # disc 2, below its threshold
+    slip = Box(SLIP, 60, 210, 140, 270, score=0.6)  # disc 5, called by the detector
+    spine = build_findings([*boxes, weak, slip], (256, 320),
+                           {"normal": 0.3, "herniation": 0.3, SLIP: 0.3})
+    assert spine.discs[3].status == "herniation" and spine.discs[5].has(SLIP)
+    assert not spine.discs[2].has("herniation")
+    readings = _readings(spine)
+    for i, rd in enumerate(readings):
+        rd.logits = {k: -3.0 for k in LABELS}
+        rd.logits["herniation"] = 3.0 if i == 2 else -3.0  # the reader: a herniation at disc 2
+        rd.logits[SLIP] = 4.0 if i == 0 else -3.0  # and a slip at disc 0
+    stage = _stage()
+    stage.stacked = _stacked_calls()
+    assert stage.disc_call == "stacked" and stage.summary["disc_call"] == "stacked"
+    stage.apply(spine, readings, boxes=[*boxes, weak, slip], classes=["normal", "herniation",
+                                                                      SLIP])
+    d0, d2, d3, d5 = (spine.discs[i] for i in (0, 2, 3, 5))
+    # disc 2: logit(0.2) + 3 > 0: herniation, on the detector's own weak box
+    p2 = 1 / (1 + np.exp(-(np.log(0.2 / 0.8) + 3.0)))
+    assert d2.status == "herniation" and d2.confidence == pytest.approx(p2, abs=1e-4)
+    assert (d2.box.x1, d2.box.y1) == (76, 111)
+    # disc 3: logit(0.8) - 3 < 0: the regression does not call the detector's herniation
+    assert not d3.has("herniation") and d3.status == "normal"
+    # disc 0: the reader's slip logit 4 -> 0.982 >= 0.9, on the reader's template box
+    assert d0.status == SLIP and d0.box == Box(SLIP, *(readings[0].box.xyxy()), score=0.982)
+    assert not d5.has(SLIP)  # the detector's slip at disc 5: logit -3 -> 0.047 < 0.9
+    path = tmp_path / "stacked.pt"
+    torch.save({**stage.reader.checkpoint(), "thresholds": stage.thresholds,
+                "slip_box": list(stage.slip_box), "stacked": stage.stacked.to_dict()}, path)
+    again = SegmentStage.load(path)
+    assert again.stacked == stage.stacked and again.disc_call == "stacked"
+    assert _stage().disc_call == "detector"
+
+
+def test_cli_stack_adds_the_calls_to_a_checkpoint(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from lumbardx.cli.segments import app
+
+    stage = _stage()
+    weights = tmp_path / "segments.pt"
+    torch.save({**stage.reader.checkpoint(), "thresholds": stage.thresholds,
+                "slip_box": list(stage.slip_box), "tag": "reader-x"}, weights)
+    calls = tmp_path / "stack.json"
+    calls.write_text(json.dumps(_stacked_calls().to_dict()))
+    out = tmp_path / "stacked.pt"
+    r = CliRunner().invoke(app, ["stack", str(weights), "--calls", str(calls), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    loaded = SegmentStage.load(out)
+    assert loaded.disc_call == "stacked" and loaded.stacked == _stacked_calls()
+    assert loaded.summary["version"] == "reader-x+stacked"
+    assert SegmentStage.load(weights).disc_call == "detector"  # the input is left as it was
+    calls.write_text('{"weights": {}}')
+    r = CliRunner().invoke(app, ["stack", str(weights), "--calls", str(calls), "--out", str(out)],
+                           env={"COLUMNS": "300"})
+    assert r.exit_code == 2 and "stack.json" in r.output and "not stacked disc calls" in r.output
+
+
 def test_diagnoser_with_a_segment_reader_writes_probabilities(tmp_path) -> None:
     from checkpoints import random_checkpoint
 

@@ -27,13 +27,16 @@ def test_logistic_fit_recovers_known_weights() -> None:
 
 
 def test_features_are_logits_in_a_fixed_order() -> None:
-    reader = {"normal": 0.5, "herniation": 0.9, "spondylolisthesis": 0.1, "stenosis": 0.5,
-              "degeneration": 1.0, "lumbosacral": 0.3}
+    reader = {"normal": 0.0, "herniation": 2.0, "spondylolisthesis": -2.0, "stenosis": 0.5,
+              "degeneration": 40.0, "lumbosacral": 0.3}  # raw logits
     x = stack_features({"herniation": 0.5}, reader)  # no normal or slip box on the disc
     assert x.shape == (len(STACK_DETECTOR) + len(STACK_READER),)
-    np.testing.assert_allclose(x, [logit(0.0), 0.0, logit(0.0), 0.0, np.log(9.0), -np.log(9.0),
-                                   0.0, logit(1.0)])
+    np.testing.assert_allclose(x, [logit(0.0), 0.0, logit(0.0), 0.0, 2.0, -2.0, 0.5,
+                                   logit(1.0)])
     assert logit(0.0) == pytest.approx(np.log(1e-4 / (1 - 1e-4)))  # clipped, finite
+    z = np.array([-30.0, -3.0, 0.7, 12.0])  # the same as the logits of the probabilities
+    np.testing.assert_allclose(np.clip(z, logit(0.0), logit(1.0)), logit(1 / (1 + np.exp(-z))),
+                               atol=1e-9)
 
 
 def test_fit_stacked_calls_and_round_trip() -> None:
@@ -43,8 +46,8 @@ def test_fit_stacked_calls_and_round_trip() -> None:
     slip = rng.random(n) < 0.05
     det = [{"normal": 0.9 - 0.6 * h, "herniation": 0.2 + 0.6 * h + 0.1 * rng.random(),
             "spondylolisthesis": 0.05 + 0.5 * s * rng.random()} for h, s in zip(hern, slip)]
-    read = [{"normal": 0.5, "herniation": 0.3 + 0.4 * h, "spondylolisthesis": 0.1 + 0.6 * s,
-             "stenosis": 0.5, "degeneration": 0.2} for h, s in zip(hern, slip)]
+    read = [{"normal": 0.0, "herniation": -1.0 + 2.0 * h, "spondylolisthesis": -2.0 + 3.0 * s,
+             "stenosis": 0.0, "degeneration": -1.5} for h, s in zip(hern, slip)]
     x = np.stack([stack_features(d, r) for d, r in zip(det, read)])
     truths = [({"herniation"} if h else set()) | ({"spondylolisthesis"} if s else set())
               or {"normal"} for h, s in zip(hern, slip)]

@@ -239,7 +239,8 @@ class Diagnoser:
                 planes = np.stack(reader.planes if reader.planes is not None
                                   else (image.display, image.display))
                 readings = self.segments.read(planes, spine, anterior)
-                warnings += self.segments.apply(spine, readings, self.extra_findings)
+                warnings += self.segments.apply(spine, readings, self.extra_findings, boxes,
+                                                m.class_names)
         with clock("severity"):
             warnings += estimate_severity(image, spine, anterior)
         return Study(source=Path(source) if source is not None else image.source, image=image,

@@ -1,4 +1,4 @@
-"""``lumbardx segments crossval | train | ensemble``: the segment reader
+"""``lumbardx segments crossval | train | ensemble | stack``: the segment reader
 (:mod:`lumbardx.models.segment_reader`, stage :mod:`lumbardx.stages.segments`).
 
 ``crossval`` trains the reader on k-1 patient-grouped folds and scores the held-out fold, for
@@ -7,7 +7,9 @@ every fold (out-of-fold predictions and weights under ``--out``; resumable fold 
 calibration, decision thresholds and level-check cut taken from a finished ``crossval``
 folder (:mod:`lumbardx.engine.segment_release`); ``ensemble`` writes several trained readers
 as one (:class:`~lumbardx.models.segment_reader.SegmentEnsemble`), released from their
-cross-validations' averaged out-of-fold predictions (``bench/segment_ensemble.py``).
+cross-validations' averaged out-of-fold predictions (``bench/segment_ensemble.py``); ``stack``
+adds stacked disc calls (:mod:`lumbardx.engine.stacking`) fitted by
+``bench/segment_combined.py --stack-release`` to a checkpoint.
 
 Exit codes: 0 done; 2 nothing done (unusable input).
 """
@@ -227,4 +229,41 @@ def ensemble(
                  training=trainings)
     console.print(f"{len(readers)} members; thresholds {settings['thresholds']}, "
                   f"level cut {settings['level_cut']:.3f}")
+    console.print(f"written: {out}")
+
+
+@app.command("stack")
+def stack(
+    weights: Path = typer.Argument(..., help="A segment checkpoint (segments train / ensemble)."),
+    calls: Path = typer.Option(..., "--calls", help="Stacked disc calls as JSON "
+                               "(bench/segment_combined.py --stack-release)."),
+    out: Path = typer.Option(..., "--out", help="Checkpoint to write (may be WEIGHTS)."),
+) -> None:
+    """Add stacked disc calls to a segment checkpoint: diagnosis then calls herniation and
+    spondylolisthesis per disc from the detector's scores and the reader's logits together
+    (lumbardx.stages.stacked; findings.json segment_reader.disc_call = "stacked")."""
+    import torch
+
+    from lumbardx.data.errors import InputError
+    from lumbardx.engine.checkpoint import save_checkpoint
+    from lumbardx.engine.stacking import StackedCalls
+    from lumbardx.models.segment_reader import load_segment_reader
+
+    console = Console()
+    with _input_errors(console):
+        try:
+            raw = torch.load(weights, map_location="cpu", weights_only=True)
+            load_segment_reader(raw)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
+            raise InputError(weights, f"not a segment reader checkpoint ({exc})") from exc
+        try:
+            fitted = StackedCalls.from_dict(json.loads(calls.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(calls, f"not stacked disc calls ({exc})") from exc
+        raw["stacked"] = fitted.to_dict()
+        tag = str(raw.get("tag", "segment-reader"))
+        raw["tag"] = tag if tag.endswith("+stacked") else tag + "+stacked"
+        save_checkpoint(raw, out)
+    console.print(f"stacked calls for {', '.join(fitted.weights)}; thresholds "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in fitted.thresholds.items()))
     console.print(f"written: {out}")

@@ -6,7 +6,8 @@ Per disc the features are the logits (probabilities clipped to ``[1e-4, 1 - 1e-4
 * the detector's best score of each class of :data:`STACK_DETECTOR` among the boxes grouped into
   the disc (0 for a class without a box there; *every* box counted, not only those above the
   decision thresholds, or a disc the regression should raise could not be raised), and
-* the reader's calibrated probabilities of :data:`STACK_READER`,
+* the reader's raw logits of :data:`STACK_READER` (before the release's Platt scaling, so that
+  the regression does not depend on a calibration fitted after it), clipped to the same range,
 
 ``[8]`` in that order (:func:`stack_features`). For each finding of :data:`STACK_FINDINGS` a
 logistic regression (L2 ridge on the weights, intercept free; :func:`fit_logistic`) gives the
@@ -76,12 +77,14 @@ def predict_logistic(w: np.ndarray, x: np.ndarray) -> np.ndarray:
                                  + np.asarray(w)[-1])))
 
 
-def stack_features(detector: Mapping[str, float], reader: Mapping[str, float]) -> np.ndarray:
+def stack_features(detector: Mapping[str, float], reader_logits: Mapping[str, float]
+                   ) -> np.ndarray:
     """The features ``float64 [8]`` of one disc: logits of the detector's best score per class
-    of :data:`STACK_DETECTOR` (0 when absent) and of the reader's probabilities of
-    :data:`STACK_READER`."""
+    of :data:`STACK_DETECTOR` (0 when absent) and the reader's raw logits of
+    :data:`STACK_READER`, clipped as :func:`logit` clips (``logit(sigmoid(z))`` for ``z``)."""
+    bound = float(logit(np.array(1.0)))
     return np.r_[logit(np.array([float(detector.get(c, 0.0)) for c in STACK_DETECTOR])),
-                 logit(np.array([float(reader[c]) for c in STACK_READER]))]
+                 np.clip([float(reader_logits[c]) for c in STACK_READER], -bound, bound)]
 
 
 @dataclass

@@ -22,6 +22,9 @@ like L5-S1. What changes in the findings (:meth:`SegmentStage.apply`):
   is on (``lumbardx diagnose --classes all``); their probabilities are always reported;
 * **herniation** and **normal** stay the detector's calls (its herniation AP is the better
   measured); the reader's probabilities are reported beside them;
+* **stacked calls** (a checkpoint holding them, ``disc_call = "stacked"``): herniation and
+  spondylolisthesis are called per disc by logistic regressions on the detector's scores and the
+  reader's logits together (:mod:`lumbardx.stages.stacked`), instead of the two items above;
 * **levels**: when the lowest disc found does not look like L5-S1, every level is flagged
   uncertain and the warning says which miscount is likely (a disc missed at the bottom or a
   view ending above the sacrum; or an extra disc below a disc that does look like L5-S1).
@@ -31,8 +34,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -46,7 +50,9 @@ from lumbardx.data.errors import InputError
 from lumbardx.engine.segments import (DEPTH_PER_SPACING, frame_tensor, segment_frames,
                                       template_boxes)
 from lumbardx.engine.segment_training import SegmentItem, predict_items
+from lumbardx.engine.stacking import StackedCalls
 from lumbardx.models.segment_reader import SegmentEnsemble, SegmentReader, load_segment_reader
+from lumbardx.stages.stacked import apply_stacked, disc_detector_boxes
 
 #: The shipped segment reader's file in the weights folder.
 SHIPPED_FILE = "segments.pt"
@@ -67,11 +73,13 @@ class SegmentReading:
         probabilities: calibrated probability per label (findings and ``lumbosacral``).
         offset: anterior offset of the upper vertebra, in inter-disc spacings.
         box: the slip-box template placed on the disc (xyxy pixels).
+        logits: the raw logit per label, before calibration (what stacked calls read).
     """
 
     probabilities: dict[str, float]
     offset: float
     box: Box
+    logits: dict[str, float] = field(default_factory=dict)
 
 
 def shipped_segment_reader() -> Path | None:
@@ -96,12 +104,16 @@ class SegmentStage:
         slip_measure: ``"reader"`` (the measured offset) or ``"corners"`` (the severity
             stage's vertebral-corner estimate) for ``slip_percent``.
         source: where it was loaded from (for messages), and ``info`` its metadata.
+        stacked: stacked disc calls (:mod:`lumbardx.stages.stacked`): when given, herniation
+            and spondylolisthesis are called per disc from the detector's scores and the
+            reader's logits together, and ``slip_call`` does not apply.
     """
 
     def __init__(self, reader: SegmentReader | SegmentEnsemble, thresholds: dict[str, float],
                  slip_box: tuple[float, float, float, float], level_cut: float = 0.5,
                  source: Path | None = None, info: dict[str, Any] | None = None,
-                 slip_call: str = "reader", slip_measure: str = "reader") -> None:
+                 slip_call: str = "reader", slip_measure: str = "reader",
+                 stacked: StackedCalls | None = None) -> None:
         if slip_call not in ("reader", "detector") or slip_measure not in ("reader", "corners"):
             raise ValueError(f"slip_call {slip_call!r} / slip_measure {slip_measure!r}: use "
                              "reader|detector and reader|corners")
@@ -112,6 +124,13 @@ class SegmentStage:
         self.level_cut = level_cut
         self.source = source
         self.info = dict(info or {})
+        self.stacked = stacked
+
+    @property
+    def disc_call(self) -> str:
+        """``"stacked"`` when herniation and spondylolisthesis are called by the stacked
+        regressions, else ``"detector"`` (the detector's calls, the slip per ``slip_call``)."""
+        return "detector" if self.stacked is None else "stacked"
 
     @classmethod
     def load(cls, path: str | Path) -> SegmentStage:
@@ -135,10 +154,11 @@ class SegmentStage:
         info = {k: raw[k] for k in ("tag", "training_data") if k in raw}
         info["weights_sha256"] = hashlib.sha256(data).hexdigest()  # the bytes just read
         try:
+            stacked = StackedCalls.from_dict(raw["stacked"]) if raw.get("stacked") else None
             return cls(reader, thresholds, box, float(raw.get("level_cut", 0.5)), path, info,
                        str(raw.get("slip_call", "detector")),
-                       str(raw.get("slip_measure", "corners")))
-        except ValueError as exc:
+                       str(raw.get("slip_measure", "corners")), stacked)
+        except (ValueError, KeyError, TypeError) as exc:
             raise InputError(path, str(exc)) from exc
 
     def warmup(self) -> None:
@@ -150,11 +170,12 @@ class SegmentStage:
 
     @property
     def summary(self) -> dict[str, Any]:
-        """``{"version", "weights_sha256", "slip_call", "slip_measure"}`` for
+        """``{"version", "weights_sha256", "slip_call", "slip_measure", "disc_call"}`` for
         ``findings.json``."""
         return {"version": str(self.info.get("tag", "segment reader")),
                 "weights_sha256": self.info.get("weights_sha256"),
-                "slip_call": self.slip_call, "slip_measure": self.slip_measure}
+                "slip_call": self.slip_call, "slip_measure": self.slip_measure,
+                "disc_call": self.disc_call}
 
     def read(self, planes: np.ndarray, spine: SpineFindings, anterior_left: bool = True
              ) -> list[SegmentReading]:
@@ -172,18 +193,30 @@ class SegmentStage:
         labels = self.reader.config.labels
         boxes = template_boxes(frames, self.slip_box, spine.image_size, anterior_left)
         return [SegmentReading({k: round(float(probs[i, j]), 4) for j, k in enumerate(labels)},
-                               float(offset[i]), Box(SLIP, *map(float, boxes[i])))
+                               float(offset[i]), Box(SLIP, *map(float, boxes[i])),
+                               {k: float(logits[i, j]) for j, k in enumerate(labels)})
                 for i in range(frames.shape[0])]
 
     def apply(self, spine: SpineFindings, readings: list[SegmentReading],
-              extra_findings: bool = False) -> list[str]:
-        """Update ``spine`` in place with the readings (module docstring); returns warnings."""
+              extra_findings: bool = False, boxes: Sequence[Box] | None = None,
+              classes: Sequence[str] = ()) -> list[str]:
+        """Update ``spine`` in place with the readings (module docstring); returns warnings.
+        ``boxes``: every box the detector kept and its ``classes``, which stacked calls read
+        (without them a stacked checkpoint calls from the boxes of the discs found)."""
         if not readings:
             return []
-        for disc, rd in zip(spine.discs, readings):
+        stacked_found = None
+        if self.stacked is not None:
+            disc_boxes = (disc_detector_boxes(spine, boxes, classes) if boxes is not None
+                          else [list(d.boxes) for d in spine.discs])
+            stacked_found = apply_stacked(spine, self.stacked, disc_boxes,
+                                          [rd.logits for rd in readings],
+                                          [rd.box for rd in readings],
+                                          [rd.probabilities.get(NORMAL) for rd in readings])
+        for i, (disc, rd) in enumerate(zip(spine.discs, readings)):
             disc.probabilities = {k: v for k, v in rd.probabilities.items()}
-            found = list(disc.findings)
-            if self.slip_call == "reader":
+            found = list(disc.findings) if stacked_found is None else stacked_found[i]
+            if self.slip_call == "reader" and stacked_found is None:
                 found = [f for f in found if f.label != SLIP]
                 p_slip = rd.probabilities.get(SLIP, 0.0)
                 if SLIP in self.thresholds and p_slip >= self.thresholds[SLIP]:

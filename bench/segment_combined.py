@@ -397,6 +397,15 @@ def spec_cut(score: np.ndarray, y: np.ndarray, spec: float = SPEC_TARGET) -> flo
     return float(np.nextafter(neg[k - 1], np.inf))
 
 
+def point_of(c: np.ndarray) -> dict[str, Any]:
+    """Sensitivity and specificity with Wilson 95% intervals of counts ``[tp, positives, tn,
+    negatives]``."""
+    sens, spec = proportion(int(c[0]), int(c[1])), proportion(int(c[2]), int(c[3]))
+    return {"sensitivity": sens.estimate, "sensitivity_ci95": [sens.ci_low, sens.ci_high],
+            "specificity": spec.estimate, "specificity_ci95": [spec.ci_low, spec.ci_high],
+            "counts": [int(v) for v in c]}
+
+
 def nested_points(fold_records: dict[int, list[DiscScore]],
                   cut_records: dict[int, list[DiscScore]] | None = None) -> dict[str, Any]:
     """Pooled sensitivity / specificity, each fold at cuts chosen on the other folds: at
@@ -415,13 +424,7 @@ def nested_points(fold_records: dict[int, list[DiscScore]],
         for key, call in (("spec_target", call_t), ("f1", call_f)):
             counts[key] += np.array([(call & y).sum(), y.sum(), (~call & ~y).sum(),
                                      (~y).sum()], np.int64)
-    out = {}
-    for key, c in counts.items():
-        sens, spec = proportion(int(c[0]), int(c[1])), proportion(int(c[2]), int(c[3]))
-        out[key] = {"sensitivity": sens.estimate, "sensitivity_ci95": [sens.ci_low, sens.ci_high],
-                    "specificity": spec.estimate, "specificity_ci95": [spec.ci_low, spec.ci_high],
-                    "counts": [int(v) for v in c]}
-    return out
+    return {key: point_of(c) for key, c in counts.items()}
 
 
 @dataclass
@@ -468,12 +471,14 @@ def product_points(data: dict[int, FoldData], calls: dict[int, Any]) -> dict[str
     """Pooled sensitivity / specificity (Wilson 95%) of the diagnosis discs, not normal =
     herniation or spondylolisthesis called: by the detector as diagnosis calls today, and by
     each fold's stacked calls ``calls[k]`` (fitted with their thresholds on the other folds);
-    per class too."""
+    per class too; and per fold, with paired differences against the detector's calls."""
     counts: dict[str, np.ndarray] = {}
+    per_fold: dict[str, list[np.ndarray]] = {}
 
     def add(key: str, y: np.ndarray, call: np.ndarray) -> None:
         c = np.array([(call & y).sum(), y.sum(), (~call & ~y).sum(), (~y).sum()], np.int64)
         counts[key] = counts.get(key, np.zeros(4, np.int64)) + c
+        per_fold.setdefault(key, []).append(c)
 
     def read(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray],
                               dict[str, np.ndarray]]:
@@ -509,12 +514,18 @@ def product_points(data: dict[int, FoldData], calls: dict[int, Any]) -> dict[str
         need = int(np.ceil(det_o[y_o].mean() * len(pos) - 1e-9))  # positives to call
         cut_sens = float(pos[max(need - 1, 0)]) if len(pos) else 1.0
         add("stacked_at_detector_sensitivity", y, score >= cut_sens)
-    out = {}
-    for key, c in counts.items():
-        sens, spec = proportion(int(c[0]), int(c[1])), proportion(int(c[2]), int(c[3]))
-        out[key] = {"sensitivity": sens.estimate, "sensitivity_ci95": [sens.ci_low, sens.ci_high],
-                    "specificity": spec.estimate, "specificity_ci95": [spec.ci_low, spec.ci_high],
-                    "counts": [int(v) for v in c]}
+    out: dict[str, Any] = {
+        key: {**point_of(c), "per_fold": [[float(f[0] / max(f[1], 1)),
+                                           float(f[2] / max(f[3], 1))] for f in per_fold[key]]}
+        for key, c in counts.items()}
+    base = np.array(out["detector"]["per_fold"])
+    out["paired_vs_detector"] = {}
+    for key in ("stacked", "stacked_at_detector_specificity", "stacked_at_detector_sensitivity"):
+        diff = np.array(out[key]["per_fold"]) - base
+        out["paired_vs_detector"][key] = {
+            name: {**fold_stat(list(diff[:, i])).__dict__, "wins": int((diff[:, i] > 0).sum()),
+                   "losses": int((diff[:, i] < 0).sum())}
+            for i, name in enumerate(("sensitivity", "specificity"))}
     return out
 
 

@@ -220,6 +220,16 @@ def test_exif_oriented_image_is_a_warning(tmp_path: Path) -> None:
     assert report.ok
 
 
+def test_cli_lists_every_fault_of_a_patients_table(tmp_path: Path) -> None:
+    root = make_clean(tmp_path / "ds")
+    (root / "patients.csv").write_text("image,patient\nimg_00.png,p0\nimg_00.png,p9\n"
+                                       "img_01.png,\n")
+    code, out = run_cli(str(root))
+    assert code == 1 and "patients.csv" in out and "(and 1 more problem in this file)" in out
+    listed = [line for line in out.splitlines() if line.startswith("  - ")]
+    assert [line.split(":")[0] for line in listed] == ["  - line 3", "  - line 4"]
+
+
 def test_not_a_dataset_exits_1(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     code, out = run_cli(str(tmp_path / "empty"))

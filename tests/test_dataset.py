@@ -254,6 +254,12 @@ def test_bad_patients_tables(tmp_path: Path) -> None:
     bad.write_text("image,patient\na.png,1\na.png,2\n")
     with pytest.raises(InputError, match="two patients"):
         read_patients_csv(bad)
+    bad.write_text("image,patient\na.png,1\na.png,2\nb.png,\nc.png,3\n,4\n")
+    with pytest.raises(InputError) as err:  # every faulty row at once
+        read_patients_csv(bad)
+    assert err.value.problems == ["line 3: image 'a.png' is listed with two patients ('1' and "
+                                  "'2')", "line 4: empty image or patient",
+                                  "line 6: empty image or patient"]
     out = assign_patients(["images/a.png", "images/b.png"], tmp_path, patients=None,
                           patient_pattern=r"(?P<patient>[ab])")
     assert out.patients == ["a", "b"] and out.source == "pattern"

@@ -123,6 +123,10 @@ def check(
     except (InputError, ValueError) as err:
         console.print("[bold red]error:[/] ", end="")
         console.print(printable(err), highlight=False, soft_wrap=True)
+        problems = err.problems if isinstance(err, InputError) else []
+        if len(problems) > 1:  # every fault of the file, to fix in one round
+            for problem in problems:
+                console.print(Text("  - ") + printable(problem), highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
     for table in report_tables(report):
         console.print(table)

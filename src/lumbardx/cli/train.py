@@ -49,6 +49,10 @@ def _input_errors(console: Console) -> Iterator[None]:
         yield
     except (InputError, ValueError) as err:
         console.print(Text.assemble(("error: ", "bold red"), str(err)), soft_wrap=True)
+        problems = err.problems if isinstance(err, InputError) else []
+        if len(problems) > 1:  # every fault of the file, to fix in one round
+            for problem in problems:
+                console.print(Text.assemble("  - ", problem), soft_wrap=True)
         raise typer.Exit(code=2) from None
     finally:
         warnings.showwarning = previous

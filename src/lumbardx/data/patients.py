@@ -98,8 +98,9 @@ def read_patients_csv(path: Path) -> PatientTable:
     Column names are matched case-insensitively; extra columns are ignored.
 
     Raises:
-        InputError: the file cannot be read, lacks a required column, has a row without image
-            or patient, or lists one image twice with different patients.
+        InputError: the file cannot be read, lacks a required column, or has rows without
+            image or patient or listing one image twice with different patients (every such
+            row in one error, ``InputError.problems``).
     """
     path = Path(path)
     try:
@@ -122,26 +123,28 @@ def read_patients_csv(path: Path) -> PatientTable:
 
     rows: dict[str, PatientInfo] = {}
     names: dict[str, PatientInfo | None] = {}
+    problems: list[str] = []  # every faulty row, refused together (InputError.of)
     for line, row in enumerate(raw, start=2):
         image = (row.get(header["image"]) or "").strip()
         patient = (row.get(header["patient"]) or "").strip()
         sequence = (row.get(header["sequence"]) or "").strip() if "sequence" in header else ""
         if not image or not patient:
-            raise InputError(path, f"line {line}: empty image or patient")
+            problems.append(f"line {line}: empty image or patient")
+            continue
         info = PatientInfo(patient, sequence or None)
         key = image.replace("\\", "/")
         if key in rows and rows[key].patient != patient:
-            raise InputError(
-                path,
-                f"line {line}: image {image!r} is listed with two patients "
-                f"({rows[key].patient!r} and {patient!r})",
-            )
+            problems.append(f"line {line}: image {image!r} is listed with two patients "
+                            f"({rows[key].patient!r} and {patient!r})")
+            continue
         rows[key] = info
         name = Path(key).name
         if name in names and (names[name] is None or names[name] != info):
             names[name] = None  # ambiguous by file name: full path required
         else:
             names[name] = info
+    if problems:
+        raise InputError.of(path, problems)
     by_name = {name: info for name, info in names.items() if info is not None}
     return PatientTable(path=path, rows=rows, by_name=by_name)
 

@@ -67,6 +67,10 @@ def test_fit_stacked_calls_and_round_trip() -> None:
     raw["features"]["reader"] = raw["features"]["reader"][:-1]
     with pytest.raises(ValueError, match="not this version's"):
         StackedCalls.from_dict(raw)
+    raw = calls.to_dict()
+    del raw["thresholds"]["spondylolisthesis"]
+    with pytest.raises(ValueError, match="a threshold for each of herniation, spondylolisthesis"):
+        StackedCalls.from_dict(raw)
     with pytest.raises(ValueError, match="no negative disc of herniation"):
         fit_stacked(x, [{"herniation"}] * n)
     with pytest.raises(ValueError, match="no positive disc of herniation"):

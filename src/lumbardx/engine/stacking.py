@@ -117,7 +117,8 @@ class StackedCalls:
         """Back from :meth:`to_dict`.
 
         Raises:
-            ValueError: features other than this version's, or weights of the wrong length.
+            ValueError: features other than this version's, findings other than
+                :data:`STACK_FINDINGS`, or weights of the wrong length.
         """
         feats = raw.get("features", {})
         if (tuple(feats.get("detector", ())) != STACK_DETECTOR
@@ -125,11 +126,14 @@ class StackedCalls:
             raise ValueError(f"stacked calls read features {feats}, not this version's "
                              f"{STACK_DETECTOR} + {STACK_READER}")
         weights = {str(k): [float(v) for v in w] for k, w in dict(raw["weights"]).items()}
+        thresholds = {str(k): float(v) for k, v in dict(raw["thresholds"]).items()}
+        if set(weights) != set(STACK_FINDINGS) or set(thresholds) != set(STACK_FINDINGS):
+            raise ValueError(f"stacked calls need weights and a threshold for each of "
+                             f"{', '.join(STACK_FINDINGS)}")
         n = len(STACK_DETECTOR) + len(STACK_READER) + 1
         if any(len(w) != n for w in weights.values()):
             raise ValueError(f"stacked calls: every finding needs {n} weights")
-        return cls(weights, {str(k): float(v) for k, v in dict(raw["thresholds"]).items()},
-                   dict(raw.get("fitted_on", {})))
+        return cls(weights, thresholds, dict(raw.get("fitted_on", {})))
 
 
 def fit_stacked(x: np.ndarray, truths: Sequence[frozenset[str] | set[str]],

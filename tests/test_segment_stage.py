@@ -238,6 +238,20 @@ def test_reports_show_the_segment_reader() -> None:
     html = render_html_report(study, b"\x89PNG")  # summary without slip_call: detector
     assert "Segment reader (probability)" in html and "calibrated probability" in html
     assert "slip ~20% (Meyerding grade I)" in html
+    from lumbardx.report.html import confidence_note
+
+    plain = confidence_note(study)
+    assert "for stenosis and degeneration it is the segment reader's" in plain
+    assert "regression" not in plain
+    study.segment_reader = {"version": "r1", "weights_sha256": None, "slip_call": "reader",
+                            "disc_call": "stacked"}
+    stacked = confidence_note(study)  # the regression calls the slip, not the reader
+    assert "for stenosis and degeneration it is" in stacked and "spondylolisthesis, " not in \
+        stacked
+    assert "for herniation and spondylolisthesis it is the probability of a regression" in stacked
+    assert stacked in render_html_report(study, b"\x89PNG").replace("&#x27;", "'")
+    study.segment_reader = None
+    assert "segment reader" not in confidence_note(study)
 
 
 def test_cli_classes_and_segment_reader(tmp_path) -> None:

@@ -169,6 +169,25 @@ def _confidence(score: float | None, reviewed: bool = False) -> str:
     return f"{score:.2f}"
 
 
+def confidence_note(study: Study) -> str:
+    """What the "Confidence" column means for this study's models (the detector's score; the
+    segment reader's calibrated probability for what it calls; the stacked regression's
+    probability for herniation and spondylolisthesis when it calls them)."""
+    reader = study.segment_reader or {}
+    if not reader:
+        return ("Confidence is the detector's score for the status (0-1), not a probability of "
+                "disease.")
+    by_reader = "stenosis and degeneration"
+    if reader.get("slip_call") == "reader" and reader.get("disc_call") != "stacked":
+        by_reader = "spondylolisthesis, " + by_reader
+    note = ("Confidence is the detector's score for the status (0-1), not a probability of "
+            f"disease; for {by_reader} it is the segment reader's calibrated probability")
+    if reader.get("disc_call") == "stacked":
+        note += ("; for herniation and spondylolisthesis it is the probability of a regression "
+                 "on the detector's scores and the segment reader's reading together")
+    return note + "."
+
+
 def finding_rows(study: Study) -> list[FindingRow]:
     """One row per disc, top to bottom (severity in long form, see :mod:`.overlay`)."""
     rows = []
@@ -342,12 +361,7 @@ def render_html_report(study: Study, overlay_png: bytes, *, analysed_at: datetim
                      f"<td>{_e(r.confidence)}</td><td>{_e(r.other or '-')}</td><td>{sev}</td>"
                      f"{extra}</tr>")
         p.append("</tbody></table>")
-        by_reader = "stenosis and degeneration"
-        if study.segment_reader and study.segment_reader.get("slip_call") == "reader":
-            by_reader = "spondylolisthesis, " + by_reader
-        notes = ["Confidence is the detector's score for the status (0-1), not a probability "
-                 "of disease" + (f"; for {by_reader} it is the segment reader's calibrated "
-                                 "probability." if reader else ".")]
+        notes = [confidence_note(study)]
         if any(r.uncertain for r in rows):
             notes.append("A level marked ? may be misnamed (see Warnings).")
         if study.severity_note:

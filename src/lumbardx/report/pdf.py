@@ -28,8 +28,9 @@ from PIL import Image
 from lumbardx import __version__
 from lumbardx.clinical.findings import NORMAL
 from lumbardx.data.errors import InputError
-from lumbardx.report.html import (NOT_A_DIAGNOSIS, TITLE, finding_rows, header_fields, limits,
-                                  report_warnings, review_rows, summary_lines)
+from lumbardx.report.html import (NOT_A_DIAGNOSIS, TITLE, confidence_note, finding_rows,
+                                  header_fields, limits, report_warnings, review_rows,
+                                  summary_lines)
 from lumbardx.report.fonts import load_font
 from lumbardx.report.overlay import class_colours, write_bytes_atomic
 
@@ -267,8 +268,7 @@ def build_report_pages(study: Study, overlay: np.ndarray, *, analysed_at: dateti
                styles={(i, 0): {"fontweight": "bold" if r.status != NORMAL else "normal",
                                 **({"color": UNCERTAIN} if r.uncertain else {})}
                        for i, r in enumerate(rows)})
-        notes = "Confidence is the detector's score for the status (0-1), not a probability of " \
-                "disease."
+        notes = confidence_note(study)
         if any(r.uncertain for r in rows):
             notes += " A level marked ? may be misnamed (see Warnings)."
         f.y += 0.06

@@ -51,6 +51,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_info import cpu_name
+from segment_combined import reader_logits
 from segment_end_to_end import (
     add_fold_model_arguments,
     dataset_with_folds,
@@ -65,8 +66,7 @@ from lumbardx.data.boxes import Box
 from lumbardx.data.images import MedicalImage
 from lumbardx.engine.metrics import GroundTruth, Prediction, coco_evaluate
 from lumbardx.engine.segment_crossval import auc
-from lumbardx.engine.segment_training import SegmentItem, predict_items, segment_label, truth_spine
-from lumbardx.engine.segments import frame_tensor, segment_frames
+from lumbardx.engine.segment_training import segment_label, truth_spine
 from lumbardx.engine.table1 import fold_stat
 from lumbardx.io import atomic_write_text
 from lumbardx.models.segment_reader import LABELS
@@ -110,17 +110,11 @@ def average_precision(scores: np.ndarray, positive: np.ndarray, n_positive: int)
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def calibrate(logits: torch.Tensor, calibration: dict[str, tuple[float, float]]) -> np.ndarray:
-    """Platt-scaled probabilities ``[L, K]`` (:data:`LABELS`) of fold logits ``[L, K]``."""
-    a = torch.tensor([calibration.get(k, (1.0, 0.0))[0] for k in LABELS], dtype=logits.dtype)
-    b = torch.tensor([calibration.get(k, (1.0, 0.0))[1] for k in LABELS], dtype=logits.dtype)
-    return torch.sigmoid(a * logits + b).double().numpy()
-
-
-def read_image(m: Any, reader: Any, calibration: dict[str, tuple[float, float]],
-               planes: np.ndarray, own: np.ndarray, named: list[Box], image_id: str,
-               patient: str) -> ImageRead:
-    """Detect, group and read one image as diagnosis does; match to the ground truth."""
+def read_image(m: Any, reader: Any, release: Any, planes: np.ndarray, own: np.ndarray,
+               named: list[Box], image_id: str, patient: str) -> ImageRead:
+    """Detect, group and read one image as diagnosis does (``reader``: the fold's, its logits
+    calibrated by ``release``, a reader holding the release's Platt scaling); match to the
+    ground truth."""
     with torch.inference_mode():
         x, geo = detect_stage.preprocess(m, own, (planes[0], planes[1]))
         boxes = detect_stage.detect(m, x, geo)
@@ -128,15 +122,8 @@ def read_image(m: Any, reader: Any, calibration: dict[str, tuple[float, float]],
     image = MedicalImage(own.astype(np.float32), own, None, Path(image_id), "png")
     spine, _ = find(boxes, image, m)
     cols = [LABELS.index(f) for f in FINDINGS]
-    frames = frame_tensor(segment_frames(spine, True))
-    if frames.shape[0]:
-        item = SegmentItem(image_id, patient, planes, spine, frames,
-                           torch.zeros(frames.shape[0], len(LABELS)), np.zeros((0, 4), np.float32))
-        with torch.inference_mode():
-            logits, _ = predict_items(reader, [item])[0]
-        probs = calibrate(logits, calibration)[:, cols]
-    else:
-        probs = np.zeros((0, len(FINDINGS)))
+    logits = reader_logits(spine, reader, planes, image_id, patient)
+    probs = release.calibrated(logits).double().numpy()[:, cols]
     gt, labels = truth_spine(named, (w, h))
     truth = np.array([[f in lab for f in FINDINGS] for lab in labels], bool).reshape(-1, 2)
     match = match_discs(gt, spine) if spine.discs else [None] * len(gt.discs)
@@ -234,7 +221,6 @@ def main(argv: list[str] | None = None) -> int:
         print("no segment reader release to measure", file=sys.stderr)
         return 2
     release = SegmentStage.load(release_path)
-    calibration = dict(release.reader.config.calibration)
     thresholds = {f: float(release.thresholds[f]) for f in FINDINGS}
     ds, pairs, fold_of = dataset_with_folds(args.data, args.folds_csv)
     ready = folds_with_models(fold_of, args.detectors, args.readers)
@@ -252,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             sample = ds[i]
             named = [Box(ds.class_names[int(lab)], *map(float, b))
                      for b, lab in zip(sample.boxes, sample.labels, strict=True)]
-            reads[k].append(read_image(m, reader, calibration, pairs[i].image, sample.image,
+            reads[k].append(read_image(m, reader, release.reader, pairs[i].image, sample.image,
                                        named, rec.image_id, rec.patient))
         print(f"fold {k}: read ({time.perf_counter() - t0:.0f} s)", flush=True)
     folds = [{"fold": k, **fold_metrics(rs, thresholds)} for k, rs in reads.items()]

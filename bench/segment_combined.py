@@ -147,17 +147,25 @@ def slip_features(s: np.ndarray, p: np.ndarray, pct: np.ndarray, geometry: bool 
     return np.stack(cols, axis=1).reshape(-1, len(cols))
 
 
-def reader_probs(spine: SpineFindings, reader: Any, planes: np.ndarray, image_id: str,
-                 patient: str) -> np.ndarray:
-    """The reader's probabilities ``float64 [L, K]`` (:data:`LABELS`) for the discs of
-    ``spine`` (``[0, K]`` without discs or curve)."""
+def reader_logits(spine: SpineFindings, reader: Any, planes: np.ndarray, image_id: str,
+                  patient: str) -> torch.Tensor:
+    """The reader's raw logits ``[L, K]`` (:data:`LABELS`) for the discs of ``spine`` read on
+    ``planes`` (``uint8 [2, H, W]``); ``[0, K]`` without discs or curve."""
     frames = frame_tensor(segment_frames(spine, True))
     if not frames.shape[0]:
-        return np.zeros((0, len(LABELS)), np.float64)
+        return torch.zeros((0, len(LABELS)))
     item = SegmentItem(image_id, patient, planes, spine, frames,
                        torch.zeros(frames.shape[0], len(LABELS)), np.zeros((0, 4), np.float32))
-    logits, _ = predict_items(reader, [item])[0]
-    return torch.sigmoid(logits).double().numpy()
+    with torch.inference_mode():
+        logits, _ = predict_items(reader, [item])[0]
+    return logits
+
+
+def reader_probs(spine: SpineFindings, reader: Any, planes: np.ndarray, image_id: str,
+                 patient: str) -> np.ndarray:
+    """The reader's probabilities ``float64 [L, K]`` (:data:`LABELS`, uncalibrated: the
+    sigmoid of :func:`reader_logits`)."""
+    return torch.sigmoid(reader_logits(spine, reader, planes, image_id, patient)).double().numpy()
 
 
 @dataclass
@@ -447,11 +455,8 @@ def product_discs(boxes: list[Box], image: MedicalImage, m: Any, reader: Any,
     gt = build_findings(truth, (image.width, image.height))
     n_feat = len(STACK_DETECTOR) + len(STACK_READER)
     feats = np.zeros((len(spine.discs), n_feat))
-    frames = frame_tensor(segment_frames(spine, True))
-    if frames.shape[0]:
-        item = SegmentItem(rec.image_id, rec.patient, planes, spine, frames,
-                           torch.zeros(frames.shape[0], len(LABELS)), np.zeros((0, 4), np.float32))
-        logits, _ = predict_items(reader, [item])[0]
+    logits = reader_logits(spine, reader, planes, rec.image_id, rec.patient)
+    if len(logits):
         z = [{k: float(logits[i, j]) for j, k in enumerate(LABELS)} for i in range(len(logits))]
         disc_boxes = disc_detector_boxes(spine, boxes, list(m.class_names))
         feats = np.stack([engine_stack_features(best_scores(b), zi)
@@ -706,8 +711,6 @@ def main(argv: list[str] | None = None) -> int:
             v = result["product_disc_level"][key]
             print(f"diagnosis discs, {key} calls: sens {100 * v['sensitivity']:.1f}% spec "
                   f"{100 * v['specificity']:.1f}%")
-        atomic_write_text(args.out, json.dumps(result, indent=1, default=lambda v: None
-                                               if isinstance(v, float) and math.isnan(v) else v))
     if args.slip_rows is not None:
         atomic_write_text(args.slip_rows, json.dumps(slips, indent=1))
     if args.stack_release is not None:

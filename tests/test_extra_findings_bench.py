@@ -3,6 +3,7 @@ discs' calibrated probabilities, extra discs, and the disc-level average precisi
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 
 from bench_scripts import load_bench
 from lumbardx.data.boxes import Box
-from lumbardx.models.segment_reader import LABELS
+from lumbardx.models.segment_reader import LABELS, SegmentReader, SegmentReaderConfig
 
 NAMES = ["normal", "herniation", "spondylolisthesis"]
 
@@ -48,11 +49,12 @@ def test_read_image_truth_matching_and_extra_discs(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(bench.detect_stage, "preprocess", lambda m, own, planes: (None, "geo"))
     monkeypatch.setattr(bench.detect_stage, "detect", fake_detect)
-    monkeypatch.setattr(bench, "predict_items", fake_predict)
+    monkeypatch.setattr(sys.modules["segment_combined"], "predict_items", fake_predict)
     m = SimpleNamespace(thresholds={n: 0.25 for n in NAMES}, class_names=NAMES, chosen=NAMES)
     own = np.zeros((384, 384), np.uint8)
-    calibration = {"stenosis": (1.0, -1.0)}
-    r = bench.read_image(m, None, calibration, np.stack([own, own]), own, [*discs, canal],
+    release = SegmentReader(SegmentReaderConfig(width=4, embed=8, size=(16, 16),
+                                                calibration={"stenosis": (1.0, -1.0)}))
+    r = bench.read_image(m, None, release, np.stack([own, own]), own, [*discs, canal],
                          "x.png", "p0")
     assert calls == ["geo"]
     assert r.truth.tolist() == [[False, False], [False, True], [False, False], [True, False],

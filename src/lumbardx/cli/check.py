@@ -37,6 +37,14 @@ def printable(text: object) -> Text:
     ))
 
 
+def problem_lines(err: Exception) -> list[Text]:
+    """``"  - problem"`` lines (:func:`printable`) for every problem of a refused file, when
+    the error holds several (:attr:`InputError.problems`), so that they are fixed in one round;
+    none otherwise (the message already names the one)."""
+    problems = err.problems if isinstance(err, InputError) else []
+    return [Text("  - ") + printable(p) for p in problems] if len(problems) > 1 else []
+
+
 def report_tables(report: CheckReport) -> list[Table]:
     """Rich tables: summary, boxes per class, image sizes, sequences, problems by kind and the
     full problem list (one row per problem, with its file)."""
@@ -123,10 +131,8 @@ def check(
     except (InputError, ValueError) as err:
         console.print("[bold red]error:[/] ", end="")
         console.print(printable(err), highlight=False, soft_wrap=True)
-        problems = err.problems if isinstance(err, InputError) else []
-        if len(problems) > 1:  # every fault of the file, to fix in one round
-            for problem in problems:
-                console.print(Text("  - ") + printable(problem), highlight=False, soft_wrap=True)
+        for line in problem_lines(err):
+            console.print(line, highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
     for table in report_tables(report):
         console.print(table)

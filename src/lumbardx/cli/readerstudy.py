@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from lumbardx.cli.check import problem_lines
 from lumbardx.clinical.forest import display_name
 from lumbardx.clinical.readerstudy_analysis import ReaderStudyResult, run_reader_study
 from lumbardx.clinical.readerstudy_report import write_reader_study
@@ -99,9 +100,8 @@ def reader_study(
     except InputError as exc:
         err = Console(stderr=True)
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-        if len(exc.problems) > 1:  # every fault of the table, to fix in one round
-            for problem in exc.problems:
-                err.print(f"  - {escape(problem)}", highlight=False)
+        for line in problem_lines(exc):
+            err.print(line, highlight=False)
         raise typer.Exit(code=2) from None
     paths = write_reader_study(result, out)
     for table in summary_tables(result):

@@ -22,6 +22,7 @@ from rich.text import Text
 
 from lumbardx import __version__
 from lumbardx.data.classes import STUDY_CLASSES
+from lumbardx.cli.check import problem_lines
 from lumbardx.data.errors import InputError
 
 if TYPE_CHECKING:  # torch and the engine load only when a command runs
@@ -49,10 +50,8 @@ def _input_errors(console: Console) -> Iterator[None]:
         yield
     except (InputError, ValueError) as err:
         console.print(Text.assemble(("error: ", "bold red"), str(err)), soft_wrap=True)
-        problems = err.problems if isinstance(err, InputError) else []
-        if len(problems) > 1:  # every fault of the file, to fix in one round
-            for problem in problems:
-                console.print(Text.assemble("  - ", problem), soft_wrap=True)
+        for line in problem_lines(err):
+            console.print(line, soft_wrap=True)
         raise typer.Exit(code=2) from None
     finally:
         warnings.showwarning = previous

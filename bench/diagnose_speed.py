@@ -4,9 +4,14 @@ What is timed per image (``time.perf_counter``, milliseconds): ``read`` (file ->
 ``preprocess`` (letterbox, tensor), ``detect`` (network + NMS, boxes mapped back), ``findings``
 (levels, statuses), ``segments`` (the segment reader, when the diagnoser has one: its cost is
 reported against the same studies without it), ``severity`` and ``overlay`` (the annotated
-RGB image rendered in memory); writing reports and DICOM is left out. Warm-up images are run first and not counted. Reported:
-median and 90th percentile of the per-image total, and the ratio of Ke et al.'s 14.5 s per case
-(PP-YOLOv2, "speed" in their Table) to our median.
+RGB image rendered in memory); writing reports and DICOM is left out. Warm-up images are run
+first and not counted. Reported: median and 90th percentile of the per-image total, and the
+ratio of Ke et al.'s 14.5 s per case (PP-YOLOv2, "speed" in their Table) to our median.
+
+Segment checkpoints: the shipped one, or ``--segments-weights``; ``--versus-segments B`` also
+diagnoses every image and study with checkpoint ``B`` (everything else the same) next to ours
+(before it on even items, after it on odd ones), and reports both medians and their ratio
+(``versus_segments``): how a release candidate compares with today's release in the same run.
 
 Backends: PyTorch and, when ``onnxruntime`` is installed and the model exports, ONNX Runtime.
 Peer: when ``ultralytics`` is importable, an Ultralytics YOLO11n (``yolo11n.yaml``, random
@@ -105,21 +110,33 @@ def stats(values: list[float]) -> dict[str, float]:
 
 
 def _timed(diagnose: Callable[[Any], Study], items: list[Any], warmup: int,
-           peer: Callable[[np.ndarray], None] | None
-           ) -> tuple[list[Study], dict[str, list[float]], list[float]]:
+           peer: Callable[[np.ndarray], None] | None,
+           twin: Callable[[Any], Study] | None = None
+           ) -> tuple[list[Study], dict[str, list[float]], list[float], list[Study]]:
     """``diagnose`` each item (the first ``warmup`` items run first and are not counted), the
     overlay rendered and timed into the study's ``timings_ms``; ``peer(display)`` timed on the
     analysed slice right after ours, so that both see the same machine load (other processes
-    on a shared machine make separate runs incomparable).
+    on a shared machine make separate runs incomparable); ``twin(item)`` (the same pipeline
+    with another segment checkpoint, ``--versus-segments``) run on the item right before ours
+    on even items and right after it on odd ones, for the same reason.
 
     Returns:
-        The timed studies, their times per step (ms) and the peer's times (ms).
+        The timed studies, their times per step (ms), the peer's times (ms) and the twin's
+        studies.
     """
     studies: list[Study] = []
     steps: dict[str, list[float]] = {}
     peer_ms: list[float] = []
+    twins: list[Study] = []
     for k, item in enumerate([*items[:warmup], *items]):
+        first = twin is not None and k % 2 == 0  # alternate who runs first: no order bias
+        if first:
+            other = twin(item)
         study = diagnose(item)
+        if twin is not None and not first:
+            other = twin(item)
+        if twin is not None and k >= warmup:
+            twins.append(other)
         t1 = time.perf_counter()
         render_overlay(study.image.display, study.findings, model=study.model.name)
         study.timings_ms["overlay"] = 1000.0 * (time.perf_counter() - t1)
@@ -133,7 +150,17 @@ def _timed(diagnose: Callable[[Any], Study], items: list[Any], warmup: int,
         studies.append(study)
         for name, ms in study.timings_ms.items():
             steps.setdefault(name, []).append(ms)
-    return studies, steps, peer_ms
+    return studies, steps, peer_ms, twins
+
+
+def versus_segments(studies: list[Study], twins: list[Study]) -> dict[str, Any]:
+    """Our pipeline against its twin with another segment checkpoint on the same items (the
+    overlay left out of both totals; the twin renders none): medians and their ratio."""
+    ours = [sum(v for k, v in s.timings_ms.items() if k != "overlay") for s in studies]
+    theirs = [sum(s.timings_ms.values()) for s in twins]
+    return {"n": len(twins), "total_ms": stats(theirs), "ours_total_ms": stats(ours),
+            "segments_ms": stats([s.timings_ms.get("segments", 0.0) for s in twins]),
+            "ratio_ours_over_versus": float(np.median(ours)) / float(np.median(theirs))}
 
 
 def _summary(dx: Diagnoser, studies: list[Study], steps: dict[str, list[float]],
@@ -158,12 +185,17 @@ def _summary(dx: Diagnoser, studies: list[Study], steps: dict[str, list[float]],
 
 
 def time_studies(dx: Diagnoser, folders: list[Path], warmup: int,
-                 peer: Callable[[np.ndarray], None] | None = None) -> dict[str, Any]:
+                 peer: Callable[[np.ndarray], None] | None = None,
+                 twin: Diagnoser | None = None) -> dict[str, Any]:
     """Per-step and total times of whole DICOM studies (``Diagnoser.diagnose`` plus the
     overlay), the first ``warmup`` not counted; ``peer(display)`` is timed on each study's
-    analysed slice right after ours (its network costs the same whatever the channels hold)."""
-    studies, steps, peer_ms = _timed(dx.diagnose, folders, warmup, peer)
+    analysed slice right after ours (its network costs the same whatever the channels hold);
+    ``twin`` diagnoses each study too (:func:`versus_segments`)."""
+    studies, steps, peer_ms, twins = _timed(dx.diagnose, folders, warmup, peer,
+                                            None if twin is None else twin.diagnose)
     out, model_ms, versus = _summary(dx, studies, steps, peer_ms)
+    if twins:
+        out["versus_segments"] = versus_segments(studies, twins)
     out.update({"inputs": dx.info.inputs, "studies": len(studies),
                 "read_as_pairs": sum(s.partner_series is not None for s in studies)})
     if versus:
@@ -172,18 +204,25 @@ def time_studies(dx: Diagnoser, folders: list[Path], warmup: int,
 
 
 def time_lumbardx(dx: Diagnoser, paths: list[Path], warmup: int,
-                  peer: Callable[[np.ndarray], None] | None = None) -> dict[str, Any]:
+                  peer: Callable[[np.ndarray], None] | None = None,
+                  twin: Diagnoser | None = None) -> dict[str, Any]:
     """Per-step and total times over image files ``paths`` (read, diagnose, overlay; the
-    first ``warmup`` runs not counted), ``peer`` timed on each image as in :func:`_timed`."""
+    first ``warmup`` runs not counted), ``peer`` timed on each image as in :func:`_timed`,
+    ``twin`` too (:func:`versus_segments`)."""
 
-    def read_and_diagnose(path: Path) -> Study:
-        t0 = time.perf_counter()
-        image: MedicalImage = load_study(path)[0]
-        read_ms = 1000.0 * (time.perf_counter() - t0)
-        return dx.diagnose_image(image, path, timings={"read": read_ms})
+    def reader(d: Diagnoser) -> Callable[[Path], Study]:
+        def read_and_diagnose(path: Path) -> Study:
+            t0 = time.perf_counter()
+            image: MedicalImage = load_study(path)[0]
+            read_ms = 1000.0 * (time.perf_counter() - t0)
+            return d.diagnose_image(image, path, timings={"read": read_ms})
+        return read_and_diagnose
 
-    studies, steps, peer_ms = _timed(read_and_diagnose, paths, warmup, peer)
+    studies, steps, peer_ms, twins = _timed(reader(dx), paths, warmup, peer,
+                                            None if twin is None else reader(twin))
     out, model_ms, versus = _summary(dx, studies, steps, peer_ms)
+    if twins:
+        out["versus_segments"] = versus_segments(studies, twins)
     read_as: dict[str, int] = {}  # model input ("slice" / "T1+T2") -> images it read
     for study in studies:
         read_as[study.model.inputs] = read_as.get(study.model.inputs, 0) + 1
@@ -216,18 +255,21 @@ def ultralytics_peer(image_size: int) -> tuple[Callable[[np.ndarray], None], dic
                  "ultralytics_version": ultralytics.__version__}
 
 
-def load(args: argparse.Namespace, backend: str) -> tuple[Diagnoser, str]:
+def load(args: argparse.Namespace, backend: str, segments: Path | None = None
+         ) -> tuple[Diagnoser, str]:
     """The diagnoser for ``backend``, built as ``lumbardx diagnose`` builds it (a model trained
     on T1/T2 pairs comes with its single-slice model; an image without discs is timed, not
-    refused), and a description of the weights."""
+    refused; ``segments``: a segment checkpoint instead of the shipped one), and a
+    description of the weights."""
     if args.weights is not None:
         dx = Diagnoser(args.weights, backend=backend, single_slice=args.single_slice_weights,
-                       refuse_without_discs=False)
+                       segments=segments, refuse_without_discs=False)
         described = f"weights {args.weights} (sha256 {dx.info.weights_sha256[:12]})"
     else:
         try:
             path = shipped_weights("default")
-            dx = Diagnoser(model="default", backend=backend, refuse_without_discs=False)
+            dx = Diagnoser(model="default", backend=backend, segments=segments,
+                           refuse_without_discs=False)
             described = f"shipped default weights {path.name}"
         except NoShippedWeightsError:
             torch.manual_seed(0)
@@ -260,6 +302,11 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true", help="skip Ultralytics YOLO11n")
     parser.add_argument("--dicom-studies", type=int, default=0, help="also time this many "
                         "generated two-series DICOM studies, read whole")
+    parser.add_argument("--segments-weights", type=Path, default=None,
+                        help="segment checkpoint timed instead of the shipped one")
+    parser.add_argument("--versus-segments", type=Path, default=None,
+                        help="also diagnose every image / study with this segment checkpoint "
+                             "(the rest the same) right before ours, and report the ratio")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     studies: list[Path] = []
@@ -291,7 +338,14 @@ def main() -> None:
         if backend == "onnx" and not onnxruntime_available():
             result["backends"]["onnx"] = {"skipped": "onnxruntime not installed"}
             continue
-        dx, described = load(args, backend)
+        dx, described = load(args, backend, args.segments_weights)
+        twin = None
+        if args.versus_segments is not None:
+            twin, _ = load(args, backend, args.versus_segments)
+            result["versus_segments"] = str(args.versus_segments)
+        if dx.segments is not None:
+            result["segments"] = {"weights": str(args.segments_weights or "shipped"),
+                                  **dx.segments.summary}
         result["model"] = {"described": described, "name": dx.info.name,
                            "inputs": dx.info.inputs, "image_size": dx.info.image_size}
         if dx.single_slice is not None:
@@ -305,7 +359,7 @@ def main() -> None:
                 peer, result["peer"] = ultralytics_peer(dx.info.image_size)
             except ImportError:
                 result["peer"] = {"skipped": "ultralytics not importable"}
-        r = time_lumbardx(dx, paths, args.warmup, peer)
+        r = time_lumbardx(dx, paths, args.warmup, peer, twin)
         result["backends"][backend] = r
         print(f"[{backend}] {described}: median {r['total_ms']['median']:.1f} ms, p90 "
               f"{r['total_ms']['p90']:.1f} ms per image; study/ours = "
@@ -314,8 +368,13 @@ def main() -> None:
             seg = r["segment_stage"]
             print(f"[{backend}] segment stage median {seg['segments_ms']['median']:.1f} ms; "
                   f"with/without = {seg['ratio_total_with_over_without']:.2f}")
+        if "versus_segments" in r:
+            v = r["versus_segments"]
+            print(f"[{backend}] versus {args.versus_segments.name}: median "
+                  f"{v['ours_total_ms']['median']:.1f} vs {v['total_ms']['median']:.1f} ms "
+                  f"(without the overlay): ours/versus = {v['ratio_ours_over_versus']:.3f}")
         if studies:
-            rs = time_studies(dx, studies, args.warmup, peer)
+            rs = time_studies(dx, studies, args.warmup, peer, twin)
             result.setdefault("dicom_studies", {})[backend] = rs
             print(f"[{backend}] DICOM studies (T2 + T1 series; model reads "
                   f"{rs['inputs']}, {rs['read_as_pairs']}/{rs['studies']} read as pairs): "
@@ -325,6 +384,11 @@ def main() -> None:
                 print(f"[{backend}] DICOM studies: segment stage median "
                       f"{rs['segment_stage']['segments_ms']['median']:.1f} ms; with/without = "
                       f"{rs['segment_stage']['ratio_total_with_over_without']:.2f}")
+            if "versus_segments" in rs:
+                v = rs["versus_segments"]
+                print(f"[{backend}] DICOM studies versus {args.versus_segments.name}: median "
+                      f"{v['ours_total_ms']['median']:.1f} vs {v['total_ms']['median']:.1f} ms:"
+                      f" ours/versus = {v['ratio_ours_over_versus']:.3f}")
             if "peer_predict_ms" in rs:
                 print(f"[{backend}] DICOM studies: YOLO11n predict median "
                       f"{rs['peer_predict_ms']['median']:.1f} ms vs our preprocess+detect "

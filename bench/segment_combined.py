@@ -106,6 +106,7 @@ from lumbardx.engine.stacking import (
     RIDGE,
     STACK_DETECTOR,
     STACK_READER,
+    cut_at_specificity,
     fit_logistic,
     fit_stacked,
     logit,
@@ -393,16 +394,8 @@ def _abnormal(records: list[DiscScore]) -> tuple[np.ndarray, np.ndarray]:
 
 def spec_cut(score: np.ndarray, y: np.ndarray, spec: float = SPEC_TARGET) -> float:
     """The lowest cut (``score >= cut`` is a call) whose specificity on ``(score, y)`` is at
-    least ``spec``: just above the ``spec`` quantile of the negatives' scores."""
-    neg = np.sort(score[~y])
-    if not len(neg):
-        return 0.0
-    allowed = int(np.floor((1.0 - spec) * len(neg) + 1e-9))  # false calls allowed
-    # calling everything above the (n - allowed)-th smallest negative
-    k = len(neg) - allowed
-    if k <= 0:
-        return float(neg[0])
-    return float(np.nextafter(neg[k - 1], np.inf))
+    least ``spec`` (:func:`lumbardx.engine.stacking.cut_at_specificity`)."""
+    return cut_at_specificity(score, y, spec)
 
 
 def point_of(c: np.ndarray) -> dict[str, Any]:
@@ -472,11 +465,31 @@ def product_discs(boxes: list[Box], image: MedicalImage, m: Any, reader: Any,
     return out
 
 
+def detector_specificity(recs: list[ProductDisc]) -> dict[str, float]:
+    """Per class of :data:`ABNORMAL`, the detector's specificity on the found discs of
+    ``recs`` (the discs a stacked regression reads); 1 without a negative."""
+    out = {}
+    for c in ABNORMAL:
+        neg = [not r.called[c] for r in recs if r.found and c not in r.truth]
+        out[c] = float(np.mean(neg)) if neg else 1.0
+    return out
+
+
+def release_cut(calls: Any, recs: list[ProductDisc]) -> Any:
+    """``calls`` with each finding's threshold at the detector's own specificity on the found
+    diagnosis discs of ``recs`` (the release's operating point, ``docs/segments.md``)."""
+    found = [r for r in recs if r.found]
+    return calls.at_specificity(np.stack([r.x for r in found]), [r.truth for r in found],
+                                detector_specificity(found))
+
+
 def product_points(data: dict[int, FoldData], calls: dict[int, Any]) -> dict[str, Any]:
     """Pooled sensitivity / specificity (Wilson 95%) of the diagnosis discs, not normal =
-    herniation or spondylolisthesis called: by the detector as diagnosis calls today, and by
-    each fold's stacked calls ``calls[k]`` (fitted with their thresholds on the other folds);
-    per class too; and per fold, with paired differences against the detector's calls."""
+    herniation or spondylolisthesis called: by the detector as diagnosis calls today, by each
+    fold's stacked calls ``calls[k]`` (fitted with their thresholds on the other folds) and by
+    the same regressions cut at the detector's per-class specificity on the other folds'
+    diagnosis discs (``stacked_release``, :func:`release_cut`); per class too; and per fold,
+    with paired differences against the detector's calls."""
     counts: dict[str, np.ndarray] = {}
     per_fold: dict[str, list[np.ndarray]] = {}
 
@@ -507,6 +520,14 @@ def product_points(data: dict[int, FoldData], calls: dict[int, Any]) -> dict[str
             add(f"stacked_{c}", yc, stacked[c])
         add("detector", y, det_call)
         add("stacked", y, stacked[ABNORMAL[0]] | stacked[ABNORMAL[1]])
+        cut = release_cut(calls[k], [r for j, o in data.items() if j != k for r in o.product])
+        found = np.array([r.found for r in d.product], bool)
+        p = cut.probabilities(np.stack([r.x for r in d.product]))
+        release = {c: found & (p[c] >= cut.thresholds[c]) for c in ABNORMAL}
+        for c in ABNORMAL:
+            add(f"stacked_release_{c}", np.array([c in r.truth for r in d.product], bool),
+                release[c])
+        add("stacked_release", y, release[ABNORMAL[0]] | release[ABNORMAL[1]])
         # at the detector's own specificity (or sensitivity) on the other folds: the same
         # operating point as today's calls, the cut of the stacked score chosen there
         others = [read(j) for j in data if j != k]
@@ -525,7 +546,8 @@ def product_points(data: dict[int, FoldData], calls: dict[int, Any]) -> dict[str
         for key, c in counts.items()}
     base = np.array(out["detector"]["per_fold"])
     out["paired_vs_detector"] = {}
-    for key in ("stacked", "stacked_at_detector_specificity", "stacked_at_detector_sensitivity"):
+    for key in ("stacked", "stacked_release", "stacked_at_detector_specificity",
+                "stacked_at_detector_sensitivity"):
         diff = np.array(out[key]["per_fold"]) - base
         out["paired_vs_detector"][key] = {
             name: {**fold_stat(list(diff[:, i])).__dict__, "wins": int((diff[:, i] > 0).sum()),
@@ -707,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
             other = [r for j, o in data.items() if j != k for r in o.discs if r.found]
             calls[k] = fit_stacked(stack_features(other), [r.truth for r in other])
         result["product_disc_level"] = product_points(data, calls)
-        for key in ("detector", "stacked"):
+        for key in ("detector", "stacked", "stacked_release"):
             v = result["product_disc_level"][key]
             print(f"diagnosis discs, {key} calls: sens {100 * v['sensitivity']:.1f}% spec "
                   f"{100 * v['specificity']:.1f}%")
@@ -715,9 +737,11 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(args.slip_rows, json.dumps(slips, indent=1))
     if args.stack_release is not None:
         found = [r for d in data.values() for r in d.discs if r.found]
+        source = f"{args.detectors} + {args.readers}, folds {folds_ready}"
         calls = fit_stacked(stack_features(found), [r.truth for r in found],
-                            source=f"{args.detectors} + {args.readers}, folds {folds_ready}, "
-                                   "out-of-fold discs found by the detectors")
+                            source=f"{source}, out-of-fold discs found by the detectors")
+        calls = release_cut(calls, [r for d in data.values() for r in d.product])
+        calls.fitted_on["operating_point"]["source"] = f"{source}, out-of-fold diagnosis discs"
         atomic_write_text(args.stack_release, json.dumps(calls.to_dict(), indent=1))
     atomic_write_text(args.out, json.dumps(result, indent=1, default=lambda v: None
                                            if isinstance(v, float) and math.isnan(v) else v))

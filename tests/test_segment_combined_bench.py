@@ -194,3 +194,32 @@ def test_product_discs_read_as_diagnosis_reads_them(monkeypatch: pytest.MonkeyPa
     np.testing.assert_allclose(recs[3].x, stack_features({"herniation": 0.7},
                                                          {**z, "herniation": 3.0}))
     assert not recs[5].x.any()
+
+
+def test_release_cut_matches_the_detector_specificity_per_class() -> None:
+    from lumbardx.engine.stacking import fit_stacked
+
+    bench = load_bench("segment_combined")
+    rng = np.random.default_rng(5)
+    recs = []
+    for i in range(1500):
+        hern, slip = rng.random() < 0.3, rng.random() < 0.08
+        truth = frozenset(({"herniation"} if hern else set())
+                          | ({"spondylolisthesis"} if slip else set()) or {"normal"})
+        x = rng.normal(size=8)
+        x[1] += 2.5 * hern
+        x[2] += 2.5 * slip
+        called = {"herniation": bool(x[1] > 1.8), "spondylolisthesis": bool(x[2] > 2.2)}
+        recs.append(bench.ProductDisc(truth, i % 50 != 0, called, x))
+    spec = bench.detector_specificity(recs)
+    neg = [r for r in recs if r.found and "herniation" not in r.truth]
+    assert spec["herniation"] == pytest.approx(np.mean([not r.called["herniation"]
+                                                        for r in neg]))
+    found = [r for r in recs if r.found]
+    calls = bench.release_cut(fit_stacked(np.stack([r.x for r in found]),
+                                          [r.truth for r in found]), recs)
+    p = calls.probabilities(np.stack([r.x for r in found]))
+    for c in ("herniation", "spondylolisthesis"):
+        y = np.array([c in r.truth for r in found])
+        own = (p[c][~y] < calls.thresholds[c]).mean()
+        assert own == pytest.approx(spec[c], abs=1.0 / (~y).sum())

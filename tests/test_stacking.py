@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from lumbardx.engine.stacking import (STACK_DETECTOR, STACK_READER, StackedCalls, fit_logistic,
-                                      fit_stacked, logit, predict_logistic, stack_features)
+from lumbardx.engine.stacking import (STACK_DETECTOR, STACK_READER, StackedCalls,
+                                      cut_at_specificity, fit_logistic, fit_stacked, logit,
+                                      predict_logistic, stack_features)
 
 
 def test_logistic_fit_recovers_known_weights() -> None:
@@ -75,3 +76,40 @@ def test_fit_stacked_calls_and_round_trip() -> None:
         fit_stacked(x, [{"herniation"}] * n)
     with pytest.raises(ValueError, match="no positive disc of herniation"):
         fit_stacked(x, [{"normal"}] * n)
+
+
+def test_cut_at_specificity_allows_the_target_share_of_false_calls() -> None:
+    score = np.r_[np.linspace(0.0, 1.0, 101), [0.95, 0.97]]
+    y = np.r_[np.zeros(101, bool), [True, True]]
+    cut = cut_at_specificity(score, y, 0.9)
+    assert ((score >= cut) & ~y).sum() == 10  # floor(0.1 * 101) negatives called, not 11
+    assert (score >= cut)[y].all()
+    assert cut_at_specificity(score, y, 1.0) > 1.0  # no false call: above the top negative
+    assert cut_at_specificity(score, y, 0.0) == 0.0  # every negative allowed
+    tied = np.r_[np.full(100, 0.5), [0.9]]
+    assert not (tied[:100] >= cut_at_specificity(tied, tied > 0.8, 0.95)).any()  # ties kept
+
+
+def test_at_specificity_moves_only_the_thresholds() -> None:
+    rng = np.random.default_rng(3)
+    n = 2000
+    hern = rng.random(n) < 0.3
+    slip = rng.random(n) < 0.05
+    x = rng.normal(size=(n, len(STACK_DETECTOR) + len(STACK_READER)))
+    x[:, 1] += 2.0 * hern
+    x[:, 5] += 2.0 * slip
+    truths = [({"herniation"} if h else set()) | ({"spondylolisthesis"} if s else set())
+              or {"normal"} for h, s in zip(hern, slip)]
+    calls = fit_stacked(x, truths)
+    cut = calls.at_specificity(x, truths, {"herniation": 0.8, "spondylolisthesis": 0.99},
+                               source="synthetic")
+    assert cut.weights == calls.weights
+    p = cut.probabilities(x)
+    for name, y, spec in (("herniation", hern, 0.8), ("spondylolisthesis", slip, 0.99)):
+        called = p[name] >= cut.thresholds[name]
+        assert (~called[~y]).mean() == pytest.approx(spec, abs=1.0 / (~y).sum())
+    assert cut.fitted_on["operating_point"]["specificity"] == {"herniation": 0.8,
+                                                                "spondylolisthesis": 0.99}
+    assert StackedCalls.from_dict(cut.to_dict()) == cut
+    with pytest.raises(ValueError, match="no target specificity for spondylolisthesis"):
+        calls.at_specificity(x, truths, {"herniation": 0.8})

@@ -11,13 +11,18 @@ Per disc the features are the logits (probabilities clipped to ``[1e-4, 1 - 1e-4
 
 ``[8]`` in that order (:func:`stack_features`). For each finding of :data:`STACK_FINDINGS` a
 logistic regression (L2 ridge on the weights, intercept free; :func:`fit_logistic`) gives the
-probability that the disc has it; a finding is called at its threshold (F1 on the discs the
-regression was fitted on, as the release chooses every other threshold).
+probability that the disc has it; a finding is called at its threshold: F1 on the discs the
+regression was fitted on (:func:`fit_stacked`, as the release chooses every other threshold),
+or the lowest cut that keeps a given specificity on a set of discs
+(:meth:`StackedCalls.at_specificity`: the detector's own, so that the calls keep today's
+false-call rate).
 
 Evidence (``docs/segments.md``, "Learned combiners"): fitted on the other folds' out-of-fold
 discs, the rule raised the disc-level AUC on five folds of five and the sensitivity at
 specificity 0.93 on four; :func:`fit_stacked` fits the release's regression on the out-of-fold
-discs of every fold (``bench/segment_combined.py --stack-release``).
+discs of every fold (``bench/segment_combined.py --stack-release``). Cut at the detector's
+specificity, the calls did not win on enough folds to replace the detector's (``docs/segments.md``,
+"Release operating point"): they are a research option, not the default.
 """
 
 from __future__ import annotations
@@ -87,6 +92,21 @@ def stack_features(detector: Mapping[str, float], reader_logits: Mapping[str, fl
                  np.clip([float(reader_logits[c]) for c in STACK_READER], -bound, bound)]
 
 
+def cut_at_specificity(score: np.ndarray, y: np.ndarray, specificity: float) -> float:
+    """The lowest cut (``score >= cut`` is a call) whose specificity on ``score [N]`` with
+    truth ``y [N]`` (bool) is at least ``specificity``: just above the negatives' score below
+    which that fraction of them lies (the lowest negative score, with no negative)."""
+    score = np.asarray(score, np.float64)
+    neg = np.sort(score[~np.asarray(y, bool)])
+    if not len(neg):
+        return float(score.min()) if len(score) else 0.0
+    allowed = int(np.floor((1.0 - specificity) * len(neg) + 1e-9))  # false calls allowed
+    k = len(neg) - allowed  # every negative up to the k-th smallest stays below the cut
+    if k <= 0:
+        return float(neg[0])
+    return float(np.nextafter(neg[k - 1], np.inf))
+
+
 @dataclass
 class StackedCalls:
     """The fitted regressions and their thresholds.
@@ -106,6 +126,30 @@ class StackedCalls:
         """Finding -> probability ``[N]`` for features ``x [N, 8]``."""
         x = np.asarray(x, np.float64).reshape(-1, len(STACK_DETECTOR) + len(STACK_READER))
         return {name: predict_logistic(np.asarray(w), x) for name, w in self.weights.items()}
+
+    def at_specificity(self, x: np.ndarray, truths: Sequence[frozenset[str] | set[str]],
+                       specificity: Mapping[str, float], source: str = "") -> StackedCalls:
+        """The same regressions, each finding's threshold moved to the lowest cut whose
+        specificity on the discs ``x [N, 8]`` (true findings ``truths``) is at least
+        ``specificity[finding]`` (:func:`cut_at_specificity`): the release's operating point,
+        the detector's own per-finding specificity on the same discs.
+
+        Raises:
+            ValueError: a finding without a target or without a negative disc.
+        """
+        p = self.probabilities(x)
+        thresholds = {}
+        for name in self.weights:
+            if name not in specificity:
+                raise ValueError(f"stacked calls: no target specificity for {name}")
+            y = np.array([name in t for t in truths], bool)
+            if y.all():
+                raise ValueError(f"stacked calls: no negative disc of {name} to cut on")
+            thresholds[name] = cut_at_specificity(p[name], y, float(specificity[name]))
+        fitted = {**self.fitted_on, "operating_point": {
+            "rule": "the detector's specificity per finding", "discs": int(len(p[name])),
+            "specificity": {k: float(v) for k, v in specificity.items()}, "source": source}}
+        return StackedCalls(dict(self.weights), thresholds, fitted)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types, for a checkpoint (``torch.save``, ``weights_only`` loading) or JSON."""

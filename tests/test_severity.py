@@ -175,3 +175,30 @@ def test_slip_beyond_max_percent_is_withheld(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(sev, "MAX_PERCENT", abs(est.percent) + 2.0)
     again = estimate_slip(case.image, spine, idx)
     assert again is not None and again.percent == pytest.approx(est.percent)
+
+
+def test_bodies_whose_corners_disagree_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body mask that leaks posteriorly (into the pedicle) moves the posterior corner but not
+    the anterior one: the two corners' translations disagree and the estimate is withheld,
+    although the endplates' widths pass the coarse 0.6-1.6 check."""
+    for k in range(12):
+        case = generate_case(np.random.default_rng(7000 + k), SynthConfig(p_listhesis=1.0))
+        spine = _spine(case)
+        idx = next(i for i, d in enumerate(spine.discs) if d.has("spondylolisthesis"))
+        est = estimate_slip(case.image, spine, idx)
+        if est is not None:
+            break
+    else:
+        pytest.fail("no generated case with a measurable slip")
+    up, lo, ant, sp = sev._bodies(case.image, spine, idx, True)
+    for leak, refused in ((0.1, False), (0.4, True)):
+        back = up.endplate[0] - leak * est.width_px * lo.direction  # posterior by `leak` widths
+        leaked = sev.Body(up.mask, (back, up.endplate[1]), up.direction, up.back)
+        assert 0.6 <= np.linalg.norm(leaked.endplate[1] - back) / est.width_px <= 1.6
+        monkeypatch.setattr(sev, "_bodies", lambda *a, b=leaked: (b, lo, ant, sp))
+        got = estimate_slip(case.image, spine, idx)
+        if refused:
+            assert got is None
+        else:
+            assert got is not None and got.percent == pytest.approx(est.percent - 100 * leak,
+                                                                    abs=0.5)

@@ -26,7 +26,10 @@ Reported per finding, per fold and pooled over folds (Wilson 95% intervals over 
   finding's box = the disc's box) is reported too;
 * sensitivity / specificity at the shipped thresholds (chosen by F1 on the same out-of-fold
   discs' ground-truth readings: mildly optimistic) and, nested, at an F1 cut chosen on the
-  other folds' found discs; extra discs called are counted apart.
+  other folds' found discs; extra discs called are counted apart;
+* disc-level F1 per fold at the shipped threshold and at the nested cut, paired, and the F1
+  cut of every fold's found discs (``f1_shipped_vs_nested``): the evidence for choosing the
+  release's thresholds on the discs diagnosis reads.
 
 Usage::
 
@@ -164,6 +167,34 @@ def point(reads: list[ImageRead], c: int, cut: float) -> np.ndarray:
                      (extra >= cut).sum()], np.int64)
 
 
+def f1_of(pt: np.ndarray) -> float:
+    """Disc-level F1 of a :func:`point` (``[tp, positives, tn, negatives, extra called]``):
+    a called extra disc is a false call; 0 when nothing is called right."""
+    tp, pos, tn, neg, extra = (int(v) for v in pt)
+    false = (neg - tn) + extra
+    return 2.0 * tp / (2 * tp + (pos - tp) + false) if tp else 0.0
+
+
+def threshold_comparison(reads: dict[int, list[ImageRead]], cuts: dict[int, dict[str, float]],
+                         thresholds: dict[str, float]) -> dict[str, Any]:
+    """Per finding: each fold's F1 at the shipped threshold and at its nested cut, their
+    paired difference (95% t-interval, folds won:lost), and ``release_f1``, the F1 cut of the
+    found discs of every fold (``docs/segments.md``, "Thresholds on the discs diagnosis
+    reads")."""
+    every = records([r for rs in reads.values() for r in rs])
+    release = {n: ch.threshold for n, ch in choose_thresholds(every, FINDINGS, "f1").items()}
+    out: dict[str, Any] = {}
+    for c, name in enumerate(FINDINGS):
+        shipped = [f1_of(point(rs, c, thresholds[name])) for rs in reads.values()]
+        nested = [f1_of(point(rs, c, cuts[k][name])) for k, rs in reads.items()]
+        diff = [b - a for a, b in zip(shipped, nested)]
+        out[name] = {"f1_shipped": shipped, "f1_nested": nested,
+                     "paired": {**fold_stat(diff).__dict__, "wins": sum(d > 0 for d in diff),
+                                "losses": sum(d < 0 for d in diff)},
+                     "shipped_threshold": thresholds[name], "release_f1": release[name]}
+    return out
+
+
 def fold_metrics(reads: list[ImageRead], thresholds: dict[str, float]) -> dict[str, Any]:
     """AUC, disc-level AP and the point at the shipped thresholds, per finding."""
     row: dict[str, Any] = {"images": len(reads), "discs": int(sum(len(r.truth) for r in reads)),
@@ -256,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         "pooled_at_release_thresholds": pooled(reads, None, thresholds),
         "pooled_nested_f1": (pooled(reads, cuts, thresholds) if cuts is not None
                              else "needs two or more folds"),
+        "f1_shipped_vs_nested": (threshold_comparison(reads, cuts, thresholds)
+                                 if cuts is not None else "needs two or more folds"),
         "wall_s": round(time.perf_counter() - t0, 1), "machine": {"cpu": cpu_name()}}
     atomic_write_text(args.out, json.dumps(result, indent=1, default=lambda v: None
                                            if isinstance(v, float) and math.isnan(v) else v))
@@ -264,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{n} AUC {f[f'auc_{n}']:.3f} AP {100 * f[f'ap_{n}']:.1f} sens "
             f"{100 * f[f'sens_{n}']:.1f}% spec {100 * f[f'spec_{n}']:.1f}%" for n in FINDINGS)
             + f"; degeneration box AP@0.5 {100 * f['box_ap50_degeneration']:.1f}")
+    if isinstance(result["f1_shipped_vs_nested"], dict):
+        for n, v in result["f1_shipped_vs_nested"].items():
+            d = v["paired"]
+            print(f"{n}: F1 nested minus shipped {d['mean']:+.3f} ({d['ci_low']:+.3f} to "
+                  f"{d['ci_high']:+.3f}; {d['wins']}:{d['losses']}); F1 cut of every fold's "
+                  f"found discs {v['release_f1']:.3f} (shipped {v['shipped_threshold']:.3f})")
     for key in ("pooled_at_release_thresholds", "pooled_nested_f1"):
         if isinstance(result[key], dict):
             print(key + ": " + "; ".join(

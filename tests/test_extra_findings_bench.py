@@ -78,3 +78,29 @@ def test_read_image_truth_matching_and_extra_discs(monkeypatch: pytest.MonkeyPat
     assert low["extra_called_stenosis"] == 1
     recs = bench.records([r])
     assert len(recs) == 7 and recs[-1].truth == frozenset()
+
+
+def test_f1_counts_extra_discs_and_compares_thresholds_by_fold() -> None:
+    bench = load_bench("extra_findings")
+    assert bench.f1_of(np.array([6, 10, 80, 90, 2])) == pytest.approx(12 / (12 + 4 + 12))
+    assert bench.f1_of(np.array([0, 10, 90, 90, 0])) == 0.0
+
+    def read(truth: list[list[bool]], prob: list[list[float]], extra: list[list[float]]):
+        n = len(truth)
+        return bench.ImageRead(np.array(truth, bool).reshape(n, 2), np.ones(n, bool),
+                               np.array(prob, np.float32).reshape(n, 2),
+                               np.array(extra, np.float32).reshape(-1, 2),
+                               np.zeros((0, 4), np.float32), np.zeros((0, 4), np.float32),
+                               np.zeros(0, np.float32), (384, 384))
+
+    # degeneration positives score 0.3-0.4: a cut at 0.5 misses them, 0.25 finds them
+    reads = {k: [read([[False, True], [False, True], [False, False], [True, False]],
+                      [[0.1, 0.35], [0.1, 0.3], [0.1, 0.1], [0.9, 0.2]], [[0.1, 0.05]])]
+             for k in range(3)}
+    cuts = {k: {"stenosis": 0.5, "degeneration": 0.25} for k in range(3)}
+    out = bench.threshold_comparison(reads, cuts, {"stenosis": 0.5, "degeneration": 0.5})
+    deg = out["degeneration"]
+    assert deg["f1_shipped"] == [0.0] * 3 and deg["f1_nested"] == [1.0] * 3
+    assert (deg["paired"]["wins"], deg["paired"]["losses"]) == (3, 0)
+    assert 0.2 < deg["release_f1"] <= 0.3  # the F1 cut of every fold's found discs
+    assert out["stenosis"]["paired"]["mean"] == 0.0

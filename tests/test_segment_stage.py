@@ -340,3 +340,33 @@ def test_shipped_reader_on_real_slices_finds_the_labelled_slips(yolospine_dev) -
     assert top >= 0.6 * len(slip_images), (top, len(slip_images))
     assert lowest >= 0.7 * len(slip_images), (lowest, len(slip_images))
     assert np.median(sten_pos) > np.median(sten_neg) + 0.2
+
+
+def test_cli_threshold_sets_one_finding_and_records_why(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from lumbardx.cli.segments import app
+
+    stage = _stage()
+    weights = tmp_path / "segments.pt"
+    torch.save({**stage.reader.checkpoint(), "thresholds": stage.thresholds,
+                "slip_box": list(stage.slip_box), "tag": "reader-x",
+                "evidence": {"level": "kept"}}, weights)
+    out = tmp_path / "recut.pt"
+    args = ["threshold", str(weights), "--finding", "degeneration", "--value", "0.26",
+            "--evidence", "F1 of the found discs", "--out", str(out)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    loaded = SegmentStage.load(out)
+    assert loaded.thresholds["degeneration"] == pytest.approx(0.26)
+    assert loaded.thresholds["stenosis"] == stage.thresholds["stenosis"]  # the others kept
+    raw = torch.load(out, weights_only=True)
+    assert raw["evidence"]["level"] == "kept"
+    assert raw["evidence"]["threshold_changes"] == [
+        {"finding": "degeneration", "from": 0.5, "to": 0.26, "evidence": "F1 of the found discs"}]
+    assert SegmentStage.load(weights).thresholds["degeneration"] == 0.5  # input left as it was
+    assert loaded.summary["version"] == "reader-x"
+    r = CliRunner().invoke(app, [*args, "--tag", "reader-y"])
+    assert r.exit_code == 0 and SegmentStage.load(out).summary["version"] == "reader-y"
+    r = CliRunner().invoke(app, [*args[:3], "herniation", *args[4:]], env={"COLUMNS": "300"})
+    assert r.exit_code == 2 and "has no threshold for 'herniation'" in r.output

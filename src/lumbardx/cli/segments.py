@@ -1,4 +1,4 @@
-"""``lumbardx segments crossval | train | ensemble | stack``: the segment reader
+"""``lumbardx segments crossval | train | ensemble | stack | threshold``: the segment reader
 (:mod:`lumbardx.models.segment_reader`, stage :mod:`lumbardx.stages.segments`).
 
 ``crossval`` trains the reader on k-1 patient-grouped folds and scores the held-out fold, for
@@ -9,7 +9,9 @@ folder (:mod:`lumbardx.engine.segment_release`); ``ensemble`` writes several tra
 as one (:class:`~lumbardx.models.segment_reader.SegmentEnsemble`), released from their
 cross-validations' averaged out-of-fold predictions (``bench/segment_ensemble.py``); ``stack``
 adds stacked disc calls (:mod:`lumbardx.engine.stacking`) fitted by
-``bench/segment_combined.py --stack-release`` to a checkpoint.
+``bench/segment_combined.py --stack-release`` to a checkpoint; ``threshold`` sets one
+finding's decision threshold (e.g. the F1 cut of the discs diagnosis reads,
+``bench/extra_findings.py``) and records the change and its evidence in the checkpoint.
 
 Exit codes: 0 done; 2 nothing done (unusable input).
 """
@@ -266,4 +268,51 @@ def stack(
         save_checkpoint(raw, out)
     console.print(f"stacked calls for {', '.join(fitted.weights)}; thresholds "
                   + ", ".join(f"{k} {v:.3f}" for k, v in fitted.thresholds.items()))
+    console.print(f"written: {out}")
+
+
+@app.command("threshold")
+def threshold(
+    weights: Path = typer.Argument(..., help="A segment checkpoint (segments train / ensemble)."),
+    finding: str = typer.Option(..., "--finding", help="The finding whose threshold is set "
+                                "(one the checkpoint calls: spondylolisthesis, stenosis, "
+                                "degeneration)."),
+    value: float = typer.Option(..., "--value", min=0.0, max=1.0, help="The new threshold "
+                                "(calibrated probability)."),
+    evidence: str = typer.Option(..., "--evidence", help="Where the value comes from (kept in "
+                                 "the checkpoint and shown by this command)."),
+    out: Path = typer.Option(..., "--out", help="Checkpoint to write (may be WEIGHTS)."),
+    tag: str | None = typer.Option(None, "--tag", help="New version tag shown in reports "
+                                   "(default: the checkpoint's own)."),
+) -> None:
+    """Set one finding's decision threshold in a segment checkpoint; the old value, the new
+    one and the evidence are appended to the checkpoint's ``evidence.threshold_changes``."""
+    import torch
+
+    from lumbardx.data.errors import InputError
+    from lumbardx.engine.checkpoint import save_checkpoint
+    from lumbardx.models.segment_reader import load_segment_reader
+
+    console = Console()
+    with _input_errors(console):
+        try:
+            raw = torch.load(weights, map_location="cpu", weights_only=True)
+            load_segment_reader(raw)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
+            raise InputError(weights, f"not a segment reader checkpoint ({exc})") from exc
+        thresholds = dict(raw.get("thresholds") or {})
+        if finding not in thresholds:
+            raise InputError(weights, f"has no threshold for {finding!r} (it has "
+                             f"{', '.join(sorted(thresholds)) or 'none'})")
+        old = float(thresholds[finding])
+        thresholds[finding] = float(value)
+        raw["thresholds"] = thresholds
+        raw["evidence"] = dict(raw.get("evidence") or {})
+        raw["evidence"]["threshold_changes"] = [
+            *raw["evidence"].get("threshold_changes", []),
+            {"finding": finding, "from": old, "to": float(value), "evidence": evidence}]
+        if tag:
+            raw["tag"] = tag
+        save_checkpoint(raw, out)
+    console.print(f"{finding}: threshold {old:.3f} -> {value:.3f} ({evidence})")
     console.print(f"written: {out}")

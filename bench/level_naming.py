@@ -76,7 +76,7 @@ def read_spine(dx: Any, display: np.ndarray, drop: tuple[float, float] | None = 
 
     from lumbardx.data.images import MedicalImage
     from lumbardx.stages import detect as detect_stage
-    from lumbardx.stages.findings import find
+    from lumbardx.stages.findings import drop_stale, find, findings_warnings
 
     m = dx.single_slice or dx.loaded
     with torch.inference_mode():
@@ -87,7 +87,9 @@ def read_spine(dx: Any, display: np.ndarray, drop: tuple[float, float] | None = 
     spine, warns = find(boxes, image, m)
     if dx.segments is not None and spine.discs:
         readings = dx.segments.read(np.stack([display, display]), spine, True)
-        warns += dx.segments.apply(spine, readings)
+        before = findings_warnings(spine)
+        added = dx.segments.apply(spine, readings)
+        warns = drop_stale(warns, before, spine) + added
     return spine, warns
 
 

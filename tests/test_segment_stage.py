@@ -370,3 +370,57 @@ def test_cli_threshold_sets_one_finding_and_records_why(tmp_path) -> None:
     assert r.exit_code == 0 and SegmentStage.load(out).summary["version"] == "reader-y"
     r = CliRunner().invoke(app, [*args[:3], "herniation", *args[4:]], env={"COLUMNS": "300"})
     assert r.exit_code == 2 and "has no threshold for 'herniation'" in r.output
+
+
+def test_reader_reading_l5s1_recognises_a_sacrum_the_short_field_hid() -> None:
+    def spine_in(height: int, touching: bool = False):  # noqa: ANN202
+        boxes = [Box("normal", 75, 30 + 40 * i, 125, 50 + 40 * i, score=0.9) for i in range(6)]
+        if touching:  # the lowest box reaches the image's bottom row
+            boxes[-1] = Box("normal", 75, 230, 125, float(height), score=0.9)
+        return build_findings(boxes, (256, height), {"normal": 0.3})
+
+    short = spine_in(290)  # 1.25 spacings below the lowest disc centre: no room for another
+    assert not short.sacrum_recognised and short.sacrum_reason.startswith("the image extends")
+    assert all(d.level_uncertain for d in short.discs) and short.level_reasons
+    names = [d.level for d in short.discs]
+    assert _stage().apply(short, _readings(short)) == []  # lowest disc reads as L5-S1 (0.9)
+    assert short.sacrum_recognised and "segment reader" in short.sacrum_reason
+    assert [d.level for d in short.discs] == names and short.level_reasons == []
+    assert not any(d.level_uncertain for d in short.discs)
+
+    doubtful = spine_in(290)  # the reader does not read the lowest disc as L5-S1: flagged
+    lows = [0.02] * 6
+    warnings = _stage().apply(doubtful, _readings(doubtful, lumbosacral=lows))
+    assert not doubtful.sacrum_recognised and warnings and "does not look like L5-S1" in warnings[0]
+    assert all(d.level_uncertain for d in doubtful.discs)
+
+    cut = spine_in(290, touching=True)  # a box on the border: the field may cut a disc off
+    assert cut.sacrum_reason.startswith("the lowest disc's box touches")
+    _stage().apply(cut, _readings(cut))
+    assert not cut.sacrum_recognised and all(d.level_uncertain for d in cut.discs)
+
+
+def test_diagnosis_drops_the_sacrum_warning_the_reader_answered(tmp_path, monkeypatch) -> None:
+    from checkpoints import random_checkpoint
+
+    from PIL import Image
+
+    from lumbardx.diagnosis import Diagnoser
+    from lumbardx.stages import detect as detect_stage
+
+    png = tmp_path / "short.png"
+    ramp = np.tile(np.linspace(20, 200, 256, dtype=np.float32), (290, 1))
+    Image.fromarray(ramp.astype(np.uint8)).save(png)  # 1.25 spacings below the lowest disc
+    boxes = [Box("normal", 75, 30 + 40 * i, 125, 50 + 40 * i, score=0.9) for i in range(6)]
+    monkeypatch.setattr(detect_stage, "detect", lambda *a, **k: list(boxes))
+    stage = _stage()
+    monkeypatch.setattr(stage, "read", lambda planes, spine, anterior=True: _readings(spine))
+    dx = Diagnoser(random_checkpoint(tmp_path / "det.pt"), backend="torch", segments=stage,
+                   thresholds={"normal": 0.3, "herniation": 0.3, SLIP: 0.3})
+    study = dx.diagnose(png)
+    assert study.findings.sacrum_recognised
+    assert not any("sacrum not recognised" in w for w in study.warnings), study.warnings
+    assert not any(d.level_uncertain for d in study.findings.discs)
+    without = Diagnoser(random_checkpoint(tmp_path / "det.pt"), backend="torch", segments=False,
+                        thresholds={"normal": 0.3, "herniation": 0.3, SLIP: 0.3}).diagnose(png)
+    assert any("sacrum not recognised" in w for w in without.warnings)  # geometry alone

@@ -34,7 +34,7 @@ from lumbardx.data.images import EXIF_ORIENTATIONS, MedicalImage
 from lumbardx.models.pretrained import SHIPPED, LoadedModel, load_detector, shipped_single_slice
 from lumbardx.stages import Clock
 from lumbardx.stages import detect as detect_stage
-from lumbardx.stages.findings import find
+from lumbardx.stages.findings import drop_stale, find, findings_warnings
 from lumbardx.stages.outputs import write_outputs
 from lumbardx.stages.pair import choose_reader
 from lumbardx.stages.plausibility import NO_DISC, image_problem, spine_problem
@@ -239,8 +239,10 @@ class Diagnoser:
                 planes = np.stack(reader.planes if reader.planes is not None
                                   else (image.display, image.display))
                 readings = self.segments.read(planes, spine, anterior)
-                warnings += self.segments.apply(spine, readings, self.extra_findings, boxes,
-                                                m.class_names)
+                before = findings_warnings(spine)
+                added = self.segments.apply(spine, readings, self.extra_findings, boxes,
+                                            m.class_names)
+                warnings = drop_stale(warnings, before, spine) + added
         with clock("severity"):
             warnings += estimate_severity(image, spine, anterior)
         return Study(source=Path(source) if source is not None else image.source, image=image,

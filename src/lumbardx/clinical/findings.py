@@ -279,6 +279,22 @@ def build_findings(boxes: Sequence[Box], image_size: tuple[int, int],
                          image_size)
 
 
+def recognise_sacrum(spine: SpineFindings, reason: str) -> None:
+    """Take the sacrum as recognised below the lowest disc on other evidence (``reason``) and
+    name the levels again (:func:`lumbardx.clinical.levels.name_levels`), in place: the names
+    counted from L5-S1 stay, the flags and reasons that came from the sacrum rule go, those
+    of gaps stay."""
+    if spine.sacrum_recognised or not spine.discs:
+        return
+    s = np.array([d.s for d in spine.discs])
+    spacing = np.array([d.spacing for d in spine.discs])
+    naming = name_levels(s, True, spacing=spacing)
+    for d, name, uncertain in zip(spine.discs, naming.names, naming.uncertain):
+        d.level, d.level_uncertain = name, uncertain
+    spine.sacrum_recognised, spine.sacrum_reason = True, reason
+    spine.level_reasons, spine.missing_levels = list(naming.reasons), list(naming.missing)
+
+
 def boxes_from_annotation(ann: ImageAnnotation, class_map: ClassMap) -> list[Box]:
     """The annotation's boxes renamed to ``class_map`` targets; unmapped classes dropped."""
     out = []

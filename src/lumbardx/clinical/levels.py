@@ -25,8 +25,11 @@ and would have been detected, and (2) the lowest disc's box does not touch the i
 Measured on generated cases (``lumbardx.synth``), the rule never recognises a hidden sacrum
 (a partly visible disc there can lie up to ~1.3 spacings below the lowest complete one) but
 leaves some visible sacra unrecognised (16 of 42 in one sample) when the image ends within
-1.5 spacings of L5-S1: those levels are named from L5-S1 all the same and flagged uncertain. In the 832 yolospine-dev
-images the field extends 1.07-3.3 (median 1.87) vertical spacings below the lowest disc box.
+1.5 spacings of L5-S1: those levels are named from L5-S1 all the same and flagged uncertain,
+unless other evidence recognises the sacrum (the segment reader reading the lowest disc as
+L5-S1: :func:`lumbardx.clinical.findings.recognise_sacrum`, :data:`SHORT_FIELD`). In the 832
+yolospine-dev images the field extends 1.07-3.3 (median 1.87) vertical spacings below the
+lowest disc box.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ VERTEBRAE: tuple[str, ...] = (
 DISC_LEVELS: tuple[str, ...] = tuple(f"{a}-{b}" for a, b in zip(VERTEBRAE[:-1], VERTEBRAE[1:]))
 GAP_FACTOR = 1.6
 SACRUM_MARGIN = 1.5
+#: How :func:`sacrum_recognised`'s reason starts when the field ends too close below the lowest
+#: disc (the only refusal other evidence of the sacrum may overrule).
+SHORT_FIELD = "the image extends only"
 _DENSE = 512  # samples of the curve used for projection
 
 
@@ -268,7 +274,7 @@ def sacrum_recognised(curve: SpineCurve, s_lowest: float, spacing: float,
             steps.append(-p[dim] / t[dim])
     extent = min(steps) if steps else np.inf
     if extent < margin * spacing:
-        return False, (f"the image extends only {extent / spacing:.2f} inter-disc spacings below "
+        return False, (f"{SHORT_FIELD} {extent / spacing:.2f} inter-disc spacings below "
                        f"the lowest disc (rule: >= {margin})")
     return True, (f"the image extends {extent / spacing:.2f} inter-disc spacings below the lowest "
                   "disc and no further disc was found")

@@ -24,6 +24,14 @@ def findings_warnings(spine: SpineFindings) -> list[str]:
     return out
 
 
+def drop_stale(warnings: list[str], before: list[str], spine: SpineFindings) -> list[str]:
+    """``warnings`` without those of :func:`findings_warnings` that were true ``before`` a
+    later stage changed ``spine`` and are not now (e.g. the sacrum recognised by the segment
+    reader: its "sacrum not recognised" reason goes)."""
+    after = findings_warnings(spine)
+    return [w for w in warnings if w not in before or w in after]
+
+
 def find(boxes: list[Box], image: MedicalImage, m: LoadedModel
          ) -> tuple[SpineFindings, list[str]]:
     """Discs of ``boxes`` (image pixels) and the warnings about them and about thresholds

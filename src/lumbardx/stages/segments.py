@@ -27,7 +27,10 @@ like L5-S1. What changes in the findings (:meth:`SegmentStage.apply`):
   reader's logits together (:mod:`lumbardx.stages.stacked`), instead of the two items above;
 * **levels**: when the lowest disc found does not look like L5-S1, every level is flagged
   uncertain and the warning says which miscount is likely (a disc missed at the bottom or a
-  view ending above the sacrum; or an extra disc below a disc that does look like L5-S1).
+  view ending above the sacrum; or an extra disc below a disc that does look like L5-S1). When
+  it does look like L5-S1 and the geometric sacrum rule refused the sacrum only because the
+  field ends close below the lowest disc, the reading counts as evidence of the sacrum
+  (:func:`lumbardx.clinical.findings.recognise_sacrum`): the levels lose that rule's flag.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ import numpy as np
 import torch
 
 from lumbardx.clinical.findings import (NORMAL, SLIP, DiscFindings, Finding, SpineFindings,
-                                        best_per_label, priority_order)
+                                        best_per_label, priority_order, recognise_sacrum)
+from lumbardx.clinical.levels import SHORT_FIELD
 from lumbardx.clinical.severity import meyerding_grade
 from lumbardx.data.boxes import Box
 from lumbardx.data.errors import InputError
@@ -241,7 +245,13 @@ class SegmentStage:
 
     def _check_levels(self, spine: SpineFindings, readings: list[SegmentReading]) -> list[str]:
         ls = [rd.probabilities.get("lumbosacral") for rd in readings]
-        if ls[-1] is None or ls[-1] >= self.level_cut or len(ls) < 2:
+        if ls[-1] is not None and ls[-1] >= self.level_cut:
+            if not spine.sacrum_recognised and spine.sacrum_reason.startswith(SHORT_FIELD):
+                recognise_sacrum(spine, "the segment reader reads the lowest disc as L5-S1 "
+                                 f"(probability {ls[-1]:.3f}, cut {self.level_cut:.3f}); "
+                                 f"geometry alone: {spine.sacrum_reason}")
+            return []
+        if ls[-1] is None or len(ls) < 2:
             return []
         names = [d.level for d in spine.discs]
         looks = [i for i in range(len(ls) - 1) if (ls[i] or 0.0) >= self.level_cut]

@@ -58,6 +58,7 @@ from segment_combined import reader_logits
 from segment_end_to_end import (
     add_fold_model_arguments,
     dataset_with_folds,
+    fold_thresholds,
     folds_with_models,
     load_fold_models,
 )
@@ -254,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     release = SegmentStage.load(release_path)
     thresholds = {f: float(release.thresholds[f]) for f in FINDINGS}
     ds, pairs, fold_of = dataset_with_folds(args.data, args.folds_csv)
+    det_thresholds = fold_thresholds(args.detector_thresholds)
     ready = folds_with_models(fold_of, args.detectors, args.readers)
     if not ready:
         print("no fold has both a detector and a reader", file=sys.stderr)
@@ -261,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     reads: dict[int, list[ImageRead]] = {}
     for k in ready:
-        m, reader = load_fold_models(k, args.detectors, args.readers)
+        m, reader = load_fold_models(k, args.detectors, args.readers, det_thresholds)
         reads[k] = []
         for i, rec in enumerate(ds.records):
             if fold_of.get(rec.image_id) != k:
@@ -279,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = [k for k in folds[0] if k not in ("fold",)]
     result: dict[str, Any] = {
         "detectors": str(args.detectors), "readers": str(args.readers),
+        "detector_thresholds": det_thresholds or "0.25 every class (fold checkpoints)",
         "release": {"file": release_path.name, "version": release.summary["version"],
                     "thresholds": thresholds},
         "folds_scored": ready, "folds": folds,

@@ -88,6 +88,7 @@ from machine_info import cpu_name
 from segment_end_to_end import (
     add_fold_model_arguments,
     dataset_with_folds,
+    fold_thresholds,
     folds_with_models,
     load_fold_models,
 )
@@ -639,6 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     ds, pairs, fold_of = dataset_with_folds(args.data, args.folds_csv)
+    det_thresholds = fold_thresholds(args.detector_thresholds)
     folds_ready = folds_with_models(fold_of, args.detectors, args.readers)
     if not folds_ready:
         print("no fold has both a detector and a reader", file=sys.stderr)
@@ -647,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     slips: list[dict[str, Any]] = []
     data: dict[int, FoldData] = {}
     for k in folds_ready:
-        m, reader = load_fold_models(k, args.detectors, args.readers)
+        m, reader = load_fold_models(k, args.detectors, args.readers, det_thresholds)
         if args.candidates == "all":
             set_candidate_floor(m.model, EVAL_CONF, m.backend)
         data[k] = read_fold(k, ds, pairs, fold_of, m, reader, slips)
@@ -697,6 +699,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     result: dict[str, Any] = {
         "detectors": str(args.detectors), "readers": str(args.readers),
+        "detector_thresholds": det_thresholds or "0.25 every class (fold checkpoints)",
         "folds_scored": folds_ready, "candidates": args.candidates,
         "rules": {"detector": "s", "combined": "sqrt(s * p)", "mean": "(s + p) / 2",
                   "learned_sp": "logistic(logit s, logit p'), fitted on the other folds",

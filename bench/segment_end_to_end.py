@@ -80,6 +80,21 @@ def add_fold_model_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--readers", type=Path, required=True,
                     help="segment-reader cross-validation: fold<k>/segment_reader.pt")
     ap.add_argument("--folds-csv", type=Path, default=FOLDS)
+    ap.add_argument("--detector-thresholds", choices=("shipped", "default"), default="shipped",
+                    help="the fold detectors' decision thresholds: the shipped default model's "
+                         "(chosen on a cross-validation's out-of-fold discs of the same recipe; "
+                         "diagnosis calls at these) or YOLOv5's 0.25 for every class (the fold "
+                         "checkpoints hold none)")
+
+
+def fold_thresholds(choice: str) -> dict[str, float] | None:
+    """``--detector-thresholds``: the shipped default model's decision thresholds, or ``None``
+    (the fold checkpoints' own: 0.25 for every class)."""
+    if choice == "default":
+        return None
+    from lumbardx.models.pretrained import load_detector, shipped_weights
+
+    return dict(load_detector(shipped_weights("default"), "cpu", backend="torch").thresholds)
 
 
 def folds_with_models(fold_of: dict[str, int], detectors: Path, readers: Path) -> list[int]:
@@ -90,11 +105,16 @@ def folds_with_models(fold_of: dict[str, int], detectors: Path, readers: Path) -
             and (readers / f"fold{k}" / "segment_reader.pt").is_file()]
 
 
-def load_fold_models(k: int, detectors: Path, readers: Path) -> tuple[Any, Any]:
-    """Fold ``k``'s detector (PyTorch, CPU) and segment reader (:func:`folds_with_models`)."""
+def load_fold_models(k: int, detectors: Path, readers: Path,
+                     thresholds: dict[str, float] | None = None) -> tuple[Any, Any]:
+    """Fold ``k``'s detector (PyTorch, CPU; called at ``thresholds`` when given, which also
+    sets its candidate floor as diagnosis does) and segment reader
+    (:func:`folds_with_models`)."""
     from lumbardx.models.pretrained import load_detector
 
     m = load_detector(detectors / f"fold{k}" / "last.pt", "cpu", backend="torch")
+    if thresholds is not None:
+        m.set_thresholds(thresholds)
     reader = load_segment_reader(torch.load(readers / f"fold{k}" / "segment_reader.pt",
                                             weights_only=True))
     return m, reader

@@ -234,6 +234,25 @@ def ensemble(
     console.print(f"written: {out}")
 
 
+def _segment_checkpoint(path: Path) -> dict[str, Any]:
+    """The raw checkpoint dictionary of a segment reader (or ensemble) file.
+
+    Raises:
+        InputError: the file cannot be read as one.
+    """
+    import torch
+
+    from lumbardx.data.errors import InputError
+    from lumbardx.models.segment_reader import load_segment_reader
+
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        load_segment_reader(raw)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
+        raise InputError(path, f"not a segment reader checkpoint ({exc})") from exc
+    return raw
+
+
 @app.command("stack")
 def stack(
     weights: Path = typer.Argument(..., help="A segment checkpoint (segments train / ensemble)."),
@@ -244,20 +263,14 @@ def stack(
     """Add stacked disc calls to a segment checkpoint: diagnosis then calls herniation and
     spondylolisthesis per disc from the detector's scores and the reader's logits together
     (lumbardx.stages.stacked; findings.json segment_reader.disc_call = "stacked")."""
-    import torch
 
     from lumbardx.data.errors import InputError
     from lumbardx.engine.checkpoint import save_checkpoint
     from lumbardx.engine.stacking import StackedCalls
-    from lumbardx.models.segment_reader import load_segment_reader
 
     console = Console()
     with _input_errors(console):
-        try:
-            raw = torch.load(weights, map_location="cpu", weights_only=True)
-            load_segment_reader(raw)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
-            raise InputError(weights, f"not a segment reader checkpoint ({exc})") from exc
+        raw = _segment_checkpoint(weights)
         try:
             fitted = StackedCalls.from_dict(json.loads(calls.read_text(encoding="utf-8")))
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -287,19 +300,13 @@ def threshold(
 ) -> None:
     """Set one finding's decision threshold in a segment checkpoint; the old value, the new
     one and the evidence are appended to the checkpoint's ``evidence.threshold_changes``."""
-    import torch
 
     from lumbardx.data.errors import InputError
     from lumbardx.engine.checkpoint import save_checkpoint
-    from lumbardx.models.segment_reader import load_segment_reader
 
     console = Console()
     with _input_errors(console):
-        try:
-            raw = torch.load(weights, map_location="cpu", weights_only=True)
-            load_segment_reader(raw)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
-            raise InputError(weights, f"not a segment reader checkpoint ({exc})") from exc
+        raw = _segment_checkpoint(weights)
         thresholds = dict(raw.get("thresholds") or {})
         if finding not in thresholds:
             raise InputError(weights, f"has no threshold for {finding!r} (it has "

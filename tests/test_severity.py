@@ -80,12 +80,13 @@ def test_extent_needs_pixel_spacing_and_annotate_fills_fields() -> None:
     idx = next(i for i, d in enumerate(spine.discs) if d.has("spondylolisthesis"))
     assert spine.discs[idx].has("herniation")
     assert estimate_herniation_extent(case.image, spine, idx, None) is None
-    annotate_severity(case.image, spine, case.pixel_spacing)
+    assert annotate_severity(case.image, spine, case.pixel_spacing) == {}  # slip measured
     d = spine.discs[idx]
     assert d.slip_percent is not None and d.meyerding_grade == meyerding_grade(abs(d.slip_percent))
     assert d.herniation_extent_mm is not None and d.herniation_extent_mm >= 0
     assert all(x.slip_percent is None for x in spine.discs if not x.has("spondylolisthesis"))
-    unknown = annotate_severity(case.image, _spine(case), None)
+    unknown = _spine(case)
+    annotate_severity(case.image, unknown, None)
     assert unknown.discs[idx].herniation_extent_mm is None
 
 
@@ -195,10 +196,32 @@ def test_bodies_whose_corners_disagree_are_refused(monkeypatch: pytest.MonkeyPat
         back = up.endplate[0] - leak * est.width_px * lo.direction  # posterior by `leak` widths
         leaked = sev.Body(up.mask, (back, up.endplate[1]), up.direction, up.back)
         assert 0.6 <= np.linalg.norm(leaked.endplate[1] - back) / est.width_px <= 1.6
-        monkeypatch.setattr(sev, "_bodies", lambda *a, b=leaked: (b, lo, ant, sp))
+        monkeypatch.setattr(sev, "_bodies_or_reasons", lambda *a, b=leaked: (b, lo, ant, sp))
         got = estimate_slip(case.image, spine, idx)
         if refused:
             assert got is None
+            assert sev.slip_or_reason(case.image, spine, idx) == (
+                "the anterior and posterior corners disagree (a body outline leaked or was cut)")
+            reasons = annotate_severity(case.image, spine, None)
+            assert reasons == {idx: sev.slip_or_reason(case.image, spine, idx)}
+            assert spine.discs[idx].slip_percent is None
         else:
             assert got is not None and got.percent == pytest.approx(est.percent - 100 * leak,
                                                                     abs=0.5)
+
+
+def test_a_refused_slip_says_why_in_the_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lumbardx.data.images import MedicalImage
+    from lumbardx.stages.severity import estimate_severity
+
+    case = generate_case(np.random.default_rng(7000), SynthConfig(p_listhesis=1.0))
+    spine = _spine(case)
+    idx = next(i for i, d in enumerate(spine.discs) if d.has("spondylolisthesis"))
+    monkeypatch.setattr(sev, "_bodies_or_reasons",
+                        lambda *a: ("mask too small", "mask too small", ANT, SP))
+    assert sev.slip_or_reason(case.image, spine, idx) == \
+        "the vertebral body above the disc was not outlined (mask too small)"
+    image = MedicalImage(case.image.astype(np.float32), case.image, None, None, "png")
+    warnings = estimate_severity(image, spine)
+    assert f"{spine.discs[idx].level}: slip grade not measurable on this slice: the vertebral " \
+           "body above the disc was not outlined (mask too small)" in warnings

@@ -335,9 +335,10 @@ def _frame(spine: SpineFindings, i: int,
     return t, ant, float(sp)
 
 
-def _bodies(image: np.ndarray, spine: SpineFindings, i: int,
-            anterior_left: bool) -> tuple[Body | None, Body | None, np.ndarray, float]:
-    """Segment the bodies above and below disc ``i``; also the anterior vector and spacing."""
+def _bodies_or_reasons(image: np.ndarray, spine: SpineFindings, i: int, anterior_left: bool
+                       ) -> tuple[Body | str, Body | str, np.ndarray, float]:
+    """The bodies above and below disc ``i`` (each a :class:`Body` or why it was refused,
+    :func:`body_or_reason`); also the anterior vector and spacing."""
     t, ant, sp = _frame(spine, i, anterior_left)
     c = np.asarray(spine.discs[i].centre)
     discs = spine.discs
@@ -345,9 +346,44 @@ def _bodies(image: np.ndarray, spine: SpineFindings, i: int,
         abs(discs[i].s - discs[i - 1].s) < 1.6 * sp else c - 0.5 * sp * t
     lo_seed = (c + np.asarray(discs[i + 1].centre)) / 2 if i + 1 < len(discs) and \
         abs(discs[i + 1].s - discs[i].s) < 1.6 * sp else c + 0.5 * sp * t
-    upper = segment_body(image, up_seed, t, ant, sp, c)
-    lower = segment_body(image, lo_seed, -t, ant, sp, c)
+    upper = body_or_reason(image, up_seed, t, ant, sp, c)
+    lower = body_or_reason(image, lo_seed, -t, ant, sp, c)
     return upper, lower, ant, sp
+
+
+def _bodies(image: np.ndarray, spine: SpineFindings, i: int,
+            anterior_left: bool) -> tuple[Body | None, Body | None, np.ndarray, float]:
+    """Segment the bodies above and below disc ``i``; also the anterior vector and spacing."""
+    upper, lower, ant, sp = _bodies_or_reasons(image, spine, i, anterior_left)
+    return (upper if isinstance(upper, Body) else None,
+            lower if isinstance(lower, Body) else None, ant, sp)
+
+
+def slip_or_reason(image: np.ndarray, spine: SpineFindings, index: int,
+                   anterior_left: bool = True) -> SlipEstimate | str:
+    """:func:`estimate_slip`, returning why no estimate was made (a short phrase a reader can
+    act on) instead of ``None``."""
+    upper, lower, _, sp = _bodies_or_reasons(image, spine, index, anterior_left)
+    if not isinstance(upper, Body):
+        return f"the vertebral body above the disc was not outlined ({upper})"
+    if not isinstance(lower, Body):
+        return f"the vertebral body below the disc was not outlined ({lower})"
+    ps, as_ = lower.endplate
+    pi = upper.endplate[0]
+    e = lower.direction
+    width = float((as_ - ps) @ e)
+    upper_width = float(np.linalg.norm(upper.endplate[1] - upper.endplate[0]))
+    if not (0.6 * sp <= width <= 1.8 * sp) or not (0.6 <= upper_width / width <= 1.6):
+        return "an endplate's width is implausible (a body outline merged with the disc or " \
+               "soft tissue)"
+    trans = float((pi - ps) @ e)
+    if abs(float((upper.endplate[1] - as_) @ e) - trans) > ENDPLATE_MATCH * width:
+        return "the anterior and posterior corners disagree (a body outline leaked or was cut)"
+    pct = 100.0 * trans / width
+    if abs(pct) > MAX_PERCENT:
+        return f"the corners give a slip over {MAX_PERCENT:.0f}% (implausible corners; a " \
+               "spondyloptosis is plain on the image)"
+    return SlipEstimate(pct, meyerding_grade(abs(pct)), trans, width, pi, ps, as_)
 
 
 def estimate_slip(image: np.ndarray, spine: SpineFindings, index: int,
@@ -364,27 +400,13 @@ def estimate_slip(image: np.ndarray, spine: SpineFindings, index: int,
         anterior_left: the patient faces image left.
 
     Returns:
-        The estimate, or ``None`` when a body could not be segmented plausibly or
-        ``|percent|`` exceeds :data:`MAX_PERCENT` (module docstring, "Refusals"). A negative
-        percent is a retrolisthesis (the grade is then that of its magnitude).
+        The estimate, or ``None`` when a body could not be segmented plausibly, its corners
+        disagree, or ``|percent|`` exceeds :data:`MAX_PERCENT` (module docstring, "Refusals";
+        :func:`slip_or_reason` says which). A negative percent is a retrolisthesis (the grade
+        is then that of its magnitude).
     """
-    upper, lower, _, sp = _bodies(image, spine, index, anterior_left)
-    if upper is None or lower is None:
-        return None
-    ps, as_ = lower.endplate
-    pi = upper.endplate[0]
-    e = lower.direction
-    width = float((as_ - ps) @ e)
-    upper_width = float(np.linalg.norm(upper.endplate[1] - upper.endplate[0]))
-    if not (0.6 * sp <= width <= 1.8 * sp) or not (0.6 <= upper_width / width <= 1.6):
-        return None  # implausible segmentation (a body merged with a disc or soft tissue)
-    trans = float((pi - ps) @ e)
-    if abs(float((upper.endplate[1] - as_) @ e) - trans) > ENDPLATE_MATCH * width:
-        return None  # the anterior corners disagree with the posterior ones: a body leaked
-    pct = 100.0 * trans / width
-    if abs(pct) > MAX_PERCENT:
-        return None  # the corners are wrong (a spondyloptosis is obvious on the image)
-    return SlipEstimate(pct, meyerding_grade(abs(pct)), trans, width, pi, ps, as_)
+    est = slip_or_reason(image, spine, index, anterior_left)
+    return est if isinstance(est, SlipEstimate) else None
 
 
 def _crossing(img: np.ndarray, q: np.ndarray, n: np.ndarray, sp: float) -> float | None:
@@ -449,18 +471,25 @@ def estimate_herniation_extent(image: np.ndarray, spine: SpineFindings, index: i
 
 def annotate_severity(image: np.ndarray, spine: SpineFindings,
                       pixel_spacing: tuple[float, float] | float | None,
-                      anterior_left: bool = True) -> SpineFindings:
+                      anterior_left: bool = True) -> dict[int, str]:
     """Fill ``slip_percent`` / ``meyerding_grade`` of discs with a spondylolisthesis finding
-    and ``herniation_extent_mm`` of discs with a herniation finding, in place; returns ``spine``.
-    Estimates that cannot be made stay ``None``; a slip already measured by another method
-    (``disc.slip_method`` set, e.g. by the segment reader) is kept."""
+    and ``herniation_extent_mm`` of discs with a herniation finding, in place. Estimates that
+    cannot be made stay ``None``; a slip already measured by another method
+    (``disc.slip_method`` set, e.g. by the segment reader) is kept.
+
+    Returns:
+        Disc index -> why its slip was not measured (:func:`slip_or_reason`).
+    """
+    refused: dict[int, str] = {}
     for i, disc in enumerate(spine.discs):
         if disc.has(SLIP) and disc.slip_method is None:
-            est = estimate_slip(image, spine, i, anterior_left)
-            if est is not None:
+            est = slip_or_reason(image, spine, i, anterior_left)
+            if isinstance(est, SlipEstimate):
                 disc.slip_percent = round(est.percent, 1)
                 disc.meyerding_grade = est.grade
+            else:
+                refused[i] = est
         if disc.has(HERNIATION):
             ext = estimate_herniation_extent(image, spine, i, pixel_spacing, anterior_left)
             disc.herniation_extent_mm = None if ext is None else round(ext, 1)
-    return spine
+    return refused

@@ -34,11 +34,12 @@ def estimate_severity(image: MedicalImage, spine: SpineFindings,
     Returns:
         warnings for estimates that could not be made.
     """
-    sev.annotate_severity(image.pixels, spine, image.pixel_spacing, anterior)
+    refused = sev.annotate_severity(image.pixels, spine, image.pixel_spacing, anterior)
     warnings: list[str] = []
-    for disc in spine.discs:
+    for i, disc in enumerate(spine.discs):
         if disc.has(SLIP) and disc.slip_percent is None:
-            warnings.append(f"{disc.level}: slip grade not measurable on this slice")
+            why = f": {refused[i]}" if i in refused else ""
+            warnings.append(f"{disc.level}: slip grade not measurable on this slice{why}")
         if disc.has(HERNIATION) and disc.herniation_extent_mm is None \
                 and image.pixel_spacing is not None:
             warnings.append(f"{disc.level}: herniation extent not measurable on this slice")

@@ -71,7 +71,7 @@ from lumbardx.data.images import MedicalImage
 from lumbardx.engine.metrics import GroundTruth, Prediction, coco_evaluate
 from lumbardx.engine.segment_crossval import auc
 from lumbardx.engine.segment_training import segment_label, truth_spine
-from lumbardx.engine.table1 import fold_stat
+from lumbardx.engine.table1 import fold_differences, fold_stat
 from lumbardx.io import atomic_write_text
 from lumbardx.models.segment_reader import LABELS
 from lumbardx.stages import detect as detect_stage
@@ -190,8 +190,7 @@ def threshold_comparison(reads: dict[int, list[ImageRead]], cuts: dict[int, dict
         nested = [f1_of(point(rs, c, cuts[k][name])) for k, rs in reads.items()]
         diff = [b - a for a, b in zip(shipped, nested)]
         out[name] = {"f1_shipped": shipped, "f1_nested": nested,
-                     "paired": {**fold_stat(diff).__dict__, "wins": sum(d > 0 for d in diff),
-                                "losses": sum(d < 0 for d in diff)},
+                     "paired": fold_differences(diff),
                      "shipped_threshold": thresholds[name], "release_f1": release[name]}
     return out
 

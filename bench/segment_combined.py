@@ -114,7 +114,7 @@ from lumbardx.engine.stacking import (
     predict_logistic,
 )
 from lumbardx.engine.stacking import stack_features as engine_stack_features
-from lumbardx.engine.table1 import fold_stat
+from lumbardx.engine.table1 import fold_differences, fold_stat
 from lumbardx.io import atomic_write_text
 from lumbardx.models.pretrained import EVAL_CONF, set_candidate_floor
 from lumbardx.models.segment_reader import LABELS
@@ -551,8 +551,7 @@ def product_points(data: dict[int, FoldData], calls: dict[int, Any]) -> dict[str
                 "stacked_at_detector_sensitivity"):
         diff = np.array(out[key]["per_fold"]) - base
         out["paired_vs_detector"][key] = {
-            name: {**fold_stat(list(diff[:, i])).__dict__, "wins": int((diff[:, i] > 0).sum()),
-                   "losses": int((diff[:, i] < 0).sum())}
+            name: fold_differences(list(diff[:, i]))
             for i, name in enumerate(("sensitivity", "specificity"))}
     return out
 
@@ -723,9 +722,7 @@ def main(argv: list[str] | None = None) -> int:
             if f"{metric}_{rule}" not in folds[0]:
                 continue
             diffs = [f[f"{metric}_{rule}"] - f[f"{metric}_detector"] for f in folds]
-            result["paired_vs_detector"][f"{metric}_{rule}"] = {
-                **fold_stat(diffs).__dict__, "wins": sum(d > 0 for d in diffs),
-                "losses": sum(d < 0 for d in diffs)}
+            result["paired_vs_detector"][f"{metric}_{rule}"] = fold_differences(diffs)
     if len(data) > 1:  # the stacked calls as diagnosis would make them, fitted on the others
         calls = {}
         for k in data:

@@ -36,7 +36,7 @@ from lumbardx.data.pairs import SequencePairs
 from lumbardx.engine.segment_crossval import run_fold, summarise
 from lumbardx.engine.segment_training import (SegmentTraining, item_from_sample,
                                               training_settings)
-from lumbardx.engine.table1 import fold_stat
+from lumbardx.engine.table1 import fold_differences
 from lumbardx.io import atomic_write_text
 
 FOLDS = Path(__file__).resolve().parent / "folds" / "yolospine-dev-k5-seed0.csv"
@@ -64,8 +64,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         d = [f[key] - fb[f["fold"]][key] for f in a["folds"]
              if f["fold"] in fb and isinstance(fb[f["fold"]].get(key), float)]
         if d:
-            s = fold_stat(d)
-            out[key] = {**asdict(s), "wins": sum(x > 0 for x in d), "losses": sum(x < 0 for x in d)}
+            out[key] = fold_differences(d)
     return out
 
 

@@ -48,7 +48,7 @@ from lumbardx.engine.metrics import GroundTruth, Prediction, coco_evaluate
 from lumbardx.engine.segment_crossval import auc
 from lumbardx.engine.segment_training import SegmentItem, predict_items
 from lumbardx.engine.segments import frame_tensor, segment_frames, template_boxes
-from lumbardx.engine.table1 import fold_stat
+from lumbardx.engine.table1 import fold_differences, fold_stat
 from lumbardx.io import atomic_write_text
 from lumbardx.models.segment_reader import LABELS, load_segment_reader
 from lumbardx.stages import detect as detect_stage
@@ -192,9 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         "mean": {key: fold_stat([f[key] for f in folds]).__dict__
                  for key in ("ap50_spondylolisthesis", "image_auc_spondylolisthesis",
                              "detector_verifier_ap50")},
-        "paired_reader_minus_detector_verifier_ap50": {
-            **fold_stat(diffs).__dict__, "wins": sum(x > 0 for x in diffs),
-            "losses": sum(x < 0 for x in diffs)},
+        "paired_reader_minus_detector_verifier_ap50": fold_differences(diffs),
         "wall_s": round(time.perf_counter() - t0, 1), "machine": {"cpu": cpu_name()}}
     atomic_write_text(args.out, json.dumps(result, indent=1))
     for f in folds:

@@ -31,7 +31,7 @@ import math
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,13 @@ def fold_stat(values: Sequence[float | None], confidence: float = 0.95) -> FoldS
     sd = float(v.std(ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
     return FoldStat(mean, sd, mean - half, mean + half, n)
+
+
+def fold_differences(diffs: Sequence[float]) -> dict[str, float | int]:
+    """Paired per-fold differences as a plain dict: :func:`fold_stat`'s fields, the folds won
+    (``d > 0``) and the folds lost (``d < 0``)."""
+    return {**asdict(fold_stat(diffs)), "wins": int(sum(d > 0 for d in diffs)),
+            "losses": int(sum(d < 0 for d in diffs))}
 
 
 @dataclass

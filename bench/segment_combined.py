@@ -499,15 +499,21 @@ def product_points(data: dict[int, FoldData], calls: dict[int, Any]) -> dict[str
         counts[key] = counts.get(key, np.zeros(4, np.int64)) + c
         per_fold.setdefault(key, []).append(c)
 
+    def stacked_calls(recs: list[ProductDisc], fitted: Any
+                      ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Per disc of ``recs``: found by diagnosis, ``fitted``'s probabilities and its calls
+        per class (a disc diagnosis did not find is never called)."""
+        found = np.array([r.found for r in recs], bool)
+        p = fitted.probabilities(np.stack([r.x for r in recs]))
+        return found, p, {c: found & (p[c] >= fitted.thresholds[c]) for c in ABNORMAL}
+
     def read(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray],
                               dict[str, np.ndarray]]:
         """Fold ``k`` per ground-truth disc: truth (not normal), the detector's call, the
         stacked abnormal score (the larger of the two probabilities; 0 for a disc diagnosis
         did not find), and the stacked and the detector's calls per class."""
         recs = data[k].product
-        found = np.array([r.found for r in recs], bool)
-        p = calls[k].probabilities(np.stack([r.x for r in recs]))
-        stacked = {c: found & (p[c] >= calls[k].thresholds[c]) for c in ABNORMAL}
+        found, p, stacked = stacked_calls(recs, calls[k])
         detector = {c: np.array([r.called[c] for r in recs], bool) for c in ABNORMAL}
         y = np.array([bool(r.truth - {"normal"}) for r in recs], bool)
         score = np.where(found, np.maximum(p[ABNORMAL[0]], p[ABNORMAL[1]]), 0.0)
@@ -522,9 +528,7 @@ def product_points(data: dict[int, FoldData], calls: dict[int, Any]) -> dict[str
         add("detector", y, det_call)
         add("stacked", y, stacked[ABNORMAL[0]] | stacked[ABNORMAL[1]])
         cut = release_cut(calls[k], [r for j, o in data.items() if j != k for r in o.product])
-        found = np.array([r.found for r in d.product], bool)
-        p = cut.probabilities(np.stack([r.x for r in d.product]))
-        release = {c: found & (p[c] >= cut.thresholds[c]) for c in ABNORMAL}
+        release = stacked_calls(d.product, cut)[2]
         for c in ABNORMAL:
             add(f"stacked_release_{c}", np.array([c in r.truth for r in d.product], bool),
                 release[c])

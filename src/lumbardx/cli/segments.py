@@ -183,6 +183,25 @@ def _release(model: Any, settings: dict[str, Any], templates: list, out: Path, *
     save_checkpoint(ck, out)
 
 
+def _segment_checkpoint(path: Path) -> tuple[dict[str, Any], Any]:
+    """The raw checkpoint dictionary of a segment reader (or ensemble) file and the model it
+    holds.
+
+    Raises:
+        InputError: the file cannot be read as one.
+    """
+    import torch
+
+    from lumbardx.data.errors import InputError
+    from lumbardx.models.segment_reader import load_segment_reader
+
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        return raw, load_segment_reader(raw)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
+        raise InputError(path, f"not a segment reader checkpoint ({exc})") from exc
+
+
 @app.command("ensemble")
 def ensemble(
     members: list[Path] = typer.Argument(..., help="Segment reader checkpoints (lumbardx "
@@ -201,11 +220,9 @@ def ensemble(
 ) -> None:
     """Read with several trained segment readers as one (their logits averaged) and write the
     checkpoint diagnosis loads, released from the averaged out-of-fold predictions."""
-    import torch
 
     from lumbardx.data.errors import InputError
-    from lumbardx.models.segment_reader import (SegmentEnsemble, SegmentReader,
-                                                load_segment_reader)
+    from lumbardx.models.segment_reader import SegmentEnsemble, SegmentReader
 
     console = Console()
     with _input_errors(console):
@@ -213,11 +230,7 @@ def ensemble(
                                                 max_unflagged)
         readers, trainings = [], []
         for path in members:
-            try:
-                raw = torch.load(path, map_location="cpu", weights_only=True)
-                reader = load_segment_reader(raw)
-            except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
-                raise InputError(path, f"not a segment reader checkpoint ({exc})") from exc
+            raw, reader = _segment_checkpoint(path)
             if not isinstance(reader, SegmentReader):
                 raise InputError(path, "is an ensemble already: give its members")
             readers.append(reader)
@@ -232,25 +245,6 @@ def ensemble(
     console.print(f"{len(readers)} members; thresholds {settings['thresholds']}, "
                   f"level cut {settings['level_cut']:.3f}")
     console.print(f"written: {out}")
-
-
-def _segment_checkpoint(path: Path) -> dict[str, Any]:
-    """The raw checkpoint dictionary of a segment reader (or ensemble) file.
-
-    Raises:
-        InputError: the file cannot be read as one.
-    """
-    import torch
-
-    from lumbardx.data.errors import InputError
-    from lumbardx.models.segment_reader import load_segment_reader
-
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-        load_segment_reader(raw)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
-        raise InputError(path, f"not a segment reader checkpoint ({exc})") from exc
-    return raw
 
 
 @app.command("stack")
@@ -270,7 +264,7 @@ def stack(
 
     console = Console()
     with _input_errors(console):
-        raw = _segment_checkpoint(weights)
+        raw, _ = _segment_checkpoint(weights)
         try:
             fitted = StackedCalls.from_dict(json.loads(calls.read_text(encoding="utf-8")))
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -306,7 +300,7 @@ def threshold(
 
     console = Console()
     with _input_errors(console):
-        raw = _segment_checkpoint(weights)
+        raw, _ = _segment_checkpoint(weights)
         thresholds = dict(raw.get("thresholds") or {})
         if finding not in thresholds:
             raise InputError(weights, f"has no threshold for {finding!r} (it has "

@@ -18,9 +18,15 @@ export class ApiError extends Error {
   }
 }
 
-/** Leave for the sign-in page, saying why. */
+let signingOut = false;
+
+/** Mark a sign-out in progress (or not): a request still in flight that the server then
+ * answers 401 reads as signed out, not as an ended session. */
+export function setSigningOut(on) { signingOut = on; }
+
+/** Leave for the sign-in page, saying why (while signing out: signed out). */
 export function toLogin(reason = "expired") {
-  window.location.assign(`/login?${reason}=1`);
+  window.location.assign(`/login?${signingOut ? "signedout" : reason}=1`);
 }
 
 async function errorFrom(res) {

@@ -2,7 +2,7 @@
 // (#/ worklist, #/study/<study_key> viewer, #/teaching quiz).
 // Each view module exports mount(container, params) and returns an unmount function.
 
-import { api, setCsrfToken, toLogin } from "./api.js";
+import { api, setCsrfToken, setSigningOut, toLogin } from "./api.js";
 import { h, isTyping, replace, toast } from "./dom.js";
 import { mountWorklist } from "./worklist.js";
 import { mountStudy } from "./study.js";
@@ -35,8 +35,13 @@ function route() {
 }
 
 async function signOut() {
+  setSigningOut(true);  // a poll answered 401 meanwhile must not say "session ended"
   try { await api("POST", "/api/auth/logout"); } catch (e) {
-    if (e.status !== 401) { toast(`Sign-out failed: ${e.message}`, "error"); return; }
+    if (e.status !== 401) {
+      setSigningOut(false);
+      toast(`Sign-out failed: ${e.message}`, "error");
+      return;
+    }
   }
   toLogin("signedout");
 }

@@ -34,6 +34,20 @@ def test_curve_is_robust_to_an_outlier_and_orders_by_arc_length() -> None:
     assert d_out[0] < -60  # far to the image left of the curve
 
 
+def test_boxes_side_by_side_do_not_break_the_fit() -> None:
+    # four boxes at one height (a detector's stray row, or an untrained model): the fit
+    # failed in least squares; now a vertical line through them, one disc
+    from lumbardx.data.boxes import Box
+
+    c = np.array([[100.0, 200.0], [150.0, 200.0], [200.0, 200.0], [250.0, 200.0]])
+    s, d = fit_spine_curve(c, spacing=40.0).project(c)
+    assert np.all(np.isfinite(s)) and np.all(np.isfinite(d))
+    assert np.ptp(s) == pytest.approx(0.0)
+    boxes = [Box("normal", x, 190.0, x + 40.0, 210.0, score=0.9) for x in (100, 150, 200, 250)]
+    spine = build_findings(boxes, (400, 400), {"normal": 0.3})
+    assert len(spine.discs) == 1
+
+
 def test_grouping_follows_the_curve_not_y() -> None:
     # A straight spine tilted 45 degrees; a herniation box displaced along the normal
     # (posterior-up) is nearer in y to the disc above but belongs to its own disc.

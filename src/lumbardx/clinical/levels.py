@@ -121,7 +121,9 @@ def fit_spine_curve(centres: np.ndarray, spacing: float | None = None,
         spacing: typical inter-disc spacing (pixels), used as the floor of the residual scale
             (a residual above ~``spacing`` rejects a point); estimated from ``y`` if ``None``.
         max_degree: highest polynomial degree; the degree used is ``min(max_degree, n - 2)``
-            (at least 0, and 1 with 3 or more points) so that the fit stays over-determined.
+            (at least 0, and 1 with 3 or more points) so that the fit stays over-determined,
+            and less than the number of distinct ``y`` (centres side by side fit a vertical
+            line).
 
     Returns:
         The curve; :attr:`SpineCurve.inlier` marks the centres kept by the robust weights.
@@ -138,6 +140,8 @@ def fit_spine_curve(centres: np.ndarray, spacing: float | None = None,
     y_half = max(float(ys[-1] - ys[0]) / 2, 1.0)
     deg = 0 if n < 2 else (1 if n < 4 else min(max_degree, n - 2))
     z = (c[:, 1] - y_mid) / y_half
+    # boxes side by side (one y) cannot fix a slope: never more terms than distinct heights
+    deg = min(deg, len(np.unique(np.round(z, 9))) - 1)
     w = np.ones(n)
     coef = np.zeros(deg + 1)
     floor = 0.1 * spacing

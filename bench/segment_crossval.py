@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 import time
 import warnings
@@ -38,20 +39,41 @@ from lumbardx.engine.segment_training import (SegmentTraining, item_from_sample,
                                               training_settings)
 from lumbardx.engine.table1 import fold_differences
 from lumbardx.io import atomic_write_text
+from lumbardx.models.segment_reader import SegmentReaderConfig
 
 FOLDS = Path(__file__).resolve().parent / "folds" / "yolospine-dev-k5-seed0.csv"
 
 
 def parse_set(cfg: SegmentTraining, pairs: list[str]) -> SegmentTraining:
-    """``key=value`` overrides of :class:`SegmentTraining` fields (numbers)."""
+    """``key=value`` overrides of :class:`SegmentTraining` fields (numbers), and of the
+    reader's architecture as ``config.size=ROWSxCOLS``, ``config.width=N`` or
+    ``config.embed=N`` (:class:`~lumbardx.models.segment_reader.SegmentReaderConfig`)."""
     types = {f.name: f.type for f in fields(SegmentTraining)}
     for kv in pairs:
         key, _, value = kv.partition("=")
+        if key.startswith("config."):
+            cfg = replace(cfg, config=_set_config(cfg.config, key[len("config."):], kv))
+            continue
         if key not in types or key == "config":
             raise SystemExit(f"--set {kv}: unknown field {key!r}")
         cast = int if isinstance(getattr(cfg, key), int) else float
         cfg = replace(cfg, **{key: cast(value)})
     return cfg
+
+
+def _set_config(config: SegmentReaderConfig, key: str, kv: str) -> SegmentReaderConfig:
+    """``config`` with one architecture field of ``--set config.KEY=VALUE`` replaced."""
+    value = kv.partition("=")[2]
+    if key == "size":
+        m = re.fullmatch(r"(\d+)x(\d+)", value)
+        if not m or min(int(m[1]), int(m[2])) < 16:
+            raise SystemExit(f"--set {kv}: size is ROWSxCOLS, each at least 16")
+        return replace(config, size=(int(m[1]), int(m[2])))
+    if key in ("width", "embed"):
+        if not value.isdigit() or int(value) < 1:
+            raise SystemExit(f"--set {kv}: a positive integer")
+        return replace(config, **{key: int(value)})
+    raise SystemExit(f"--set {kv}: settable reader fields are size, width and embed")
 
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

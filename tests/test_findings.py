@@ -10,8 +10,9 @@ import pytest
 
 from lumbardx.clinical.findings import build_findings, match_discs
 from lumbardx.clinical.thresholds import (DEFAULT_THRESHOLDS, DiscScore, abnormal_calls,
-                                          choose_threshold, choose_thresholds, disc_scores,
-                                          load_thresholds, save_thresholds)
+                                          choose_threshold, choose_thresholds,
+                                          diagnosis_calls, disc_scores, load_thresholds,
+                                          save_thresholds)
 from lumbardx.data.boxes import Box
 from lumbardx.data.errors import InputError
 
@@ -154,6 +155,31 @@ def test_abnormal_calls_at_per_class_thresholds() -> None:
     assert truth.tolist() == [False, True, True, False, False]
     # a normal score never calls; a class without a threshold needs 1.0
     assert call.tolist() == [False, True, False, False, False]
+
+
+def test_diagnosis_calls_group_only_the_boxes_at_their_thresholds() -> None:
+    thr = {"normal": 0.3, "herniation": 0.3, "spondylolisthesis": 0.2}
+    gt = [_disc("normal", k) for k in range(7) if k != 5] + [_disc("herniation", 5)]
+    gt = [b for b in gt if not (b.label == "normal" and b.y1 < 60 + SP * 1 < b.y2)]  # 6 discs
+    pred = [_disc("normal", k, 0.8) for k in range(7) if k not in (1, 5)]
+    pred += [_disc("herniation", 5, 0.8), _disc("herniation", 3, 0.2)]
+    truth, call = diagnosis_calls(gt, pred, (400, 400), thr)
+    assert truth.tolist() == [False, False, False, False, True, False]
+    # disc 3's herniation is below its threshold; disc 5's is called
+    assert call.tolist() == [False, False, False, False, True, False]
+    # a ground-truth disc nothing matches is not called
+    truth, call = diagnosis_calls(gt, [b for b in pred if b.label != "herniation"],
+                                  (400, 400), thr)
+    assert not call.any()
+    # low-score boxes off the spine (as evaluation keeps them, down to 0.001) bend the
+    # curve fitted to every box: the herniated disc is set aside and not called there, while
+    # diagnosis never groups that box
+    gt7 = [_disc("normal", k) for k in range(7) if k != 5] + [_disc("herniation", 5)]
+    pred7 = [_disc("normal", k, 0.8) for k in range(7) if k != 5] + [_disc("herniation", 5, 0.8)]
+    assert abnormal_calls(disc_scores([(gt7, pred7, (400, 400))]), thr)[1][5]
+    junk = pred7 + [_disc("normal", 5, 0.001, dx=100, dy=dy) for dy in (-1, 0, 1)]
+    assert not abnormal_calls(disc_scores([(gt7, junk, (400, 400))]), thr)[1][5]
+    assert diagnosis_calls(gt7, junk, (400, 400), thr)[1].tolist() == [False] * 5 + [True, False]
 
 
 def test_generated_ground_truth_gives_the_true_statuses() -> None:

@@ -67,6 +67,11 @@ def test_release_from_crossval(tmp_path: Path, cv_run: tuple[Path, Path]) -> Non
         low, high = point["ci95_wilson_discs"]
         assert low <= point["value"] <= high
     assert len(card["disc_level_folds"]) == 2
+    # the same discs with every box grouped (the records thresholds are chosen on) stay beside
+    every = card["disc_level_every_box"]
+    assert every["sensitivity"]["count"][1] == sens["count"][1]
+    assert every["specificity"]["count"][1] == spec["count"][1]
+    assert "diagnosis" in card["disc_level_note"] and len(every["folds"]) == 2
 
     # the shipped file: float16 weights and the card's thresholds, loadable for diagnosis
     shipped = torch.load(out, weights_only=False)

@@ -157,6 +157,32 @@ def abnormal_calls(records: Sequence[DiscScore], thresholds: Mapping[str, float]
     return truth, call
 
 
+def diagnosis_calls(truth_boxes: Sequence[Box], pred_boxes: Sequence[Box],
+                    size: tuple[int, int], thresholds: Mapping[str, float]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per ground-truth disc of one image: truly abnormal (a class other than ``normal``) and
+    called abnormal **as diagnosis calls it**: only the predicted boxes at or above their
+    class's threshold are grouped into discs (:func:`build_findings` with ``thresholds``, as
+    :func:`lumbardx.stages.findings.find` does), and a matched disc is called when it holds a
+    finding other than ``normal``; a ground-truth disc no predicted disc matches is not called.
+    Two ``bool [N]`` arrays, ``N`` = the ground-truth discs of the image.
+
+    :func:`abnormal_calls` on :func:`disc_scores` records groups *every* box instead (the
+    records thresholds are chosen on); at evaluation's low confidence floor the low-score
+    boxes make discs of their own that can take a ground-truth disc's match from the disc
+    diagnosis would call there, so that figure understates diagnosis (``bench/disc_level.py``
+    measures both).
+    """
+    gt = build_findings(truth_boxes, size)
+    pred = build_findings(pred_boxes, size, thresholds)
+    truth, call = [], []
+    for disc, j in zip(gt.discs, match_discs(gt, pred)):
+        truth.append(any(f.label != "normal" for f in disc.findings))
+        call.append(j is not None
+                    and any(f.label != "normal" for f in pred.discs[j].findings))
+    return np.array(truth, bool), np.array(call, bool)
+
+
 def thresholds_dict(choices: Mapping[str, ThresholdChoice],
                     defaults: Mapping[str, float] = DEFAULT_THRESHOLDS) -> dict[str, float]:
     """Class -> threshold: the chosen ones, the defaults for the rest."""

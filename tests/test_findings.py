@@ -182,6 +182,30 @@ def test_diagnosis_calls_group_only_the_boxes_at_their_thresholds() -> None:
     assert diagnosis_calls(gt7, junk, (400, 400), thr)[1].tolist() == [False] * 5 + [True, False]
 
 
+@pytest.mark.parametrize("case", ["no height", "one row", "scattered"])
+def test_degenerate_boxes_give_discs_or_set_aside_never_an_error(case: str) -> None:
+    # a malformed label file or a stray detector row: every box ends in a disc or off the
+    # spine, and a spine without any disc on it is empty (these raised before)
+    from lumbardx.stages.findings import findings_warnings
+
+    rng = np.random.default_rng(1)
+    if case == "no height":
+        pts = rng.uniform(0, 380, (10, 2))
+        boxes = [Box("normal", x, y, x, y, score=0.9) for x, y in pts]
+    elif case == "one row":
+        boxes = [Box("normal", x, 190.0, x + 40.0, 208.0, score=0.9) for x in (20, 120, 220, 320)]
+    else:
+        boxes = [Box("normal", 10, 10, 50, 28, score=0.9), Box("herniation", 330, 350, 370, 368,
+                                                              score=0.9),
+                 Box("normal", 300, 20, 301, 20.5, score=0.9)]
+    spine = build_findings(boxes, (384, 384), {"normal": 0.3, "herniation": 0.3})
+    assert sum(len(d.boxes) for d in spine.discs) + len(spine.off_spine) == len(boxes)
+    assert isinstance(findings_warnings(spine), list)
+    if not spine.discs:
+        assert spine.sacrum_reason == "no boxes on a spine" and not spine.sacrum_recognised
+        assert "not along a spine" in findings_warnings(spine)[0]
+
+
 def test_generated_ground_truth_gives_the_true_statuses() -> None:
     from lumbardx.synth.anatomy import SynthConfig
     from lumbardx.synth.case import generate_case

@@ -252,6 +252,10 @@ def build_findings(boxes: Sequence[Box], image_size: tuple[int, int],
         disc_c.insert(pos, bc)
         spc = np.insert(spc, pos, spc[min(pos, len(spc) - 1)] if len(spc) else sp0)
 
+    if not disc_members:  # every box set aside (scattered, or boxes without height)
+        return SpineFindings([], False, "no boxes on a spine", off_spine=off, curve=curve,
+                             image_size=image_size)
+
     # Levels.
     s_arr = np.array(disc_s)
     spacing = local_spacing(s_arr) if len(s_arr) >= 2 else np.full(len(s_arr), np.nan)

@@ -14,7 +14,10 @@ def findings_warnings(spine: SpineFindings) -> list[str]:
     """No discs, uncertain levels, presumed missing levels, boxes set aside."""
     out: list[str] = []
     if not spine.discs:
-        out.append("no discs found: check that the image is a sagittal lumbar spine MRI")
+        scattered = (f" ({len(spine.off_spine)} box(es) found, not along a spine)"
+                     if spine.off_spine else "")
+        out.append(f"no discs found{scattered}: check that the image is a sagittal lumbar "
+                   "spine MRI")
         return out
     out.extend(spine.level_reasons)
     if spine.missing_levels:

@@ -40,7 +40,7 @@ from torch import Tensor
 from lumbardx.clinical.findings import SpineFindings
 
 EXTENT: tuple[float, float, float, float] = (-1.3, 1.3, -1.0, 1.4)  # u0, u1, v0, v1 (spacings)
-SIZE: tuple[int, int] = (72, 64)  # rows (along u), columns (along v): ~1.6 px a sample
+SIZE: tuple[int, int] = (72, 64)  # rows (along u), columns (along v): ~1.8 px a sample
 RAMP = 0.25  # half height of the shear ramp across the disc (spacings)
 DEPTH_PER_SPACING = 1.0  # lumbar vertebral body AP depth / inter-disc spacing
 

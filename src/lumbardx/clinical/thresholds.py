@@ -169,7 +169,8 @@ def diagnosis_calls(truth_boxes: Sequence[Box], pred_boxes: Sequence[Box],
 
     :func:`abnormal_calls` on :func:`disc_scores` records groups *every* box instead (the
     records thresholds are chosen on); at evaluation's low confidence floor the low-score
-    boxes make discs of their own that can take a ground-truth disc's match from the disc
+    boxes bend the spine curve fitted to them (real boxes are then set aside as off the spine)
+    and make discs of their own that can take a ground-truth disc's match from the disc
     diagnosis would call there, so that figure understates diagnosis (``bench/disc_level.py``
     measures both).
     """

@@ -131,23 +131,37 @@ def score(images: dict[int, list], records: dict[int, list[DiscScore]],
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_detector_arguments(ap: argparse.ArgumentParser) -> None:
+    """``DATA --detectors DIR [--folds-csv CSV] --out JSON``, as :func:`read_detector_folds`
+    reads them."""
     ap.add_argument("data", type=Path)
     ap.add_argument("--detectors", type=Path, required=True,
                     help="a crossval's model folder: fold<k>/last.pt per fold")
     ap.add_argument("--folds-csv", type=Path, default=FOLDS)
     ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
+
+
+def read_detector_folds(args: argparse.Namespace
+                        ) -> dict[int, list[tuple[list[Box], list[Box], tuple[int, int]]]]:
+    """Every fold that has a detector, read (:func:`read_fold`); exits with status 2 when
+    fewer than two folds have one (nothing to compare by fold)."""
     torch.set_num_threads(1)
-    t0 = time.perf_counter()
     ds, pairs, fold_of = dataset_with_folds(args.data, args.folds_csv)
     folds = [k for k in sorted(set(fold_of.values()))
              if (args.detectors / f"fold{k}" / "last.pt").is_file()]
     if len(folds) < 2:
         print("needs the detectors of two or more folds", file=sys.stderr)
-        return 2
-    images = {k: read_fold(k, ds, pairs, fold_of, args.detectors) for k in folds}
+        raise SystemExit(2)
+    return {k: read_fold(k, ds, pairs, fold_of, args.detectors) for k in folds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_detector_arguments(ap)
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    images = read_detector_folds(args)
+    folds = list(images)
     print(f"read {len(folds)} folds ({time.perf_counter() - t0:.0f} s)", flush=True)
     records = {k: disc_scores(imgs) for k, imgs in images.items()}
     names = ["normal", *ABNORMAL]

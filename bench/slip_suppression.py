@@ -31,9 +31,8 @@ import torch
 from torchvision.ops import nms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from disc_level import read_fold
+from disc_level import add_detector_arguments, read_detector_folds
 from machine_info import cpu_name
-from segment_end_to_end import FOLDS, dataset_with_folds
 
 from lumbardx.clinical.findings import SLIP
 from lumbardx.data.boxes import Box
@@ -103,22 +102,12 @@ def compare(folds: dict[int, list]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data", type=Path)
-    ap.add_argument("--detectors", type=Path, required=True,
-                    help="a crossval's model folder: fold<k>/last.pt per fold")
-    ap.add_argument("--folds-csv", type=Path, default=FOLDS)
-    ap.add_argument("--out", type=Path, required=True)
+    add_detector_arguments(ap)
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
     t0 = time.perf_counter()
-    ds, pairs, fold_of = dataset_with_folds(args.data, args.folds_csv)
-    ks = [k for k in sorted(set(fold_of.values()))
-          if (args.detectors / f"fold{k}" / "last.pt").is_file()]
-    if len(ks) < 2:
-        print("needs the detectors of two or more folds", file=sys.stderr)
-        return 2
+    folds = read_detector_folds(args)
     result = {"detectors": str(args.detectors), "suppress_iou": SUPPRESS_IOU,
-              **compare({k: read_fold(k, ds, pairs, fold_of, args.detectors) for k in ks}),
+              **compare(folds),
               "wall_s": round(time.perf_counter() - t0, 1), "machine": {"cpu": cpu_name()}}
     atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
     for m in ("ap50", "image_auc"):

@@ -51,8 +51,8 @@ from lumbardx.clinical.thresholds import (
     DiscScore,
     abnormal_calls,
     choose_thresholds,
-    diagnosis_calls,
     disc_scores,
+    pooled_diagnosis_calls,
     thresholds_dict,
 )
 from lumbardx.data.boxes import Box
@@ -88,22 +88,15 @@ def read_fold(k: int, ds: Any, pairs: Any, fold_of: dict[str, int], detectors: P
     return out
 
 
-def image_calls(images: list[tuple[list[Box], list[Box], tuple[int, int]]],
-                thresholds: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`~lumbardx.clinical.thresholds.diagnosis_calls` over ``images``, concatenated."""
-    pairs = [diagnosis_calls(*image, thresholds) for image in images]
-    return (np.concatenate([p[0] for p in pairs]) if pairs else np.zeros(0, bool),
-            np.concatenate([p[1] for p in pairs]) if pairs else np.zeros(0, bool))
-
-
 def counts(truth: np.ndarray, call: np.ndarray) -> np.ndarray:
     """``[true positives, positives, true negatives, negatives]``."""
     return np.array([(truth & call).sum(), truth.sum(), (~truth & ~call).sum(), (~truth).sum()],
                     np.int64)
 
 
-def point(c: np.ndarray) -> dict[str, Any]:
-    """Sensitivity and specificity of counts ``c`` with Wilson 95% intervals."""
+def point_of(c: np.ndarray) -> dict[str, Any]:
+    """Sensitivity and specificity with Wilson 95% intervals of counts ``[tp, positives, tn,
+    negatives]`` (:func:`counts`)."""
     sens, spec = proportion(int(c[0]), int(c[1])), proportion(int(c[2]), int(c[3]))
     return {"sensitivity": sens.estimate, "sensitivity_ci95": [sens.ci_low, sens.ci_high],
             "specificity": spec.estimate, "specificity_ci95": [spec.ci_low, spec.ci_high],
@@ -120,8 +113,8 @@ def score(images: dict[int, list], records: dict[int, list[DiscScore]],
             if grouping == "every_box":
                 per_fold.append(counts(*abnormal_calls(records[k], thresholds[k])))
             else:
-                per_fold.append(counts(*image_calls(images[k], thresholds[k])))
-        out[grouping] = {**point(np.sum(per_fold, axis=0)),
+                per_fold.append(counts(*pooled_diagnosis_calls(images[k], thresholds[k])))
+        out[grouping] = {**point_of(np.sum(per_fold, axis=0)),
                          "per_fold": [[float(c[0] / max(c[1], 1)), float(c[2] / max(c[3], 1))]
                                       for c in per_fold]}
     diff = np.array(out["diagnosis"]["per_fold"]) - np.array(out["every_box"]["per_fold"])

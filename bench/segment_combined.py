@@ -84,6 +84,8 @@ import torch
 from torchvision.ops import box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from disc_level import counts as disc_counts
+from disc_level import point_of
 from machine_info import cpu_name
 from segment_end_to_end import (
     add_fold_model_arguments,
@@ -95,7 +97,6 @@ from segment_end_to_end import (
 
 from lumbardx.clinical.findings import SLIP, SpineFindings, build_findings, match_discs, study_class
 from lumbardx.clinical.severity import estimate_slip
-from lumbardx.clinical.stats import proportion
 from lumbardx.clinical.thresholds import DiscScore, abnormal_calls, choose_thresholds
 from lumbardx.data.boxes import Box
 from lumbardx.data.images import MedicalImage
@@ -399,15 +400,6 @@ def spec_cut(score: np.ndarray, y: np.ndarray, spec: float = SPEC_TARGET) -> flo
     return cut_at_specificity(score, y, spec)
 
 
-def point_of(c: np.ndarray) -> dict[str, Any]:
-    """Sensitivity and specificity with Wilson 95% intervals of counts ``[tp, positives, tn,
-    negatives]``."""
-    sens, spec = proportion(int(c[0]), int(c[1])), proportion(int(c[2]), int(c[3]))
-    return {"sensitivity": sens.estimate, "sensitivity_ci95": [sens.ci_low, sens.ci_high],
-            "specificity": spec.estimate, "specificity_ci95": [spec.ci_low, spec.ci_high],
-            "counts": [int(v) for v in c]}
-
-
 def nested_points(fold_records: dict[int, list[DiscScore]],
                   cut_records: dict[int, list[DiscScore]] | None = None) -> dict[str, Any]:
     """Pooled sensitivity / specificity, each fold at cuts chosen on the other folds: at
@@ -424,8 +416,7 @@ def nested_points(fold_records: dict[int, list[DiscScore]],
         thr = {c: ch.threshold for c, ch in choose_thresholds(others, ABNORMAL, "f1").items()}
         _, call_f = abnormal_calls(recs, thr)
         for key, call in (("spec_target", call_t), ("f1", call_f)):
-            counts[key] += np.array([(call & y).sum(), y.sum(), (~call & ~y).sum(),
-                                     (~y).sum()], np.int64)
+            counts[key] += disc_counts(y, call)
     return {key: point_of(c) for key, c in counts.items()}
 
 
@@ -495,7 +486,7 @@ def product_points(data: dict[int, FoldData], calls: dict[int, Any]) -> dict[str
     per_fold: dict[str, list[np.ndarray]] = {}
 
     def add(key: str, y: np.ndarray, call: np.ndarray) -> None:
-        c = np.array([(call & y).sum(), y.sum(), (~call & ~y).sum(), (~y).sum()], np.int64)
+        c = disc_counts(y, call)
         counts[key] = counts.get(key, np.zeros(4, np.int64)) + c
         per_fold.setdefault(key, []).append(c)
 

@@ -66,6 +66,7 @@ from lumbardx.clinical.thresholds import (
     choose_thresholds,
     diagnosis_calls,
     disc_scores,
+    pooled_diagnosis_calls,
     thresholds_dict,
 )
 from lumbardx.data.boxes import Box
@@ -99,9 +100,7 @@ def _boxes(xyxy: np.ndarray, labels: np.ndarray, names: list[str],
 def disc_operating_point(images: list, thresholds: dict[str, float]) -> dict[str, float | int]:
     """Disc-level sensitivity / specificity of ``(truth boxes, predicted boxes, (W, H))`` per
     image, called as diagnosis calls them (:func:`diagnosis_calls`): positive = not normal."""
-    calls = [diagnosis_calls(*image, thresholds) for image in images]
-    truth = np.concatenate([c[0] for c in calls]) if calls else np.zeros(0, bool)
-    call = np.concatenate([c[1] for c in calls]) if calls else np.zeros(0, bool)
+    truth, call = pooled_diagnosis_calls(images, thresholds)
     tp, fn = int((truth & call).sum()), int((truth & ~call).sum())
     tn, fp = int((~truth & ~call).sum()), int((~truth & call).sum())
     return {"tp": tp, "fn": fn, "tn": tn, "fp": fp,

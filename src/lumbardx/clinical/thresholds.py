@@ -184,6 +184,17 @@ def diagnosis_calls(truth_boxes: Sequence[Box], pred_boxes: Sequence[Box],
     return np.array(truth, bool), np.array(call, bool)
 
 
+def pooled_diagnosis_calls(images: Iterable[tuple[Sequence[Box], Sequence[Box],
+                                                  tuple[int, int]]],
+                           thresholds: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`diagnosis_calls` of every ``(truth boxes, predicted boxes, (W, H))`` of
+    ``images``, concatenated: two ``bool [N]`` arrays over all their ground-truth discs."""
+    calls = [diagnosis_calls(*image, thresholds) for image in images]
+    if not calls:
+        return np.zeros(0, bool), np.zeros(0, bool)
+    return np.concatenate([c[0] for c in calls]), np.concatenate([c[1] for c in calls])
+
+
 def thresholds_dict(choices: Mapping[str, ThresholdChoice],
                     defaults: Mapping[str, float] = DEFAULT_THRESHOLDS) -> dict[str, float]:
     """Class -> threshold: the chosen ones, the defaults for the rest."""

@@ -11,8 +11,8 @@ import pytest
 from lumbardx.clinical.findings import build_findings, match_discs
 from lumbardx.clinical.thresholds import (DEFAULT_THRESHOLDS, DiscScore, abnormal_calls,
                                           choose_threshold, choose_thresholds,
-                                          diagnosis_calls, disc_scores, load_thresholds,
-                                          save_thresholds)
+                                          diagnosis_calls, diagnosis_discs, disc_scores,
+                                          load_thresholds, save_thresholds)
 from lumbardx.data.boxes import Box
 from lumbardx.data.errors import InputError
 
@@ -180,6 +180,23 @@ def test_diagnosis_calls_group_only_the_boxes_at_their_thresholds() -> None:
     junk = pred7 + [_disc("normal", 5, 0.001, dx=100, dy=dy) for dy in (-1, 0, 1)]
     assert not abnormal_calls(disc_scores([(gt7, junk, (400, 400))]), thr)[1][5]
     assert diagnosis_calls(gt7, junk, (400, 400), thr)[1].tolist() == [False] * 5 + [True, False]
+    # the same junk below a floor is left out of the records: the herniated disc is called
+    assert abnormal_calls(disc_scores([(gt7, junk, (400, 400))], floor=0.05), thr)[1][5]
+
+
+def test_diagnosis_discs_name_the_classes_called_at_each_ground_truth_disc() -> None:
+    thr = {"normal": 0.3, "herniation": 0.3, "spondylolisthesis": 0.2}
+    gt = [_disc("normal", k) for k in range(6) if k != 4] + [_disc("herniation", 4)]
+    pred = [_disc("normal", k, 0.8) for k in range(6) if k not in (2, 4)]
+    pred += [_disc("herniation", 4, 0.7), _disc("normal", 4, 0.4)]
+    discs = diagnosis_discs(gt, pred, (400, 400), thr)
+    assert [sorted(t) for t, _ in discs] == [["normal"]] * 4 + [["herniation"], ["normal"]]
+    # disc 2 has no predicted disc: nothing called there
+    assert [sorted(c) for _, c in discs] == [["normal"], ["normal"], [], ["normal"],
+                                            ["herniation", "normal"], ["normal"]]
+    truth, call = diagnosis_calls(gt, pred, (400, 400), thr)
+    assert truth.tolist() == [bool(t - {"normal"}) for t, _ in discs]
+    assert call.tolist() == [bool(c - {"normal"}) for _, c in discs]
 
 
 @pytest.mark.parametrize("case", ["no height", "one row", "scattered"])

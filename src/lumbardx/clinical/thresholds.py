@@ -114,14 +114,15 @@ def choose_threshold(scores: Sequence[float], positive: Sequence[bool], label: s
     return ThresholdChoice(label, thr, criterion, float(value), sens, spec, prec, n_pos, n_neg)
 
 
-def disc_scores(pairs: Iterable[tuple[Sequence[Box], Sequence[Box], tuple[int, int]]]
-                ) -> list[DiscScore]:
+def disc_scores(pairs: Iterable[tuple[Sequence[Box], Sequence[Box], tuple[int, int]]],
+                floor: float = 0.0) -> list[DiscScore]:
     """Disc-level validation records from ``(truth boxes, predicted boxes, (W, H))`` per image
-    (steps 1-2 of the module docstring). Box labels must already be class names."""
+    (steps 1-2 of the module docstring). Box labels must already be class names. Predicted
+    boxes scoring below ``floor`` are left out before grouping (0: every box)."""
     out: list[DiscScore] = []
     for truth_boxes, pred_boxes, size in pairs:
         gt = build_findings(truth_boxes, size)
-        pred = build_findings(pred_boxes, size, thresholds=None)
+        pred = build_findings(pred_boxes, size, thresholds=None, default_threshold=floor)
         match = match_discs(gt, pred)
         for disc, j in zip(gt.discs, match):
             truth = frozenset(f.label for f in disc.findings)
@@ -157,15 +158,31 @@ def abnormal_calls(records: Sequence[DiscScore], thresholds: Mapping[str, float]
     return truth, call
 
 
+def diagnosis_discs(truth_boxes: Sequence[Box], pred_boxes: Sequence[Box],
+                    size: tuple[int, int], thresholds: Mapping[str, float]
+                    ) -> list[tuple[frozenset[str], frozenset[str]]]:
+    """Per ground-truth disc of one image, top to bottom: its true classes and the classes
+    **diagnosis calls** there. Only the predicted boxes at or above their class's threshold
+    are grouped into discs (:func:`build_findings` with ``thresholds``, as
+    :func:`lumbardx.stages.findings.find` does); a ground-truth disc no predicted disc matches
+    gets no call (an empty set)."""
+    gt = build_findings(truth_boxes, size)
+    pred = build_findings(pred_boxes, size, thresholds)
+    out = []
+    for disc, j in zip(gt.discs, match_discs(gt, pred)):
+        called = frozenset(f.label for f in pred.discs[j].findings) if j is not None else \
+            frozenset()
+        out.append((frozenset(f.label for f in disc.findings), called))
+    return out
+
+
 def diagnosis_calls(truth_boxes: Sequence[Box], pred_boxes: Sequence[Box],
                     size: tuple[int, int], thresholds: Mapping[str, float]
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Per ground-truth disc of one image: truly abnormal (a class other than ``normal``) and
-    called abnormal **as diagnosis calls it**: only the predicted boxes at or above their
-    class's threshold are grouped into discs (:func:`build_findings` with ``thresholds``, as
-    :func:`lumbardx.stages.findings.find` does), and a matched disc is called when it holds a
-    finding other than ``normal``; a ground-truth disc no predicted disc matches is not called.
-    Two ``bool [N]`` arrays, ``N`` = the ground-truth discs of the image.
+    called abnormal **as diagnosis calls it** (:func:`diagnosis_discs`: a matched disc is
+    called when it holds a finding other than ``normal``). Two ``bool [N]`` arrays, ``N`` =
+    the ground-truth discs of the image.
 
     :func:`abnormal_calls` on :func:`disc_scores` records groups *every* box instead (the
     records thresholds are chosen on); at evaluation's low confidence floor the low-score
@@ -174,14 +191,9 @@ def diagnosis_calls(truth_boxes: Sequence[Box], pred_boxes: Sequence[Box],
     diagnosis would call there, so that figure understates diagnosis (``bench/disc_level.py``
     measures both).
     """
-    gt = build_findings(truth_boxes, size)
-    pred = build_findings(pred_boxes, size, thresholds)
-    truth, call = [], []
-    for disc, j in zip(gt.discs, match_discs(gt, pred)):
-        truth.append(any(f.label != "normal" for f in disc.findings))
-        call.append(j is not None
-                    and any(f.label != "normal" for f in pred.discs[j].findings))
-    return np.array(truth, bool), np.array(call, bool)
+    discs = diagnosis_discs(truth_boxes, pred_boxes, size, thresholds)
+    return (np.array([bool(t - {"normal"}) for t, _ in discs], bool),
+            np.array([bool(c - {"normal"}) for _, c in discs], bool))
 
 
 def pooled_diagnosis_calls(images: Iterable[tuple[Sequence[Box], Sequence[Box],

@@ -18,7 +18,7 @@ THRESHOLDS = {"normal": 0.3, "herniation": 0.35, "spondylolisthesis": 0.5}
 
 def tiny_checkpoint(path: Path, *, tag: str, training_data: str,
                     thresholds: dict[str, float] | None = None, epoch: int = 1,
-                    image_size: int = 256) -> Path:
+                    image_size: int = 256, threshold_evidence: dict | None = None) -> Path:
     """Save a random YOLOv5n (3 study classes) in ``lumbardx train``'s checkpoint format.
 
     The EMA head's stride-16 biases are raised so that the random model proposes boxes
@@ -37,6 +37,8 @@ def tiny_checkpoint(path: Path, *, tag: str, training_data: str,
              "num_classes": len(CLASSES), "class_names": CLASSES, "epoch": epoch, "seed": 0,
              "thresholds": THRESHOLDS if thresholds is None else thresholds, "tag": tag,
              "training_data": training_data}
+    if threshold_evidence is not None:
+        state["threshold_evidence"] = threshold_evidence
     return save_checkpoint(state, path)
 
 

@@ -98,6 +98,42 @@ def test_load_checkpoint_uses_ema_thresholds_and_hash(checkpoint: Path) -> None:
         loaded.set_thresholds({"bulge": 0.5})
 
 
+def test_sensitivity_evidence_reaches_findings_and_reports_until_a_threshold_moves(
+        tmp_path: Path, case_files: dict[str, Path]) -> None:
+    from lumbardx.diagnosis import Diagnoser
+    from lumbardx.report.html import limits
+
+    def ev(threshold: float, sens: float, n: int) -> dict:
+        return {"threshold": threshold, "sensitivity": sens, "n_positive": n}
+
+    evidence = {"normal": ev(0.3, 0.9, 100), "herniation": ev(0.35, 0.8, 50),
+                "spondylolisthesis": ev(0.5, 0.25, 8), "bulge": "not a choice"}
+    path = tiny_checkpoint(tmp_path / "ev.pt", thresholds=THRESHOLDS, tag="ev",
+                           training_data="synthetic test", threshold_evidence=evidence)
+    dx = Diagnoser(path, backend="torch")
+    assert dx.loaded.info.sensitivity_evidence == {"normal": (90, 100), "herniation": (40, 50),
+                                                   "spondylolisthesis": (2, 8)}
+    study = dx.diagnose(case_files["png"])
+    doc = study.to_dict()
+    check_findings_schema(doc)
+    assert doc["model"]["sensitivity_evidence"]["spondylolisthesis"] == {"called": 2,
+                                                                         "positives": 8}
+    text = " ".join(limits(study))
+    assert "herniation 80% (40 of 50); spondylolisthesis 25% (2 of 8)" in text
+    assert "normal 90%" not in text and "not shown is not excluded" in text
+    # evidence measured at another threshold does not describe the calls made now
+    dx.loaded.set_thresholds({"spondylolisthesis": 0.6, "herniation": 0.35})
+    assert set(dx.loaded.info.sensitivity_evidence) == {"normal", "herniation"}
+    mismatched = tiny_checkpoint(tmp_path / "old.pt", thresholds=THRESHOLDS, tag="old",
+                                 training_data="synthetic test",
+                                 threshold_evidence={"herniation": ev(0.2, 0.9, 10)})
+    plain = load_detector(mismatched, backend="torch")
+    assert plain.info.sensitivity_evidence == {}
+    study = Diagnoser(mismatched, backend="torch").diagnose(case_files["png"])
+    assert not any("cross-validation" in x for x in limits(study))
+    assert study.to_dict()["model"]["sensitivity_evidence"] == {}
+
+
 def test_bad_weights_files_are_named(tmp_path: Path, checkpoint: Path) -> None:
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")

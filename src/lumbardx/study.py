@@ -5,7 +5,7 @@
 .. code-block:: text
 
     {
-      "schema": "lumbardx.findings/3",
+      "schema": "lumbardx.findings/4",
       "source": str,                 # input file or folder name (no directories: paths often
                                      # carry patient names)
       "study_key": str,              # de-identified key: sha256 of the analysed pixels (16 hex)
@@ -14,7 +14,10 @@
                 "partner_series": str | null},   # the T1 (T2) series read with this slice
       "model": {"name": str, "version": str, "weights_sha256": str | null,
                 "classes": [str], "image_size": int, "backend": "torch"|"onnxruntime",
-                "training_data": str | null, "inputs": "slice"|"T1+T2"},
+                "training_data": str | null, "inputs": "slice"|"T1+T2",
+                "sensitivity_evidence": {class: {"called": int, "positives": int}}},
+                                     # held-out discs with the finding that reached its
+                                     # threshold in the cross-validation it was chosen on
       "sacrum_recognised": bool, "sacrum_reason": str,
       "findings": [                  # one per disc, top to bottom along the spine
         {"level": "L4-L5", "level_uncertain": bool, "label": "herniation", "score": float | null,
@@ -61,8 +64,8 @@ from lumbardx.clinical.reviewed import ReviewRecord
 from lumbardx.data.boxes import Box
 from lumbardx.data.images import MedicalImage
 
-SCHEMA = "lumbardx.findings/3"  # 2: per-level probabilities, slip method, segment reader;
-# 3: the reader's review
+SCHEMA = "lumbardx.findings/4"  # 2: per-level probabilities, slip method, segment reader;
+# 3: the reader's review; 4: the model's sensitivity evidence
 PAIR_INPUTS = "T1+T2"  # ModelInfo.inputs of a detector that reads T1 and T2 together
 DISCLAIMER = (
     "Decision support for research and teaching; not a diagnosis. Findings must be confirmed "
@@ -85,6 +88,11 @@ class ModelInfo:
         inputs: ``"slice"`` (one slice), or ``"T1+T2"`` for a detector trained on a patient's
             co-registered T1 and T2 slices (recipe ``sequence_pairs``; it reads a single slice
             too).
+        sensitivity_evidence: class -> ``(called, positives)``: of the held-out discs with that
+            finding in the cross-validation the class's decision threshold was chosen on, how
+            many reached it (the checkpoint's ``threshold_evidence``); only classes still
+            called at that threshold (:meth:`lumbardx.models.pretrained.LoadedModel.
+            set_thresholds` drops the others).
     """
 
     name: str
@@ -95,6 +103,7 @@ class ModelInfo:
     backend: str = "torch"
     training_data: str | None = None
     inputs: str = "slice"
+    sensitivity_evidence: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def reads_pairs(self) -> bool:
@@ -198,7 +207,10 @@ class Study:
                       "classes": list(self.model.class_names),
                       "image_size": self.model.image_size, "backend": self.model.backend,
                       "training_data": self.model.training_data,
-                      "inputs": self.model.inputs},
+                      "inputs": self.model.inputs,
+                      "sensitivity_evidence": {
+                          k: {"called": c, "positives": n}
+                          for k, (c, n) in self.model.sensitivity_evidence.items()}},
             "segment_reader": self.segment_reader,
             "sacrum_recognised": self.findings.sacrum_recognised,
             "sacrum_reason": self.findings.sacrum_reason,

@@ -102,8 +102,13 @@ class LoadedModel:
     checkpoint_meta: dict[str, Any] = field(default_factory=dict)
 
     def set_thresholds(self, chosen: Mapping[str, float]) -> None:
-        """Replace the thresholds of some classes (validated as :func:`parse_thresholds`)."""
+        """Replace the thresholds of some classes (validated as :func:`parse_thresholds`); a
+        class whose threshold changes loses its sensitivity evidence (measured at the old
+        one)."""
         new = parse_thresholds(chosen, self.class_names, None)
+        for name, value in new.items():
+            if value != self.thresholds.get(name):
+                self.info.sensitivity_evidence.pop(name, None)
         self.thresholds.update(new)
         self.chosen |= set(new)
         if self.model is not None:
@@ -208,6 +213,30 @@ def parse_thresholds(raw: Any, class_names: list[str], where: Path | None) -> di
     return out
 
 
+def sensitivity_evidence(raw: Any, thresholds: Mapping[str, float]
+                         ) -> dict[str, tuple[int, int]]:
+    """Class -> ``(called, positives)`` from a checkpoint's or model card's
+    ``threshold_evidence`` (:class:`lumbardx.clinical.thresholds.ThresholdChoice` per class):
+    the held-out discs with the finding that reached the threshold it was chosen at. Only
+    classes whose decision threshold is still that one; malformed entries are left out (the
+    evidence is a statement in reports, not needed to run)."""
+    out: dict[str, tuple[int, int]] = {}
+    if not isinstance(raw, Mapping):
+        return out
+    for name, ev in raw.items():
+        try:
+            threshold, sens = float(ev["threshold"]), float(ev["sensitivity"])
+            positives = int(ev["n_positive"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if name not in thresholds or not math.isclose(threshold, thresholds[name], rel_tol=0,
+                                                      abs_tol=1e-9):
+            continue
+        if positives > 0 and 0.0 <= sens <= 1.0:
+            out[str(name)] = (round(sens * positives), positives)
+    return out
+
+
 def default_thresholds(class_names: list[str]) -> dict[str, float]:
     """:data:`~lumbardx.clinical.thresholds.DEFAULT_THRESHOLDS` for ``class_names``
     (:data:`DEFAULT_THRESHOLD` for classes outside the study's three)."""
@@ -261,11 +290,14 @@ def from_detector(
     version: str | None = None,
     training_data: str | None = None,
     meta: dict[str, Any] | None = None,
+    evidence: Mapping[str, Any] | None = None,
 ) -> LoadedModel:
     """Wrap an in-memory detector (e.g. one just trained) as a :class:`LoadedModel`.
 
     ``thresholds`` are the chosen ones (others: :func:`default_thresholds`); ``backend`` is
-    ``"torch"``, ``"onnx"`` or ``"auto"`` (:func:`lumbardx.models.runtime.choose_backend`).
+    ``"torch"``, ``"onnx"`` or ``"auto"`` (:func:`lumbardx.models.runtime.choose_backend`);
+    ``evidence`` is the ``threshold_evidence`` the thresholds were chosen with, if any
+    (:func:`sensitivity_evidence`).
     """
     chosen = parse_thresholds(dict(thresholds or {}), class_names, source)
     thr = {**default_thresholds(class_names), **chosen}
@@ -280,7 +312,8 @@ def from_detector(
         weights_sha256=weights_sha256, class_names=list(class_names), image_size=int(image_size),
         backend="onnxruntime" if isinstance(run, OnnxBackend) else "torch",
         training_data=training_data,
-        inputs=PAIR_INPUTS if (meta or {}).get("sequence_pairs") else "slice")
+        inputs=PAIR_INPUTS if (meta or {}).get("sequence_pairs") else "slice",
+        sensitivity_evidence=sensitivity_evidence(evidence, thr))
     return LoadedModel(run, info, thr, set(chosen), model, source, dict(meta or {}))
 
 
@@ -358,7 +391,8 @@ def load_detector(
     try:
         return from_detector(net, names, size, thresholds, backend, device, threads, path,
                              digest, _version(ckpt, path),
-                             ckpt.get("training_data") or card.get("training_data"), meta)
+                             ckpt.get("training_data") or card.get("training_data"), meta,
+                             ckpt.get("threshold_evidence", card.get("threshold_evidence")))
     except (ValueError, RuntimeError) as exc:
         raise InputError(path, f"cannot run this model with backend {backend!r} on "
                                f"{device}: {exc}") from exc
@@ -379,5 +413,6 @@ def _load_onnx(path: Path, digest: str, card: dict[str, Any], threads: int | Non
     info = ModelInfo(run.name, f"lumbardx {run.lumbardx_version or '(not recorded)'}, "
                      f"{path.name}", digest, run.class_names, run.image_size[0], "onnxruntime",
                      card.get("training_data"),
-                     PAIR_INPUTS if run.inputs == PAIR_INPUTS else "slice")
+                     PAIR_INPUTS if run.inputs == PAIR_INPUTS else "slice",
+                     sensitivity_evidence(card.get("threshold_evidence"), thr))
     return LoadedModel(run, info, thr, set(chosen), None, path)

@@ -33,7 +33,7 @@ from lumbardx.report.overlay import (class_colours, extent_text, level_label, sl
                                      write_bytes_atomic)
 
 if TYPE_CHECKING:
-    from lumbardx.study import Study
+    from lumbardx.study import ModelInfo, Study
 
 TITLE = "Lumbar spine MRI - decision-support report"
 NOT_A_DIAGNOSIS = "Decision support; not a diagnosis."
@@ -269,7 +269,21 @@ def limits(study: Study, training_data: str | None = None) -> list[str]:
         "disc degeneration grade (Pfirrmann)"
         + (" (extra classes of this model, when present, are shown as found)."
            if set(m.class_names) - {"normal", "herniation", "spondylolisthesis"} else "."),
-    ] + ([SEGMENT_METHOD] if study.segment_reader else [])
+    ] + sensitivity_statement(m) + ([SEGMENT_METHOD] if study.segment_reader else [])
+
+
+def sensitivity_statement(model: ModelInfo) -> list[str]:
+    """What share of each finding the detector called where its thresholds were chosen
+    (:attr:`~lumbardx.study.ModelInfo.sensitivity_evidence`; normal discs left out), as one
+    statement, or none without evidence: a finding not shown is not excluded."""
+    parts = [f"{name} {100 * called / positives:.0f}% ({called} of {positives})"
+             for name, (called, positives) in model.sensitivity_evidence.items()
+             if name != "normal" and positives > 0]
+    if not parts:
+        return []
+    return ["Discs with a finding that reached its threshold in the cross-validation the "
+            "thresholds were chosen on (held-out patients of the training data): "
+            + "; ".join(parts) + ". A finding that is not shown is not excluded."]
 
 
 _CSS = """

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from browser import CHROMIUM, launch, shot, sign_in, watched_page
 from live_server import live_server
@@ -73,13 +74,21 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             assert time.monotonic() < deadline, "the analysis did not finish"
             time.sleep(0.5)
         assert status == "analysed", client.get(f"/api/studies/{key}").json()["study"]
+        # one slice as an image file: no series, so the viewer shows no slice bar
+        png = io.BytesIO()
+        Image.fromarray(case.image).save(png, format="PNG")
+        r = client.post("/api/studies", files=[("files", ("slice.png", png.getvalue(),
+                                                          "image/png"))], headers=csrf)
+        assert r.status_code == 201, r.text
+        png_key = r.json()["study"]["study_key"]
+        while client.get(f"/api/studies/{png_key}").json()["study"]["status"] == "new":
+            assert time.monotonic() < deadline + 120, "the image's analysis did not finish"
+            time.sleep(0.5)
         client.close()
-        yield {"url": base, "key": key, "data_dir": data_dir}
+        yield {"url": base, "key": key, "png_key": png_key, "data_dir": data_dir}
 
 
 def _png(content: bytes) -> np.ndarray:
-    from PIL import Image
-
     return np.asarray(Image.open(io.BytesIO(content)))
 
 
@@ -135,14 +144,15 @@ def open_viewer(server: dict[str, Any]) -> Iterator[Any]:
         browser = launch(p)
         contexts = []
 
-        def opener(width: int, height: int) -> Any:
+        def opener(width: int, height: int, study: str = key) -> Any:
             page = watched_page(browser, width, height)
             contexts.append(page.context)
             sign_in(page, base, USER, PASSWORD)
-            page.goto(f"{base}/#/study/{key}")
+            page.goto(f"{base}/#/study/{study}")
             sync_api.expect(page.locator("canvas.slice-canvas")).to_have_attribute(
-                "data-src", f"/api/studies/{key}/image.png")
-            sync_api.expect(page.locator("#slice-slider")).to_be_visible()
+                "data-src", f"/api/studies/{study}/image.png")
+            if study == key:  # the DICOM study has a series to scroll
+                sync_api.expect(page.locator("#slice-slider")).to_be_visible()
             sync_api.expect(page.locator("table.findings tbody tr").first).to_be_visible()
             return page
 
@@ -230,6 +240,23 @@ def test_laptop_screen_shows_image_and_findings_at_once(open_viewer, server,
     _within_width(page, ".study-toolbar button, .study-toolbar a.button")
     page.screenshot(path=str(shot(tmp_path, "lumbardx_viewer_1366x768.png")))
     assert not page.problems, page.problems
+
+
+def test_an_image_file_fills_the_stage_without_a_slice_bar(open_viewer, server,
+                                                           tmp_path: Path) -> None:
+    # an image file has no series: the slice bar stays hidden and the stage still takes the
+    # height under the toolbar (a hidden first row must not squeeze it to its minimum)
+    page = open_viewer(1366, 768, server["png_key"])
+    assert not page.locator(".stage-bar").is_visible()
+    stage = _box(page, ".stage")
+    assert stage["y"] + stage["height"] >= 768 - 2, stage
+    assert stage["height"] >= 0.8 * (768 - stage["y"]), stage
+    page.screenshot(path=str(shot(tmp_path, "lumbardx_viewer_image_file_1366x768.png")))
+    assert not page.problems, page.problems
+    narrow = open_viewer(800, 900, server["png_key"])  # the panel goes below the image
+    stage = _box(narrow, ".stage")
+    assert stage["height"] >= 320 and stage["width"] >= 780, stage
+    assert not narrow.problems, narrow.problems
 
 
 def test_scroll_slices_and_switch_sequence(open_viewer, server, tmp_path: Path) -> None:

@@ -46,8 +46,11 @@ if not CHROMIUM.is_file():
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from checkpoints import tiny_checkpoint
 
+    evidence = {"herniation": {"threshold": 0.35, "sensitivity": 0.8, "n_positive": 50},
+                "spondylolisthesis": {"threshold": 0.5, "sensitivity": 0.25, "n_positive": 8}}
     return tiny_checkpoint(tmp_path_factory.mktemp("weights") / "best.pt",
-                           tag="e2e-test", training_data="none (random test weights)")
+                           tag="e2e-test", training_data="none (random test weights)",
+                           threshold_evidence=evidence)
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +138,10 @@ def test_sign_in_upload_review_export_sign_out(server: dict[str, Any], page: Any
     expect(page.locator("table.findings tbody tr")).to_have_count(len(study["findings"]))
     expect(page.locator("svg.overlay text.level-label")).to_have_count(len(study["findings"]))
     expect(page.locator(".hud.notice")).to_contain_text("not a diagnosis")
+    # how many findings the model called where its thresholds were chosen, and what that means
+    expect(page.locator("details.notes")).to_contain_text(
+        "Herniation 80% (40 of 50); Spondylolisthesis 25% (2 of 8). A finding that is not shown "
+        "is not excluded.")
     herniation = page.locator("svg.overlay g.mark[data-label='herniation'] rect.edge")
     if herniation.count():
         assert herniation.first.get_attribute("stroke").upper() == HERNIATION_RGB

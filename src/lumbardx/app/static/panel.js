@@ -90,6 +90,13 @@ export function renderFindings(host, findings, state, classes, onPick) {
     : h("p.level-note", { role: "note" }, "Level names are uncertain (marked ?): ",
       findings.sacrum_reason || "the sacrum was not recognised", ".");
   const notes = [...(findings.warnings || [])];
+  const evidence = Object.entries((findings.model && findings.model.sensitivity_evidence) || {})
+    .filter(([name, e]) => name !== "normal" && e.positives > 0)
+    .map(([name, e]) => `${className(name)} ${Math.round((100 * e.called) / e.positives)}% (${e.called} of ${e.positives})`);
+  if (evidence.length) {
+    notes.push("Discs with a finding that reached its threshold in the cross-validation the thresholds were chosen on: "
+      + `${evidence.join("; ")}. A finding that is not shown is not excluded.`);
+  }
   const estimateNote = discs.map((d) => d.severity && d.severity.estimate_note).find(Boolean);
   if (estimateNote) notes.push(`About the severity estimates: ${estimateNote}`);
   replace(host, h("section.panel-section", { "aria-labelledby": "findings-title" },

@@ -134,10 +134,10 @@ def add_detector_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", type=Path, required=True)
 
 
-def read_detector_folds(args: argparse.Namespace
-                        ) -> dict[int, list[tuple[list[Box], list[Box], tuple[int, int]]]]:
-    """Every fold that has a detector, read (:func:`read_fold`); exits with status 2 when
-    fewer than two folds have one (nothing to compare by fold)."""
+def detector_folds(args: argparse.Namespace) -> tuple[Any, Any, dict[str, int], list[int]]:
+    """The dataset, its T1/T2 pairs, each image's fold and the folds that have a detector
+    (``fold<k>/last.pt``), with one thread for PyTorch; exits with status 2 when fewer than two
+    folds have one (nothing to compare by fold)."""
     torch.set_num_threads(1)
     ds, pairs, fold_of = dataset_with_folds(args.data, args.folds_csv)
     folds = [k for k in sorted(set(fold_of.values()))
@@ -145,6 +145,13 @@ def read_detector_folds(args: argparse.Namespace
     if len(folds) < 2:
         print("needs the detectors of two or more folds", file=sys.stderr)
         raise SystemExit(2)
+    return ds, pairs, fold_of, folds
+
+
+def read_detector_folds(args: argparse.Namespace
+                        ) -> dict[int, list[tuple[list[Box], list[Box], tuple[int, int]]]]:
+    """Every fold that has a detector (:func:`detector_folds`), read (:func:`read_fold`)."""
+    ds, pairs, fold_of, folds = detector_folds(args)
     return {k: read_fold(k, ds, pairs, fold_of, args.detectors) for k in folds}
 
 

@@ -43,9 +43,8 @@ import torch
 from torchvision.ops import batched_nms, box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from disc_level import ABNORMAL, add_detector_arguments, counts, point_of
+from disc_level import ABNORMAL, add_detector_arguments, counts, detector_folds, point_of
 from machine_info import cpu_name
-from segment_end_to_end import dataset_with_folds
 
 from lumbardx.clinical.findings import SLIP, study_class
 from lumbardx.clinical.thresholds import (
@@ -234,13 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     add_detector_arguments(ap)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    torch.set_num_threads(1)
-    ds, pairs, fold_of = dataset_with_folds(args.data, args.folds_csv)
-    ks = [k for k in sorted(set(fold_of.values()))
-          if (args.detectors / f"fold{k}" / "last.pt").is_file()]
-    if len(ks) < 2:
-        print("needs the detectors of two or more folds", file=sys.stderr)
-        return 2
+    ds, pairs, fold_of, ks = detector_folds(args)
     folds, nms_iou = {}, {}
     for k in ks:
         folds[k], nms_iou[k] = read_fold(k, ds, pairs, fold_of, args.detectors)

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from browser import CHROMIUM, launch, shot, watched_page
@@ -266,6 +267,32 @@ def test_sign_in_upload_review_export_sign_out(server: dict[str, Any], page: Any
     expect(page.locator("#login-form")).to_be_visible()
     assert page.request.get(f"{base}/api/studies").status == 401
     assert not page.problems, page.problems
+
+
+def test_several_image_files_are_one_study_each_and_a_bad_one_stops_none(
+        server: dict[str, Any], page: Any, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from lumbardx.synth import SynthConfig, generate_case
+
+    base, expect = server["url"], sync_api.expect
+    _sign_in(page, base)
+    files = []
+    for i in range(2):
+        case = generate_case(np.random.default_rng(20 + i), SynthConfig(image_sizes=(256,)))
+        path = tmp_path / f"slice-{i}.png"
+        Image.fromarray(case.image).save(path)
+        files.append(path)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    before = page.locator("table.worklist tbody tr[data-key]").count()
+    page.set_input_files("#upload-files", [str(files[0]), str(bad), str(files[1])])
+    expect(page.locator(".upload-item[data-state='done']")).to_have_count(2, timeout=60_000)
+    expect(page.locator(".upload-item[data-state='error']")).to_have_count(1)
+    expect(page.locator(".upload-item[data-state='error']")).to_contain_text("broken.png")
+    expect(page.locator("table.worklist tbody tr[data-key]")).to_have_count(before + 2)
+    # the browser logs the refused upload's 422; nothing else may go wrong
+    assert [p for p in page.problems if "422" not in p] == [], page.problems
 
 
 def test_shell_buttons_wait_for_the_session(server: dict[str, Any], page: Any) -> None:

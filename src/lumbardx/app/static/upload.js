@@ -1,5 +1,6 @@
-// Upload panel: drag-and-drop or pickers for DICOM files / a DICOM folder / a ZIP / one PNG or
-// JPEG; one POST /api/studies per drop, with a progress bar and the server's error in words.
+// Upload panel: drag-and-drop or pickers for DICOM files / a DICOM folder / a ZIP / PNG or JPEG
+// slices; one POST /api/studies per drop (per image when several PNG/JPEG files are sent: each
+// is its own study), with a progress bar and the server's error in words.
 
 import { uploadStudy } from "./api.js";
 import { h, replace } from "./dom.js";
@@ -31,8 +32,13 @@ async function droppedFiles(dataTransfer) {
   return files;
 }
 
+/** A PNG or JPEG image file (by type, or by name when the browser gives no type). */
+function isImageFile(f) {
+  return f.type === "image/png" || f.type === "image/jpeg" || /\.(png|jpe?g)$/i.test(f.name);
+}
+
 const ADVICE = {
-  400: "Send the files of one study at a time: one DICOM series (or a ZIP of it), or one PNG/JPEG.",
+  400: "Send the files of one study at a time: one DICOM series (or a ZIP of it), or PNG/JPEG slices without DICOM files.",
   413: "The upload is too large. Send only the sagittal series, or ask the administrator to raise the limit.",
   415: "Only DICOM files, PNG, JPEG or a ZIP of a DICOM folder can be analysed.",
   422: "The files were set aside (quarantined) for the administrator to look at.",
@@ -50,8 +56,6 @@ export function uploadPanel(onStored) {
     webkitdirectory: true });
 
   async function send(files) {
-    files = files.filter((f) => f.size > 0 && !f.name.startsWith("."));
-    if (!files.length) return;
     const total = files.reduce((a, f) => a + f.size, 0);
     const label = files.length === 1 ? files[0].name : `${files.length} files`;
     const bar = h("progress", { max: 1, value: 0 });
@@ -81,6 +85,18 @@ export function uploadPanel(onStored) {
     while (list.children.length > 6) list.lastElementChild.remove();
   }
 
+  /** Several PNG/JPEG files are several studies: each is sent alone, so that one refused
+   * image does not stop the others. Anything else goes as one study. */
+  async function submit(files) {
+    files = files.filter((f) => f.size > 0 && !f.name.startsWith("."));
+    if (!files.length) return;
+    if (files.length > 1 && files.every(isImageFile)) {
+      for (const f of files) await send([f]);
+    } else {
+      await send(files);
+    }
+  }
+
   const zone = h("div.dropzone", { tabindex: 0, role: "button",
     "aria-label": "Upload a study: drop files here or press Enter to choose files",
     onclick: (e) => { if (e.target === zone || e.target.classList.contains("dz-text")) fileInput.click(); },
@@ -90,17 +106,17 @@ export function uploadPanel(onStored) {
     ondrop: async (e) => {
       e.preventDefault();
       zone.classList.remove("over");
-      send(await droppedFiles(e.dataTransfer));
+      submit(await droppedFiles(e.dataTransfer));
     },
   },
   h("p.dz-text", {}, h("strong", {}, "Drop a study here")),
-  h("p.dz-text.muted", {}, "DICOM files or folder, a ZIP of a DICOM folder, or one PNG / JPEG slice"),
+  h("p.dz-text.muted", {}, "DICOM files or folder, a ZIP of a DICOM folder, or PNG / JPEG slices (one study each)"),
   h("div.dz-buttons", {},
     h("label.button", { for: "upload-files" }, "Choose files"),
     h("label.button", { for: "upload-folder" }, "Choose folder")));
 
-  fileInput.addEventListener("change", () => { send([...fileInput.files]); fileInput.value = ""; });
-  dirInput.addEventListener("change", () => { send([...dirInput.files]); dirInput.value = ""; });
+  fileInput.addEventListener("change", () => { submit([...fileInput.files]); fileInput.value = ""; });
+  dirInput.addEventListener("change", () => { submit([...dirInput.files]); dirInput.value = ""; });
 
   return h("section.panel.upload-panel", { "aria-labelledby": "upload-title" },
     h("h3", { id: "upload-title" }, "Upload"), zone, fileInput, dirInput, list);

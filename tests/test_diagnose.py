@@ -8,6 +8,7 @@ raised so that the random network proposes boxes (YOLOv5's initial objectness pr
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 from pathlib import Path
@@ -219,11 +220,36 @@ def test_discovery_rules(tmp_path: Path, case_files: dict[str, Path]) -> None:
     write_series(many / "p2", 3)
     (many / "loose.png").write_bytes(case_files["png"].read_bytes())
     (many / "notes.txt").write_text("not an image")
+    # named like an image or a DICOM file but neither: a study, so that it fails with the
+    # reason rather than vanish from the batch
+    (many / "broken.png").write_bytes(b"truncated export")
+    (many / "scan.DCM").write_bytes(b"\0" * 64)
     (tmp_path / "empty").mkdir()
     found = discover([one, many, case_files["dicom"], tmp_path / "empty"])
-    assert found.studies == [one, many / "loose.png", many / "p1", many / "p2",
-                             case_files["dicom"]]
+    assert found.studies == [one, many / "broken.png", many / "loose.png", many / "p1",
+                             many / "p2", many / "scan.DCM", case_files["dicom"]]
     assert found.problems == [(tmp_path / "empty", "folder is empty (no files)")]
+    junk_only = tmp_path / "junk"
+    junk_only.mkdir()
+    (junk_only / "x.jpg").write_bytes(b"<html>not a jpeg</html>")
+    assert discover([junk_only]).studies == [junk_only / "x.jpg"]
+
+
+def test_cli_reports_a_file_named_like_an_image_that_is_not_one(
+        tmp_path: Path, checkpoint: Path, case_files: dict[str, Path]) -> None:
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    (batch / "good.png").write_bytes(case_files["png"].read_bytes())
+    (batch / "bad.png").write_bytes(b"not a png at all")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(_app(), [str(batch), "--out", str(out), "--weights",
+                                         str(checkpoint), "--backend", "torch"])
+    assert result.exit_code == 1, result.output  # one study failed
+    rows = {Path(r["input"]).name: r for r in
+            csv.DictReader((out / "summary.csv").open(encoding="utf-8"))}
+    assert rows["good.png"]["status"] == "ok"
+    assert rows["bad.png"]["status"] == "failed"
+    assert "not a PNG, JPEG or DICOM" in rows["bad.png"]["reason"]
 
 
 def test_cli_dicom_study_end_to_end(tmp_path: Path, checkpoint: Path,

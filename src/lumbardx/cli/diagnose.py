@@ -7,7 +7,9 @@ Which studies a PATH holds (the rule printed in ``--help``):
 * any other folder: when every DICOM file found in its subfolders belongs to one study (same
   Study Instance UID, e.g. a PACS export ``STUDY/SERIES/IM*``) and it holds no loose PNG /
   JPEG, it is one study; otherwise it is a folder of studies -- each subfolder is a study and
-  each loose PNG / JPEG file is a study (other files are ignored).
+  each loose PNG / JPEG file is a study. A loose file named like an image or a DICOM file
+  (:data:`STUDY_SUFFIXES`) whose content is none of them is a study too, so that it fails
+  with the reason instead of vanishing from the batch; other files are ignored.
 
 A study that fails (unreadable file, no sagittal series, CT...) is reported with the file and
 the reason and the batch goes on. Exit code: 0 all studies diagnosed (a study skipped as done
@@ -64,7 +66,13 @@ HELP_PATHS = (
     "Image file (PNG/JPEG), DICOM file, DICOM study folder, or folder of studies. A folder "
     "holding DICOM files, or whose DICOM files all belong to one study (same Study Instance "
     "UID), is one study; any other folder holds studies: each subfolder and each loose "
-    "PNG/JPEG file is a study.")
+    "PNG/JPEG file is a study (a loose file named .png/.jpg/.dcm that is none of them fails "
+    "with the reason).")
+
+
+#: Suffixes of files that are meant to be read: in a folder of studies such a file is a study
+#: even when its content is not PNG, JPEG or DICOM (it then fails with the reason).
+STUDY_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".ima"})
 
 
 @dataclass
@@ -128,16 +136,18 @@ def discover(paths: list[Path]) -> Discovery:
             found.studies.append(path)
             continue
         images = [p for p in files if kinds[p] in ("png", "jpeg")]
+        unreadable = [p for p in files
+                      if kinds[p] is None and p.suffix.lower() in STUDY_SUFFIXES]
         subfolders = [p for p in entries if p.is_dir()]
         firsts = [f for f in (_first_dicom(d) for d in subfolders) if f is not None]
         uids = {_study_uid(f) for f in firsts}
-        if not images and firsts and len(uids) == 1 and None not in uids:
+        if not images and not unreadable and firsts and len(uids) == 1 and None not in uids:
             found.studies.append(path)  # one study exported as STUDY/SERIES/...
             continue
-        if not images and not subfolders:
+        if not images and not unreadable and not subfolders:
             found.problems.append((path, "holds no image, DICOM file or study folder"))
             continue
-        found.studies.extend(sorted([*subfolders, *images]))
+        found.studies.extend(sorted([*subfolders, *images, *unreadable]))
     return found
 
 

@@ -19,7 +19,9 @@ the image has a partner), a ground-truth disc (study classes grouped, as the rel
 them) counting as positive when it is not normal and as not called when no predicted disc
 matches it (:func:`~lumbardx.clinical.findings.match_discs`). Each grouping is scored at two
 sets of thresholds: those chosen by F1 on the other folds' every-box discs (nested, as the
-release's disc-level figure) and the shipped default model's. Pooled sensitivity /
+release's disc-level figure) and the shipped default model's; at the shipped thresholds also
+each finding's calls (:func:`~lumbardx.clinical.thresholds.finding_calls`, the shipped
+default's ``call_evidence``). Pooled sensitivity /
 specificity with Wilson 95% intervals and per fold, and the paired per-fold differences of the
 diagnosis grouping against every box.
 
@@ -52,6 +54,7 @@ from lumbardx.clinical.thresholds import (
     abnormal_calls,
     choose_thresholds,
     disc_scores,
+    finding_calls,
     pooled_diagnosis_calls,
     thresholds_dict,
 )
@@ -175,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         "candidates": f"every box down to {EVAL_CONF}",
         "nested_f1": {"thresholds": {str(k): v for k, v in nested.items()},
                       **score(images, records, nested)},
-        "shipped": {"thresholds": shipped, **score(images, records, {k: shipped for k in folds})},
+        "shipped": {"thresholds": shipped, **score(images, records, {k: shipped for k in folds}),
+                    "finding_calls": finding_calls(
+                        [im for k in folds for im in images[k]], shipped)},
         "wall_s": round(time.perf_counter() - t0, 1), "machine": {"cpu": cpu_name()}}
     atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
     for key in ("nested_f1", "shipped"):

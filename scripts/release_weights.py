@@ -66,6 +66,7 @@ from lumbardx.clinical.thresholds import (
     choose_thresholds,
     diagnosis_calls,
     disc_scores,
+    finding_calls,
     pooled_diagnosis_calls,
     thresholds_dict,
 )
@@ -84,6 +85,11 @@ BOOTSTRAP_RESAMPLES = 2000
 DISC_LEVEL_NOTE = ("a disc is positive when not normal; each fold called at thresholds chosen "
                    "on the other folds' out-of-fold discs, its boxes at those thresholds "
                    "grouped into discs as diagnosis groups them")
+#: ``call_evidence.basis``, as the reports print it after "on".
+CALL_BASIS_CROSSVAL = ("held-out patients of a patient-grouped cross-validation of this model's "
+                       "recipe, each disc called as diagnosis calls it")
+CALL_BASIS_FOLD = ("the patients of one validation fold, each disc called as diagnosis calls "
+                   "it at thresholds chosen on that fold")
 EVERY_BOX_NOTE = ("the same thresholds, every box down to the evaluation floor grouped into "
                   "discs (the records thresholds are chosen on): low-score boxes make discs "
                   "that take ground-truth discs' matches, so this understates diagnosis")
@@ -226,6 +232,8 @@ def crossval_evidence(ds: LumbarDataset, cv_dir: Path, model_name: str, criterio
                                                       grouping="every_box")
     all_records = [r for imgs in fold_images for _, recs, _ in imgs for r in recs]
     choices = choose_thresholds(all_records, names, criterion)
+    calls = finding_calls([image for imgs in fold_images for _, _, image in imgs],
+                          thresholds_dict(choices))
     evidence = {
         "protocol": f"{assign.k}-fold patient-grouped cross-validation ({cv_dir.name}); "
                     "each fold's final weights scored on its held-out patients",
@@ -240,6 +248,7 @@ def crossval_evidence(ds: LumbarDataset, cv_dir: Path, model_name: str, criterio
         "disc_level_every_box": {**every_box, "folds": every_box_points,
                                  "note": EVERY_BOX_NOTE},
         "threshold_source": "all out-of-fold discs",
+        "call_evidence": {"calls": calls, "basis": CALL_BASIS_CROSSVAL},
         "inputs": "T1+T2" if pairs else "slice",
     }
     if pairs:
@@ -345,6 +354,15 @@ def evidence_markdown(evidence: dict, thresholds: dict[str, float]) -> str:
                    f"specificity {point(spec)}."), "",
               "Decision thresholds shipped (chosen on all out-of-fold discs): "
               + ", ".join(f"{k} {v:.3f}" for k, v in thresholds.items()) + "."]
+    calls = evidence.get("call_evidence", {}).get("calls", {})
+    abnormal = [(k, c) for k, c in calls.items() if k != "normal" and c["positives"]]
+    if abnormal:
+        lines += ["", ("At these thresholds, of the out-of-fold discs with each finding, "
+                       "diagnosis calls (the figure the reports state): "
+                       + ", ".join(f"{k} {_pct(c['called'] / c['positives'])}% "
+                                   f"({c['called']}/{c['positives']}; "
+                                   f"{c['false_calls']} false calls of {c['negatives']})"
+                                   for k, c in abnormal) + ".")]
     single = evidence.get("single_slice")
     if single:
         s_stats = [single["ap50"][n] for n in names] + [single["map50"], single["map50_95"]]
@@ -366,6 +384,7 @@ def fold_evidence(ds: LumbarDataset, loaded: LoadedDetector, fold: int, folds_cs
     records = [r for recs, _ in per_image for r in recs]
     choices = choose_thresholds(records, ds.class_names, criterion)
     point = disc_operating_point([image for _, image in per_image], thresholds_dict(choices))
+    calls = finding_calls([image for _, image in per_image], thresholds_dict(choices))
     evidence = {
         "fold": fold, "train_images": len(train_idx), "val_images": len(val_idx),
         "val_patients": len({ds.records[i].patient for i in val_idx}),
@@ -375,6 +394,7 @@ def fold_evidence(ds: LumbarDataset, loaded: LoadedDetector, fold: int, folds_cs
         "disc_level_note": "thresholds chosen and measured on the same validation fold, "
                            "boxes at the thresholds grouped into discs as diagnosis groups "
                            "them",
+        "call_evidence": {"calls": calls, "basis": CALL_BASIS_FOLD},
     }
     return evidence, choices
 
@@ -429,6 +449,7 @@ def main() -> None:
         "class_names": names, "num_classes": len(names), "recipe": ckpt.get("recipe"),
         "epoch": ckpt.get("epoch"), "thresholds": thresholds,
         "threshold_evidence": {k: vars(v) for k, v in choices.items()},
+        "call_evidence": validation["call_evidence"],
         "training_data": training, "lumbardx_version": __version__, "tag": tag,
         "validation": validation,
     }

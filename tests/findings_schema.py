@@ -11,7 +11,7 @@ import re
 from lumbardx.study import SCHEMA
 
 MODEL_KEYS = {"name", "version", "weights_sha256", "classes", "image_size", "backend",
-              "training_data", "inputs", "sensitivity_evidence"}
+              "training_data", "inputs", "sensitivity_evidence", "sensitivity_basis"}
 DISC_KEYS = {"level", "level_uncertain", "label", "score", "box", "findings", "severity",
              "probabilities"}
 SEVERITY_KEYS = {"slip_percent", "meyerding_grade", "slip_method", "herniation_extent_mm",
@@ -36,6 +36,8 @@ def check_findings_schema(doc: dict) -> None:
     assert set(doc["model"]) == MODEL_KEYS
     assert doc["model"]["backend"] in ("torch", "onnxruntime")
     assert doc["model"]["inputs"] in ("slice", "T1+T2")
+    assert (doc["model"]["sensitivity_basis"] is None) == (not doc["model"][
+        "sensitivity_evidence"])
     for name, ev in doc["model"]["sensitivity_evidence"].items():
         assert name in doc["model"]["classes"] and set(ev) == {"called", "positives"}
         assert 0 <= ev["called"] <= ev["positives"]

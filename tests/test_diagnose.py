@@ -102,6 +102,7 @@ def test_load_checkpoint_uses_ema_thresholds_and_hash(checkpoint: Path) -> None:
 def test_sensitivity_evidence_reaches_findings_and_reports_until_a_threshold_moves(
         tmp_path: Path, case_files: dict[str, Path]) -> None:
     from lumbardx.diagnosis import Diagnoser
+    from lumbardx.models.pretrained import THRESHOLD_CHOICE_BASIS
     from lumbardx.report.html import limits
 
     def ev(threshold: float, sens: float, n: int) -> dict:
@@ -114,6 +115,7 @@ def test_sensitivity_evidence_reaches_findings_and_reports_until_a_threshold_mov
     dx = Diagnoser(path, backend="torch")
     assert dx.loaded.info.sensitivity_evidence == {"normal": (90, 100), "herniation": (40, 50),
                                                    "spondylolisthesis": (2, 8)}
+    assert dx.loaded.info.sensitivity_basis == THRESHOLD_CHOICE_BASIS
     study = dx.diagnose(case_files["png"])
     doc = study.to_dict()
     check_findings_schema(doc)
@@ -121,18 +123,38 @@ def test_sensitivity_evidence_reaches_findings_and_reports_until_a_threshold_mov
                                                                          "positives": 8}
     text = " ".join(limits(study))
     assert "herniation 80% (40 of 50); spondylolisthesis 25% (2 of 8)" in text
+    assert THRESHOLD_CHOICE_BASIS in text
     assert "normal 90%" not in text and "not shown is not excluded" in text
     # evidence measured at another threshold does not describe the calls made now
     dx.loaded.set_thresholds({"spondylolisthesis": 0.6, "herniation": 0.35})
     assert set(dx.loaded.info.sensitivity_evidence) == {"normal", "herniation"}
+    dx.loaded.set_thresholds({"normal": 0.1, "herniation": 0.1})
+    assert dx.loaded.info.sensitivity_evidence == {} and dx.loaded.info.sensitivity_basis is None
     mismatched = tiny_checkpoint(tmp_path / "old.pt", thresholds=THRESHOLDS, tag="old",
                                  training_data="synthetic test",
                                  threshold_evidence={"herniation": ev(0.2, 0.9, 10)})
     plain = load_detector(mismatched, backend="torch")
     assert plain.info.sensitivity_evidence == {}
     study = Diagnoser(mismatched, backend="torch").diagnose(case_files["png"])
-    assert not any("cross-validation" in x for x in limits(study))
+    assert not any("this model called" in x for x in limits(study))
     assert study.to_dict()["model"]["sensitivity_evidence"] == {}
+
+
+def test_call_evidence_of_a_release_is_preferred_to_the_threshold_choice() -> None:
+    from lumbardx.models.pretrained import sensitivity_evidence
+
+    calls = {"calls": {"herniation": {"called": 88, "positives": 100, "threshold": 0.35},
+                       "spondylolisthesis": {"called": 9, "positives": 20, "threshold": 0.4},
+                       "normal": {"called": "many"}},
+             "basis": "held-out patients, as diagnosis calls them"}
+    choice = {"herniation": {"threshold": 0.35, "sensitivity": 0.8, "n_positive": 100}}
+    got, basis = sensitivity_evidence(calls, choice, THRESHOLDS)
+    # spondylolisthesis was measured at 0.4, the model calls at 0.5: left out
+    assert got == {"herniation": (88, 100)} and basis == calls["basis"]
+    got, basis = sensitivity_evidence({"calls": {}}, choice, THRESHOLDS)
+    assert got == {"herniation": (80, 100)} and "thresholds were chosen" in basis
+    assert sensitivity_evidence(None, None, THRESHOLDS) == ({}, None)
+    assert sensitivity_evidence({"calls": "junk"}, ["junk"], THRESHOLDS) == ({}, None)
 
 
 def test_bad_weights_files_are_named(tmp_path: Path, checkpoint: Path) -> None:

@@ -80,6 +80,18 @@ def test_release_from_crossval(tmp_path: Path, cv_run: tuple[Path, Path]) -> Non
     assert shipped["validation"]["protocol"].startswith("2-fold patient-grouped")
     model = load_detector(out)
     assert model.thresholds == card["thresholds"]
+    # each finding's calls on the held-out discs at the shipped thresholds, which the
+    # reports state; the abnormal discs they count are the disc level's positives
+    calls = card["call_evidence"]["calls"]
+    assert shipped["call_evidence"] == card["call_evidence"]
+    assert set(calls) == set(card["thresholds"])
+    for name, c in calls.items():
+        assert c["threshold"] == pytest.approx(card["thresholds"][name])
+        assert c["positives"] + c["negatives"] == card["discs"]
+        assert 0 <= c["called"] <= c["positives"] and 0 <= c["false_calls"] <= c["negatives"]
+    assert "cross-validation" in card["call_evidence"]["basis"]
+    assert model.info.sensitivity_evidence == {
+        n: (c["called"], c["positives"]) for n, c in calls.items() if c["positives"] > 0}
 
     # the model card's section shows the JSON's numbers: one row per fold, then mean +- SD
     md = card_md.read_text()
@@ -96,6 +108,10 @@ def test_release_from_crossval(tmp_path: Path, cv_run: tuple[Path, Path]) -> Non
     assert f"sensitivity {_pct(sens['value'])}% ({sens['count'][0]}/{sens['count'][1]};" in md
     for name, value in card["thresholds"].items():
         assert f"{name} {value:.3f}" in md
+    for name, c in card["call_evidence"]["calls"].items():
+        if name != "normal" and c["positives"]:
+            assert f"{name} {_pct(c['called'] / c['positives'])}% " \
+                   f"({c['called']}/{c['positives']};" in md
 
 
 def _pct(x: float | None) -> str:

@@ -15,9 +15,10 @@
       "model": {"name": str, "version": str, "weights_sha256": str | null,
                 "classes": [str], "image_size": int, "backend": "torch"|"onnxruntime",
                 "training_data": str | null, "inputs": "slice"|"T1+T2",
-                "sensitivity_evidence": {class: {"called": int, "positives": int}}},
-                                     # held-out discs with the finding that reached its
-                                     # threshold in the cross-validation it was chosen on
+                "sensitivity_evidence": {class: {"called": int, "positives": int}},
+                "sensitivity_basis": str | null},
+                                     # held-out discs with the finding and how many the
+                                     # model called, and where that was measured
       "sacrum_recognised": bool, "sacrum_reason": str,
       "findings": [                  # one per disc, top to bottom along the spine
         {"level": "L4-L5", "level_uncertain": bool, "label": "herniation", "score": float | null,
@@ -89,10 +90,12 @@ class ModelInfo:
             co-registered T1 and T2 slices (recipe ``sequence_pairs``; it reads a single slice
             too).
         sensitivity_evidence: class -> ``(called, positives)``: of the held-out discs with that
-            finding in the cross-validation the class's decision threshold was chosen on, how
-            many reached it (the checkpoint's ``threshold_evidence``); only classes still
-            called at that threshold (:meth:`lumbardx.models.pretrained.LoadedModel.
+            finding, how many the model called at its decision threshold
+            (:func:`lumbardx.models.pretrained.sensitivity_evidence`); only classes still
+            called at the threshold measured (:meth:`lumbardx.models.pretrained.LoadedModel.
             set_thresholds` drops the others).
+        sensitivity_basis: where and how ``sensitivity_evidence`` was measured (``None``
+            without it).
     """
 
     name: str
@@ -104,6 +107,7 @@ class ModelInfo:
     training_data: str | None = None
     inputs: str = "slice"
     sensitivity_evidence: dict[str, tuple[int, int]] = field(default_factory=dict)
+    sensitivity_basis: str | None = None
 
     @property
     def reads_pairs(self) -> bool:
@@ -210,7 +214,8 @@ class Study:
                       "inputs": self.model.inputs,
                       "sensitivity_evidence": {
                           k: {"called": c, "positives": n}
-                          for k, (c, n) in self.model.sensitivity_evidence.items()}},
+                          for k, (c, n) in self.model.sensitivity_evidence.items()},
+                      "sensitivity_basis": self.model.sensitivity_basis},
             "segment_reader": self.segment_reader,
             "sacrum_recognised": self.findings.sacrum_recognised,
             "sacrum_reason": self.findings.sacrum_reason,

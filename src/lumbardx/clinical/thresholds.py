@@ -207,6 +207,24 @@ def pooled_diagnosis_calls(images: Iterable[tuple[Sequence[Box], Sequence[Box],
     return np.concatenate([c[0] for c in calls]), np.concatenate([c[1] for c in calls])
 
 
+def finding_calls(images: Iterable[tuple[Sequence[Box], Sequence[Box], tuple[int, int]]],
+                  thresholds: Mapping[str, float]) -> dict[str, dict[str, float | int]]:
+    """Per class of ``thresholds``, pooled over the ground-truth discs of ``images`` called as
+    diagnosis calls them (:func:`diagnosis_discs`): ``called`` (discs with the finding that
+    diagnosis calls it at), ``positives``, ``false_calls`` (discs without it where it is
+    called), ``negatives``, and the ``threshold``. A model's call rate per finding, as its
+    reports state it (:attr:`lumbardx.study.ModelInfo.sensitivity_evidence`)."""
+    discs = [d for image in images for d in diagnosis_discs(*image, thresholds)]
+    out: dict[str, dict[str, float | int]] = {}
+    for label, threshold in thresholds.items():
+        truth = np.array([label in t for t, _ in discs], bool)
+        call = np.array([label in c for _, c in discs], bool)
+        out[label] = {"called": int((truth & call).sum()), "positives": int(truth.sum()),
+                      "false_calls": int((~truth & call).sum()),
+                      "negatives": int((~truth).sum()), "threshold": float(threshold)}
+    return out
+
+
 def thresholds_dict(choices: Mapping[str, ThresholdChoice],
                     defaults: Mapping[str, float] = DEFAULT_THRESHOLDS) -> dict[str, float]:
     """Class -> threshold: the chosen ones, the defaults for the rest."""

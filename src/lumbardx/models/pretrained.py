@@ -109,6 +109,8 @@ class LoadedModel:
         for name, value in new.items():
             if value != self.thresholds.get(name):
                 self.info.sensitivity_evidence.pop(name, None)
+        if not self.info.sensitivity_evidence:
+            self.info.sensitivity_basis = None
         self.thresholds.update(new)
         self.chosen |= set(new)
         if self.model is not None:
@@ -213,28 +215,55 @@ def parse_thresholds(raw: Any, class_names: list[str], where: Path | None) -> di
     return out
 
 
-def sensitivity_evidence(raw: Any, thresholds: Mapping[str, float]
-                         ) -> dict[str, tuple[int, int]]:
-    """Class -> ``(called, positives)`` from a checkpoint's or model card's
-    ``threshold_evidence`` (:class:`lumbardx.clinical.thresholds.ThresholdChoice` per class):
-    the held-out discs with the finding that reached the threshold it was chosen at. Only
-    classes whose decision threshold is still that one; malformed entries are left out (the
-    evidence is a statement in reports, not needed to run)."""
+#: :attr:`~lumbardx.study.ModelInfo.sensitivity_basis` of evidence from the threshold choice.
+THRESHOLD_CHOICE_BASIS = ("the discs the thresholds were chosen on (held-out patients of the "
+                          "training data, every box grouped)")
+
+
+def _matching(name: Any, threshold: Any, thresholds: Mapping[str, float]) -> bool:
+    try:
+        return name in thresholds and math.isclose(float(threshold), thresholds[name],
+                                                   rel_tol=0, abs_tol=1e-9)
+    except (TypeError, ValueError):
+        return False
+
+
+def sensitivity_evidence(call_evidence: Any, threshold_evidence: Any,
+                         thresholds: Mapping[str, float]
+                         ) -> tuple[dict[str, tuple[int, int]], str | None]:
+    """Class -> ``(called, positives)``: of the held-out discs with each finding, how many the
+    model called, and on what basis (``None`` without evidence).
+
+    Preferred: a release's ``call_evidence`` (``{"calls": {class: {"called", "positives",
+    "threshold", ...}}, "basis": str}``, :func:`lumbardx.clinical.thresholds.finding_calls`:
+    the discs called as diagnosis calls them). Otherwise the ``threshold_evidence`` of the
+    threshold choice (:class:`lumbardx.clinical.thresholds.ThresholdChoice` per class: the
+    discs that reached the threshold, every box grouped; :data:`THRESHOLD_CHOICE_BASIS`). Only
+    classes whose decision threshold is still the one measured; malformed entries are left out
+    (the evidence is a statement in reports, not needed to run)."""
     out: dict[str, tuple[int, int]] = {}
-    if not isinstance(raw, Mapping):
-        return out
-    for name, ev in raw.items():
+    if isinstance(call_evidence, Mapping) and isinstance(call_evidence.get("calls"), Mapping):
+        for name, ev in call_evidence["calls"].items():
+            try:
+                called, positives = int(ev["called"]), int(ev["positives"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if _matching(name, ev.get("threshold"), thresholds) and 0 <= called <= positives \
+                    and positives > 0:
+                out[str(name)] = (called, positives)
+        if out:
+            return out, str(call_evidence.get("basis") or "held-out discs")
+    if not isinstance(threshold_evidence, Mapping):
+        return out, None
+    for name, ev in threshold_evidence.items():
         try:
-            threshold, sens = float(ev["threshold"]), float(ev["sensitivity"])
-            positives = int(ev["n_positive"])
+            sens, positives = float(ev["sensitivity"]), int(ev["n_positive"])
         except (KeyError, TypeError, ValueError):
             continue
-        if name not in thresholds or not math.isclose(threshold, thresholds[name], rel_tol=0,
-                                                      abs_tol=1e-9):
-            continue
-        if positives > 0 and 0.0 <= sens <= 1.0:
+        if _matching(name, ev.get("threshold"), thresholds) and positives > 0 \
+                and 0.0 <= sens <= 1.0:
             out[str(name)] = (round(sens * positives), positives)
-    return out
+    return out, (THRESHOLD_CHOICE_BASIS if out else None)
 
 
 def default_thresholds(class_names: list[str]) -> dict[str, float]:
@@ -296,7 +325,7 @@ def from_detector(
 
     ``thresholds`` are the chosen ones (others: :func:`default_thresholds`); ``backend`` is
     ``"torch"``, ``"onnx"`` or ``"auto"`` (:func:`lumbardx.models.runtime.choose_backend`);
-    ``evidence`` is the ``threshold_evidence`` the thresholds were chosen with, if any
+    ``evidence`` holds the release's ``call_evidence`` and ``threshold_evidence``, if any
     (:func:`sensitivity_evidence`).
     """
     chosen = parse_thresholds(dict(thresholds or {}), class_names, source)
@@ -312,8 +341,9 @@ def from_detector(
         weights_sha256=weights_sha256, class_names=list(class_names), image_size=int(image_size),
         backend="onnxruntime" if isinstance(run, OnnxBackend) else "torch",
         training_data=training_data,
-        inputs=PAIR_INPUTS if (meta or {}).get("sequence_pairs") else "slice",
-        sensitivity_evidence=sensitivity_evidence(evidence, thr))
+        inputs=PAIR_INPUTS if (meta or {}).get("sequence_pairs") else "slice")
+    info.sensitivity_evidence, info.sensitivity_basis = sensitivity_evidence(
+        (evidence or {}).get("call_evidence"), (evidence or {}).get("threshold_evidence"), thr)
     return LoadedModel(run, info, thr, set(chosen), model, source, dict(meta or {}))
 
 
@@ -392,7 +422,8 @@ def load_detector(
         return from_detector(net, names, size, thresholds, backend, device, threads, path,
                              digest, _version(ckpt, path),
                              ckpt.get("training_data") or card.get("training_data"), meta,
-                             ckpt.get("threshold_evidence", card.get("threshold_evidence")))
+                             {key: ckpt.get(key, card.get(key))
+                              for key in ("call_evidence", "threshold_evidence")})
     except (ValueError, RuntimeError) as exc:
         raise InputError(path, f"cannot run this model with backend {backend!r} on "
                                f"{device}: {exc}") from exc
@@ -413,6 +444,7 @@ def _load_onnx(path: Path, digest: str, card: dict[str, Any], threads: int | Non
     info = ModelInfo(run.name, f"lumbardx {run.lumbardx_version or '(not recorded)'}, "
                      f"{path.name}", digest, run.class_names, run.image_size[0], "onnxruntime",
                      card.get("training_data"),
-                     PAIR_INPUTS if run.inputs == PAIR_INPUTS else "slice",
-                     sensitivity_evidence(card.get("threshold_evidence"), thr))
+                     PAIR_INPUTS if run.inputs == PAIR_INPUTS else "slice")
+    info.sensitivity_evidence, info.sensitivity_basis = sensitivity_evidence(
+        card.get("call_evidence"), card.get("threshold_evidence"), thr)
     return LoadedModel(run, info, thr, set(chosen), None, path)

@@ -273,16 +273,16 @@ def limits(study: Study, training_data: str | None = None) -> list[str]:
 
 
 def sensitivity_statement(model: ModelInfo) -> list[str]:
-    """What share of each finding the detector called where its thresholds were chosen
-    (:attr:`~lumbardx.study.ModelInfo.sensitivity_evidence`; normal discs left out), as one
-    statement, or none without evidence: a finding not shown is not excluded."""
+    """What share of the discs with each finding the detector called
+    (:attr:`~lumbardx.study.ModelInfo.sensitivity_evidence`, normal discs left out) and where
+    that was measured, as one statement, or none without evidence: a finding not shown is not
+    excluded."""
     parts = [f"{name} {100 * called / positives:.0f}% ({called} of {positives})"
              for name, (called, positives) in model.sensitivity_evidence.items()
              if name != "normal" and positives > 0]
     if not parts:
         return []
-    return ["Discs with a finding that reached its threshold in the cross-validation the "
-            "thresholds were chosen on (held-out patients of the training data): "
+    return [f"Discs with a finding that this model called, on {model.sensitivity_basis}: "
             + "; ".join(parts) + ". A finding that is not shown is not excluded."]
 
 

@@ -94,7 +94,7 @@ export function renderFindings(host, findings, state, classes, onPick) {
     .filter(([name, e]) => name !== "normal" && e.positives > 0)
     .map(([name, e]) => `${className(name)} ${Math.round((100 * e.called) / e.positives)}% (${e.called} of ${e.positives})`);
   if (evidence.length) {
-    notes.push("Discs with a finding that reached its threshold in the cross-validation the thresholds were chosen on: "
+    notes.push(`Discs with a finding that this model called, on ${findings.model.sensitivity_basis || "held-out discs"}: `
       + `${evidence.join("; ")}. A finding that is not shown is not excluded.`);
   }
   const estimateNote = discs.map((d) => d.severity && d.severity.estimate_note).find(Boolean);

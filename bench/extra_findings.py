@@ -18,7 +18,9 @@ detector missed it); found discs that match no ground-truth disc are **extra dis
 
 Reported per finding, per fold and pooled over folds (Wilson 95% intervals over discs):
 
-* AUC over ground-truth discs;
+* AUC over ground-truth discs, and over those the detector found (``auc_found_*``, with the
+  share of positive discs found, ``found_*``): a missed disc scores 0, so the two AUCs separate
+  what detection loses from what the reader loses on the crops of found discs;
 * **disc-level AP**: average precision of the ranking of every found disc (ground-truth discs
   and extra discs, an extra disc never positive; a missed positive disc lowers the recall
   ceiling). Box AP@0.5 does not apply to stenosis, whose boxes mark the canal, not the disc
@@ -195,6 +197,23 @@ def threshold_comparison(reads: dict[int, list[ImageRead]], cuts: dict[int, dict
     return out
 
 
+def missed_where(reads: list[ImageRead], c: int) -> dict[str, int]:
+    """Where the positive ground-truth discs of finding ``c`` that no found disc matched lie:
+    ``lowest`` (the image's lowest ground-truth disc), ``between`` (found discs above and
+    below it: a gap along the spine) or ``end`` (only above or only below: the top of the
+    view, or with nothing found)."""
+    out = {"lowest": 0, "between": 0, "end": 0}
+    for r in reads:
+        for g in np.flatnonzero(r.truth[:, c] & ~r.found):
+            if g == len(r.found) - 1:
+                out["lowest"] += 1
+            elif r.found[:g].any() and r.found[g + 1:].any():
+                out["between"] += 1
+            else:
+                out["end"] += 1
+    return out
+
+
 def fold_metrics(reads: list[ImageRead], thresholds: dict[str, float]) -> dict[str, Any]:
     """AUC, disc-level AP and the point at the shipped thresholds, per finding."""
     row: dict[str, Any] = {"images": len(reads), "discs": int(sum(len(r.truth) for r in reads)),
@@ -206,6 +225,11 @@ def fold_metrics(reads: list[ImageRead], thresholds: dict[str, float]) -> dict[s
         found = np.concatenate([r.found for r in reads])
         row[f"n_{name}"] = int(y.sum())
         row[f"auc_{name}"] = auc(p, y)
+        # the same AUC over the ground-truth discs the detector found, and the share of
+        # positives found: what the crops of found discs lose, apart from missed discs
+        row[f"auc_found_{name}"] = auc(p[found], y[found])
+        row[f"found_{name}"] = float(found[y].mean()) if y.any() else math.nan
+        row[f"missed_{name}"] = missed_where(reads, c)
         # AP over every found disc; a positive the detector missed is never retrieved
         row[f"ap_{name}"] = average_precision(np.r_[p[found], e],
                                               np.r_[y[found], np.zeros(len(e), bool)],
@@ -285,7 +309,10 @@ def main(argv: list[str] | None = None) -> int:
                     "thresholds": thresholds},
         "folds_scored": ready, "folds": folds,
         "mean": {key: fold_stat([f[key] for f in folds]).__dict__ for key in keys
-                 if not key.startswith(("n_", "images", "discs", "extra"))},
+                 if not key.startswith(("n_", "images", "discs", "extra", "missed_"))},
+        "missed_positive_discs": {
+            name: {where: sum(f[f"missed_{name}"][where] for f in folds)
+                   for where in ("lowest", "between", "end")} for name in FINDINGS},
         "pooled_at_release_thresholds": pooled(reads, None, thresholds),
         "pooled_nested_f1": (pooled(reads, cuts, thresholds) if cuts is not None
                              else "needs two or more folds"),

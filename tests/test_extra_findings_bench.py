@@ -104,3 +104,26 @@ def test_f1_counts_extra_discs_and_compares_thresholds_by_fold() -> None:
     assert (deg["paired"]["wins"], deg["paired"]["losses"]) == (3, 0)
     assert 0.2 < deg["release_f1"] <= 0.3  # the F1 cut of every fold's found discs
     assert out["stenosis"]["paired"]["mean"] == 0.0
+
+
+def test_missed_positive_discs_are_placed_and_found_discs_scored_apart() -> None:
+    bench = load_bench("extra_findings")
+
+    def read(degenerated: list[bool], found: list[bool], prob: list[float]):
+        n = len(found)
+        truth = np.c_[np.zeros(n, bool), np.array(degenerated, bool)]
+        p = np.c_[np.zeros(n), np.where(found, prob, 0.0)].astype(np.float32)
+        return bench.ImageRead(truth, np.array(found, bool), p, np.zeros((0, 2), np.float32),
+                               np.zeros((0, 4), np.float32), np.zeros((0, 4), np.float32),
+                               np.zeros(0, np.float32), (384, 384))
+
+    # six discs top to bottom: the top one, one in a gap and the lowest are missed, all
+    # degenerated; the found discs rank perfectly
+    reads = [read([True, False, True, False, True, True], [False, True, False, True, True, False],
+                  [0.0, 0.1, 0.0, 0.2, 0.9, 0.0])]
+    assert bench.missed_where(reads, 1) == {"lowest": 1, "between": 1, "end": 1}
+    assert bench.missed_where(reads, 0) == {"lowest": 0, "between": 0, "end": 0}
+    row = bench.fold_metrics(reads, {"stenosis": 0.5, "degeneration": 0.5})
+    assert row["auc_found_degeneration"] == pytest.approx(1.0)
+    assert row["auc_degeneration"] < 1.0  # missed positives score 0
+    assert row["found_degeneration"] == pytest.approx(1 / 4)

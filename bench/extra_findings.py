@@ -200,17 +200,23 @@ def threshold_comparison(reads: dict[int, list[ImageRead]], cuts: dict[int, dict
 def missed_where(reads: list[ImageRead], c: int) -> dict[str, int]:
     """Where the positive ground-truth discs of finding ``c`` that no found disc matched lie:
     ``lowest`` (the image's lowest ground-truth disc), ``between`` (found discs above and
-    below it: a gap along the spine) or ``end`` (only above or only below: the top of the
-    view, or with nothing found)."""
-    out = {"lowest": 0, "between": 0, "end": 0}
+    below it: a gap along the spine), ``above`` (found discs only below it: above the run of
+    found discs), ``below`` (found discs only above it, not the lowest) or ``none`` (nothing
+    found in the image)."""
+    out = {"lowest": 0, "between": 0, "above": 0, "below": 0, "none": 0}
     for r in reads:
         for g in np.flatnonzero(r.truth[:, c] & ~r.found):
+            up, down = r.found[:g].any(), r.found[g + 1:].any()
             if g == len(r.found) - 1:
                 out["lowest"] += 1
-            elif r.found[:g].any() and r.found[g + 1:].any():
+            elif up and down:
                 out["between"] += 1
+            elif down:
+                out["above"] += 1
+            elif up:
+                out["below"] += 1
             else:
-                out["end"] += 1
+                out["none"] += 1
     return out
 
 
@@ -312,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                  if not key.startswith(("n_", "images", "discs", "extra", "missed_"))},
         "missed_positive_discs": {
             name: {where: sum(f[f"missed_{name}"][where] for f in folds)
-                   for where in ("lowest", "between", "end")} for name in FINDINGS},
+                   for where in ("lowest", "between", "above", "below", "none")}
+            for name in FINDINGS},
         "pooled_at_release_thresholds": pooled(reads, None, thresholds),
         "pooled_nested_f1": (pooled(reads, cuts, thresholds) if cuts is not None
                              else "needs two or more folds"),

@@ -121,8 +121,9 @@ def test_missed_positive_discs_are_placed_and_found_discs_scored_apart() -> None
     # degenerated; the found discs rank perfectly
     reads = [read([True, False, True, False, True, True], [False, True, False, True, True, False],
                   [0.0, 0.1, 0.0, 0.2, 0.9, 0.0])]
-    assert bench.missed_where(reads, 1) == {"lowest": 1, "between": 1, "end": 1}
-    assert bench.missed_where(reads, 0) == {"lowest": 0, "between": 0, "end": 0}
+    assert bench.missed_where(reads, 1) == {"lowest": 1, "between": 1, "above": 1, "below": 0,
+                                            "none": 0}
+    assert sum(bench.missed_where(reads, 0).values()) == 0
     row = bench.fold_metrics(reads, {"stenosis": 0.5, "degeneration": 0.5})
     assert row["auc_found_degeneration"] == pytest.approx(1.0)
     assert row["auc_degeneration"] < 1.0  # missed positives score 0

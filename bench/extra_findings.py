@@ -47,7 +47,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ from segment_end_to_end import (
     load_fold_models,
 )
 
-from lumbardx.clinical.findings import match_discs
+from lumbardx.clinical.findings import SpineFindings, match_discs
 from lumbardx.clinical.stats import proportion
 from lumbardx.clinical.thresholds import DiscScore, choose_thresholds
 from lumbardx.data.boxes import Box
@@ -116,17 +116,47 @@ def average_precision(scores: np.ndarray, positive: np.ndarray, n_positive: int)
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
+#: A presumed disc lies at least this many spacings inside the view (``--probe-above``).
+PROBE_MARGIN = 0.25
+
+
+def with_probe_above(spine: SpineFindings) -> SpineFindings:
+    """``spine`` with a presumed disc one local spacing above its highest disc, along the
+    fitted curve, when its centre lies at least :data:`PROBE_MARGIN` spacings below the top of
+    the image (``--probe-above``; the detector misses degenerated discs above the run it
+    finds). The presumed disc has the highest disc's box moved there and no finding; the
+    segment reader reads it with the others."""
+    if not spine.discs or spine.curve is None:
+        return spine
+    top = spine.discs[0]
+    sp = top.spacing if np.isfinite(top.spacing) and top.spacing > 0 else 2.0 * top.box.height
+    x, y = (float(v) for v in spine.curve.point_at(top.s - sp))
+    if y < PROBE_MARGIN * sp:
+        return spine
+    dx, dy = x - top.centre[0], y - top.centre[1]
+    b = top.box
+    box = Box(b.label, b.x1 + dx, b.y1 + dy, b.x2 + dx, b.y2 + dy, score=0.0)
+    probe = replace(top, level="presumed", level_uncertain=True, status="normal",
+                    confidence=0.0, box=box, findings=[], scores={}, boxes=[box],
+                    centre=(x, y), s=float(top.s - sp))
+    return replace(spine, discs=[probe, *spine.discs])
+
+
 def read_image(m: Any, reader: Any, release: Any, planes: np.ndarray, own: np.ndarray,
-               named: list[Box], image_id: str, patient: str) -> ImageRead:
+               named: list[Box], image_id: str, patient: str, probe_above: bool = False
+               ) -> ImageRead:
     """Detect, group and read one image as diagnosis does (``reader``: the fold's, its logits
     calibrated by ``release``, a reader holding the release's Platt scaling); match to the
-    ground truth."""
+    ground truth. With ``probe_above``, a presumed disc above the highest one found is read
+    too (:func:`with_probe_above`)."""
     with torch.inference_mode():
         x, geo = detect_stage.preprocess(m, own, (planes[0], planes[1]))
         boxes = detect_stage.detect(m, x, geo)
     h, w = own.shape
     image = MedicalImage(own.astype(np.float32), own, None, Path(image_id), "png")
     spine, _ = find(boxes, image, m)
+    if probe_above:
+        spine = with_probe_above(spine)
     cols = [LABELS.index(f) for f in FINDINGS]
     logits = reader_logits(spine, reader, planes, image_id, patient)
     probs = release.calibrated(logits).double().numpy()[:, cols]
@@ -275,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the release whose calibration and thresholds are measured "
                          "(default: the shipped segments.pt)")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--probe-above", action="store_true",
+                    help="also read a presumed disc one spacing above the highest disc found")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     release_path = args.segments_weights or shipped_segment_reader()
@@ -301,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             named = [Box(ds.class_names[int(lab)], *map(float, b))
                      for b, lab in zip(sample.boxes, sample.labels, strict=True)]
             reads[k].append(read_image(m, reader, release.reader, pairs[i].image, sample.image,
-                                       named, rec.image_id, rec.patient))
+                                       named, rec.image_id, rec.patient, args.probe_above))
         print(f"fold {k}: read ({time.perf_counter() - t0:.0f} s)", flush=True)
     folds = [{"fold": k, **fold_metrics(rs, thresholds)} for k, rs in reads.items()]
     cuts = {k: {n: ch.threshold for n, ch in choose_thresholds(
@@ -310,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = [k for k in folds[0] if k not in ("fold",)]
     result: dict[str, Any] = {
         "detectors": str(args.detectors), "readers": str(args.readers),
+        "probe_above": bool(args.probe_above),
         "detector_thresholds": det_thresholds or "0.25 every class (fold checkpoints)",
         "release": {"file": release_path.name, "version": release.summary["version"],
                     "thresholds": thresholds},

@@ -128,3 +128,28 @@ def test_missed_positive_discs_are_placed_and_found_discs_scored_apart() -> None
     assert row["auc_found_degeneration"] == pytest.approx(1.0)
     assert row["auc_degeneration"] < 1.0  # missed positives score 0
     assert row["found_degeneration"] == pytest.approx(1 / 4)
+
+
+def test_probe_above_adds_a_presumed_disc_inside_the_view_only() -> None:
+    from lumbardx.clinical.findings import build_findings
+    from lumbardx.data.boxes import Box
+
+    bench = load_bench("extra_findings")
+
+    def spine(top: float):
+        boxes = [Box("normal", 150, top + 40 * k, 230, top + 40 * k + 16, score=0.9)
+                 for k in range(5)]
+        return build_findings(boxes, (400, 400), {"normal": 0.5})
+
+    low = spine(120.0)  # the highest disc's centre at y 128, spacing 40
+    probed = bench.with_probe_above(low)
+    assert len(probed.discs) == len(low.discs) + 1
+    presumed = probed.discs[0]
+    assert presumed.centre[1] == pytest.approx(88.0, abs=1.0)
+    assert presumed.centre[0] == pytest.approx(190.0, abs=1.0)
+    assert presumed.findings == [] and presumed.level_uncertain
+    assert presumed.box.height == pytest.approx(low.discs[0].box.height)
+    assert probed.discs[1:] == low.discs
+    # the presumed disc would sit less than a quarter spacing inside the view: none added
+    high = spine(0.0)  # highest centre y 8: the presumed one at y -32
+    assert bench.with_probe_above(high) is high

@@ -33,6 +33,10 @@ Reported per finding, per fold and pooled over folds (Wilson 95% intervals over 
   cut of every fold's found discs (``f1_shipped_vs_nested``): the evidence for choosing the
   release's thresholds on the discs diagnosis reads.
 
+``--probe-above`` and ``--probe-gaps`` also read presumed discs where the detector found none
+(above the highest disc found; in gaps level naming presumes undetected), and ``--compare``
+pairs this run's per-fold metrics with an earlier run's (``docs/segments.md``).
+
 Usage::
 
     python bench/extra_findings.py ../shared/data/yolospine-dev \
@@ -65,7 +69,8 @@ from segment_end_to_end import (
     load_fold_models,
 )
 
-from lumbardx.clinical.findings import SpineFindings, match_discs
+from lumbardx.clinical.findings import DiscFindings, SpineFindings, match_discs
+from lumbardx.clinical.levels import GAP_FACTOR, local_spacing
 from lumbardx.clinical.stats import proportion
 from lumbardx.clinical.thresholds import DiscScore, choose_thresholds
 from lumbardx.data.boxes import Box
@@ -130,31 +135,62 @@ def with_probe_above(spine: SpineFindings) -> SpineFindings:
         return spine
     top = spine.discs[0]
     sp = top.spacing if np.isfinite(top.spacing) and top.spacing > 0 else 2.0 * top.box.height
-    x, y = (float(v) for v in spine.curve.point_at(top.s - sp))
+    y = float(spine.curve.point_at(top.s - sp)[1])
     if y < PROBE_MARGIN * sp:
         return spine
-    dx, dy = x - top.centre[0], y - top.centre[1]
-    b = top.box
+    return replace(spine, discs=[presumed_disc(top, spine, top.s - sp), *spine.discs])
+
+
+def presumed_disc(like: DiscFindings, spine: SpineFindings, s: float) -> DiscFindings:
+    """A disc presumed at arc length ``s`` of ``spine``'s curve: ``like``'s box moved there,
+    no finding, its level flagged."""
+    assert spine.curve is not None
+    x, y = (float(v) for v in spine.curve.point_at(s))
+    dx, dy = x - like.centre[0], y - like.centre[1]
+    b = like.box
     box = Box(b.label, b.x1 + dx, b.y1 + dy, b.x2 + dx, b.y2 + dy, score=0.0)
-    probe = replace(top, level="presumed", level_uncertain=True, status="normal",
-                    confidence=0.0, box=box, findings=[], scores={}, boxes=[box],
-                    centre=(x, y), s=float(top.s - sp))
-    return replace(spine, discs=[probe, *spine.discs])
+    return replace(like, level="presumed", level_uncertain=True, status="normal",
+                   confidence=0.0, box=box, findings=[], scores={}, boxes=[box],
+                   centre=(x, y), s=float(s))
+
+
+def with_probe_gaps(spine: SpineFindings) -> SpineFindings:
+    """``spine`` with the discs level naming presumes undetected in its gaps (a gap longer than
+    :data:`~lumbardx.clinical.levels.GAP_FACTOR` median local spacings hides
+    ``round(gap / spacing) - 1`` discs, :func:`~lumbardx.clinical.levels.name_levels`) placed
+    evenly along the curve (``--probe-gaps``)."""
+    if len(spine.discs) < 2 or spine.curve is None:
+        return spine
+    s = np.array([d.s for d in spine.discs])
+    sp = local_spacing(s)
+    ref = float(np.nanmedian(sp)) if np.isfinite(sp).any() else math.nan
+    if not np.isfinite(ref) or ref <= 0:
+        return spine
+    out = [spine.discs[0]]
+    for above, below in zip(spine.discs, spine.discs[1:]):
+        gap = below.s - above.s
+        skipped = int(round(gap / ref)) - 1 if gap > GAP_FACTOR * ref else 0
+        out += [presumed_disc(above, spine, above.s + j * gap / (skipped + 1))
+                for j in range(1, skipped + 1)]
+        out.append(below)
+    return spine if len(out) == len(spine.discs) else replace(spine, discs=out)
 
 
 def read_image(m: Any, reader: Any, release: Any, planes: np.ndarray, own: np.ndarray,
-               named: list[Box], image_id: str, patient: str, probe_above: bool = False
-               ) -> ImageRead:
+               named: list[Box], image_id: str, patient: str, probe_above: bool = False,
+               probe_gaps: bool = False) -> ImageRead:
     """Detect, group and read one image as diagnosis does (``reader``: the fold's, its logits
     calibrated by ``release``, a reader holding the release's Platt scaling); match to the
-    ground truth. With ``probe_above``, a presumed disc above the highest one found is read
-    too (:func:`with_probe_above`)."""
+    ground truth. With ``probe_above`` / ``probe_gaps``, presumed discs above the highest one
+    found / in the gaps are read too (:func:`with_probe_above`, :func:`with_probe_gaps`)."""
     with torch.inference_mode():
         x, geo = detect_stage.preprocess(m, own, (planes[0], planes[1]))
         boxes = detect_stage.detect(m, x, geo)
     h, w = own.shape
     image = MedicalImage(own.astype(np.float32), own, None, Path(image_id), "png")
     spine, _ = find(boxes, image, m)
+    if probe_gaps:
+        spine = with_probe_gaps(spine)
     if probe_above:
         spine = with_probe_above(spine)
     cols = [LABELS.index(f) for f in FINDINGS]
@@ -298,6 +334,22 @@ def pooled(reads: dict[int, list[ImageRead]], cuts: dict[int, dict[str, float]] 
     return out
 
 
+PAIRED_METRICS = tuple(f"{m}_{n}" for n in FINDINGS
+                       for m in ("auc", "ap", "found", "auc_found", "sens", "spec")) + (
+    "extra_discs",)
+
+
+def paired_vs(folds: list[dict[str, Any]], other: Path) -> dict[str, Any]:
+    """This run's per-fold metrics minus those of an earlier run's results (``--compare``),
+    paired by fold (95% t-interval, folds won:lost); the folds must be the same."""
+    theirs = {f["fold"]: f for f in json.loads(other.read_text(encoding="utf-8"))["folds"]}
+    if sorted(theirs) != [f["fold"] for f in folds]:
+        raise SystemExit(f"{other}: other folds ({sorted(theirs)}) than this run's")
+    return {"file": other.name,
+            **{m: fold_differences([f[m] - theirs[f["fold"]][m] for f in folds])
+               for m in PAIRED_METRICS}}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_fold_model_arguments(ap)
@@ -307,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--probe-above", action="store_true",
                     help="also read a presumed disc one spacing above the highest disc found")
+    ap.add_argument("--probe-gaps", action="store_true",
+                    help="also read the discs level naming presumes undetected in gaps")
+    ap.add_argument("--compare", type=Path, default=None,
+                    help="an earlier run's results: differences paired by fold")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     release_path = args.segments_weights or shipped_segment_reader()
@@ -333,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
             named = [Box(ds.class_names[int(lab)], *map(float, b))
                      for b, lab in zip(sample.boxes, sample.labels, strict=True)]
             reads[k].append(read_image(m, reader, release.reader, pairs[i].image, sample.image,
-                                       named, rec.image_id, rec.patient, args.probe_above))
+                                       named, rec.image_id, rec.patient, args.probe_above,
+                                       args.probe_gaps))
         print(f"fold {k}: read ({time.perf_counter() - t0:.0f} s)", flush=True)
     folds = [{"fold": k, **fold_metrics(rs, thresholds)} for k, rs in reads.items()]
     cuts = {k: {n: ch.threshold for n, ch in choose_thresholds(
@@ -342,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = [k for k in folds[0] if k not in ("fold",)]
     result: dict[str, Any] = {
         "detectors": str(args.detectors), "readers": str(args.readers),
-        "probe_above": bool(args.probe_above),
+        "probe_above": bool(args.probe_above), "probe_gaps": bool(args.probe_gaps),
         "detector_thresholds": det_thresholds or "0.25 every class (fold checkpoints)",
         "release": {"file": release_path.name, "version": release.summary["version"],
                     "thresholds": thresholds},
@@ -359,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         "f1_shipped_vs_nested": (threshold_comparison(reads, cuts, thresholds)
                                  if cuts is not None else "needs two or more folds"),
         "wall_s": round(time.perf_counter() - t0, 1), "machine": {"cpu": cpu_name()}}
+    if args.compare is not None:
+        result["paired_vs"] = paired_vs(folds, args.compare)
     atomic_write_text(args.out, json.dumps(result, indent=1, default=lambda v: None
                                            if isinstance(v, float) and math.isnan(v) else v))
     for f in folds:

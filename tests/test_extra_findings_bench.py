@@ -153,3 +153,37 @@ def test_probe_above_adds_a_presumed_disc_inside_the_view_only() -> None:
     # the presumed disc would sit less than a quarter spacing inside the view: none added
     high = spine(0.0)  # highest centre y 8: the presumed one at y -32
     assert bench.with_probe_above(high) is high
+
+
+def test_probe_gaps_places_the_discs_level_naming_presumes_missed() -> None:
+    from lumbardx.clinical.findings import build_findings
+    from lumbardx.data.boxes import Box
+
+    bench = load_bench("extra_findings")
+    ys = [60, 100, 140, 220, 260, 300]  # one disc missing at y 180 (a gap of two spacings)
+    boxes = [Box("normal", 150, y - 8, 230, y + 8, score=0.9) for y in ys]
+    spine = build_findings(boxes, (400, 400), {"normal": 0.5})
+    probed = bench.with_probe_gaps(spine)
+    assert len(probed.discs) == len(ys) + 1
+    presumed = probed.discs[3]
+    assert presumed.level == "presumed" and presumed.findings == []
+    assert presumed.centre[1] == pytest.approx(180.0, abs=1.0)
+    assert [d.centre[1] for d in probed.discs] == sorted(d.centre[1] for d in probed.discs)
+    even = build_findings([Box("normal", 150, y - 8, 230, y + 8, score=0.9)
+                           for y in range(60, 340, 40)], (400, 400), {"normal": 0.5})
+    assert bench.with_probe_gaps(even) is even
+
+
+def test_paired_vs_an_earlier_run_by_fold(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    bench = load_bench("extra_findings")
+    row = {m: 0.5 for m in bench.PAIRED_METRICS}
+    earlier = tmp_path / "a.json"
+    earlier.write_text(json.dumps({"folds": [{"fold": k, **row} for k in (0, 1)]}))
+    ours = [{"fold": k, **row, "auc_degeneration": 0.6} for k in (0, 1)]
+    out = bench.paired_vs(ours, earlier)
+    assert out["auc_degeneration"]["mean"] == pytest.approx(0.1)
+    assert out["auc_degeneration"]["wins"] == 2 and out["auc_stenosis"]["mean"] == 0.0
+    with pytest.raises(SystemExit, match="other folds"):
+        bench.paired_vs([{"fold": 0, **row}], earlier)

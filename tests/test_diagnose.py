@@ -125,6 +125,14 @@ def test_sensitivity_evidence_reaches_findings_and_reports_until_a_threshold_mov
     assert "herniation 80% (40 of 50); spondylolisthesis 25% (2 of 8)" in text
     assert THRESHOLD_CHOICE_BASIS in text
     assert "normal 90%" not in text and "not shown is not excluded" in text
+    # where the segment reader makes the calls, the detector's record does not describe them
+    from lumbardx.report.html import sensitivity_statement
+
+    info = dx.loaded.info
+    assert "spondylolisthesis" not in " ".join(
+        sensitivity_statement(info, {"slip_call": "reader", "disc_call": "detector"}))
+    assert "herniation 80%" in " ".join(sensitivity_statement(info, {"slip_call": "reader"}))
+    assert sensitivity_statement(info, {"disc_call": "stacked"}) == []
     # evidence measured at another threshold does not describe the calls made now
     dx.loaded.set_thresholds({"spondylolisthesis": 0.6, "herniation": 0.35})
     assert set(dx.loaded.info.sensitivity_evidence) == {"normal", "herniation"}

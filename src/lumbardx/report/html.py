@@ -269,17 +269,24 @@ def limits(study: Study, training_data: str | None = None) -> list[str]:
         "disc degeneration grade (Pfirrmann)"
         + (" (extra classes of this model, when present, are shown as found)."
            if set(m.class_names) - {"normal", "herniation", "spondylolisthesis"} else "."),
-    ] + sensitivity_statement(m) + ([SEGMENT_METHOD] if study.segment_reader else [])
+    ] + sensitivity_statement(m, study.segment_reader) + (
+        [SEGMENT_METHOD] if study.segment_reader else [])
 
 
-def sensitivity_statement(model: ModelInfo) -> list[str]:
+def sensitivity_statement(model: ModelInfo, segment_reader: dict | None = None) -> list[str]:
     """What share of the discs with each finding the detector called
     (:attr:`~lumbardx.study.ModelInfo.sensitivity_evidence`, normal discs left out) and where
     that was measured, as one statement, or none without evidence: a finding not shown is not
-    excluded."""
+    excluded. Findings the segment reader calls instead of the detector (``segment_reader``:
+    ``disc_call`` ``"stacked"``, or ``slip_call`` ``"reader"`` for spondylolisthesis) are left
+    out: the record describes the detector's calls."""
+    reader = segment_reader or {}
+    if reader.get("disc_call") == "stacked":
+        return []
     parts = [f"{name} {100 * called / positives:.0f}% ({called} of {positives})"
              for name, (called, positives) in model.sensitivity_evidence.items()
-             if name != "normal" and positives > 0]
+             if name != "normal" and positives > 0
+             and not (name == "spondylolisthesis" and reader.get("slip_call") == "reader")]
     if not parts:
         return []
     return [f"Discs with a finding that this model called, on {model.sensitivity_basis}: "

@@ -177,6 +177,31 @@ def test_all_mapping_keeps_every_source_class(tmp_path: Path, make) -> None:
     assert not ds.dropped
 
 
+def test_study_ddd_mapping_counts_a_disc_labelled_only_ddd_as_normal(tmp_path: Path) -> None:
+    from lumbardx.data.boxes import Box, ImageAnnotation
+    from lumbardx.data.classes import build_class_map
+    from lumbardx.data.dataset import map_annotation
+
+    ds = LumbarDataset(make_yolo(tmp_path / "ds"), classes="study+ddd")
+    assert ds.class_names == ["normal", "herniation", "spondylolisthesis"]
+    # the one DDD box of the set overlaps no study-class box: a normal disc
+    assert ds.class_counts()["normal"] == 4 and not ds.dropped["Degenerative Disc Disease (DDD)"]
+    study = LumbarDataset(make_yolo(tmp_path / "ds2"), classes="study")
+    assert study.class_counts()["normal"] == 3
+
+    # a DDD box on a disc that has a study-class box is the same disc: dropped
+    cmap = build_class_map("study+ddd")
+    ann = ImageAnnotation("x.png", 100, 100, 1, [
+        Box("Lumbar Disc Bulge (LDB)", 10, 10, 50, 30), Box("DDD", 12, 11, 50, 31),
+        Box("degenerative disc disease", 10, 60, 50, 80),
+        Box("Spinal Stenosis (SS)", 55, 10, 70, 30)])
+    boxes, labels, dropped = map_annotation(ann, cmap)
+    assert labels.tolist() == [1, 0] and boxes[1].tolist() == [10, 60, 50, 80]
+    assert dropped == {"DDD": 1, "Spinal Stenosis (SS)": 1}
+    with pytest.raises(ValueError, match="study\\+ddd"):
+        build_class_map("study+ss")
+
+
 def test_explicit_mapping(tmp_path: Path) -> None:
     mapping = {"Normal IVD": "disc", "Spondylolisthesis": "slip"}
     ds = LumbarDataset(make_yolo(tmp_path / "ds"), classes=mapping)

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from lumbardx.data.classes import CLASSES_HELP
 from lumbardx.data.dataset import LumbarDataset
 from lumbardx.data.errors import InputError
 from lumbardx.data.folds import FoldAssignment, make_folds, write_folds_csv
@@ -43,7 +44,7 @@ def folds(
     k: int = typer.Option(5, "-k", help="Number of folds."),
     out: Path = typer.Option(..., "--out", help="CSV to write (image, patient, fold 0-based)."),
     seed: int = typer.Option(0, "--seed", help="Seed; the same seed gives the same folds."),
-    classes: str = typer.Option("study", "--classes", help="Class mapping: study|all."),
+    classes: str = typer.Option("study", "--classes", help=CLASSES_HELP),
     patients: Path | None = typer.Option(
         None,
         "--patients",

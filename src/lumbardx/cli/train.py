@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lumbardx import __version__
-from lumbardx.data.classes import STUDY_CLASSES
+from lumbardx.data.classes import CLASSES_HELP, STUDY_CLASSES
 from lumbardx.cli.check import problem_lines
 from lumbardx.data.errors import InputError
 
@@ -121,7 +121,7 @@ def _recipe_overrides(epochs: int | None, imgsz: int, batch: int | None,
 def train(
     data: Path = typer.Argument(..., help="Annotated dataset folder (VOC, YOLO or COCO)."),
     model: str = typer.Option("yolov5s", "--model", help="Detector (see 'lumbardx models')."),
-    classes: str = typer.Option("study", "--classes", help="Class mapping: study|all."),
+    classes: str = typer.Option("study", "--classes", help=CLASSES_HELP),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Default: the recipe's."),
     imgsz: int = typer.Option(384, "--imgsz", help="Training / evaluation size (x32 px)."),
     batch: int | None = typer.Option(None, "--batch", min=1, help="Default: the recipe's."),
@@ -202,7 +202,8 @@ def evaluate(
     fold: int | None = typer.Option(None, "--fold", help="Evaluate on this fold only."),
     folds_csv: Path | None = typer.Option(None, "--folds-csv", help="Folds table for --fold."),
     classes: str | None = typer.Option(None, "--classes",
-                                       help="study|all; default: the checkpoint's classes."),
+                                       help="study|study+ddd|all; default: the "
+                                            "checkpoint's classes."),
     out: Path | None = typer.Option(None, "--out", help="Output folder; default next to "
                                                         "WEIGHTS (eval_DATA)."),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda|cuda:N."),
@@ -375,7 +376,7 @@ def crossval(
     data: Path = typer.Argument(..., help="Annotated dataset folder (with patients)."),
     models: str = typer.Option("yolov3,yolov5s,ppyolov2", "--models", help="Comma-separated."),
     folds: int = typer.Option(5, "--folds", min=2, help="Number of patient-grouped folds."),
-    classes: str = typer.Option("study", "--classes", help="Class mapping: study|all."),
+    classes: str = typer.Option("study", "--classes", help=CLASSES_HELP),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Default: the recipe's."),
     imgsz: int = typer.Option(384, "--imgsz", help="Training / evaluation size (x32 px)."),
     batch: int | None = typer.Option(None, "--batch", min=1, help="Default: the recipe's."),

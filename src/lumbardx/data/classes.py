@@ -7,6 +7,11 @@ Two mappings are built in:
   (e.g. the yolospine classes ``Normal IVD`` -> normal, ``Lumbar Disc Bulge (LDB)`` and
   ``Thoracic Disc Bulge (TDB)`` -> herniation, ``Spondylolisthesis`` -> spondylolisthesis);
   other source classes are dropped.
+* ``study+ddd`` -- the study's three classes, and a disc labelled only ``Degenerative Disc
+  Disease`` (a ``DDD`` box that no study-class box overlaps at IoU >= :data:`FALLBACK_IOU`)
+  counts as ``normal``: a disc without herniation or slip. Some datasets (yolospine) label a
+  degenerated disc with a DDD box *instead of* a disc box, and under ``study`` such a disc is
+  background to a detector.
 * ``all`` -- keep every class of the source under its own name.
 """
 
@@ -36,6 +41,18 @@ STUDY_ALIASES: dict[str, str] = {
     "slip": "spondylolisthesis",
 }
 
+#: ``--classes`` help of the commands that read a dataset.
+CLASSES_HELP = ("Class mapping: study|study+ddd|all (study+ddd: a disc labelled only degenerative "
+                "disc disease counts as normal).")
+
+#: Source names (lower-cased) of degenerative disc disease boxes.
+DEGENERATION_ALIASES: frozenset[str] = frozenset({
+    "degenerative disc disease (ddd)", "degenerative disc disease", "ddd", "degeneration"})
+
+#: A fallback box (:attr:`ClassMap.fallback`) overlapping a mapped box at this IoU or more is
+#: the same disc, and dropped.
+FALLBACK_IOU = 0.3
+
 
 @dataclass
 class ClassMap:
@@ -46,11 +63,15 @@ class ClassMap:
         mapping: source name -> target name; a source name absent from ``mapping`` is dropped
             when ``keep_unmapped`` is false, and kept under its own name otherwise.
         keep_unmapped: ``True`` for the ``all`` mapping.
+        fallback: lower-cased source name -> target name for boxes kept only where no box
+            mapped by ``mapping`` overlaps them at IoU >= :data:`FALLBACK_IOU`
+            (:func:`lumbardx.data.dataset.map_annotation`; ``study+ddd``).
     """
 
     names: list[str]
     mapping: dict[str, str] = field(default_factory=dict)
     keep_unmapped: bool = False
+    fallback: dict[str, str] = field(default_factory=dict)
 
     def target(self, source_name: str) -> str | None:
         """The target class name for ``source_name``, or ``None`` when it is dropped."""
@@ -70,10 +91,23 @@ class ClassMap:
         name = self.target(source_name)
         return None if name is None else self.names.index(name)
 
+    def fallback_index(self, source_name: str) -> int | None:
+        """The target class index of a fallback box named ``source_name``
+        (:attr:`fallback`), or ``None`` when the name has none."""
+        name = self.fallback.get(source_name.strip().lower())
+        return None if name is None else self.names.index(name)
+
 
 def study_map() -> ClassMap:
     """The study's three-class mapping (normal, herniation, spondylolisthesis)."""
     return ClassMap(names=list(STUDY_CLASSES), mapping=dict(STUDY_ALIASES))
+
+
+def study_ddd_map() -> ClassMap:
+    """The study's classes, with discs labelled only degenerative disc disease as ``normal``
+    (module docstring, ``study+ddd``)."""
+    return ClassMap(names=list(STUDY_CLASSES), mapping=dict(STUDY_ALIASES),
+                    fallback={alias: "normal" for alias in sorted(DEGENERATION_ALIASES)})
 
 
 def all_map(source_names: Iterable[str] = ()) -> ClassMap:
@@ -86,7 +120,7 @@ def build_class_map(kind: str | Mapping[str, str], source_names: Iterable[str] =
     """Build a class map by name (``"study"`` or ``"all"``) or from an explicit mapping.
 
     Args:
-        kind: ``"study"``, ``"all"``, or a mapping source name -> target name.
+        kind: ``"study"``, ``"study+ddd"``, ``"all"``, or a mapping source name -> target name.
         source_names: the source's class names in order (used by ``"all"``).
     """
     if isinstance(kind, Mapping):
@@ -94,6 +128,9 @@ def build_class_map(kind: str | Mapping[str, str], source_names: Iterable[str] =
         return ClassMap(names=targets, mapping=dict(kind))
     if kind == "study":
         return study_map()
+    if kind == "study+ddd":
+        return study_ddd_map()
     if kind == "all":
         return all_map(source_names)
-    raise ValueError(f"unknown class mapping {kind!r}: use 'study', 'all' or a mapping")
+    raise ValueError(f"unknown class mapping {kind!r}: use 'study', 'study+ddd', 'all' or a "
+                     "mapping")

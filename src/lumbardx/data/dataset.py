@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lumbardx.data.boxes import ImageAnnotation, Sample
-from lumbardx.data.classes import ClassMap, build_class_map
+from lumbardx.data.boxes import Box, ImageAnnotation, Sample
+from lumbardx.data.classes import FALLBACK_IOU, ClassMap, build_class_map
 from lumbardx.data.convert import scan_dataset
 from lumbardx.data.errors import AnnotationError, InputError
 from lumbardx.data.images import read_image
@@ -60,7 +60,9 @@ class ImageRecord:
 def map_annotation(
     ann: ImageAnnotation, class_map: ClassMap
 ) -> tuple[np.ndarray, np.ndarray, Counter[str]]:
-    """Boxes and class indices of an annotation under a class map.
+    """Boxes and class indices of an annotation under a class map. A box its mapping drops
+    but its :attr:`~lumbardx.data.classes.ClassMap.fallback` names is kept as the fallback
+    class when no mapped box overlaps it at IoU >= :data:`~lumbardx.data.classes.FALLBACK_IOU`.
 
     Returns:
         ``(boxes float32 [N, 4] xyxy pixels, labels int64 [N], dropped source names -> count)``.
@@ -68,13 +70,31 @@ def map_annotation(
     rows: list[tuple[float, float, float, float]] = []
     labels: list[int] = []
     dropped: Counter[str] = Counter()
+    fallback: list[tuple[Box, int]] = []
     for box in ann.boxes:
         index = class_map.index(box.label)
         if index is None:
-            dropped[box.label] += 1
+            other = class_map.fallback_index(box.label)
+            if other is None:
+                dropped[box.label] += 1
+            else:
+                fallback.append((box, other))
             continue
         rows.append(box.xyxy())
         labels.append(index)
+    if fallback:
+        import torch
+        from torchvision.ops import box_iou
+
+        mapped = torch.tensor(rows, dtype=torch.float64).reshape(-1, 4)
+        for box, index in fallback:
+            xyxy = box.xyxy()
+            if len(mapped) and float(box_iou(torch.tensor([xyxy], dtype=torch.float64),
+                                             mapped).max()) >= FALLBACK_IOU:
+                dropped[box.label] += 1
+                continue
+            rows.append(xyxy)
+            labels.append(index)
     return (
         np.asarray(rows, dtype=np.float32).reshape(-1, 4),
         np.asarray(labels, dtype=np.int64),

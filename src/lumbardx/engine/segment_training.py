@@ -38,13 +38,12 @@ from torch import Tensor
 
 from lumbardx.clinical.findings import SLIP, SpineFindings, build_findings, study_class
 from lumbardx.data.boxes import Box, Sample
+from lumbardx.data.classes import DEGENERATION_ALIASES
 from lumbardx.engine.segments import frame_tensor, resample_segments, segment_frames
 from lumbardx.models.segment_reader import (LABELS, SegmentEnsemble, SegmentReader,
                                             SegmentReaderConfig, level_features)
 
 _STENOSIS = {"spinal stenosis (ss)", "spinal stenosis", "stenosis", "ss"}
-_DEGENERATION = {"degenerative disc disease (ddd)", "degenerative disc disease", "ddd",
-                 "degeneration"}
 
 
 def segment_label(name: str) -> str | None:
@@ -52,7 +51,7 @@ def segment_label(name: str) -> str | None:
     key = name.strip().lower()
     if key in _STENOSIS:
         return "stenosis"
-    if key in _DEGENERATION:
+    if key in DEGENERATION_ALIASES:
         return "degeneration"
     return study_class(name)
 

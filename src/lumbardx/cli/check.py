@@ -104,7 +104,7 @@ def _relative(path: Path, root: Path) -> str:
 
 def check(
     root: Path = typer.Argument(..., help="Dataset folder (VOC, YOLO or COCO layout)."),
-    classes: str = typer.Option("all", "--classes", help="Class mapping: all|study."),
+    classes: str = typer.Option("all", "--classes", help="Class mapping: all|study|study+ddd."),
     patients: Path | None = typer.Option(
         None,
         "--patients",

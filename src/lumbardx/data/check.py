@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from lumbardx.data.classes import build_class_map
 from lumbardx.data.convert import scan_dataset
+from lumbardx.data.dataset import map_annotation
 from lumbardx.data.errors import ImageReadError, InputError
 from lumbardx.data.images import EXIF_ORIENTATIONS, file_exif_orientation, read_image
 from lumbardx.data.patients import assign_patients
@@ -290,12 +291,9 @@ def check_dataset(
         if ann is not None:
             for message in annotation_problems(ann, known):
                 add(Problem("error", _classify_box_problem(message), label, where + message))
-            for box in ann.boxes:
-                target = class_map.target(box.label)
-                if target is None:
-                    dropped[box.label] += 1
-                else:
-                    boxes[target] += 1
+            _, labels, lost = map_annotation(ann, class_map)  # as training reads the file
+            dropped.update(lost)
+            boxes.update(class_map.names[int(i)] for i in labels)
         try:
             image = read_image(rec.image_path, max_side=None)  # boxes: full-size pixels
         except ImageReadError as err:

@@ -36,9 +36,11 @@ from disc_level import ABNORMAL, add_detector_arguments, counts, point_of, read_
 from machine_info import cpu_name
 
 from lumbardx.clinical.thresholds import (
+    abnormal_discs,
     choose_thresholds,
     diagnosis_discs,
     disc_scores,
+    finding_counts,
     thresholds_dict,
 )
 from lumbardx.data.boxes import Box
@@ -57,11 +59,9 @@ Image = tuple[list[Box], list[Box], tuple[int, int]]  # truth, predicted boxes, 
 def class_counts(discs: list[tuple[frozenset[str], frozenset[str]]], label: str
                  ) -> np.ndarray:
     """``[true positives, false positives, false negatives]`` of ``label`` over ``discs``
-    (``(truth, called)`` per ground-truth disc)."""
-    truth = np.array([label in t for t, _ in discs], bool)
-    call = np.array([label in c for _, c in discs], bool)
-    return np.array([(truth & call).sum(), (~truth & call).sum(), (truth & ~call).sum()],
-                    np.int64)
+    (``(truth, called)`` per ground-truth disc; :func:`finding_counts`)."""
+    c = finding_counts(discs, label)
+    return np.array([c["called"], c["false_calls"], c["positives"] - c["called"]], np.int64)
 
 
 def f1(c: np.ndarray) -> float:
@@ -81,8 +81,7 @@ def score_variant(folds: dict[int, list[Image]], floor: float) -> dict[str, Any]
         per_class = {c: class_counts(discs, c) for c in ABNORMAL}
         for c in ABNORMAL:
             pooled[c] += per_class[c]
-        lv = counts(np.array([bool(t - {"normal"}) for t, _ in discs], bool),
-                    np.array([bool(c - {"normal"}) for _, c in discs], bool))
+        lv = counts(*abnormal_discs(discs))
         level.append(lv)
         rows.append({"fold": k, "thresholds": th,
                      **{f"f1_{c}": f1(per_class[c]) for c in ABNORMAL},

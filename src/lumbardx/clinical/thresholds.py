@@ -191,7 +191,13 @@ def diagnosis_calls(truth_boxes: Sequence[Box], pred_boxes: Sequence[Box],
     diagnosis would call there, so that figure understates diagnosis (``bench/disc_level.py``
     measures both).
     """
-    discs = diagnosis_discs(truth_boxes, pred_boxes, size, thresholds)
+    return abnormal_discs(diagnosis_discs(truth_boxes, pred_boxes, size, thresholds))
+
+
+def abnormal_discs(discs: Sequence[tuple[frozenset[str], frozenset[str]]]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Of ``(true classes, called classes)`` per disc (:func:`diagnosis_discs`): truly abnormal
+    and called abnormal (a class other than ``normal``), two ``bool [N]`` arrays."""
     return (np.array([bool(t - {"normal"}) for t, _ in discs], bool),
             np.array([bool(c - {"normal"}) for _, c in discs], bool))
 
@@ -215,14 +221,19 @@ def finding_calls(images: Iterable[tuple[Sequence[Box], Sequence[Box], tuple[int
     called), ``negatives``, and the ``threshold``. A model's call rate per finding, as its
     reports state it (:attr:`lumbardx.study.ModelInfo.sensitivity_evidence`)."""
     discs = [d for image in images for d in diagnosis_discs(*image, thresholds)]
-    out: dict[str, dict[str, float | int]] = {}
-    for label, threshold in thresholds.items():
-        truth = np.array([label in t for t, _ in discs], bool)
-        call = np.array([label in c for _, c in discs], bool)
-        out[label] = {"called": int((truth & call).sum()), "positives": int(truth.sum()),
-                      "false_calls": int((~truth & call).sum()),
-                      "negatives": int((~truth).sum()), "threshold": float(threshold)}
-    return out
+    return {label: {**finding_counts(discs, label), "threshold": float(threshold)}
+            for label, threshold in thresholds.items()}
+
+
+def finding_counts(discs: Sequence[tuple[frozenset[str], frozenset[str]]], label: str
+                   ) -> dict[str, int]:
+    """Of ``(true classes, called classes)`` per disc (:func:`diagnosis_discs`), for
+    ``label``: ``called`` (discs with it where it is called), ``positives``, ``false_calls``
+    (discs without it where it is called) and ``negatives``."""
+    truth = np.array([label in t for t, _ in discs], bool)
+    call = np.array([label in c for _, c in discs], bool)
+    return {"called": int((truth & call).sum()), "positives": int(truth.sum()),
+            "false_calls": int((~truth & call).sum()), "negatives": int((~truth).sum())}
 
 
 def thresholds_dict(choices: Mapping[str, ThresholdChoice],

@@ -18,7 +18,8 @@
                 "sensitivity_evidence": {class: {"called": int, "positives": int}},
                 "sensitivity_basis": str | null},
                                      # held-out discs with the finding and how many the
-                                     # model called, and where that was measured
+                                     # model called, and where that was measured; only the
+                                     # findings the detector calls in this study
       "sacrum_recognised": bool, "sacrum_reason": str,
       "findings": [                  # one per disc, top to bottom along the spine
         {"level": "L4-L5", "level_uncertain": bool, "label": "herniation", "score": float | null,
@@ -60,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from lumbardx.clinical.findings import SpineFindings
+from lumbardx.clinical.findings import SLIP, SpineFindings
 from lumbardx.clinical.reviewed import ReviewRecord
 from lumbardx.data.boxes import Box
 from lumbardx.data.images import MedicalImage
@@ -113,6 +114,20 @@ class ModelInfo:
     def reads_pairs(self) -> bool:
         """Whether the detector was trained on T1/T2 pairs."""
         return self.inputs == PAIR_INPUTS
+
+
+def detector_calls_evidence(model: ModelInfo, segment_reader: dict[str, Any] | None
+                            ) -> dict[str, tuple[int, int]]:
+    """The model's :attr:`~ModelInfo.sensitivity_evidence` for the findings its detector calls
+    in a study read with ``segment_reader`` (:attr:`Study.segment_reader`): none when the
+    reader's stacked regressions make the calls (``disc_call`` ``"stacked"``), and without
+    spondylolisthesis when the reader calls it (``slip_call`` ``"reader"``). The record
+    describes the detector's calls only."""
+    reader = segment_reader or {}
+    if reader.get("disc_call") == "stacked":
+        return {}
+    return {k: v for k, v in model.sensitivity_evidence.items()
+            if not (k == SLIP and reader.get("slip_call") == "reader")}
 
 
 def pixel_key(pixels: np.ndarray) -> str:
@@ -199,6 +214,7 @@ class Study:
                 },
                 "probabilities": None if d.probabilities is None else dict(d.probabilities),
             })
+        evidence = detector_calls_evidence(self.model, self.segment_reader)
         return {
             "schema": SCHEMA,
             "source": Path(self.source).name,
@@ -213,9 +229,8 @@ class Study:
                       "training_data": self.model.training_data,
                       "inputs": self.model.inputs,
                       "sensitivity_evidence": {
-                          k: {"called": c, "positives": n}
-                          for k, (c, n) in self.model.sensitivity_evidence.items()},
-                      "sensitivity_basis": self.model.sensitivity_basis},
+                          k: {"called": c, "positives": n} for k, (c, n) in evidence.items()},
+                      "sensitivity_basis": self.model.sensitivity_basis if evidence else None},
             "segment_reader": self.segment_reader,
             "sacrum_recognised": self.findings.sacrum_recognised,
             "sacrum_reason": self.findings.sacrum_reason,

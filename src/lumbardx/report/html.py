@@ -31,6 +31,7 @@ from lumbardx.clinical.reviewed import NOT_REVIEWED
 from lumbardx.data.errors import InputError
 from lumbardx.report.overlay import (class_colours, extent_text, level_label, slip_text,
                                      write_bytes_atomic)
+from lumbardx.study import detector_calls_evidence
 
 if TYPE_CHECKING:
     from lumbardx.study import ModelInfo, Study
@@ -274,19 +275,14 @@ def limits(study: Study, training_data: str | None = None) -> list[str]:
 
 
 def sensitivity_statement(model: ModelInfo, segment_reader: dict | None = None) -> list[str]:
-    """What share of the discs with each finding the detector called
-    (:attr:`~lumbardx.study.ModelInfo.sensitivity_evidence`, normal discs left out) and where
-    that was measured, as one statement, or none without evidence: a finding not shown is not
-    excluded. Findings the segment reader calls instead of the detector (``segment_reader``:
-    ``disc_call`` ``"stacked"``, or ``slip_call`` ``"reader"`` for spondylolisthesis) are left
-    out: the record describes the detector's calls."""
-    reader = segment_reader or {}
-    if reader.get("disc_call") == "stacked":
-        return []
+    """What share of the discs with each finding the detector called and where that was
+    measured (:func:`~lumbardx.study.detector_calls_evidence`: only the findings the detector
+    calls with ``segment_reader``; normal discs left out), as one statement, or none without
+    evidence: a finding not shown is not excluded."""
     parts = [f"{name} {100 * called / positives:.0f}% ({called} of {positives})"
-             for name, (called, positives) in model.sensitivity_evidence.items()
-             if name != "normal" and positives > 0
-             and not (name == "spondylolisthesis" and reader.get("slip_call") == "reader")]
+             for name, (called, positives) in
+             detector_calls_evidence(model, segment_reader).items()
+             if name != "normal" and positives > 0]
     if not parts:
         return []
     return [f"Discs with a finding that this model called, on {model.sensitivity_basis}: "

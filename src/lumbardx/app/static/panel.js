@@ -90,12 +90,9 @@ export function renderFindings(host, findings, state, classes, onPick) {
     : h("p.level-note", { role: "note" }, "Level names are uncertain (marked ?): ",
       findings.sacrum_reason || "the sacrum was not recognised", ".");
   const notes = [...(findings.warnings || [])];
-  // the record describes the detector's calls: left out where the segment reader calls instead
-  const reader = findings.segment_reader || {};
-  const evidence = Object.entries((reader.disc_call !== "stacked" && findings.model
-    && findings.model.sensitivity_evidence) || {})
-    .filter(([name, e]) => name !== "normal" && e.positives > 0
-      && !(name === "spondylolisthesis" && reader.slip_call === "reader"))
+  // only the findings the detector calls in this study (findings.json leaves out the others)
+  const evidence = Object.entries((findings.model && findings.model.sensitivity_evidence) || {})
+    .filter(([name, e]) => name !== "normal" && e.positives > 0)
     .map(([name, e]) => `${className(name)} ${Math.round((100 * e.called) / e.positives)}% (${e.called} of ${e.positives})`);
   if (evidence.length) {
     notes.push(`Discs with a finding that this model called, on ${findings.model.sensitivity_basis || "held-out discs"}: `

@@ -83,12 +83,17 @@ def read_fold(k: int, ds: Any, pairs: Any, fold_of: dict[str, int], detectors: P
         with torch.inference_mode():
             x, geo = detect_stage.preprocess(m, sample.image, (planes[0], planes[1]))
             boxes = detect_stage.detect(m, x, geo)
-        truth = [Box(study_class(ds.class_names[int(c)]), *map(float, b))
-                 for b, c in zip(sample.boxes, sample.labels, strict=True)
-                 if study_class(ds.class_names[int(c)])]
         h, w = sample.image.shape
-        out.append((truth, [b for b in boxes if study_class(b.label)], (w, h)))
+        out.append((study_boxes(ds, sample), [b for b in boxes if study_class(b.label)],
+                    (w, h)))
     return out
+
+
+def study_boxes(ds: Any, sample: Any) -> list[Box]:
+    """The study-class ground-truth boxes of one ``ds[i]`` sample (other classes left out)."""
+    return [Box(study_class(ds.class_names[int(c)]), *map(float, b))
+            for b, c in zip(sample.boxes, sample.labels, strict=True)
+            if study_class(ds.class_names[int(c)])]
 
 
 def counts(truth: np.ndarray, call: np.ndarray) -> np.ndarray:

@@ -176,13 +176,24 @@ def with_probe_gaps(spine: SpineFindings) -> SpineFindings:
     return spine if len(out) == len(spine.discs) else replace(spine, discs=out)
 
 
-def read_image(m: Any, reader: Any, release: Any, planes: np.ndarray, own: np.ndarray,
-               named: list[Box], image_id: str, patient: str, probe_above: bool = False,
-               probe_gaps: bool = False) -> ImageRead:
-    """Detect, group and read one image as diagnosis does (``reader``: the fold's, its logits
-    calibrated by ``release``, a reader holding the release's Platt scaling); match to the
-    ground truth. With ``probe_above`` / ``probe_gaps``, presumed discs above the highest one
-    found / in the gaps are read too (:func:`with_probe_above`, :func:`with_probe_gaps`)."""
+@dataclass
+class Matched:
+    """One image detected and grouped as diagnosis does, matched to its ground truth: the
+    found spine, per ground-truth disc its truth (``[G, 2]`` bool, :data:`FINDINGS`) and the
+    index of the found disc that matched it (``None``: missed)."""
+
+    spine: SpineFindings
+    truth: np.ndarray
+    match: list[int | None]
+
+
+def detect_and_match(m: Any, planes: np.ndarray, own: np.ndarray, named: list[Box],
+                     image_id: str, probe_above: bool = False, probe_gaps: bool = False
+                     ) -> Matched:
+    """Detect (``m`` at its decision thresholds, T1 and T2 in ``planes``) and group one image
+    as diagnosis does, with presumed discs when asked (:func:`with_probe_above`,
+    :func:`with_probe_gaps`), and match the found discs to the ground-truth discs of
+    ``named`` (boxes of every class of the dataset)."""
     with torch.inference_mode():
         x, geo = detect_stage.preprocess(m, own, (planes[0], planes[1]))
         boxes = detect_stage.detect(m, x, geo)
@@ -193,12 +204,24 @@ def read_image(m: Any, reader: Any, release: Any, planes: np.ndarray, own: np.nd
         spine = with_probe_gaps(spine)
     if probe_above:
         spine = with_probe_above(spine)
-    cols = [LABELS.index(f) for f in FINDINGS]
-    logits = reader_logits(spine, reader, planes, image_id, patient)
-    probs = release.calibrated(logits).double().numpy()[:, cols]
     gt, labels = truth_spine(named, (w, h))
     truth = np.array([[f in lab for f in FINDINGS] for lab in labels], bool).reshape(-1, 2)
     match = match_discs(gt, spine) if spine.discs else [None] * len(gt.discs)
+    return Matched(spine, truth, match)
+
+
+def read_image(m: Any, reader: Any, release: Any, planes: np.ndarray, own: np.ndarray,
+               named: list[Box], image_id: str, patient: str, probe_above: bool = False,
+               probe_gaps: bool = False) -> ImageRead:
+    """Detect, group and match one image (:func:`detect_and_match`) and read its found discs
+    as diagnosis does (``reader``: the fold's, its logits calibrated by ``release``, a reader
+    holding the release's Platt scaling)."""
+    seen = detect_and_match(m, planes, own, named, image_id, probe_above, probe_gaps)
+    spine, truth, match = seen.spine, seen.truth, seen.match
+    h, w = own.shape
+    cols = [LABELS.index(f) for f in FINDINGS]
+    logits = reader_logits(spine, reader, planes, image_id, patient)
+    probs = release.calibrated(logits).double().numpy()[:, cols]
     prob = np.array([probs[j] if j is not None else np.zeros(len(FINDINGS)) for j in match],
                     np.float64).reshape(-1, 2)
     used = {j for j in match if j is not None}

@@ -5,7 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import statistics
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -385,3 +390,60 @@ def test_parallel_jobs_run_folds_in_worker_processes(tmp_path: Path, synth_data:
         progress = (tmp_path / f"cv/yolov5n/fold{f}/train.log").read_text()
         assert f"epoch {OVERRIDES['epochs']}/{OVERRIDES['epochs']}" in progress
     assert "| yolov5n | 2 |" in res.files["md"].read_text()
+
+
+_PARENT = """
+import multiprocessing, os, sys, time
+from lumbardx.engine.crossval import exit_with_parent
+
+def work(path):
+    exit_with_parent()
+    with open(path + ".tmp", "w") as fh:
+        fh.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+    time.sleep(120)
+
+if __name__ == "__main__":
+    multiprocessing.get_context("spawn").Process(target=work, args=(sys.argv[1],)).start()
+    time.sleep(120)
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie waiting to be reaped counts as ended)."""
+    if Path("/proc/self/status").exists():  # Linux: read the state, zombies included
+        try:
+            state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
+        except (FileNotFoundError, IndexError):
+            return False
+        return state != "Z"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_fold_worker_ends_when_its_main_process_is_killed(tmp_path: Path) -> None:
+    """A fold training started by crossval (spawned worker) stops when the cross-validation's
+    main process is killed, instead of training on beside a resumed run."""
+    script, pid_file = tmp_path / "parent.py", tmp_path / "worker.pid"
+    script.write_text(textwrap.dedent(_PARENT), encoding="utf-8")
+    parent = subprocess.Popen([sys.executable, str(script), str(pid_file)])
+    try:
+        deadline = time.monotonic() + 120
+        while not pid_file.exists() and time.monotonic() < deadline:
+            assert parent.poll() is None, "the parent process ended early"
+            time.sleep(0.1)
+        worker = int(pid_file.read_text())
+        assert _running(worker)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 20
+    while _running(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = _running(worker)
+    if alive:
+        os.kill(worker, 9)
+    assert not alive, "the worker trained on after its main process was killed"

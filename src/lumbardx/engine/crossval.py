@@ -26,7 +26,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import multiprocessing
 import os
+import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -360,10 +362,32 @@ def read_result(path: Path) -> dict[str, Any]:
 FOLD_LOG = "train.log"
 
 
+def exit_with_parent() -> None:
+    """In a worker process: end it as soon as the process that started it is gone.
+
+    A cross-validation stopped by a signal to its main process alone (``kill``, a job
+    scheduler's stop) would otherwise leave its fold trainings running on, and a resumed run
+    would then train the same fold twice into one folder. A daemon thread waits on the
+    parent's sentinel (:func:`multiprocessing.parent_process`) and exits with status 1; the
+    fold's checkpoints are written atomically, so the last whole epoch is what a resume
+    finds. Nothing happens in a process that no multiprocessing parent started."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _fold_job(kwargs: dict[str, Any], threads: int) -> dict[str, Any]:
     """Worker-process entry: run one fold with its progress (one line per epoch) appended to
     ``<fold folder>/train.log``, as folds side by side cannot share a terminal; errors come
-    back as text (InputError does not survive pickling)."""
+    back as text (InputError does not survive pickling). The worker ends with its parent
+    (:func:`exit_with_parent`)."""
+    exit_with_parent()
     torch.set_num_threads(threads)
     log_file = Path(kwargs["out_dir"]) / FOLD_LOG
     log_file.parent.mkdir(parents=True, exist_ok=True)

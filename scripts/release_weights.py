@@ -63,11 +63,13 @@ from lumbardx import __version__
 from lumbardx.clinical.stats import case_weights, percentile_ci, proportion
 from lumbardx.clinical.thresholds import (
     abnormal_calls,
+    abnormal_discs,
+    calls_of_discs,
     choose_thresholds,
     diagnosis_calls,
+    diagnosis_discs,
     disc_scores,
     finding_calls,
-    pooled_diagnosis_calls,
     thresholds_dict,
 )
 from lumbardx.data.boxes import Box
@@ -103,10 +105,11 @@ def _boxes(xyxy: np.ndarray, labels: np.ndarray, names: list[str],
     return out
 
 
-def disc_operating_point(images: list, thresholds: dict[str, float]) -> dict[str, float | int]:
-    """Disc-level sensitivity / specificity of ``(truth boxes, predicted boxes, (W, H))`` per
-    image, called as diagnosis calls them (:func:`diagnosis_calls`): positive = not normal."""
-    truth, call = pooled_diagnosis_calls(images, thresholds)
+def disc_operating_point(discs: list[tuple[frozenset[str], frozenset[str]]]
+                         ) -> dict[str, float | int]:
+    """Disc-level sensitivity / specificity of ``(true classes, called classes)`` per disc,
+    called as diagnosis calls them (:func:`diagnosis_discs`): positive = not normal."""
+    truth, call = abnormal_discs(discs)
     tp, fn = int((truth & call).sum()), int((truth & ~call).sum())
     tn, fp = int((~truth & ~call).sum()), int((~truth & call).sum())
     return {"tp": tp, "fn": fn, "tn": tn, "fp": fp,
@@ -383,8 +386,9 @@ def fold_evidence(ds: LumbarDataset, loaded: LoadedDetector, fold: int, folds_cs
     m, per_image = held_out(loaded, ds, val_idx, loaded.sequence_pairs)
     records = [r for recs, _ in per_image for r in recs]
     choices = choose_thresholds(records, ds.class_names, criterion)
-    point = disc_operating_point([image for _, image in per_image], thresholds_dict(choices))
-    calls = finding_calls([image for _, image in per_image], thresholds_dict(choices))
+    thresholds = thresholds_dict(choices)
+    discs = [d for _, image in per_image for d in diagnosis_discs(*image, thresholds)]
+    point, calls = disc_operating_point(discs), calls_of_discs(discs, thresholds)
     evidence = {
         "fold": fold, "train_images": len(train_idx), "val_images": len(val_idx),
         "val_patients": len({ds.records[i].patient for i in val_idx}),

@@ -220,7 +220,14 @@ def finding_calls(images: Iterable[tuple[Sequence[Box], Sequence[Box], tuple[int
     diagnosis calls it at), ``positives``, ``false_calls`` (discs without it where it is
     called), ``negatives``, and the ``threshold``. A model's call rate per finding, as its
     reports state it (:attr:`lumbardx.study.ModelInfo.sensitivity_evidence`)."""
-    discs = [d for image in images for d in diagnosis_discs(*image, thresholds)]
+    return calls_of_discs([d for image in images for d in diagnosis_discs(*image, thresholds)],
+                          thresholds)
+
+
+def calls_of_discs(discs: Sequence[tuple[frozenset[str], frozenset[str]]],
+                   thresholds: Mapping[str, float]) -> dict[str, dict[str, float | int]]:
+    """:func:`finding_calls` of discs already called at ``thresholds`` (``(true classes,
+    called classes)`` per disc, :func:`diagnosis_discs`)."""
     return {label: {**finding_counts(discs, label), "threshold": float(threshold)}
             for label, threshold in thresholds.items()}
 

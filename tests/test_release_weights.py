@@ -118,6 +118,34 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{100 * x:.1f}"
 
 
+def test_release_from_one_fold(tmp_path: Path, cv_run: tuple[Path, Path]) -> None:
+    """``--fold K``: thresholds chosen and measured on fold K's held-out images; its disc
+    level and each finding's calls count the same discs, grouped as diagnosis groups them."""
+    data, cv_dir = cv_run
+    out, metrics = tmp_path / "w.pt", tmp_path / "w.json"
+    proc = _run(str(cv_dir / "yolov5n/fold1/last.pt"), str(data), "--fold", "1",
+                "--folds-csv", str(cv_dir / "folds.csv"), "--out", str(out),
+                "--metrics", str(metrics))
+    assert proc.returncode == 0, proc.stderr
+    card = json.loads(metrics.read_text())
+    assert card["fold"] == 1 and card["val_images"] + card["train_images"] == 8
+    point = card["disc_level"]
+    discs = point["tp"] + point["fn"] + point["tn"] + point["fp"]
+    assert discs > 0
+    calls = card["call_evidence"]["calls"]
+    assert set(calls) == set(card["thresholds"])
+    for c in calls.values():
+        assert c["positives"] + c["negatives"] == discs
+    # herniation and spondylolisthesis are what makes a disc abnormal for the disc level
+    assert point["tp"] + point["fn"] >= max(calls[n]["positives"]
+                                            for n in ("herniation", "spondylolisthesis"))
+    assert point["tp"] + point["fp"] >= max(calls[n]["called"] + calls[n]["false_calls"]
+                                            for n in ("herniation", "spondylolisthesis"))
+    shipped = torch.load(out, weights_only=False)
+    assert shipped["call_evidence"] == card["call_evidence"]
+    assert shipped["tag"].startswith("yolov5n-fold1-epoch")
+
+
 def test_release_refuses_unfinished_crossval_and_bad_arguments(
         tmp_path: Path, cv_run: tuple[Path, Path]) -> None:
     data, cv_dir = cv_run
@@ -162,7 +190,8 @@ def test_release_carries_the_verifier_with_the_folds_power(tmp_path: Path,
     assert loaded.model.rescorer.settings.power == 3.0
 
     # evidence from folds without a verifier cannot ship one, nor the other way round
-    proc = _run(str(all_data), str(data), "--crossval", str(cv_dir), "--out", str(tmp_path / "x.pt"))
+    proc = _run(str(all_data), str(data), "--crossval", str(cv_dir),
+                "--out", str(tmp_path / "x.pt"))
     assert proc.returncode != 0 and "second stage" in proc.stderr
     proc = _run(str(cv_dir / "yolov5n/fold0/last.pt"), str(data), "--crossval",
                 str(tmp_path / "cv3"), "--out", str(tmp_path / "y.pt"))

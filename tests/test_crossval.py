@@ -271,6 +271,48 @@ def test_failing_fold_is_reported_and_the_rest_continue(
     assert not (tmp_path / "cv/yolov5n/fold0/error.txt").exists()  # no stale failure left
 
 
+def test_only_folds_trains_those_and_a_later_call_completes_the_table(
+    tmp_path: Path, synth_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``only_folds``: a cross-validation spread over two calls (sittings or machines)."""
+    calls: list[int] = []
+
+    def fake_run_fold(**kw: object) -> dict:  # writes its result as run_fold does
+        calls.append(int(kw["fold"]))
+        res = _fold(int(kw["fold"]), (0.9, 0.8, 0.7), 0.8, 0.5, 10.0)
+        out = Path(str(kw["out_dir"]))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / cv.RESULT_FILE).write_text(json.dumps(res))
+        return res
+
+    monkeypatch.setattr(cv, "run_fold", fake_run_fold)
+    messages: list[str] = []
+    first = cv.crossval(synth_data, ["yolov5n"], 2, recipe_overrides=OVERRIDES,
+                        out_dir=tmp_path / "cv", only_folds=[1], log=messages.append)
+    assert calls == [1] and first.ran == [("yolov5n", 1)] and not first.failures
+    assert "yolov5n fold 0: not finished, left for another call" in messages
+    assert not (tmp_path / "cv/yolov5n/fold0").exists()
+    assert "| yolov5n | 1 |" in first.files["md"].read_text()
+    second = cv.crossval(synth_data, ["yolov5n"], 2, recipe_overrides=OVERRIDES,
+                         out_dir=tmp_path / "cv", resume=True, only_folds=[0])
+    assert calls == [1, 0]
+    assert second.reused == [("yolov5n", 1)] and second.ran == [("yolov5n", 0)]
+    assert "| yolov5n | 2 |" in second.files["md"].read_text()
+    with pytest.raises(InputError, match=r"folds to train must lie in 0\.\.1, not \[2\]"):
+        cv.crossval(synth_data, ["yolov5n"], 2, recipe_overrides=OVERRIDES,
+                    out_dir=tmp_path / "cv", resume=True, only_folds=[2])
+
+    from lumbardx.cli.train import crossval as crossval_cmd
+
+    app = typer.Typer()
+    app.command()(crossval_cmd)
+    cli = CliRunner().invoke(app, [str(synth_data), "--models", "yolov5n", "--folds", "2",
+                                   "--out", str(tmp_path / "cv2"), "--only-folds", "0,x"],
+                             terminal_width=200)
+    assert cli.exit_code != 0 and "--only-folds takes fold numbers like 2,3,4" in cli.output
+    assert calls == [1, 0]
+
+
 def test_crossval_end_to_end_then_resume(tmp_path: Path, synth_data: Path) -> None:
     out = tmp_path / "cv"
     peer = _peer_file(tmp_path / "peer.json")

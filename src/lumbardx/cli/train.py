@@ -372,6 +372,17 @@ def print_table1(console: Console, res: CrossvalResult) -> None:
     console.print(f"Table 1: {res.files['md']}, {res.files['csv']}, {res.files['json']}")
 
 
+def _fold_list(text: str | None) -> list[int] | None:
+    """``--only-folds``: comma-separated fold numbers (None: every fold)."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(None, f"--only-folds takes fold numbers like 2,3,4, not {text!r}"
+                         ) from None
+
+
 def crossval(
     data: Path = typer.Argument(..., help="Annotated dataset folder (with patients)."),
     models: str = typer.Option("yolov3,yolov5s,ppyolov2", "--models", help="Comma-separated."),
@@ -399,6 +410,10 @@ def crossval(
                                help="Weights scored on each held-out fold: last (final epoch; "
                                     "nothing chosen on the test fold) or best (the fold's best "
                                     "epoch: optimistic)."),
+    only_folds: str | None = typer.Option(None, "--only-folds",
+                                          help="Train only these folds, e.g. 2,3,4 (the rest "
+                                               "another time or on another machine; "
+                                               "--resume puts the table together)."),
 ) -> None:
     """K-fold cross-validation of each model and the study's Table 1 (table1.md / .csv /
     .json, mean +- SD and 95% t-interval over folds, mean PR curves per model)."""
@@ -407,12 +422,13 @@ def crossval(
     console = Console()
     names = [m.strip() for m in models.split(",") if m.strip()]
     with _input_errors(console):
+        chosen = _fold_list(only_folds)
         res = cv.crossval(data, names, folds, classes,
                           _recipe_overrides(epochs, imgsz, batch, workers, settings), out,
                           device, seed,
                           jobs, resume, compare_with, autoanchor=autoanchor,
-                          eval_batch=eval_batch, select=select, log=lambda m: console.print(m, markup=False,
-                                                                             highlight=False))
+                          eval_batch=eval_batch, select=select, only_folds=chosen,
+                          log=lambda m: console.print(m, markup=False, highlight=False))
     print_table1(console, res)
     if res.failures:
         console.print(f"[red]{len(res.failures)} fold(s) failed (see error.txt in their "

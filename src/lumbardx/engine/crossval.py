@@ -477,6 +477,7 @@ def crossval(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     select: str = "last",
+    only_folds: Sequence[int] | None = None,
 ) -> CrossvalResult:
     """k-fold cross-validation of ``models`` on ``data`` and the study's Table 1.
 
@@ -490,7 +491,10 @@ def crossval(
     fold that scores it). ``compare_with`` adds further rows: peers' results or the models of
     another cross-validation's ``table1.json`` (:func:`read_comparison`); Table 1 pairs every
     two rows on the folds both scored, so compare only results on the same folds. ``log``
-    receives progress messages.
+    receives progress messages. ``only_folds`` trains only those of the ``k`` folds (the others
+    are left for another call, on this machine or another one with a copy of the folder, and
+    their finished results are still read): a cross-validation spread over sittings or
+    machines, put together by a last call with ``resume``.
 
     Raises:
         InputError: unknown model, bad recipe override, unusable dataset or peer file, ``out_dir``
@@ -504,6 +508,10 @@ def crossval(
     if select not in SELECT_CHOICES:
         raise InputError(None, f"select must be one of {', '.join(SELECT_CHOICES)}, not "
                                f"{select!r}")
+    wanted = set(range(k)) if only_folds is None else set(only_folds)
+    if not wanted or not wanted <= set(range(k)):
+        raise InputError(None, f"folds to train must lie in 0..{k - 1}, not "
+                               f"{sorted(only_folds or [])}")
     overrides = dict(recipe_overrides or {})
     recipes = {m: make_recipe(m, overrides) for m in models}  # checks names and overrides
     out = Path(out_dir)
@@ -525,6 +533,9 @@ def crossval(
                 results[m][f] = read_result(run_dir / RESULT_FILE)
                 outcome.reused.append((m, f))
                 say(f"{m} fold {f}: finished before, skipped")
+                continue
+            if f not in wanted:
+                say(f"{m} fold {f}: not finished, left for another call")
                 continue
             pending.append(dict(data=str(Path(data)), model_name=m, fold=f,
                                 folds_csv=str(folds_csv), recipe_overrides=overrides,

@@ -52,7 +52,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from disc_level import counts, point_of, read_fold, study_boxes
-from extra_findings import FINDINGS, detect_and_match
+from extra_findings import FINDINGS, detect_and_match, held_out
 from machine_info import cpu_name
 from scale_tta import box_scores
 from segment_end_to_end import FOLDS, dataset_with_folds, fold_thresholds
@@ -151,12 +151,7 @@ def score_fold(k: int, ds: Any, ds_ddd: dict[str, np.ndarray], pairs: Any,
     m = load_detector(detectors / f"fold{k}" / "last.pt", "cpu", backend="torch")
     m.set_thresholds(shipped)
     matched, ddd_truth = [], []
-    for i, rec in enumerate(ds.records):
-        if fold_of.get(rec.image_id) != k:
-            continue
-        sample = ds[i]
-        named = [Box(ds.class_names[int(lab)], *map(float, b))
-                 for b, lab in zip(sample.boxes, sample.labels, strict=True)]
+    for i, rec, sample, named in held_out(ds, fold_of, k):
         matched.append(detect_and_match(m, pairs[i].image, sample.image, named, rec.image_id))
         ddd_truth.append(ds_ddd[rec.image_id])
     ids = [rec.image_id for rec in ds.records if fold_of.get(rec.image_id) == k]

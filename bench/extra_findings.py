@@ -51,6 +51,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,15 @@ def read_image(m: Any, reader: Any, release: Any, planes: np.ndarray, own: np.nd
                      (w, h))
 
 
+def held_out(ds: Any, fold_of: dict[str, int], k: int) -> Iterator[tuple[int, Any, Any, list[Box]]]:
+    """Fold ``k``'s images of ``ds``: index, record, sample and its boxes named by class."""
+    for i, rec in enumerate(ds.records):
+        if fold_of.get(rec.image_id) == k:
+            sample = ds[i]
+            yield i, rec, sample, [Box(ds.class_names[int(lab)], *map(float, b))
+                                   for b, lab in zip(sample.boxes, sample.labels, strict=True)]
+
+
 def records(reads: list[ImageRead]) -> list[DiscScore]:
     """Found discs (ground-truth discs matched or not, and extra discs) as threshold
     records: an extra disc's truth is empty."""
@@ -405,12 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     for k in ready:
         m, reader = load_fold_models(k, args.detectors, args.readers, det_thresholds)
         reads[k] = []
-        for i, rec in enumerate(ds.records):
-            if fold_of.get(rec.image_id) != k:
-                continue
-            sample = ds[i]
-            named = [Box(ds.class_names[int(lab)], *map(float, b))
-                     for b, lab in zip(sample.boxes, sample.labels, strict=True)]
+        for i, rec, sample, named in held_out(ds, fold_of, k):
             reads[k].append(read_image(m, reader, release.reader, pairs[i].image, sample.image,
                                        named, rec.image_id, rec.patient, args.probe_above,
                                        args.probe_gaps))

@@ -82,6 +82,9 @@ CLASSES = ("normal", "herniation", "spondylolisthesis")
 COMPARED = ("ap50_herniation", "ap50_spondylolisthesis", "ap50_normal", "map50",
             "slip_image_auc", "found_degeneration", "found_stenosis")
 
+#: Rounding slack of the rule's bounds (a difference of exactly -0.5 points holds).
+EPS = 1e-9
+
 Image = tuple[list[Box], list[Box], tuple[int, int]]  # truth, predicted boxes, (W, H)
 
 
@@ -215,7 +218,7 @@ def decide(folds: list[dict[str, Any]], base: dict[int, dict[str, Any]],
     found_gt = sum(d > 0 for d in diff["found_degeneration"])
     parts: dict[str, Any] = {
         "herniation_ap_mean_difference": herniation,
-        "herniation_ap_holds": bool(herniation >= -0.005),
+        "herniation_ap_holds": bool(herniation >= -0.005 - EPS),
         "slip_ap_folds_higher_or_equal": int(slip_ge),
         "slip_ap_holds": bool(slip_ge >= 3),
         "degenerated_found_folds_higher": int(found_gt),
@@ -226,7 +229,7 @@ def decide(folds: list[dict[str, Any]], base: dict[int, dict[str, Any]],
         ds = pooled["sensitivity"] - ref["sensitivity"]
         dp = pooled["specificity"] - ref["specificity"]
         parts.update({"disc_sensitivity_difference": ds, "disc_specificity_difference": dp,
-                      "disc_level_holds": bool(ds >= 0 and dp >= -0.005)})
+                      "disc_level_holds": bool(ds >= -EPS and dp >= -0.005 - EPS)})
     if len(folds) < k_all:
         parts["decision"] = f"pending: {len(folds)} of {k_all} folds scored"
     else:

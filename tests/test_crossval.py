@@ -313,6 +313,36 @@ def test_only_folds_trains_those_and_a_later_call_completes_the_table(
     assert calls == [1, 0]
 
 
+def test_resume_may_change_how_often_the_held_out_fold_is_scored(
+    tmp_path: Path, synth_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``eval_interval`` does not change the final weights: a resume of a cross-validation
+    scoring them (``select="last"``) may change it, one choosing the best epoch may not."""
+    seen: list[int] = []
+
+    def fake_run_fold(**kw: object) -> dict:
+        seen.append(int(dict(kw["recipe_overrides"])["eval_interval"]))  # type: ignore[arg-type]
+        out = Path(str(kw["out_dir"]))
+        out.mkdir(parents=True, exist_ok=True)
+        res = _fold(int(kw["fold"]), (0.9, 0.8, 0.7), 0.8, 0.5, 10.0)
+        (out / cv.RESULT_FILE).write_text(json.dumps(res))
+        return res
+
+    monkeypatch.setattr(cv, "run_fold", fake_run_fold)
+    for select, out in (("last", tmp_path / "last"), ("best", tmp_path / "best")):
+        cv.crossval(synth_data, ["yolov5n"], 2, recipe_overrides={**OVERRIDES, "eval_interval": 1},
+                    out_dir=out, only_folds=[0], select=select)
+    again = cv.crossval(synth_data, ["yolov5n"], 2, out_dir=tmp_path / "last", resume=True,
+                        recipe_overrides={**OVERRIDES, "eval_interval": 10})
+    assert seen == [1, 1, 10] and again.ran == [("yolov5n", 1)]
+    with pytest.raises(InputError, match="resume needs the settings of the first call"):
+        cv.crossval(synth_data, ["yolov5n"], 2, out_dir=tmp_path / "best", resume=True,
+                    recipe_overrides={**OVERRIDES, "eval_interval": 10}, select="best")
+    with pytest.raises(InputError, match="resume needs the settings of the first call"):
+        cv.crossval(synth_data, ["yolov5n"], 2, out_dir=tmp_path / "last", resume=True,
+                    recipe_overrides={**OVERRIDES, "eval_interval": 10, "epochs": 2})
+
+
 def test_crossval_end_to_end_then_resume(tmp_path: Path, synth_data: Path) -> None:
     out = tmp_path / "cv"
     peer = _peer_file(tmp_path / "peer.json")

@@ -229,3 +229,23 @@ def test_train_killed_mid_epoch_resumes_to_the_same_weights(data: Path, tmp_path
     assert a.keys() == b.keys() and a
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_scoring_the_validation_set_less_often_leaves_the_weights_unchanged(
+        data: Path, tmp_path: Path) -> None:
+    """``eval_interval`` changes the log and best.pt, not the training: what lets a resumed
+    cross-validation change it (``crossval.LOG_ONLY_SETTINGS``)."""
+    runs = {}
+    for interval in (1, 2):
+        out = tmp_path / f"every{interval}"
+        res = invoke("train", data, "--model", "yolov5n", "--epochs", 2, "--imgsz", 64,
+                     "--batch", 4, "--workers", 0, "--device", "cpu", "--fold", 0, "-k", 2,
+                     "--no-autoanchor", "--seed", 3, "--out", out,
+                     "--set", f"eval_interval={interval}")
+        assert res.exit_code == 0, res.output
+        runs[interval] = _model_tensors(out / "last.pt")
+        rows = (out / "results.csv").read_text().strip().splitlines()[1:]
+        assert len(rows) == 2  # one row per epoch, scored or not
+    assert runs[1].keys() == runs[2].keys() and runs[1]
+    for k in runs[1]:
+        assert torch.equal(runs[1][k], runs[2][k]), k

@@ -69,6 +69,10 @@ SETTINGS_FILE = "crossval.json"
 FOLDS_FILE = "folds.csv"
 # Settings that must match when a cross-validation is resumed (the rest may change).
 RESUME_KEYS = ("classes", "k", "seed", "recipe_overrides", "autoanchor", "eval_batch", "select")
+# Recipe settings that leave the trained weights unchanged (how often the held-out fold is
+# scored during training: for the log and best.pt only): with ``select="last"`` a resumed
+# cross-validation may change them.
+LOG_ONLY_SETTINGS = ("eval_interval",)
 # Which weights of a run are evaluated: the final ones, or the best epoch on the evaluation set.
 SELECT_CHOICES = ("last", "best")
 
@@ -424,6 +428,14 @@ class CrossvalResult:
     failures: dict[tuple[str, int], str] = field(default_factory=dict)
 
 
+def _resumed_as(key: str, value: Any, settings: Mapping[str, Any]) -> Any:
+    """A setting as a resume compares it: the recipe overrides without
+    :data:`LOG_ONLY_SETTINGS` when the final weights are scored (``select="last"``)."""
+    if key == "recipe_overrides" and settings.get("select") == "last":
+        return {k: v for k, v in dict(value or {}).items() if k not in LOG_ONLY_SETTINGS}
+    return value
+
+
 def _prepare_folder(out: Path, ds: LumbarDataset, settings: dict[str, Any], resume: bool,
                     say: Callable[[str], None]) -> Path:
     """Check ``out`` against ``resume``; write (or check and reuse) folds and settings."""
@@ -437,7 +449,7 @@ def _prepare_folder(out: Path, ds: LumbarDataset, settings: dict[str, Any], resu
         except (OSError, ValueError) as err:
             raise InputError(settings_file, f"cannot read the settings: {err}") from None
         diff = [f"{k}: {old.get(k)!r} before, {settings[k]!r} now" for k in RESUME_KEYS
-                if old.get(k) != settings[k]]
+                if _resumed_as(k, old.get(k), settings) != _resumed_as(k, settings[k], settings)]
         if diff:
             raise InputError(settings_file, "resume needs the settings of the first call; "
                                             + "; ".join(diff))

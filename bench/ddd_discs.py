@@ -67,7 +67,6 @@ from lumbardx.clinical.thresholds import (
 )
 from lumbardx.data.boxes import Box
 from lumbardx.data.dataset import LumbarDataset
-from lumbardx.engine.metrics import GroundTruth, Prediction, coco_evaluate
 from lumbardx.engine.table1 import fold_differences, fold_stat
 from lumbardx.io import atomic_write_bytes, atomic_write_text
 from lumbardx.models.pretrained import load_detector
@@ -105,15 +104,11 @@ def replicate_folds(scale_tta: Path, extra_findings: Path) -> dict[int, dict[str
 
 def normal_ap_with_ddd(images: list[Image], ddd_truth: list[np.ndarray]) -> float:
     """Normal AP@0.5 against the ``study+ddd`` ground truth (``ddd_truth``: per image its
-    normal boxes ``float32 [N, 4]`` under that mapping)."""
-    gts, dts = [], []
-    for i, ((_, pred, (w, h)), normal) in enumerate(zip(images, ddd_truth, strict=True)):
-        gts.append(GroundTruth(str(i), w, h, normal, np.zeros(len(normal), np.int64)))
-        sel = [b for b in pred if b.label == "normal"]
-        dts.append(Prediction(
-            np.array([[b.x1, b.y1, b.x2, b.y2] for b in sel], np.float32).reshape(-1, 4),
-            np.array([b.score for b in sel], np.float32), np.zeros(len(sel), np.int64)))
-    return float(coco_evaluate(gts, dts, ["normal"]).ap50[0])
+    normal boxes ``float32 [N, 4]`` under that mapping), scored as :func:`box_scores` scores
+    (COCO evaluates each class on its own boxes)."""
+    return box_scores([([Box("normal", *map(float, b)) for b in normal], pred, wh)
+                       for (_, pred, wh), normal in zip(images, ddd_truth, strict=True)]
+                      )["ap50_normal"]
 
 
 def found_share(matched: list[Any]) -> dict[str, Any]:
@@ -153,11 +148,11 @@ def score_fold(k: int, ds: Any, ds_ddd: dict[str, np.ndarray], pairs: Any,
     images = read_fold(k, ds, pairs, fold_of, detectors)
     m = load_detector(detectors / f"fold{k}" / "last.pt", "cpu", backend="torch")
     m.set_thresholds(shipped)
-    matched, ddd_truth = [], []
-    for i, rec, sample, named in held_out(ds, fold_of, k):
+    matched, ddd_truth, ids = [], [], []
+    for i, rec, sample, named in held_out(ds, fold_of, k):  # in read_fold's order
         matched.append(detect_and_match(m, pairs[i].image, sample.image, named, rec.image_id))
         ddd_truth.append(ds_ddd[rec.image_id])
-    ids = [rec.image_id for rec in ds.records if fold_of.get(rec.image_id) == k]
+        ids.append(rec.image_id)
     stored = []
     for image_id, image in zip(ids, images, strict=True):
         stored.append({"image": image_id,

@@ -50,6 +50,14 @@ def test_rule_adopts_only_when_every_part_holds() -> None:
     part = bench.decide(folds[:2], base, None, 5)
     assert part["decision"] == "pending: 2 of 5 folds scored"
     assert "disc_level_holds" not in part
+    # a counted part that can no longer reach its count decides before the last folds
+    early = bench.decide(_folds([0.0] * 3, [-0.1, -0.1, -0.01], [0.01] * 3), base, None, 5)
+    assert early["decision"].startswith("keep the shipped (decided early: slip AP")
+    assert "0 of 3 folds scored, 3 of 5 needed" in early["decision"]
+    still = bench.decide(_folds([0.0] * 3, [-0.1, -0.1, 0.0], [0.01] * 3), base, None, 5)
+    assert still["decision"] == "pending: 3 of 5 folds scored"
+    found_lost = bench.decide(_folds([0.0] * 2, [0.0] * 2, [0.0, 0.0]), base, None, 5)
+    assert "degenerated discs found more on 0 of 2" in found_lost["decision"]
 
 
 def test_state_keeps_model_outputs_only_and_needs_the_same_truth() -> None:

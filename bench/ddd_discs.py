@@ -85,6 +85,8 @@ COMPARED = ("ap50_herniation", "ap50_spondylolisthesis", "ap50_normal", "map50",
 
 #: Rounding slack of the rule's bounds (a difference of exactly -0.5 points holds).
 EPS = 1e-9
+#: Folds (of five) on which slip AP must be higher or equal, and degenerated discs found more.
+SLIP_FOLDS, FOUND_FOLDS = 3, 4
 
 Image = tuple[list[Box], list[Box], tuple[int, int]]  # truth, predicted boxes, (W, H)
 
@@ -217,9 +219,9 @@ def decide(folds: list[dict[str, Any]], base: dict[int, dict[str, Any]],
         "herniation_ap_mean_difference": herniation,
         "herniation_ap_holds": bool(herniation >= -0.005 - EPS),
         "slip_ap_folds_higher_or_equal": int(slip_ge),
-        "slip_ap_holds": bool(slip_ge >= 3),
+        "slip_ap_holds": bool(slip_ge >= SLIP_FOLDS),
         "degenerated_found_folds_higher": int(found_gt),
-        "degenerated_found_holds": bool(found_gt >= 4),
+        "degenerated_found_holds": bool(found_gt >= FOUND_FOLDS),
     }
     if pooled is not None:
         ref = base[-1]["disc_level"]
@@ -231,8 +233,8 @@ def decide(folds: list[dict[str, Any]], base: dict[int, dict[str, Any]],
     # A counted part that cannot reach its count even if every fold left goes its way has
     # failed already: the rule's outcome is then known before the last folds are scored.
     lost = [f"{name} on {have} of {len(folds)} folds scored, {need} of {k_all} needed"
-            for name, have, need in (("slip AP higher or equal", slip_ge, 3),
-                                     ("degenerated discs found more", found_gt, 4))
+            for name, have, need in (("slip AP higher or equal", slip_ge, SLIP_FOLDS),
+                                     ("degenerated discs found more", found_gt, FOUND_FOLDS))
             if have + left < need]
     if left and lost:
         parts["decision"] = "keep the shipped (decided early: " + "; ".join(lost) + ")"

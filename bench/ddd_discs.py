@@ -1,6 +1,8 @@
-"""Degeneration-only discs as discs: fold detectors trained with ``--classes study+ddd`` scored
-fold by fold against the replicate cross-validation of the shipped recipe, by the rule fixed
-before they were scored (``docs/training.md``, "Degeneration-only discs as discs").
+"""Degeneration-only discs as discs (``--rule ddd``: fold detectors trained with ``--classes
+study+ddd``) or as regions the loss ignores (``--rule ddd-ignore``: ``--classes
+study+ddd-ignore``), scored fold by fold against the replicate cross-validation of the shipped
+recipe, by the rule fixed before they were scored (``docs/training.md``, "Degeneration-only
+discs as discs" and "... as ignored regions"; :data:`RULES`).
 
 What each fold is scored on, all on its held-out images (T1 and T2 read together where the
 image has a partner, the verifier applied as in diagnosis):
@@ -8,7 +10,7 @@ image has a partner, the verifier applied as in diagnosis):
 * COCO AP@0.5 per class (pycocotools, 101-point) and the slip image-level AUC, boxes down to
   :data:`~lumbardx.models.pretrained.EVAL_CONF`, against the study classes' ground truth
   (as ``bench/scale_tta.py``'s ``single`` rule scores the replicate); normal AP also against
-  the ``study+ddd`` ground truth, which holds the 419 degeneration-only discs;
+  the ``study+ddd`` ground truth, which holds the 423 degeneration-only discs;
 * the degenerated and stenosed discs found (``found_*`` of ``bench/extra_findings.py``): the
   share of ground-truth discs with the finding that a disc diagnosis groups matches, the
   detector at the shipped default's thresholds;
@@ -46,6 +48,7 @@ import math
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +88,39 @@ COMPARED = ("ap50_herniation", "ap50_spondylolisthesis", "ap50_normal", "map50",
 
 #: Rounding slack of the rule's bounds (a difference of exactly -0.5 points holds).
 EPS = 1e-9
-#: Folds (of five) on which slip AP must be higher or equal, and degenerated discs found more.
-SLIP_FOLDS, FOUND_FOLDS = 3, 4
+#: Folds (of five) on which slip AP must be higher or equal.
+SLIP_FOLDS = 3
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The parts of a rule that differ between the variants: on how many folds (of five) the
+    degenerated discs found must be more (``found_strict``) or more or equal, and where the
+    rule is written."""
+
+    found_folds: int
+    found_strict: bool
+    section: str
+
+    @property
+    def found_words(self) -> str:
+        """How the degenerated-discs part reads."""
+        return "more" if self.found_strict else "more or equal"
+
+    @property
+    def found_key(self) -> str:
+        """The result key counting the folds on which that part held."""
+        return ("degenerated_found_folds_higher" if self.found_strict
+                else "degenerated_found_folds_higher_or_equal")
+
+
+#: The variants' rules: degeneration-only discs as discs must find more of them on four folds;
+#: as ignored regions, which aim at the slip class, they must not lose them on three.
+RULES = {
+    "ddd": Rule(4, True, "docs/training.md, 'Degeneration-only discs as discs'"),
+    "ddd-ignore": Rule(3, False, "docs/training.md, 'Degeneration-only discs as ignored "
+                                 "regions'"),
+}
 
 Image = tuple[list[Box], list[Box], tuple[int, int]]  # truth, predicted boxes, (W, H)
 
@@ -208,20 +242,21 @@ def disc_level(state: dict[int, dict[str, Any]],
 
 
 def decide(folds: list[dict[str, Any]], base: dict[int, dict[str, Any]],
-           pooled: dict[str, Any] | None, k_all: int) -> dict[str, Any]:
-    """The rule of ``docs/training.md`` on the folds scored: ``pending`` until all ``k_all``
-    are, unless a counted part (slip AP, degenerated discs found) can no longer hold."""
+           pooled: dict[str, Any] | None, k_all: int, rule: Rule = RULES["ddd"]
+           ) -> dict[str, Any]:
+    """``rule`` (:data:`RULES`) on the folds scored: ``pending`` until all ``k_all`` are,
+    unless a counted part (slip AP, degenerated discs found) can no longer hold."""
     diff = {m: [f[m] - base[f["fold"]][m] for f in folds] for m in COMPARED}
     herniation = float(np.mean(diff["ap50_herniation"])) if folds else math.nan
     slip_ge = sum(d >= 0 for d in diff["ap50_spondylolisthesis"])
-    found_gt = sum(d > 0 for d in diff["found_degeneration"])
+    found = sum((d > 0) if rule.found_strict else (d >= 0) for d in diff["found_degeneration"])
     parts: dict[str, Any] = {
         "herniation_ap_mean_difference": herniation,
         "herniation_ap_holds": bool(herniation >= -0.005 - EPS),
         "slip_ap_folds_higher_or_equal": int(slip_ge),
         "slip_ap_holds": bool(slip_ge >= SLIP_FOLDS),
-        "degenerated_found_folds_higher": int(found_gt),
-        "degenerated_found_holds": bool(found_gt >= FOUND_FOLDS),
+        rule.found_key: int(found),
+        "degenerated_found_holds": bool(found >= rule.found_folds),
     }
     if pooled is not None:
         ref = base[-1]["disc_level"]
@@ -234,7 +269,8 @@ def decide(folds: list[dict[str, Any]], base: dict[int, dict[str, Any]],
     # failed already: the rule's outcome is then known before the last folds are scored.
     lost = [f"{name} on {have} of {len(folds)} folds scored, {need} of {k_all} needed"
             for name, have, need in (("slip AP higher or equal", slip_ge, SLIP_FOLDS),
-                                     ("degenerated discs found more", found_gt, FOUND_FOLDS))
+                                     (f"degenerated discs found {rule.found_words}", found,
+                                      rule.found_folds))
             if have + left < need]
     if left and lost:
         parts["decision"] = "keep the shipped (decided early: " + "; ".join(lost) + ")"
@@ -264,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--state", type=Path, required=True,
                     help="gzip JSON of the folds scored so far (read, extended, written)")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--rule", choices=sorted(RULES), default="ddd",
+                    help="the variant's rule (module docstring)")
     ap.add_argument("--replicate-scale-tta", type=Path, default=RESULTS / "scale_tta.json")
     ap.add_argument("--replicate-extra-findings", type=Path,
                     default=RESULTS / "extra_findings.json")
@@ -297,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     folds = [{m: v for m, v in state[k].items() if m != "stored"} for k in sorted(state)]
     pooled = disc_level(state, disc_truth(ds)) if len(state) == k_all else None
     result = {
-        "rule": "docs/training.md, 'Degeneration-only discs as discs'",
+        "rule": RULES[args.rule].section,
         "replicate": {"scale_tta": args.replicate_scale_tta.name,
                       "extra_findings": args.replicate_extra_findings.name},
         "folds_scored": sorted(state), "folds": folds,
@@ -309,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         "disc_level_pooled_nested": pooled if pooled is not None
         else f"needs all {k_all} folds",
         "replicate_disc_level_pooled_nested": base[-1]["disc_level"],
-        "rule_outcome": decide(folds, base, pooled, k_all),
+        "rule_outcome": decide(folds, base, pooled, k_all, RULES[args.rule]),
         "wall_s": round(time.perf_counter() - t0, 1), "machine": {"cpu": cpu_name()}}
     atomic_write_text(args.out, json.dumps(result, indent=1, default=lambda v: None
                                            if isinstance(v, float) and math.isnan(v) else v)

@@ -98,6 +98,9 @@ class Sample:
         image_id: stable identifier (the image path relative to the dataset root).
         patient: patient identifier (``""`` when unknown).
         pixel_spacing: ``(row, column)`` spacing in millimetres, or ``None`` when unknown.
+        ignore: ``float32`` array ``[M, 4]`` xyxy pixels of regions the training loss ignores
+            (neither a box to find nor background; ``study+ddd-ignore`` in
+            :mod:`lumbardx.data.classes`), or ``None`` when there are none.
     """
 
     image: np.ndarray
@@ -106,3 +109,4 @@ class Sample:
     image_id: str
     patient: str = ""
     pixel_spacing: tuple[float, float] | None = None
+    ignore: np.ndarray | None = None

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lumbardx.data.classes import build_class_map
+from lumbardx.data.classes import IGNORE_LABEL, IGNORED, build_class_map
 from lumbardx.data.convert import scan_dataset
 from lumbardx.data.dataset import map_annotation
 from lumbardx.data.errors import ImageReadError, InputError
@@ -293,7 +293,8 @@ def check_dataset(
                 add(Problem("error", _classify_box_problem(message), label, where + message))
             _, labels, lost = map_annotation(ann, class_map)  # as training reads the file
             dropped.update(lost)
-            boxes.update(class_map.names[int(i)] for i in labels)
+            boxes.update(IGNORED if i == IGNORE_LABEL else class_map.names[int(i)]
+                         for i in labels)
         try:
             image = read_image(rec.image_path, max_side=None)  # boxes: full-size pixels
         except ImageReadError as err:

@@ -12,6 +12,10 @@ Two mappings are built in:
   counts as ``normal``: a disc without herniation or slip. Some datasets (yolospine) label a
   degenerated disc with a DDD box *instead of* a disc box, and under ``study`` such a disc is
   background to a detector.
+* ``study+ddd-ignore`` -- the study's three classes, and a disc labelled only ``Degenerative
+  Disc Disease`` (as above) becomes a region the training loss ignores: neither a box to find
+  nor background (:data:`IGNORE_LABEL`, :attr:`lumbardx.data.boxes.Sample.ignore`).
+  Evaluation does not count it.
 * ``all`` -- keep every class of the source under its own name.
 """
 
@@ -42,8 +46,17 @@ STUDY_ALIASES: dict[str, str] = {
 }
 
 #: ``--classes`` help of the commands that read a dataset.
-CLASSES_HELP = ("Class mapping: study|study+ddd|all (study+ddd: a disc labelled only degenerative "
-                "disc disease counts as normal).")
+CLASSES_HELP = ("Class mapping: study|study+ddd|study+ddd-ignore|all (study+ddd: a disc labelled "
+                "only degenerative disc disease counts as normal; study+ddd-ignore: the "
+                "training loss ignores it).")
+
+#: Label of a region the training loss ignores (no box target, not background); such boxes
+#: are kept apart from the class boxes (:attr:`lumbardx.data.boxes.Sample.ignore`) and carry
+#: this label only inside the training pipeline (:func:`lumbardx.engine.pipeline.sample_arrays`).
+IGNORE_LABEL = -2
+
+#: Fallback target name (:attr:`ClassMap.fallback`) of a box that becomes an ignored region.
+IGNORED = "(ignored)"
 
 #: Source names (lower-cased) of degenerative disc disease boxes.
 DEGENERATION_ALIASES: frozenset[str] = frozenset({
@@ -93,8 +106,11 @@ class ClassMap:
 
     def fallback_index(self, source_name: str) -> int | None:
         """The target class index of a fallback box named ``source_name``
-        (:attr:`fallback`), or ``None`` when the name has none."""
+        (:attr:`fallback`), :data:`IGNORE_LABEL` when its fallback is :data:`IGNORED`, or
+        ``None`` when the name has none."""
         name = self.fallback.get(source_name.strip().lower())
+        if name == IGNORED:
+            return IGNORE_LABEL
         return None if name is None else self.names.index(name)
 
 
@@ -110,6 +126,13 @@ def study_ddd_map() -> ClassMap:
                     fallback={alias: "normal" for alias in sorted(DEGENERATION_ALIASES)})
 
 
+def study_ddd_ignore_map() -> ClassMap:
+    """The study's classes, with discs labelled only degenerative disc disease as regions the
+    training loss ignores (module docstring, ``study+ddd-ignore``)."""
+    return ClassMap(names=list(STUDY_CLASSES), mapping=dict(STUDY_ALIASES),
+                    fallback={alias: IGNORED for alias in sorted(DEGENERATION_ALIASES)})
+
+
 def all_map(source_names: Iterable[str] = ()) -> ClassMap:
     """Keep every source class under its own name, in the order given (new ones appended)."""
     names = list(dict.fromkeys(source_names))
@@ -120,7 +143,7 @@ def build_class_map(kind: str | Mapping[str, str], source_names: Iterable[str] =
     """Build a class map by name (``"study"`` or ``"all"``) or from an explicit mapping.
 
     Args:
-        kind: ``"study"``, ``"study+ddd"``, ``"all"``, or a mapping source name -> target name.
+        kind: ``"study"``, ``"study+ddd"``, ``"study+ddd-ignore"``, ``"all"``, or a mapping source name -> target name.
         source_names: the source's class names in order (used by ``"all"``).
     """
     if isinstance(kind, Mapping):
@@ -130,7 +153,9 @@ def build_class_map(kind: str | Mapping[str, str], source_names: Iterable[str] =
         return study_map()
     if kind == "study+ddd":
         return study_ddd_map()
+    if kind == "study+ddd-ignore":
+        return study_ddd_ignore_map()
     if kind == "all":
         return all_map(source_names)
-    raise ValueError(f"unknown class mapping {kind!r}: use 'study', 'study+ddd', 'all' or a "
-                     "mapping")
+    raise ValueError(f"unknown class mapping {kind!r}: use 'study', 'study+ddd', "
+                     "'study+ddd-ignore', 'all' or a mapping")

@@ -18,13 +18,13 @@ import copy
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from lumbardx.data.boxes import Box, ImageAnnotation, Sample
-from lumbardx.data.classes import FALLBACK_IOU, ClassMap, build_class_map
+from lumbardx.data.classes import FALLBACK_IOU, IGNORE_LABEL, ClassMap, build_class_map
 from lumbardx.data.convert import scan_dataset
 from lumbardx.data.errors import AnnotationError, InputError
 from lumbardx.data.images import read_image
@@ -44,6 +44,8 @@ class ImageRecord:
         labels: ``int64 [N]`` indices into the dataset's ``class_names``.
         width, height: image size in pixels, as the annotation states it.
         label_path: the annotation file (``None`` for COCO or when there is none).
+        ignore: ``float32 [M, 4]`` xyxy pixels of regions the training loss ignores
+            (:data:`~lumbardx.data.classes.IGNORE_LABEL`); empty under most mappings.
     """
 
     image_path: Path
@@ -55,6 +57,7 @@ class ImageRecord:
     width: int
     height: int
     label_path: Path | None = None
+    ignore: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
 
 
 def map_annotation(
@@ -62,7 +65,8 @@ def map_annotation(
 ) -> tuple[np.ndarray, np.ndarray, Counter[str]]:
     """Boxes and class indices of an annotation under a class map. A box its mapping drops
     but its :attr:`~lumbardx.data.classes.ClassMap.fallback` names is kept as the fallback
-    class when no mapped box overlaps it at IoU >= :data:`~lumbardx.data.classes.FALLBACK_IOU`.
+    class when no mapped box overlaps it at IoU >= :data:`~lumbardx.data.classes.FALLBACK_IOU`
+    (label :data:`~lumbardx.data.classes.IGNORE_LABEL` when that fallback is an ignored region).
 
     Returns:
         ``(boxes float32 [N, 4] xyxy pixels, labels int64 [N], dropped source names -> count)``.
@@ -172,17 +176,19 @@ class LumbarDataset:
             assert ann is not None
             boxes, labels, dropped = map_annotation(ann, self.class_map)
             self.dropped.update(dropped)
+            ignored = labels == IGNORE_LABEL
             self._records.append(
                 ImageRecord(
                     image_path=rec.image_path,
                     image_id=image_id,
                     patient=patient,
                     sequence=sequence,
-                    boxes=boxes,
-                    labels=labels,
+                    boxes=boxes[~ignored],
+                    labels=labels[~ignored],
                     width=int(ann.width),
                     height=int(ann.height),
                     label_path=rec.label_path,
+                    ignore=boxes[ignored],
                 )
             )
         skipped = len(scan.records) - len(usable)
@@ -244,6 +250,7 @@ class LumbarDataset:
             image_id=rec.image_id,
             patient=rec.patient,
             pixel_spacing=spacing,
+            ignore=rec.ignore.copy() if len(rec.ignore) else None,
         )
 
     def patients(self) -> list[str]:

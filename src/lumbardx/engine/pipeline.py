@@ -30,6 +30,7 @@ from dataclasses import replace
 import numpy as np
 
 from lumbardx.data.boxes import Sample
+from lumbardx.data.classes import IGNORE_LABEL
 from lumbardx.data.errors import InputError
 from lumbardx.engine import augment as A
 from lumbardx.engine.letterbox import Letterbox, letterbox
@@ -37,10 +38,13 @@ from lumbardx.engine.mosaic import mixup, mosaic4
 from lumbardx.engine.recipes import AugmentConfig
 
 
-def sample_arrays(sample: Sample) -> A.Triple:
+def sample_arrays(sample: Sample, ignore: bool = False) -> A.Triple:
     """Validated ``(image, boxes float32 [N, 4], labels int64 [N])`` of a sample; the image is
     ``uint8 [H, W]`` (gray) or ``uint8 [2, H, W]`` (a T1/T2 pair,
-    :class:`lumbardx.data.pairs.SequencePairs`).
+    :class:`lumbardx.data.pairs.SequencePairs`). ``ignore=True`` appends the sample's ignored
+    regions (:attr:`~lumbardx.data.boxes.Sample.ignore`) as boxes labelled
+    :data:`~lumbardx.data.classes.IGNORE_LABEL`, so augmentation moves them with the boxes
+    (training only; the loss must support them).
 
     Raises:
         InputError: naming ``sample.image_id`` when the image is neither, or the boxes and
@@ -56,6 +60,10 @@ def sample_arrays(sample: Sample) -> A.Triple:
     labels = np.asarray(sample.labels, np.int64).reshape(-1)
     if len(boxes) != len(labels):
         raise InputError(sample.image_id, f"{len(boxes)} boxes but {len(labels)} labels")
+    if ignore and sample.ignore is not None and len(sample.ignore):
+        regions = np.asarray(sample.ignore, np.float32).reshape(-1, 4)
+        boxes = np.concatenate([boxes, regions])
+        labels = np.concatenate([labels, np.full(len(regions), IGNORE_LABEL, np.int64)])
     if len(boxes) and not np.all((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])):
         raise InputError(sample.image_id, "a box has x2 <= x1 or y2 <= y1")
     return img, boxes, labels
@@ -77,8 +85,8 @@ class TrainTransform:
         self.plain = replace(aug, mosaic=0.0, mixup=0.0)  # after close_mosaic
 
     def load(self, index: int) -> A.Triple:
-        """The validated arrays of sample ``index``."""
-        return sample_arrays(self.dataset[index])
+        """The validated arrays of sample ``index``, its ignored regions included."""
+        return sample_arrays(self.dataset[index], ignore=True)
 
     def _single(self, index: int, rng: np.random.Generator, a: AugmentConfig,
                 load: Callable[[int], A.Triple]) -> A.Triple:

@@ -112,17 +112,20 @@ class _Subset(Sequence[Sample]):
 
 def usable_samples(
     dataset: Sequence[Sample],
-) -> tuple[_Subset, dict[str, str], list[np.ndarray]]:
-    """Read every sample once; return the usable ones, ``{image id: problem}`` of the rest and
-    the class indices ``int64 [K_i]`` of each usable sample."""
-    keep, skipped, labels = [], {}, []
+) -> tuple[_Subset, dict[str, str], list[np.ndarray], int]:
+    """Read every sample once; return the usable ones, ``{image id: problem}`` of the rest,
+    the class indices ``int64 [K_i]`` of each usable sample and how many ignored regions
+    (:attr:`~lumbardx.data.boxes.Sample.ignore`) the usable ones hold."""
+    keep, skipped, labels, ignored = [], {}, [], 0
     for i in range(len(dataset)):
         try:
-            labels.append(sample_arrays(dataset[i])[2])
+            sample = dataset[i]
+            labels.append(sample_arrays(sample)[2])
             keep.append(i)
+            ignored += 0 if sample.ignore is None else len(sample.ignore)
         except InputError as exc:
             skipped[str(exc.path) if exc.path else f"#{i}"] = exc.problem
-    return _Subset(dataset, keep), skipped, labels
+    return _Subset(dataset, keep), skipped, labels, ignored
 
 
 def seed_everything(seed: int) -> None:
@@ -186,7 +189,7 @@ def train(
     console = Console(quiet=not (progress and info.is_main))
     seed_everything(seed + info.rank)
     names = list(getattr(train_set, "class_names"))
-    train_data, skipped, labels = usable_samples(train_set)
+    train_data, skipped, labels, ignored = usable_samples(train_set)
     for key, problem in skipped.items():
         log.warning("skipping training sample %s: %s", key, problem)
         console.print(f"[yellow]skipping training sample {key}: {problem}")
@@ -214,6 +217,11 @@ def train(
     elif recipe.shared_labels != "reference":
         raise InputError(None, f"recipe shared_labels={recipe.shared_labels!r} needs a loss "
                                f"that supports it (YOLOv5), not {type(loss).__name__}")
+    if ignored and (not getattr(loss, "supports_ignore", False) or recipe.pipeline == "device"):
+        raise InputError(None, f"the training set holds {ignored} ignored regions (e.g. "
+                               "--classes study+ddd-ignore): they need the YOLOv5 loss and the "
+                               f"host pipeline, not {type(loss).__name__} with pipeline="
+                               f"{recipe.pipeline!r}")
     model.to(dev)
     optimizer = build_optimizer(model, recipe, info.world_size)
     if recipe.pipeline == "device":

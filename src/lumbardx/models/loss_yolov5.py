@@ -8,6 +8,12 @@
 * gains (``data/hyps/hyp.scratch-low.yaml``, scaled as in ``train.py``): box ``0.05 * 3 / nl``,
   cls ``0.5 * nc / 80 * 3 / nl``, obj ``1.0 * (image_size / 640)^2 * 3 / nl``.
 * total = ``(box + obj + cls) * batch_size``.
+
+Ignored regions (target rows of class :data:`~lumbardx.data.classes.IGNORE_LABEL`, an addition
+to the reference): on every level, the cells whose centre lies inside such a region, and the
+cell holding its centre, get no objectness loss for any anchor unless the anchor is a positive
+of a box; the mean keeps its denominator, so every other cell weighs as before. Without such
+rows the loss is the reference's.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_convert, complete_box_iou_loss
 
+from lumbardx.data.classes import IGNORE_LABEL
 from lumbardx.models.assign_yolov5 import LevelTargets, build_targets
 from lumbardx.models.yolo_head import DEFAULT_STRIDES, AnchorSet, anchors_tensor
 
@@ -36,6 +43,28 @@ def union_labels(lt: LevelTargets, shape: torch.Size, num_classes: int) -> Tenso
     table = torch.zeros(int(inverse.max()) + 1, num_classes, device=onehot.device)
     table.index_add_(0, inverse, onehot)
     return table[inverse] > 0
+
+
+def ignored_cells(regions: Tensor, batch_size: int, grid: tuple[int, int], stride: int) -> Tensor:
+    """``bool [B, H, W]``: the cells of a level (``grid`` ``(H, W)``, ``stride`` input pixels a
+    cell) whose centre lies inside one of their image's ``regions`` (``[R, 5]`` rows
+    ``(batch_index, x1, y1, x2, y2)`` in input pixels), and the cell holding each region's
+    centre (so a region smaller than a cell still masks one)."""
+    h, w = grid
+    device = regions.device
+    mask = torch.zeros(batch_size, h * w, device=device)
+    if not len(regions):
+        return mask.reshape(batch_size, h, w) > 0
+    b = regions[:, 0].long()
+    x1, y1, x2, y2 = (regions[:, k, None] for k in range(1, 5))  # [R, 1]
+    cx = ((torch.arange(w, device=device) + 0.5) * stride).repeat(h)[None]  # [1, H W]
+    cy = ((torch.arange(h, device=device) + 0.5) * stride).repeat_interleave(w)[None]
+    inside = (cx >= x1) & (cx <= x2) & (cy >= y1) & (cy <= y2)  # [R, H W]
+    mask.index_add_(0, b, inside.to(mask.dtype))
+    gx = ((x1 + x2)[:, 0] / (2 * stride)).long().clamp(0, w - 1)
+    gy = ((y1 + y2)[:, 0] / (2 * stride)).long().clamp(0, h - 1)
+    mask[b, gy * w + gx] = 1.0
+    return mask.reshape(batch_size, h, w) > 0
 
 
 class YOLOv5Loss(nn.Module):
@@ -58,9 +87,14 @@ class YOLOv5Loss(nn.Module):
             construction (the recipe's ``shared_labels``).
 
     Call: ``loss(raw, targets, image_size)`` with ``raw`` a list of ``[B, na, H_i, W_i, 5 + nc]``
-    and ``targets`` ``[M, 6]`` rows ``(batch_index, class, x1, y1, x2, y2)`` in input pixels.
+    and ``targets`` ``[M, 6]`` rows ``(batch_index, class, x1, y1, x2, y2)`` in input pixels;
+    a row of class :data:`~lumbardx.data.classes.IGNORE_LABEL` is an ignored region (module
+    docstring).
     Returns ``{"loss", "box", "obj", "cls"}``; only ``"loss"`` carries gradients.
     """
+
+    #: Target rows of class :data:`~lumbardx.data.classes.IGNORE_LABEL` are understood.
+    supports_ignore = True
 
     def __init__(
         self,
@@ -100,10 +134,16 @@ class YOLOv5Loss(nn.Module):
     ) -> dict[str, Tensor]:
         """Loss dict for one batch (see class docstring)."""
         device = raw[0].device
+        regions = targets[:0, [0, 2, 3, 4, 5]]
         if targets.numel():
             cls = targets[:, 1]
-            if bool((cls < 0).any()) or bool((cls >= self.num_classes).any()):
-                raise ValueError(f"target classes must lie in 0..{self.num_classes - 1}")
+            ignored = cls == IGNORE_LABEL
+            if bool(((cls < 0) & ~ignored).any()) or bool((cls >= self.num_classes).any()):
+                raise ValueError(f"target classes must lie in 0..{self.num_classes - 1} (or be "
+                                 f"{IGNORE_LABEL}, an ignored region)")
+            if bool(ignored.any()):
+                regions = targets[ignored][:, [0, 2, 3, 4, 5]].to(device)
+                targets = targets[~ignored]
         grid_sizes = [(int(p.shape[2]), int(p.shape[3])) for p in raw]
         levels = build_targets(
             targets.to(device), grid_sizes, self.anchors, self.strides, self.anchor_t
@@ -131,7 +171,16 @@ class YOLOv5Loss(nn.Module):
                     else:
                         tcls[torch.arange(len(lt), device=device), lt.cls] = self.cls_pos
                     lcls = lcls + nn.functional.binary_cross_entropy_with_logits(ps[:, 5:], tcls)
-            obj_i = nn.functional.binary_cross_entropy_with_logits(pi[..., 4], tobj)
+            if len(regions):
+                keep = ~ignored_cells(regions, pi.shape[0], grid_sizes[i], self.strides[i])
+                keep = keep[:, None].expand(tobj.shape).clone()  # [B, na, H, W]
+                if len(lt):
+                    keep[lt.batch, lt.anchor, lt.gj, lt.gi] = True
+                obj_all = nn.functional.binary_cross_entropy_with_logits(
+                    pi[..., 4], tobj, reduction="none")
+                obj_i = (obj_all * keep).sum() / obj_all.numel()
+            else:
+                obj_i = nn.functional.binary_cross_entropy_with_logits(pi[..., 4], tobj)
             lobj = lobj + obj_i * self.balance[i]
         lbox = lbox * self.box_gain
         lobj = lobj * self.obj_gain

@@ -202,6 +202,35 @@ def test_study_ddd_mapping_counts_a_disc_labelled_only_ddd_as_normal(tmp_path: P
         build_class_map("study+ss")
 
 
+def test_study_ddd_ignore_mapping_makes_a_ddd_only_disc_an_ignored_region(
+        tmp_path: Path) -> None:
+    from lumbardx.data.boxes import Box, ImageAnnotation
+    from lumbardx.data.check import check_dataset
+    from lumbardx.data.classes import IGNORE_LABEL, IGNORED, build_class_map
+    from lumbardx.data.dataset import map_annotation
+
+    root = make_yolo(tmp_path / "ds")
+    ds = LumbarDataset(root, classes="study+ddd-ignore")
+    study = LumbarDataset(root, classes="study")
+    assert ds.class_counts() == study.class_counts()  # the class boxes are the study's
+    held = [(r, s) for r, s in zip(ds.records, study.records) if len(r.ignore)]
+    assert len(held) == 1 and held[0][0].ignore.shape == (1, 4)
+    np.testing.assert_array_equal(held[0][0].boxes, held[0][1].boxes)
+    index = ds.records.index(held[0][0])
+    np.testing.assert_array_equal(ds[index].ignore, held[0][0].ignore)
+    assert all(ds[i].ignore is None for i in range(len(ds)) if i != index)
+
+    # as study+ddd: only a DDD box that no study-class box overlaps is the region
+    ann = ImageAnnotation("x.png", 100, 100, 1, [
+        Box("Lumbar Disc Bulge (LDB)", 10, 10, 50, 30), Box("DDD", 12, 11, 50, 31),
+        Box("degenerative disc disease", 10, 60, 50, 80)])
+    boxes, labels, dropped = map_annotation(ann, build_class_map("study+ddd-ignore"))
+    assert labels.tolist() == [1, IGNORE_LABEL] and boxes[1].tolist() == [10, 60, 50, 80]
+    assert dropped == {"DDD": 1}
+    report = check_dataset(root, classes="study+ddd-ignore")
+    assert report.boxes_per_class[IGNORED] == 1
+
+
 def test_explicit_mapping(tmp_path: Path) -> None:
     mapping = {"Normal IVD": "disc", "Spondylolisthesis": "slip"}
     ds = LumbarDataset(make_yolo(tmp_path / "ds"), classes=mapping)

@@ -90,3 +90,19 @@ def test_found_share_counts_matched_positive_discs() -> None:
     assert out["n_degeneration"] == 3 and out["found_degeneration"] == pytest.approx(2 / 3)
     none = bench.found_share([M([[False, False]], [None])])
     assert none["n_stenosis"] == 0 and math.isnan(none["found_stenosis"])
+
+
+def test_ignore_rule_asks_the_degenerated_discs_not_to_be_lost_on_three_folds() -> None:
+    rule = bench.RULES["ddd-ignore"]
+    base = _base()
+    pooled = {"sensitivity": 0.876, "specificity": 0.903}
+    level = _folds([0.0] * 5, [0.0, 0.0, 0.01, -0.1, -0.1], [0.0, 0.0, 0.0, -0.01, -0.01])
+    out = bench.decide(level, base, pooled, 5, rule)
+    assert out["degenerated_found_folds_higher_or_equal"] == 3 and out["decision"] == "adopt"
+    # the ddd rule wants more on four folds: the same figures keep the shipped there
+    assert bench.decide(level, base, pooled, 5)["decision"] == "keep the shipped"
+    lost = bench.decide(_folds([0.0] * 3, [0.0] * 3, [-0.01, -0.01, -0.01]), base, None, 5, rule)
+    assert "degenerated discs found more or equal on 0 of 3" in lost["decision"]
+    assert "ignored regions" in rule.section
+    with pytest.raises(SystemExit):  # a rule not written down is refused
+        bench.main(["x", "--detectors", "d", "--state", "s", "--out", "o", "--rule", "mine"])

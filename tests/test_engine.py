@@ -525,3 +525,23 @@ def test_shared_labels_needs_a_loss_that_supports_it(tmp_path: Path) -> None:
               replace(tiny_recipe(), shared_labels="union"), tmp_path, "cpu", progress=False)
     with pytest.raises(ValueError, match="unknown shared_labels"):
         Recipe(shared_labels="max")
+
+
+def test_ignored_regions_need_the_yolov5_loss_and_reach_it_through_augmentation(
+        tmp_path: Path) -> None:
+    from lumbardx.data.classes import IGNORE_LABEL
+    from lumbardx.engine.pipeline import TrainTransform, sample_arrays
+
+    data = ListDataset(replace(s, ignore=np.array([[4, 4, 20, 12]], np.float32))
+                       for s in shapes_dataset(2))
+    with pytest.raises(InputError, match="2 ignored regions.*TinyLoss"):
+        train(tiny_detector(), data, None, tiny_recipe(), tmp_path, "cpu", progress=False)
+    # evaluation and sampling read the class boxes only; training appends the regions
+    plain, full = sample_arrays(data[0]), sample_arrays(data[0], ignore=True)
+    assert len(full[1]) == len(plain[1]) + 1 and full[2][-1] == IGNORE_LABEL
+    assert (plain[2] >= 0).all()
+    transform = TrainTransform(data, 64, AugmentConfig(mosaic=0.0, affine=0.0, crop=0.0,
+                                                       expand=0.0, hflip=0.0))
+    _, boxes, labels = transform(0, np.random.default_rng(0))
+    assert (labels == IGNORE_LABEL).sum() == 1
+    np.testing.assert_allclose(boxes[labels == IGNORE_LABEL][0], [4, 4, 20, 12], atol=1e-4)

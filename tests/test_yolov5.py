@@ -248,3 +248,61 @@ def test_union_labels_for_a_prediction_shared_by_two_classes() -> None:
     assert not torch.equal(a["cls"], b["cls"])
     with pytest.raises(ValueError, match="shared_labels"):
         YOLOv5Loss(3, shared_labels="max")
+
+
+def test_ignored_cells_cover_a_region_and_its_centre() -> None:
+    from lumbardx.models.loss_yolov5 import ignored_cells
+
+    regions = torch.tensor([[1, 8.0, 8.0, 40.0, 24.0], [0, 50.0, 50.0, 54.0, 53.0]])
+    got = ignored_cells(regions, 2, (8, 8), 8)  # cell centres at 4, 12, ..., 60
+    assert got[1].nonzero().tolist() == [[r, c] for r in (1, 2) for c in (1, 2, 3, 4)]
+    assert got[0].nonzero().tolist() == [[6, 6]]  # smaller than a cell: the cell of its centre
+    assert not ignored_cells(regions[:0], 2, (8, 8), 8).any()
+
+
+def test_ignored_region_silences_objectness_there_and_nowhere_else() -> None:
+    from lumbardx.data.classes import IGNORE_LABEL
+    from lumbardx.models.loss_yolov5 import ignored_cells
+
+    loss = YOLOv5Loss(3, image_size=64)
+    box = [0, 1, 20, 24, 44, 36]
+    region = [0, IGNORE_LABEL, 2, 46, 22, 62]  # bottom left, clear of the box
+
+    def grads(rows: list[list[float]]) -> tuple[dict, list[torch.Tensor]]:
+        raw = [torch.randn(1, 3, s, s, 8, generator=torch.Generator().manual_seed(s))
+               .requires_grad_() for s in (8, 4, 2)]
+        out = loss(raw, torch.tensor(rows, dtype=torch.float32), (64, 64))
+        out["loss"].backward()
+        return out, [r.grad[..., 4] for r in raw]
+
+    ref, g_ref = grads([box])
+    ign, g_ign = grads([box, region])
+    assert torch.equal(ref["box"], ign["box"]) and torch.equal(ref["cls"], ign["cls"])
+    assert ign["obj"] < ref["obj"]
+    # level 0 (stride 8): cells with centres inside x 2..22, y 46..62 -> columns 0-2, rows 6-7
+    inside = torch.zeros(8, 8, dtype=torch.bool)
+    inside[6:8, 0:3] = True
+    assert (g_ign[0][0][:, inside] == 0).all() and (g_ref[0][0][:, inside] != 0).all()
+    # elsewhere the same (up to the float order of a sum against a mean)
+    torch.testing.assert_close(g_ign[0][0][:, ~inside], g_ref[0][0][:, ~inside])
+    # a box's positives inside an ignored region keep their objectness loss; the other
+    # anchors of the region's cells lose theirs
+    cover = [0, IGNORE_LABEL, 18, 22, 46, 38]
+    _, g_pos = grads([box, cover])
+    grid = [(8, 8), (4, 4), (2, 2)]
+    levels = build_targets(torch.tensor([box], dtype=torch.float32), grid, loss.anchors,
+                           loss.strides, loss.anchor_t)
+    positives = silenced = 0
+    for g_r, g_p, lt, hw, stride in zip(g_ref, g_pos, levels, grid, loss.strides):
+        pos = torch.zeros_like(g_r, dtype=torch.bool)
+        pos[lt.batch, lt.anchor, lt.gj, lt.gi] = True
+        torch.testing.assert_close(g_p[pos], g_r[pos])
+        assert (g_p[pos] != 0).all()
+        cells = ignored_cells(torch.tensor([[0.0, *cover[2:]]]), 1, hw, stride)[:, None]
+        quiet = cells.expand_as(pos) & ~pos
+        assert (g_p[quiet] == 0).all() and (g_r[quiet] != 0).all()
+        positives, silenced = positives + int(pos.sum()), silenced + int(quiet.sum())
+    assert positives > 0 and silenced > 0
+    with pytest.raises(ValueError, match="ignored region"):
+        loss([torch.zeros(1, 3, s, s, 8) for s in (8, 4, 2)],
+             torch.tensor([[0, -1, 2, 2, 9, 9]], dtype=torch.float32), (64, 64))

@@ -140,10 +140,11 @@ def all_map(source_names: Iterable[str] = ()) -> ClassMap:
 
 
 def build_class_map(kind: str | Mapping[str, str], source_names: Iterable[str] = ()) -> ClassMap:
-    """Build a class map by name (``"study"`` or ``"all"``) or from an explicit mapping.
+    """Build a class map by name (``"study"``, ``"all"``, ...) or from an explicit mapping.
 
     Args:
-        kind: ``"study"``, ``"study+ddd"``, ``"study+ddd-ignore"``, ``"all"``, or a mapping source name -> target name.
+        kind: ``"study"``, ``"study+ddd"``, ``"study+ddd-ignore"``, ``"all"``, or a mapping
+            source name -> target name.
         source_names: the source's class names in order (used by ``"all"``).
     """
     if isinstance(kind, Mapping):

@@ -104,7 +104,8 @@ def _relative(path: Path, root: Path) -> str:
 
 def check(
     root: Path = typer.Argument(..., help="Dataset folder (VOC, YOLO or COCO layout)."),
-    classes: str = typer.Option("all", "--classes", help="Class mapping: all|study|study+ddd."),
+    classes: str = typer.Option(
+        "all", "--classes", help="Class mapping: all|study|study+ddd|study+ddd-ignore."),
     patients: Path | None = typer.Option(
         None,
         "--patients",

@@ -202,7 +202,8 @@ def evaluate(
     fold: int | None = typer.Option(None, "--fold", help="Evaluate on this fold only."),
     folds_csv: Path | None = typer.Option(None, "--folds-csv", help="Folds table for --fold."),
     classes: str | None = typer.Option(None, "--classes",
-                                       help="study|study+ddd|all; default: the "
+                                       help="study|study+ddd|study+ddd-ignore|all; "
+                                            "default: the "
                                             "checkpoint's classes."),
     out: Path | None = typer.Option(None, "--out", help="Output folder; default next to "
                                                         "WEIGHTS (eval_DATA)."),

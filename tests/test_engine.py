@@ -519,6 +519,30 @@ def test_yolov5n_overfits_four_images(tmp_path: Path) -> None:
     assert res.best_map50 == pytest.approx(res.final_eval.map50)
 
 
+def test_results_csv_gains_the_columns_of_later_rows(tmp_path: Path) -> None:
+    import csv
+
+    from lumbardx.engine.reporting import ResultsCsv
+
+    log = ResultsCsv(tmp_path / "results.csv")
+    log.append({"epoch": 0, "train/loss": 2.0})
+    log.append({"epoch": 1, "train/loss": 1.5, "val/map50": 0.25})
+    log.append({"epoch": 2, "train/loss": 1.0})
+    with (tmp_path / "results.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["epoch", "train/loss", "val/map50"]
+    assert [r["val/map50"] for r in rows] == ["", "0.25", ""]
+    log.truncate_after(1)
+    assert [r["epoch"] for r in log.rows()] == ["0", "1"] and log.rows()[1]["val/map50"] == "0.25"
+    # a training run that validates every second epoch keeps its validation in the file
+    data = shapes_dataset(2)
+    train(tiny_detector(), data, data, tiny_recipe(eval_interval=2), tmp_path / "run", "cpu",
+          progress=False, final_eval=False)
+    with (tmp_path / "run" / "results.csv").open(newline="") as f:
+        run = list(csv.DictReader(f))
+    assert [bool(r["val/map50"]) for r in run] == [False, True, True]
+
+
 def test_shared_labels_needs_a_loss_that_supports_it(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="needs a loss that supports it"):
         train(tiny_detector(), shapes_dataset(2), None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from lumbardx.io import atomic_write_text
 
 
 def make_progress(console: Console | None = None, enabled: bool = True) -> Progress:
@@ -39,7 +42,10 @@ def format_losses(losses: dict[str, float]) -> str:
 
 
 class ResultsCsv:
-    """Appends one row per epoch to ``results.csv``; columns are fixed by the first row.
+    """One row per epoch in ``results.csv``. The columns are those of the rows written, in
+    order of first appearance: a row with new columns (validation metrics on the first epoch
+    evaluated, when ``eval_interval`` > 1) widens the file, earlier rows leave them empty.
+    Every write replaces the file atomically (:func:`lumbardx.io.atomic_write_text`).
 
     On resume, :meth:`truncate_after` drops rows of epochs the checkpoint did not reach, so
     an interrupted epoch is not listed twice.
@@ -55,28 +61,26 @@ class ResultsCsv:
             reader = csv.DictReader(f)
             return list(reader.fieldnames or []), list(reader)
 
+    def _write(self, header: list[str], rows: list[dict[str, Any]]) -> None:
+        out = io.StringIO(newline="")
+        w = csv.DictWriter(out, fieldnames=header)
+        w.writeheader()
+        w.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in header} for r in rows)
+        atomic_write_text(self.path, out.getvalue())
+
     def truncate_after(self, epoch: int) -> None:
         """Keep only rows with ``epoch <= epoch``."""
         header, rows = self._read()
         if not header:
             return
-        keep = [r for r in rows if int(r["epoch"]) <= epoch]
-        with self.path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=header)
-            w.writeheader()
-            w.writerows(keep)
+        self._write(header, [r for r in rows if int(r["epoch"]) <= epoch])
 
     def append(self, row: dict[str, Any]) -> None:
-        """Append ``row`` (new keys after the first row are ignored, missing ones empty)."""
-        header, _ = self._read()
-        new = not header
-        if new:
-            header = list(row)
-        with self.path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in header})
+        """Append ``row``; keys not yet columns become columns (earlier rows empty there),
+        columns the row lacks are left empty."""
+        header, rows = self._read()
+        header += [k for k in row if k not in header]
+        self._write(header, [*rows, row])
 
     def rows(self) -> list[dict[str, str]]:
         """All rows as strings."""

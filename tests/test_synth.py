@@ -48,6 +48,7 @@ def test_dataset_files_are_byte_identical_for_a_seed(tmp_path: Path) -> None:
     two = generate_dataset(tmp_path / "b", 2, seed=7, config=SMALL)
     other = generate_dataset(tmp_path / "c", 2, seed=8, config=SMALL)
     assert [p.name for p in one] == ["case_00000.png", "case_00001.png"]
+    assert [p.name for p in two] == [p.name for p in one]
     for name in ["images/case_00000.png", "images/case_00001.png", "truth/case_00000.json",
                  "truth/case_00001.json", "annotations/case_00000.xml", "ground_truth.csv"]:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name

@@ -194,9 +194,16 @@ def box_scores(images: list[tuple[list[Box], list[Box], tuple[int, int]]]) -> di
 
 
 def score_rule(folds: dict[int, list], rule: str, nms_iou: dict[int, float]) -> dict[str, Any]:
-    """Per-fold box scores and the nested disc level (diagnosis grouping, F1 thresholds of
-    the other folds' every-box discs) of ``rule``."""
-    images = {k: apply_rule(rule, imgs, nms_iou[k]) for k, imgs in folds.items()}
+    """:func:`score_folds` of ``rule``'s boxes."""
+    return score_folds({k: apply_rule(rule, imgs, nms_iou[k]) for k, imgs in folds.items()})
+
+
+def score_folds(images: dict[int, list[tuple[list[Box], list[Box], tuple[int, int]]]]
+                ) -> dict[str, Any]:
+    """Per-fold box scores (:func:`box_scores`) and the nested disc level (diagnosis grouping,
+    each fold at the F1 thresholds of the other folds' every-box discs, pooled) of one reading
+    of the folds: ``images[k]`` holds ``(truth, boxes, (W, H))`` per held-out image of fold
+    ``k``."""
     records = {k: disc_scores(imgs) for k, imgs in images.items()}
     per_fold, disc_counts = [], []
     for k in images:

@@ -17,8 +17,10 @@ Scored per fold (:func:`scale_tta.score_folds`) for each member alone and for ``
 AP@0.5 per class (pycocotools, 101-point), the slip image-level AUC (an image's highest slip
 score), and the disc level as diagnosis groups boxes at the F1 thresholds chosen on the other
 folds' every-box discs of the same reading (nested). Paired per-fold differences of ``fused``
-against each member, and against the better member of each fold (the member a study would
-have been read with had it been chosen after the fact).
+against each member, and against the better member of each fold, metric by metric (the
+member a study would have been read with had it been chosen after the fact; for the disc
+level's sensitivity and specificity each is its own better member, so that row flatters the
+members).
 
 **Pilot rule** (fixed before any fold was scored): an ensemble is worth a five-fold trial
 against the shipped default (a second training of the shipped recipe as the other member)

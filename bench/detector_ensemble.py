@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -86,20 +87,16 @@ def readings(folds: dict[int, list[Image]]) -> dict[str, dict[int, list]]:
     return out
 
 
-def pilot(rules: dict[str, Any], members: list[str]) -> dict[str, Any]:
-    """The pilot rule (module docstring) on the scored folds: its three parts and the verdict."""
-    fused = rules[FUSED]["folds"]
-    per_member = [rules[m]["folds"] for m in members]
-
-    def best(metric: str) -> list[float]:
-        return [max(f[i][metric] for f in per_member) for i in range(len(fused))]
-
+def pilot(fused: list[dict[str, Any]], better: dict[str, list[float]], members_slip_mean: float
+          ) -> dict[str, Any]:
+    """The pilot rule (module docstring) on the scored folds: ``fused`` per fold, ``better``
+    the better member's value per metric and fold, ``members_slip_mean`` the members' mean
+    slip AP; its three parts and the verdict."""
     slip, hern = "ap50_spondylolisthesis", "ap50_herniation"
-    ge_best = sum(f[slip] >= b for f, b in zip(fused, best(slip), strict=True))
+    ge_best = sum(f[slip] >= b for f, b in zip(fused, better[slip], strict=True))
     needed = math.ceil(0.75 * len(fused))
-    members_mean = sum(f[slip] for fm in per_member for f in fm) / (len(members) * len(fused))
-    gain = 100 * (sum(f[slip] for f in fused) / len(fused) - members_mean)
-    hern_loss = 100 * (sum(b - f[hern] for f, b in zip(fused, best(hern), strict=True))
+    gain = 100 * (sum(f[slip] for f in fused) / len(fused) - members_slip_mean)
+    hern_loss = 100 * (sum(b - f[hern] for f, b in zip(fused, better[hern], strict=True))
                        / len(fused))
     parts = {"slip_ge_better_member": {"folds": ge_best, "of": len(fused), "needed": needed,
                                        "holds": ge_best >= needed},
@@ -126,11 +123,14 @@ def compare(folds: dict[int, list[Image]]) -> dict[str, Any]:
             m: fold_differences([f[m] - g[m] for f, g in
                                  zip(fused, rules[r]["folds"], strict=True)])
             for m in METRICS}
+    better = {m: [max(rules[r]["folds"][i][m] for r in members) for i in range(len(fused))]
+              for m in METRICS}
     out["paired_fused_minus"]["better_member"] = {
-        m: fold_differences([f[m] - max(rules[r]["folds"][i][m] for r in members)
-                             for i, f in enumerate(fused)])
+        m: fold_differences([f[m] - b for f, b in zip(fused, better[m], strict=True)])
         for m in METRICS}
-    out["pilot"] = pilot(rules, members)
+    members_slip_mean = float(np.mean([f["ap50_spondylolisthesis"]
+                                       for r in members for f in rules[r]["folds"]]))
+    out["pilot"] = pilot(fused, better, members_slip_mean)
     return out
 
 
